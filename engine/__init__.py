@@ -1,0 +1,1 @@
+"""Stretto's model, training, checkpoints, generation and command line."""

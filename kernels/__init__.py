@@ -1,0 +1,1 @@
+"""Attention kernels for Stretto: Triton fast paths, torch fallbacks and references."""

@@ -1,0 +1,1 @@
+"""MIDI <-> token ids for Stretto: vocabulary, tokenizer, corpus builder and dataset."""
