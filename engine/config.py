@@ -1,0 +1,272 @@
+"""`ModelConfig`: the music model's shape, attention, mode and loss settings.
+
+A frozen dataclass validated in `__post_init__`, with named presets and a JSON round
+trip. The vocabulary size is never typed by hand: `ModelConfig.from_vocab` takes it
+from a `Vocabulary`, and the vocabulary's signature travels with the config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stretto.tokenizer import Vocabulary
+
+MODES = ("transformer", "vae", "vae_gan")
+ATTENTIONS = ("wha", "dense")
+GAN_LOSSES = ("hinge", "non_saturating")
+BETA_SCHEDULES = ("constant", "linear", "cyclical")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that decides a `MusicModel`'s parameters and losses.
+
+    Shapes: `d_model` split over `n_heads` heads of `d_model // n_heads` (even, for
+    rotary positions). `n_layers` decoder blocks; in the vae modes `encoder_layers`
+    bidirectional blocks produce `latent_dim`-wide mu and log-variance; vae_gan adds a
+    `disc_layers`-block discriminator of width `disc_d_model`.
+
+    Attention: `attention="wha"` calls `stretto.kernels.hierarchical_attention` with
+    `window`, `block` (None = plain sliding window) and `attention_backend`;
+    `attention="dense"` is full SDPA attention, kept only as a benchmark baseline.
+
+    Losses: reconstruction cross-entropy (PAD ignored); vae adds `beta(step) x KL`
+    where KL is summed over latent dimensions, each dimension's batch-mean KL floored
+    at `free_bits` nats; `beta(step)` follows `beta_schedule` up to `beta_max` over
+    `beta_warmup_steps` (cyclical: restarts every `beta_cycle_steps`). vae_gan adds
+    `adv_weight x` the generator's adversarial loss (`gan_loss`) and
+    `feature_matching_weight x` an L1 distance between the discriminator's mean
+    features on real and fake sequences; fakes are Gumbel-softmax soft tokens at
+    temperature `gumbel_temperature`.
+    """
+
+    vocab_size: int
+    pad_id: int
+    vocab_signature: str
+    mode: str = "transformer"
+    # -- shape ------------------------------------------------------------------------
+    d_model: int = 512
+    n_heads: int = 8
+    n_layers: int = 8
+    d_ff: int = 2048
+    max_seq_len: int = 2048
+    dropout: float = 0.0
+    rope_base: float = 10000.0
+    tie_embeddings: bool = True
+    # -- attention --------------------------------------------------------------------
+    attention: str = "wha"
+    attention_backend: str = "auto"
+    window: int = 256
+    block: int | None = 64
+    # -- vae --------------------------------------------------------------------------
+    encoder_layers: int = 6
+    latent_dim: int = 128
+    # -- discriminator (vae_gan) ------------------------------------------------------
+    disc_layers: int = 4
+    disc_d_model: int = 256
+    disc_n_heads: int = 4
+    # -- losses -----------------------------------------------------------------------
+    beta_schedule: str = "linear"
+    beta_max: float = 1.0
+    beta_warmup_steps: int = 2000
+    beta_cycle_steps: int = 0
+    free_bits: float = 0.05
+    gan_loss: str = "hinge"
+    gumbel_temperature: float = 1.0
+    adv_weight: float = 0.1
+    feature_matching_weight: float = 1.0
+    preset: str = field(default="custom", compare=False)
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ValueError(f"ModelConfig: {message}")
+
+        need(self.mode in MODES, f"mode={self.mode!r} is not one of {MODES}")
+        need(self.attention in ATTENTIONS, f"attention={self.attention!r} not in {ATTENTIONS}")
+        need(self.gan_loss in GAN_LOSSES, f"gan_loss={self.gan_loss!r} not in {GAN_LOSSES}")
+        need(
+            self.beta_schedule in BETA_SCHEDULES,
+            f"beta_schedule={self.beta_schedule!r} not in {BETA_SCHEDULES}",
+        )
+        for name in ("vocab_size", "d_model", "n_heads", "n_layers", "d_ff", "max_seq_len"):
+            need(_is_int(getattr(self, name)) and getattr(self, name) >= 1, f"{name} must be >= 1")
+        need(0 <= self.pad_id < self.vocab_size, f"pad_id={self.pad_id} not in [0, vocab_size)")
+        need(
+            self.d_model % self.n_heads == 0,
+            f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}",
+        )
+        need(
+            (self.d_model // self.n_heads) % 2 == 0,
+            f"head dim {self.d_model // self.n_heads} must be even for rotary positions",
+        )
+        need(_is_int(self.window) and self.window >= 1, f"window={self.window} must be >= 1")
+        need(
+            self.block is None or (_is_int(self.block) and self.block >= 1),
+            f"block={self.block} must be None or >= 1",
+        )
+        need(0.0 <= self.dropout < 1.0, f"dropout={self.dropout} not in [0, 1)")
+        need(self.rope_base > 1.0, f"rope_base={self.rope_base} must be > 1")
+        if self.mode != "transformer":
+            need(self.encoder_layers >= 1, "encoder_layers must be >= 1 in the vae modes")
+            need(self.latent_dim >= 1, "latent_dim must be >= 1 in the vae modes")
+        if self.mode == "vae_gan":
+            need(self.disc_layers >= 1, "disc_layers must be >= 1 in vae_gan mode")
+            need(
+                self.disc_d_model % self.disc_n_heads == 0
+                and (self.disc_d_model // self.disc_n_heads) % 2 == 0,
+                f"disc_d_model={self.disc_d_model} must split into disc_n_heads="
+                f"{self.disc_n_heads} heads of even size",
+            )
+        need(self.beta_max >= 0, f"beta_max={self.beta_max} must be >= 0")
+        need(self.beta_warmup_steps >= 0, "beta_warmup_steps must be >= 0")
+        need(
+            self.beta_schedule != "cyclical" or self.beta_cycle_steps > 0,
+            "beta_schedule='cyclical' needs beta_cycle_steps > 0",
+        )
+        need(self.free_bits >= 0, f"free_bits={self.free_bits} must be >= 0")
+        need(self.gumbel_temperature > 0, "gumbel_temperature must be > 0")
+        need(self.adv_weight >= 0 and self.feature_matching_weight >= 0, "weights must be >= 0")
+
+    # -- derived -------------------------------------------------------------------------
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    def beta(self, step: int) -> float:
+        """The KL weight at optimizer step `step`."""
+        if self.beta_schedule == "constant" or self.beta_warmup_steps == 0:
+            return self.beta_max
+        if self.beta_schedule == "cyclical":
+            step = step % self.beta_cycle_steps
+        return self.beta_max * min(1.0, max(step, 0) / self.beta_warmup_steps)
+
+    # -- construction --------------------------------------------------------------------
+    @classmethod
+    def from_vocab(
+        cls, vocab: Vocabulary, *, mode: str = "transformer", preset: str = "base", **overrides
+    ) -> ModelConfig:
+        """A preset (`tiny`, `small`, `base`) for `mode`, sized by `vocab`.
+
+        `overrides` replace any preset field, e.g. `window=128`; the vocabulary fields
+        cannot be overridden.
+        """
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r} is not one of {MODES}")
+        fixed = {"vocab_size", "pad_id", "vocab_signature"} & overrides.keys()
+        if fixed:
+            raise ValueError(f"{sorted(fixed)} come from the Vocabulary and cannot be overridden")
+        values = dict(PRESETS[preset])
+        values.update(values.pop(f"{mode}_overrides", {}))
+        for other in MODES:
+            values.pop(f"{other}_overrides", None)
+        values.update(overrides)
+        return cls(
+            vocab_size=vocab.size,
+            pad_id=vocab.PAD,
+            vocab_signature=vocab.signature,
+            mode=mode,
+            preset=preset,
+            **values,
+        )
+
+    def replace(self, **changes) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    # -- JSON ------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"ModelConfig: unknown fields {unknown}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelConfig:
+        return cls.from_dict(json.loads(text))
+
+    def save_json(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json() + "\n")
+
+    @classmethod
+    def load_json(cls, path: str | Path) -> ModelConfig:
+        return cls.from_json(Path(path).read_text())
+
+    def differences(self, other: ModelConfig) -> list[str]:
+        """`field: mine != theirs` for every compared field that differs."""
+        out = []
+        for f in dataclasses.fields(self):
+            if f.compare and getattr(self, f.name) != getattr(other, f.name):
+                out.append(f"{f.name}: {getattr(self, f.name)!r} != {getattr(other, f.name)!r}")
+        return out
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+# Per preset: the shared shape, then per-mode overrides (the vae splits its depth
+# between encoder and decoder).
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "d_model": 64,
+        "n_heads": 2,
+        "n_layers": 2,
+        "d_ff": 128,
+        "max_seq_len": 2048,
+        "window": 32,
+        "block": 16,
+        "encoder_layers": 2,
+        "latent_dim": 16,
+        "disc_layers": 2,
+        "disc_d_model": 32,
+        "disc_n_heads": 2,
+        "beta_warmup_steps": 100,
+    },
+    "small": {
+        "d_model": 256,
+        "n_heads": 4,
+        "n_layers": 6,
+        "d_ff": 1024,
+        "max_seq_len": 2048,
+        "window": 128,
+        "block": 32,
+        "encoder_layers": 3,
+        "latent_dim": 64,
+        "disc_layers": 3,
+        "disc_d_model": 128,
+        "disc_n_heads": 2,
+        "vae_overrides": {"n_layers": 3},
+        "vae_gan_overrides": {"n_layers": 3},
+    },
+    "base": {
+        "d_model": 512,
+        "n_heads": 8,
+        "n_layers": 8,
+        "d_ff": 2048,
+        "max_seq_len": 2048,
+        "window": 256,
+        "block": 64,
+        "dropout": 0.1,
+        "encoder_layers": 6,
+        "latent_dim": 128,
+        "disc_layers": 4,
+        "disc_d_model": 256,
+        "disc_n_heads": 4,
+        "vae_overrides": {"n_layers": 6},
+        "vae_gan_overrides": {"n_layers": 6},
+    },
+}
