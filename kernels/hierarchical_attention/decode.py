@@ -1,0 +1,225 @@
+"""One-token decoding against a bounded cache (causal windowed hierarchical attention)."""
+
+from __future__ import annotations
+
+import torch
+
+from .chunked import compute_dtype
+
+
+class HierarchicalKVCache:
+    """Static decoding cache for causal `hierarchical_attention`, one layer.
+
+    Holds a ring buffer of the last `window` keys/values (`[B, H, window, D]`) and, when
+    `block` is set, running per-block sums and real-token counts (`[B, H, NB, D]`,
+    `[B, NB]` with `NB = ceil(max_length / block)`) from which the block summaries are
+    formed: memory O(window + max_length / block) per layer, never O(max_length) keys.
+    Everything is allocated once; `append`/`attend` never synchronise with the host
+    (positions are Python ints, masks are built on the device).
+
+    Usage::
+
+        cache = HierarchicalKVCache(B, H, D, window=256, block=64, max_length=4096)
+        cache.prefill(k, v)                 # [B, H, N, D] prompt keys/values (optional)
+        cache.append(k_t, v_t)              # [B, H, D] (or [B, H, 1, D]) for the new token
+        o_t = cache.attend(q_t)             # [B, H, D] == full forward at that position
+
+    `attend` answers for the most recently appended position i, exactly as
+    `hierarchical_attention(..., causal=True)` does at row i (keys `i - window < t <= i`
+    plus the summaries of blocks ending at or before `i - window`). Key padding: pass
+    `real` (`[B]` bool, True = real token) to `append` / `key_padding_mask` to `prefill`;
+    padded tokens are never visible and do not enter the block means. Only causal
+    attention can be decoded token by token: `causal=False` raises NotImplementedError.
+    """
+
+    def __init__(
+        self,
+        batch: int,
+        heads: int,
+        head_dim: int,
+        *,
+        window: int,
+        block: int | None = None,
+        max_length: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        causal: bool = True,
+    ) -> None:
+        for name, value in (
+            ("batch", batch),
+            ("heads", heads),
+            ("head_dim", head_dim),
+            ("window", window),
+            ("max_length", max_length),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if block is not None and (
+            not isinstance(block, int) or isinstance(block, bool) or block < 1
+        ):
+            raise ValueError(f"block must be None or an int >= 1, got {block!r}")
+        if not causal:
+            raise NotImplementedError(
+                "HierarchicalKVCache decodes causal attention only: a non-causal query "
+                "needs keys after it"
+            )
+        if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            raise ValueError(f"dtype must be a floating dtype, got {dtype}")
+        self.batch, self.heads, self.head_dim = batch, heads, head_dim
+        self.window, self.block, self.max_length = window, block, max_length
+        self.dtype, self.device = dtype, torch.device(device)
+        self.length = 0  # tokens appended so far (a Python int: no host sync)
+
+        ring = min(window, max_length)  # a window past max_length never fills
+        self.k_ring = torch.zeros(batch, heads, ring, head_dim, dtype=dtype, device=self.device)
+        self.v_ring = torch.zeros_like(self.k_ring)
+        self.real_ring = torch.zeros(batch, ring, dtype=torch.bool, device=self.device)
+        self.k_block_sum = self.v_block_sum = self.block_count = None
+        if block is not None:
+            nb = -(-max_length // block)
+            cd = compute_dtype(dtype)
+            # [B, H, NB, D]
+            self.k_block_sum = torch.zeros(batch, heads, nb, head_dim, dtype=cd, device=self.device)
+            self.v_block_sum = torch.zeros_like(self.k_block_sum)
+            self.block_count = torch.zeros(batch, nb, dtype=cd, device=self.device)  # [B, NB]
+
+    # -- writing --
+
+    def reset(self) -> None:
+        """Forget every token (buffers are kept)."""
+        self.length = 0
+        self.real_ring.zero_()
+        if self.block is not None:
+            self.k_block_sum.zero_()
+            self.v_block_sum.zero_()
+            self.block_count.zero_()
+
+    def _token(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        want = (self.batch, self.heads, self.head_dim)
+        if x.dim() == 4 and x.shape[2] == 1:
+            x = x[:, :, 0]
+        if tuple(x.shape) != want:
+            raise ValueError(
+                f"{name} must be [B, H, D] = {want} (or [B, H, 1, D]), got {tuple(x.shape)}"
+            )
+        if x.device != self.device:
+            raise ValueError(f"{name} is on {x.device}, the cache on {self.device}")
+        return x
+
+    def _real(self, real: torch.Tensor | None, n: int | None = None) -> torch.Tensor:
+        shape = (self.batch,) if n is None else (self.batch, n)
+        if real is None:
+            return torch.ones(shape, dtype=torch.bool, device=self.device)
+        if real.dtype != torch.bool or tuple(real.shape) != shape:
+            raise ValueError(
+                f"padding mask must be torch.bool of shape {shape}, "
+                f"got {real.dtype} {tuple(real.shape)}"
+            )
+        return real.to(self.device)
+
+    def append(
+        self, k_t: torch.Tensor, v_t: torch.Tensor, real: torch.Tensor | None = None
+    ) -> None:
+        """Add the next token's key and value (`[B, H, D]`); `real` `[B]` bool, True = real."""
+        k_t, v_t = self._token("k_t", k_t), self._token("v_t", v_t)
+        real = self._real(real)
+        pos = self.length
+        if pos >= self.max_length:
+            raise ValueError(f"cache is full: max_length={self.max_length} tokens appended")
+        slot = pos % self.k_ring.shape[2]
+        self.k_ring[:, :, slot] = k_t.to(self.dtype)
+        self.v_ring[:, :, slot] = v_t.to(self.dtype)
+        self.real_ring[:, slot] = real
+        if self.block is not None:
+            j = pos // self.block
+            w = real.to(self.k_block_sum.dtype)  # [B]
+            self.k_block_sum[:, :, j] += k_t.to(w.dtype) * w[:, None, None]
+            self.v_block_sum[:, :, j] += v_t.to(w.dtype) * w[:, None, None]
+            self.block_count[:, j] += w
+        self.length = pos + 1
+
+    def prefill(
+        self, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None = None
+    ) -> None:
+        """Fill an empty cache with a prompt's keys/values `[B, H, N, D]` (N <= max_length)."""
+        if self.length:
+            raise ValueError(f"prefill needs an empty cache, it holds {self.length} tokens")
+        want = (self.batch, self.heads)
+        if k.dim() != 4 or tuple(k.shape[:2]) != want or k.shape[3] != self.head_dim:
+            raise ValueError(
+                f"k must be [B, H, N, D] with B, H, D = {self.batch, self.heads, self.head_dim}, "
+                f"got {tuple(k.shape)}"
+            )
+        if v.shape != k.shape:
+            raise ValueError(f"v must match k's shape {tuple(k.shape)}, got {tuple(v.shape)}")
+        n = k.shape[2]
+        if n > self.max_length:
+            raise ValueError(f"prompt of {n} tokens exceeds max_length={self.max_length}")
+        real = self._real(key_padding_mask, n)  # [B, N]
+        ring = self.k_ring.shape[2]
+        positions = torch.arange(max(0, n - ring), n, device=self.device)
+        slots = positions % ring
+        self.k_ring[:, :, slots] = k[:, :, positions].to(self.dtype)
+        self.v_ring[:, :, slots] = v[:, :, positions].to(self.dtype)
+        self.real_ring[:, slots] = real[:, positions]
+        if self.block is not None:
+            nb = -(-n // self.block)
+            tail = nb * self.block - n
+            cd = self.k_block_sum.dtype
+            w = torch.nn.functional.pad(real.to(cd), (0, tail)).view(self.batch, nb, self.block)
+            for x, sums in ((k, self.k_block_sum), (v, self.v_block_sum)):
+                x = torch.nn.functional.pad(x.to(cd), (0, 0, 0, tail))
+                x = x.view(self.batch, self.heads, nb, self.block, self.head_dim)
+                sums[:, :, :nb] = torch.einsum("bhjtd,bjt->bhjd", x, w)
+            self.block_count[:, :nb] = w.sum(-1)
+        self.length = n
+
+    # -- reading --
+
+    def attend(self, q_t: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+        """Output `[B, H, D]` (dtype of the cache) of query `q_t` at the last appended
+        position; zeros when it sees nothing."""
+        q_t = self._token("q_t", q_t)
+        if self.length == 0:
+            raise ValueError("attend needs at least one appended token")
+        i = self.length - 1
+        scale = self.head_dim**-0.5 if scale is None else float(scale)
+        cd = compute_dtype(self.dtype)
+        ring = self.k_ring.shape[2]
+        q = q_t.to(cd)
+        slot_used = torch.arange(ring, device=self.device) < min(self.length, ring)
+        vis_loc = (self.real_ring & slot_used)[:, None, :]  # [B, 1, W]
+        s_loc = scale * torch.einsum("bhd,bhwd->bhw", q, self.k_ring.to(cd))
+        s_loc = s_loc.masked_fill(~vis_loc, float("-inf"))
+        m = s_loc.amax(-1)  # [B, H]
+        s_sum = None
+        if self.block is not None:
+            # Blocks j with (j+1)*block - 1 <= i - window are complete and out of reach.
+            visible_blocks = max(0, (i - self.window + 1) // self.block)
+            nb = self.block_count.shape[1]
+            count = self.block_count
+            sees = (torch.arange(nb, device=self.device) < visible_blocks) & (count > 0)
+            denom = count.clamp(min=1)[:, None, :, None]
+            # Summaries round to the cache dtype, as the pooled k_sum/v_sum of the full op.
+            k_sum = (self.k_block_sum / denom).to(self.dtype).to(cd)  # [B, H, NB, D]
+            v_sum = (self.v_block_sum / denom).to(self.dtype).to(cd)
+            s_sum = scale * torch.einsum("bhd,bhjd->bhj", q, k_sum)
+            s_sum = s_sum.masked_fill(~sees[:, None, :], float("-inf"))
+            m = torch.maximum(m, s_sum.amax(-1))
+        m = torch.where(torch.isfinite(m), m, torch.zeros((), dtype=cd, device=self.device))
+        p = torch.exp(s_loc - m[..., None])
+        acc = torch.einsum("bhw,bhwd->bhd", p, self.v_ring.to(cd))
+        denom = p.sum(-1)
+        if s_sum is not None:
+            p_s = torch.exp(s_sum - m[..., None])
+            acc = acc + torch.einsum("bhj,bhjd->bhd", p_s, v_sum)
+            denom = denom + p_s.sum(-1)
+        denom = torch.where(denom > 0, denom, torch.ones((), dtype=cd, device=self.device))
+        return (acc / denom[..., None]).to(self.dtype)
+
+
+def hierarchical_attention_decode(
+    q_t: torch.Tensor, cache: HierarchicalKVCache, scale: float | None = None
+) -> torch.Tensor:
+    """`cache.attend(q_t)`: one query `[B, H, D]` at the cache's last position -> `[B, H, D]`."""
+    return cache.attend(q_t, scale=scale)
