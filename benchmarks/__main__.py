@@ -1,0 +1,76 @@
+"""`python -m benchmarks [SUITE ...] [--quick] [--device cuda|cpu] [--out DIR]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from benchmarks.core import SUITES, run_benchmarks
+
+EPILOG = """\
+examples:
+  python -m benchmarks --quick --device cpu      every suite, short sweep, on the CPU
+  python -m benchmarks attention memory          two suites on CUDA when present
+  python -m benchmarks --out /tmp/run            write the run somewhere else
+
+Results go to benchmarks/results/<device>/<YYYY-MM-DD>-<commit>/ (results.csv,
+results.json, results.md, PNG plots) and that device's section of
+benchmarks/results/README.md is replaced by this run's table."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Run Stretto's speed and memory benchmarks and write one results folder.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "suites",
+        nargs="*",
+        metavar="SUITE",
+        help=f"suites to run (default: all): {', '.join(SUITES)}",
+    )
+    parser.add_argument("--quick", action="store_true", help="short sweep, fewer repeats")
+    parser.add_argument(
+        "--device",
+        choices=("cuda", "cpu"),
+        default=None,
+        help="where to run (default: cuda when torch sees one, else cpu)",
+    )
+    parser.add_argument("--out", default=None, help="results folder (default: see below)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument(
+        "--no-readme",
+        action="store_true",
+        help="do not update benchmarks/results/README.md",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    unknown = [s for s in args.suites if s not in SUITES]
+    if unknown:
+        parser.error(f"unknown suite {unknown[0]!r}; choose from {', '.join(SUITES)}")
+    try:
+        result = run_benchmarks(
+            args.suites or None,
+            quick=args.quick,
+            device=args.device,
+            out_dir=args.out,
+            plots=not args.no_plots,
+            update_readme=False if args.no_readme else None,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    print(result.out_dir / "results.md")
+    for row in result.errors:
+        print(f"error in suite {row['suite']}: {row['status']}", file=sys.stderr)
+    return 1 if result.errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,365 @@
+"""The runner: find the suites, run them, enrich and normalise every row, write a run.
+
+A suite is a module `benchmarks.<name>_bench` with `run(*, quick, device) -> list[dict]`.
+Each row names what was measured (suite, provider, mode, shape, dtype) and what was
+found (median_ms, p20_ms, p80_ms, peak_mem_mb, optional tokens_per_s, tflops, extra);
+a row whose `status` starts with "skipped:" or "error:" carries no numbers. The runner
+adds the environment (device, versions, commit, date) to every row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import inspect
+import math
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS_ROOT = REPO_ROOT / "benchmarks" / "results"
+
+# Suite name -> module; run in this order when no suite is named.
+SUITES: dict[str, str] = {
+    "tokenizer": "benchmarks.tokenizer_bench",
+    "attention": "benchmarks.attention_bench",
+    "model": "benchmarks.model_bench",
+    "generate": "benchmarks.generate_bench",
+    "memory": "benchmarks.memory_bench",
+}
+
+MEASURED_FIELDS = ("median_ms", "p20_ms", "p80_ms", "peak_mem_mb", "tokens_per_s", "tflops")
+ENV_FIELDS = ("device", "torch", "triton", "stretto", "commit", "date")
+ROW_FIELDS = (
+    ("suite", "provider", "mode", "shape", "seq_len", "dtype")
+    + MEASURED_FIELDS
+    + ("status",)
+    + ENV_FIELDS
+    + ("extra",)
+)
+
+_SEQ_KEYS = ("seq_len", "N", "n", "T", "L", "tokens")
+_SEQ_IN_LABEL = re.compile(r"(?:^|[-_ ,x])(?:N|L|T|seq|seq_len|len)=?(\d+)(?=$|[-_ ,x])")
+
+
+class SuiteUnavailable(Exception):
+    """A suite, or something it needs, is not there; its rows read "skipped: <reason>"."""
+
+
+# -- rows -----------------------------------------------------------------------------
+
+
+def skipped_row(suite: str, reason: str, **what: Any) -> dict[str, Any]:
+    """A row saying that a case was not measured, and why."""
+    row = {"suite": suite, "provider": "-", "mode": "-", "shape": "-", "dtype": "-"}
+    row.update(what)
+    row["status"] = reason if reason.startswith("skipped:") else f"skipped: {reason}"
+    return row
+
+
+def is_measured(row: Mapping[str, Any]) -> bool:
+    return str(row.get("status", "ok")) == "ok"
+
+
+def _shape_label(shape: Any) -> str:
+    if shape is None:
+        return "-"
+    if isinstance(shape, Mapping):
+        return "-".join(f"{k}{v}" for k, v in shape.items())
+    if isinstance(shape, list | tuple):
+        return "x".join(str(s) for s in shape)
+    return str(shape)
+
+
+def _seq_len(row: Mapping[str, Any]) -> int | None:
+    candidates: list[Any] = [row.get("seq_len")]
+    for source in (row.get("shape"), row.get("extra")):
+        if isinstance(source, Mapping):
+            candidates += [source.get(k) for k in _SEQ_KEYS]
+    for value in candidates:
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            return int(value)
+    if isinstance(row.get("shape"), str):
+        match = _SEQ_IN_LABEL.search(row["shape"])
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def _number(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def normalize_row(row: Mapping[str, Any], suite: str, env: Mapping[str, Any]) -> dict[str, Any]:
+    """One row in the common schema: known fields typed, unknown keys moved to `extra`."""
+    extra = row.get("extra") or {}
+    extra = dict(extra) if isinstance(extra, Mapping) else {"value": extra}
+    out: dict[str, Any] = {
+        "suite": str(row.get("suite") or suite),
+        "provider": str(row.get("provider") or "-"),
+        "mode": str(row.get("mode") or "-"),
+        "shape": _shape_label(row.get("shape")),
+        "seq_len": _seq_len(row),
+        "dtype": str(row.get("dtype") or "-").removeprefix("torch."),
+    }
+    for field in MEASURED_FIELDS:
+        out[field] = _number(row.get(field))
+    status = row.get("status")
+    if status is None and row.get("skipped"):
+        status = f"skipped: {row['skipped']}"
+    out["status"] = str(status) if status else "ok"
+    for field in ENV_FIELDS:
+        out[field] = env.get(field)
+    for key, value in row.items():
+        if key not in ROW_FIELDS and key != "skipped":
+            extra.setdefault(key, value)
+    out["extra"] = extra
+    return out
+
+
+# -- environment --------------------------------------------------------------------
+
+
+def resolve_device(device: str | None) -> str:
+    """`cuda` when asked for or available, else `cpu`; absent CUDA asked for is an error."""
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cuda", "cpu"):
+        raise ValueError(f"device must be 'cuda' or 'cpu', got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+    return device
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_name()
+    return f"{_cpu_name()} ({os.cpu_count()} cores)"
+
+
+def device_slug(device: str, name: str | None = None) -> str:
+    """Folder name of a device: `nvidia-h100-80gb-hbm3`, `cpu-intel-xeon-platinum-8481c`."""
+    name = name or device_name(device)
+    name = re.sub(r"\((?:R|TM|tm|r)\)|\(\d+ cores\)|@.*$|\bCPU\b|\bProcessor\b", " ", name)
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown"
+    if not device.startswith("cuda") and not slug.startswith("cpu"):
+        slug = f"cpu-{slug}"
+    return slug
+
+
+def git_commit(root: Path = REPO_ROOT) -> tuple[str, bool]:
+    """(commit, dirty) of the checkout; $STRETTO_COMMIT where there is no .git."""
+    if os.environ.get("STRETTO_COMMIT"):
+        return os.environ["STRETTO_COMMIT"], False
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown", False
+    return commit, bool(dirty)
+
+
+def _version(module: str) -> str | None:
+    try:
+        return importlib.import_module(module).__version__
+    except Exception:  # absent or broken: recorded as missing
+        return None
+
+
+def stretto_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("stretto")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def environment(device: str) -> dict[str, Any]:
+    """What every row records about where and from what it was measured."""
+    import torch
+
+    commit, dirty = git_commit()
+    now = dt.datetime.now(dt.UTC)
+    env: dict[str, Any] = {
+        "device": device_name(device),
+        "device_slug": device_slug(device),
+        "device_kind": device,
+        "torch": torch.__version__,
+        "triton": _version("triton"),
+        "stretto": stretto_version(),
+        "commit": commit,
+        "commit_dirty": dirty,
+        "date": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch_threads": torch.get_num_threads(),
+        "triton_interpret": os.environ.get("TRITON_INTERPRET"),
+    }
+    if device.startswith("cuda"):
+        env["cuda"] = torch.version.cuda
+    return env
+
+
+def default_out_dir(env: Mapping[str, Any], root: Path = RESULTS_ROOT) -> Path:
+    """`benchmarks/results/<device-slug>/<YYYY-MM-DD>-<shortcommit>/`."""
+    short = str(env["commit"])[:7] + ("-dirty" if env.get("commit_dirty") else "")
+    return root / str(env["device_slug"]) / f"{str(env['date'])[:10]}-{short}"
+
+
+# -- running ------------------------------------------------------------------------
+
+
+def load_suite(name: str, registry: Mapping[str, str | Callable[..., Any]] = SUITES):
+    """The `run` callable of suite `name`; SuiteUnavailable when it cannot be imported."""
+    if name not in registry:
+        raise ValueError(f"unknown suite {name!r}; known: {', '.join(registry)}")
+    target = registry[name]
+    if callable(target):
+        return target
+    try:
+        module = importlib.import_module(target)
+    except ImportError as exc:
+        missing = getattr(exc, "name", None)
+        if missing == target:
+            path = target.replace(".", "/") + ".py"
+            raise SuiteUnavailable(f"{path} is not there yet") from exc
+        raise SuiteUnavailable(f"{type(exc).__name__}: {exc}") from exc
+    run = getattr(module, "run", None)
+    if not callable(run):
+        raise SuiteUnavailable(f"{target} has no run(*, quick, device) function")
+    return run
+
+
+def call_suite(run: Callable[..., Any], *, quick: bool, device: str) -> list[dict[str, Any]]:
+    """Call a suite's `run`, passing only the keywords it takes."""
+    params = inspect.signature(run).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kwargs = {
+        k: v for k, v in {"quick": quick, "device": device}.items() if takes_any or k in params
+    }
+    rows = run(**kwargs)
+    return [dict(r) for r in (rows or [])]
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    rows: list[dict[str, Any]]
+    meta: dict[str, Any]
+
+    @property
+    def errors(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if str(r["status"]).startswith("error")]
+
+
+def run_suites(
+    names: Iterable[str],
+    *,
+    quick: bool,
+    device: str,
+    env: Mapping[str, Any],
+    registry: Mapping[str, str | Callable[..., Any]] = SUITES,
+    log=None,
+) -> list[dict[str, Any]]:
+    """Run each suite in turn; a missing or failing suite becomes a row, never a gap."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        start = time.perf_counter()
+        log(f"[benchmarks] {name}: running ({'quick' if quick else 'full'}, {device})")
+        try:
+            suite_rows = call_suite(load_suite(name, registry), quick=quick, device=device)
+            if not suite_rows:
+                suite_rows = [skipped_row(name, "skipped: the suite returned no rows")]
+        except SuiteUnavailable as exc:
+            suite_rows = [skipped_row(name, f"skipped: {exc}")]
+        except ImportError as exc:  # a dependency imported lazily inside run()
+            suite_rows = [skipped_row(name, f"skipped: {type(exc).__name__}: {exc}")]
+        except Exception as exc:
+            traceback.print_exc()
+            suite_rows = [
+                {"suite": name, "provider": "-", "status": f"error: {type(exc).__name__}: {exc}"}
+            ]
+        normalized = [normalize_row(r, name, env) for r in suite_rows]
+        rows += normalized
+        measured = sum(is_measured(r) for r in normalized)
+        log(
+            f"[benchmarks] {name}: {len(normalized)} rows ({measured} measured) "
+            f"in {time.perf_counter() - start:.1f} s"
+        )
+    return rows
+
+
+def run_benchmarks(
+    names: Iterable[str] | None = None,
+    *,
+    quick: bool = False,
+    device: str | None = None,
+    out_dir: Path | None = None,
+    registry: Mapping[str, str | Callable[..., Any]] = SUITES,
+    results_root: Path = RESULTS_ROOT,
+    update_readme: bool | None = None,
+    plots: bool = True,
+    log=None,
+) -> RunResult:
+    """Run suites and write results.{csv,json,md} and plots into one folder.
+
+    `update_readme` (default: when the folder lies under `results_root`) rewrites this
+    device's section of `results_root/README.md`, keeping the other devices' sections.
+    """
+    from benchmarks import report
+
+    names = list(names or registry)
+    for name in names:
+        if name not in registry:
+            raise ValueError(f"unknown suite {name!r}; known: {', '.join(registry)}")
+    device = resolve_device(device)
+    env = environment(device)
+    rows = run_suites(names, quick=quick, device=device, env=env, registry=registry, log=log)
+    meta = dict(env, suites=names, quick=quick)
+    out_dir = Path(out_dir) if out_dir is not None else default_out_dir(env, results_root)
+    report.write_run(out_dir, meta, rows, plots=plots)
+    if update_readme is None:
+        update_readme = out_dir.resolve().is_relative_to(results_root.resolve())
+    if update_readme:
+        report.update_results_readme(results_root / "README.md", out_dir, meta, rows)
+    return RunResult(out_dir, rows, meta)
