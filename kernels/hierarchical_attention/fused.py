@@ -67,19 +67,20 @@ def _fwd_configs() -> list[triton.Config]:
     return [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
         for bm in (64, 128)
-        for bn in (32, 64, 128)
+        for bn in (32, 64)
         for w in (4, 8)
-        for s in (2, 3, 4)
+        for s in (2, 3)
     ]
 
 
 def _bwd_configs() -> list[triton.Config]:
+    """Shared by the dq kernel (BLOCK_M queries outer) and dk/dv (BLOCK_N keys outer)."""
     if _INTERPRET:
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1)]
+    tiles = [(32, 64), (64, 64), (32, 128), (64, 128), (128, 32), (128, 64)]
     return [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bm in (32, 64, 128)
-        for bn in (32, 64, 128)
+        for bm, bn in tiles
         for w in (4, 8)
         for s in (2, 3)
     ]
@@ -87,8 +88,8 @@ def _bwd_configs() -> list[triton.Config]:
 
 def _prune(configs, named_args, **kwargs):
     """Drop tiles far larger than the problem and those that overflow shared memory."""
-    n_bucket = named_args["N_BUCKET"]
-    block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
+    args = {**named_args, **kwargs}  # positional and keyword launch arguments
+    n_bucket, block_d = args["N_BUCKET"], args["BLOCK_D"]
     kept = []
     for c in configs:
         bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
