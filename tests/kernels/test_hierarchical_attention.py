@@ -1,0 +1,341 @@
+"""The public op and its torch fallback against the float64 reference, output and gradients.
+
+Every fast-vs-reference comparison goes through `assert_close_to_reference`: the error
+of the chunked fallback against the float64 reference is at most 2x that of the dense
+reference run in the same dtype, plus the policy's floor.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from stretto.kernels import hierarchical_attention
+from stretto.kernels.hierarchical_attention import chunked, op
+from stretto.kernels.testing import assert_close_to_reference
+
+# (B, H, N, D, window, block, causal, padding)
+CASES = [
+    (2, 3, 77, 32, 8, 4, True, "end"),
+    (1, 2, 1, 16, 4, 2, True, None),  # N = 1
+    (2, 1, 5, 16, 9, 2, True, "end"),  # N < window
+    (2, 2, 63, 40, 7, 10, False, "middle"),  # N not a multiple of block
+    (1, 2, 20, 16, 20, 3, True, None),  # window == N
+    (1, 1, 20, 16, 64, 3, False, "end"),  # window > N
+    (2, 2, 50, 64, 6, None, True, "middle"),  # sliding window only
+    (2, 2, 33, 16, 4, 1, True, "row"),  # block 1, a batch row entirely padding
+    (2, 2, 33, 16, 4, 1, False, "row"),
+    (1, 3, 130, 16, 16, 8, True, "end"),  # several query chunks
+    (2, 1, 77, 16, 1, 5, True, None),  # window 1
+    (1, 2, 129, 16, 40, 16, False, "middle"),  # chunk 64, bands spanning chunks
+    (1, 1, 45, 16, 3, 64, False, None),  # block > N: a single summary
+]
+# The subset run in float32 and bfloat16 (bfloat16 matmuls are slow on CPU).
+LOW_PRECISION = [CASES[0], CASES[3], CASES[7], CASES[9], CASES[11]]
+
+
+def case_id(case) -> str:
+    b, h, n, d, w, g, causal, pad = case
+    mode = "causal" if causal else "bidir"
+    return f"B{b}-H{h}-N{n}-D{d}-w{w}-g{g}-{mode}-{pad or 'nopad'}"
+
+
+def padding_mask(kind: str | None, b: int, n: int) -> torch.Tensor | None:
+    if kind is None:
+        return None
+    real = torch.ones(b, n, dtype=torch.bool)
+    if kind == "end":
+        real[-1, n - max(1, n // 3) :] = False
+    elif kind == "middle":
+        real[:, n // 3 : n // 3 + max(1, n // 4)] = False
+        real[0, 0] = False
+    elif kind == "row":
+        real[0] = False
+        real[-1, -2:] = False
+    else:
+        raise ValueError(kind)
+    return real
+
+
+def run(q, k, v, mask, case, backend, upstream):
+    """(o, dq, dk, dv) of one backend; `upstream` None means o.sum().backward()."""
+    _, _, _, _, window, block, causal, _ = case
+    q, k, v = (x.detach().clone().requires_grad_(True) for x in (q, k, v))
+    o = hierarchical_attention(
+        q, k, v, window=window, block=block, causal=causal, key_padding_mask=mask, backend=backend
+    )
+    if upstream is None:
+        o.sum().backward()  # a stride-0 upstream gradient
+    else:
+        o.backward(upstream.to(o.dtype))
+    return o.detach(), q.grad, k.grad, v.grad
+
+
+def check_against_reference(case, dtype, upstream_kind):
+    b, h, n, d, _, _, _, pad = case
+    q, k, v = (torch.randn(b, h, n, d).to(dtype) for _ in range(3))
+    mask = padding_mask(pad, b, n)
+    upstream = None if upstream_kind == "sum" else torch.randn(b, h, n, d).to(dtype)
+    fast = run(q, k, v, mask, case, "torch", upstream)
+    plain = run(q, k, v, mask, case, "reference", upstream)
+    ref = run(q.double(), k.double(), v.double(), mask, case, "reference", upstream)
+    for name, f, p, r in zip(("o", "dq", "dk", "dv"), fast, plain, ref, strict=True):
+        assert f.dtype == dtype
+        assert_close_to_reference(f, p, r, name=name)
+
+
+@pytest.mark.parametrize("upstream", ["sum", "random"])
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_torch_fallback_float64(case, upstream, poisoned):
+    check_against_reference(case, torch.float64, upstream)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("case", LOW_PRECISION, ids=case_id)
+def test_torch_fallback_low_precision(case, dtype, poisoned):
+    check_against_reference(case, dtype, "random")
+
+
+def test_rows_that_see_nothing_are_zero_with_zero_gradients(poisoned):
+    q, k, v = (torch.randn(2, 2, 9, 16, requires_grad=True) for _ in range(3))
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[0] = False  # batch row 0 sees nothing at all
+    mask[1, :3] = False  # causal, window 2, block 3: queries 0..2 of row 1 see nothing
+    o = hierarchical_attention(q, k, v, window=2, block=3, key_padding_mask=mask, backend="torch")
+    o.sum().backward()
+    assert not o.isnan().any()
+    assert torch.equal(o[0], torch.zeros_like(o[0]))
+    assert torch.equal(o[1, :, :3], torch.zeros_like(o[1, :, :3]))
+    assert (o[1, :, 3:].abs().sum(-1) > 0).all()
+    for grad in (q.grad, k.grad, v.grad):
+        assert not grad.isnan().any()
+        assert torch.equal(grad[0], torch.zeros_like(grad[0]))
+    assert torch.equal(q.grad[1, :, :3], torch.zeros_like(q.grad[1, :, :3]))
+
+
+def test_deterministic_across_runs():
+    case = CASES[9]
+    b, h, n, d, window, block, causal, pad = case
+    q, k, v, up = (torch.randn(b, h, n, d) for _ in range(4))
+    mask = padding_mask(pad, b, n)
+    first = run(q, k, v, mask, case, "torch", up)
+    second = run(q, k, v, mask, case, "torch", up)
+    for a, b_ in zip(first, second, strict=True):
+        assert torch.equal(a, b_)
+
+
+def test_auto_backend_on_cpu_is_the_torch_fallback():
+    q, k, v = (torch.randn(1, 2, 40, 16) for _ in range(3))
+    auto = hierarchical_attention(q, k, v, window=5, block=4)
+    fallback = hierarchical_attention(q, k, v, window=5, block=4, backend="torch")
+    assert torch.equal(auto, fallback)
+
+
+def test_scale_is_used():
+    q, k, v = (torch.randn(1, 1, 30, 16, dtype=torch.float64) for _ in range(3))
+    kw = dict(window=4, block=3, scale=0.7)
+    got = hierarchical_attention(q, k, v, backend="torch", **kw)
+    want = hierarchical_attention(q, k, v, backend="reference", **kw)
+    default = hierarchical_attention(q, k, v, backend="torch", window=4, block=3)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    assert not torch.allclose(got, default)
+
+
+def test_non_contiguous_inputs():
+    q, k, v = (torch.randn(1, 20, 2, 16, dtype=torch.float64).transpose(1, 2) for _ in range(3))
+    got = hierarchical_attention(q, k, v, window=4, block=3, backend="torch")
+    want = hierarchical_attention(q, k, v, window=4, block=3, backend="reference")
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+# -- the Triton backend through the same custom op (fused.py's own tests are elsewhere) --
+
+
+def test_triton_backend_through_the_public_op(kernel_device, poisoned):
+    if op.fused_import_error() is not None:
+        pytest.skip(f"fused kernels not importable: {op.fused_import_error()}")
+    case = (1, 2, 37, 16, 8, 4, True, "middle")
+    b, h, n, d, *_ = case
+    q, k, v, up = (torch.randn(b, h, n, d, device=kernel_device) for _ in range(4))
+    mask = padding_mask("middle", b, n).to(kernel_device)
+    fast = run(q, k, v, mask, case, "triton", up)
+    plain = run(q, k, v, mask, case, "reference", up)
+    ref = run(q.double(), k.double(), v.double(), mask, case, "reference", up)
+    for name, f, p, r in zip(("o", "dq", "dk", "dv"), fast, plain, ref, strict=True):
+        assert_close_to_reference(f, p, r, name=name)
+
+
+# -- torch.compile --
+
+
+class _Attend(torch.nn.Module):
+    def forward(self, q, k, v, mask):
+        return hierarchical_attention(q, k, v, window=6, block=4, key_padding_mask=mask)
+
+
+@pytest.mark.slow
+def test_compile_fullgraph_forward_and_backward():
+    torch._dynamo.reset()
+    q, k, v, up = (torch.randn(2, 2, 45, 16, dtype=torch.float64) for _ in range(4))
+    mask = padding_mask("middle", 2, 45)
+    compiled = torch.compile(_Attend(), fullgraph=True)
+    leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
+    o = compiled(*leaves, mask)
+    o.backward(up)
+    case = (2, 2, 45, 16, 6, 4, True, "middle")
+    ref = run(q, k, v, mask, case, "reference", up)
+    torch.testing.assert_close(o.detach(), ref[0], rtol=0, atol=1e-10)
+    for leaf, want in zip(leaves, ref[1:], strict=True):
+        torch.testing.assert_close(leaf.grad, want, rtol=0, atol=1e-10)
+
+
+def test_fake_kernels_give_the_real_shapes():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    q = torch.randn(2, 3, 17, 16)
+    k_sum = torch.randn(2, 3, 5, 16)
+    real = torch.ones(2, 17, dtype=torch.bool)
+    s_real = torch.ones(2, 5, dtype=torch.bool)
+    args = (q, q, q, k_sum, k_sum, real, s_real, 4, 4, True, 0.25, "torch")
+    o, lse = op.wha_forward(*args)
+    with FakeTensorMode() as mode:
+        fake_args = tuple(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args)
+        fo, flse = op.wha_forward(*fake_args)
+        grads = op.wha_backward(fake_args[0], *fake_args[:7], fo, flse, *fake_args[7:])
+    assert (fo.shape, fo.dtype, flse.shape, flse.dtype) == (o.shape, o.dtype, lse.shape, lse.dtype)
+    real_grads = op.wha_backward(q, *args[:7], o, lse, *args[7:])
+    for fake, real_grad in zip(grads, real_grads, strict=True):
+        assert (fake.shape, fake.dtype) == (real_grad.shape, real_grad.dtype)
+
+
+def test_custom_op_passes_opcheck():
+    q, k, v = (torch.randn(1, 2, 11, 16, requires_grad=True) for _ in range(3))
+    k_sum = torch.randn(1, 2, 4, 16, requires_grad=True)
+    v_sum = torch.randn(1, 2, 4, 16, requires_grad=True)
+    real = torch.rand(1, 11) > 0.2
+    s_real = torch.ones(1, 4, dtype=torch.bool)
+    torch.library.opcheck(
+        op.wha_forward, (q, k, v, k_sum, v_sum, real, s_real, 3, 3, True, 0.25, "torch")
+    )
+
+
+# -- memory: never an N x N intermediate --
+
+
+class _LargestTensor(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
+def test_fallback_never_allocates_n_by_n(causal):
+    b, h, n, d, window, block = 1, 2, 1024, 16, 16, 64
+    q, k, v, do = (torch.randn(b, h, n, d) for _ in range(4))
+    mask = torch.rand(b, n) > 0.1
+    kw = dict(window=window, block=block, causal=causal, scale=0.25)
+    with _LargestTensor() as tracker:
+        k_sum, v_sum, s_real = chunked.pool_summaries(k, v, block, mask)
+        o, lse = chunked.chunked_forward(q, k, v, k_sum, v_sum, mask, s_real, **kw)
+        chunked.chunked_backward(do, q, k, v, k_sum, v_sum, mask, s_real, o, lse, **kw)
+    chunk = chunked.chunk_size(n, window)
+    band = chunk + (window - 1 if causal else 2 * window - 2)
+    nb = n // block
+    # Scores take N x (band + NB) per head; a band of keys takes N / chunk x band x D.
+    bound = b * h * max(n * (band + nb), (n // chunk) * band * d, n * d)
+    assert tracker.largest <= bound
+    assert tracker.largest * 8 < b * h * n * n
+
+
+# -- validation --
+
+_GOOD = dict(window=4, block=2, causal=True, key_padding_mask=None, scale=None, backend="torch")
+
+
+def _qkv(shape=(1, 2, 8, 16), dtype=torch.float32):
+    return [torch.randn(*shape, dtype=dtype) for _ in range(3)]
+
+
+def _bad(**changes):
+    return {**_GOOD, **changes}
+
+
+@pytest.mark.parametrize(
+    ("tensors", "kwargs", "match"),
+    [
+        pytest.param(
+            [torch.randn(2, 8, 16)] * 3, _GOOD, r"rank 4 \[B, H, N, D\], got rank 3", id="rank"
+        ),
+        pytest.param(
+            [torch.randn(1, 2, 8, 16), torch.randn(1, 2, 9, 16), torch.randn(1, 2, 8, 16)],
+            _GOOD,
+            r"k \(1, 2, 9, 16\)",
+            id="shape",
+        ),
+        pytest.param(_qkv((1, 2, 0, 16)), _GOOD, r"non-empty.*\(1, 2, 0, 16\)", id="empty"),
+        pytest.param(
+            [torch.randn(1, 2, 8, 16), torch.randn(1, 2, 8, 16).double(), torch.randn(1, 2, 8, 16)],
+            _GOOD,
+            "float32, torch.float64",
+            id="dtype-mismatch",
+        ),
+        pytest.param(
+            [torch.ones(1, 2, 8, 16, dtype=torch.int32)] * 3, _GOOD, "torch.int32", id="int-dtype"
+        ),
+        pytest.param(_qkv(), _bad(window=0), "window must be an int >= 1, got 0", id="window0"),
+        pytest.param(_qkv(), _bad(window=2.0), "got 2.0", id="window-float"),
+        pytest.param(
+            _qkv(), _bad(block=0), "block must be None or an int >= 1, got 0", id="block0"
+        ),
+        pytest.param(_qkv(), _bad(block=-3), "got -3", id="block-negative"),
+        pytest.param(_qkv(), _bad(causal=1), "causal must be a bool, got 1", id="causal-int"),
+        pytest.param(_qkv(), _bad(scale=float("nan")), "got nan", id="scale-nan"),
+        pytest.param(_qkv(), _bad(backend="cuda"), "'cuda'", id="backend"),
+        pytest.param(
+            _qkv(),
+            _bad(key_padding_mask=torch.ones(1, 8)),
+            "torch.bool.*got torch.float32",
+            id="mask-dtype",
+        ),
+        pytest.param(
+            _qkv(),
+            _bad(key_padding_mask=torch.ones(1, 9, dtype=torch.bool)),
+            r"\[B, N\] = \(1, 8\), got \(1, 9\)",
+            id="mask-shape",
+        ),
+        pytest.param(
+            _qkv(),
+            _bad(key_padding_mask=torch.ones(2, 1, 8, dtype=torch.bool)),
+            r"got \(2, 1, 8\)",
+            id="mask-rank",
+        ),
+    ],
+)
+def test_validation_errors(tensors, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        hierarchical_attention(*tensors, **kwargs)
+
+
+def test_device_mismatch_is_a_value_error():
+    q, k, v = _qkv()
+    with pytest.raises(ValueError, match="one device.*meta"):
+        hierarchical_attention(q, k.to("meta"), v, window=4)
+
+
+def test_triton_limits_are_named():
+    if op.fused_import_error() is not None:
+        with pytest.raises(NotImplementedError, match="backend='triton' is unavailable"):
+            hierarchical_attention(*_qkv(), window=4, backend="triton")
+        return
+    with pytest.raises(NotImplementedError, match="float64"):
+        hierarchical_attention(*_qkv(dtype=torch.float64), window=4, backend="triton")
+    with pytest.raises(NotImplementedError, match="head dims 16..128, got D=8"):
+        hierarchical_attention(*_qkv((1, 1, 8, 8)), window=4, backend="triton")
