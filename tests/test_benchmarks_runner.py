@@ -1,0 +1,214 @@
+"""The benchmark runner's plumbing on a fake suite: rows, files, plots, README sections.
+
+No timing is asserted here (speed lives in benchmarks/); these tests check that what a
+suite returns reaches results.csv/json/md and the plots intact and enriched.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+# benchmarks/ is not installed: import it from the checkout this test file sits in.
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import core, report  # noqa: E402
+from benchmarks.plot import plot_rows  # noqa: E402
+from benchmarks.timing import bench_cpu, peak_rss_in_child, quantile  # noqa: E402
+
+ENV = {
+    "device": "Fake CPU (2 cores)",
+    "device_slug": "cpu-fake",
+    "torch": "2.13.0",
+    "triton": None,
+    "stretto": "0.1.0",
+    "commit": "0123456789abcdef",
+    "date": "2026-11-24T00:00:00Z",
+}
+
+
+def fake_suite(*, quick, device):
+    rows = []
+    for provider, scale in (("fast", 1.0), ("slow", 3.0)):
+        for n in (512, 1024, 2048):
+            rows.append(
+                {
+                    "suite": "fake",
+                    "provider": provider,
+                    "mode": "fwd",
+                    "shape": f"B1-H8-N{n}-D64",
+                    "dtype": "torch.float32",
+                    "median_ms": scale * n / 512,
+                    "p20_ms": scale * n / 600,
+                    "p80_ms": scale * n / 450,
+                    "peak_mem_mb": scale * n / 100,
+                    "tokens_per_s": n / (scale * n / 512) * 1e3,
+                    "note": "kept in extra",
+                }
+            )
+    rows.append(core.skipped_row("fake", "flash-attn is not installed", provider="flash"))
+    return rows
+
+
+def suite_without_device(*, quick):
+    return [{"provider": "p", "mode": "fwd", "shape": {"B": 2, "N": 77}, "median_ms": 1.5}]
+
+
+def failing_suite(*, quick, device):
+    raise RuntimeError("kernel exploded")
+
+
+def suite_missing_dependency(*, quick, device):
+    raise ModuleNotFoundError("No module named 'miditok'", name="miditok")
+
+
+REGISTRY = {
+    "fake": fake_suite,
+    "nodevice": suite_without_device,
+    "failing": failing_suite,
+    "nodep": suite_missing_dependency,
+    "absent": "benchmarks.no_such_bench",
+}
+
+
+@pytest.fixture
+def fake_env(monkeypatch):
+    monkeypatch.setattr(core, "environment", lambda device: dict(ENV))
+    monkeypatch.setattr(core, "resolve_device", lambda device: "cpu")
+
+
+@pytest.fixture
+def run(tmp_path, fake_env):
+    results_root = tmp_path / "results"
+    return core.run_benchmarks(
+        list(REGISTRY),
+        quick=True,
+        device="cpu",
+        registry=REGISTRY,
+        results_root=results_root,
+        log=lambda msg: None,
+    )
+
+
+def test_rows_are_enriched_and_normalized(run):
+    fake = [r for r in run.rows if r["suite"] == "fake" and r["status"] == "ok"]
+    assert len(fake) == 6
+    for row in run.rows:
+        assert tuple(row) == core.ROW_FIELDS
+        for field in core.ENV_FIELDS:
+            assert row[field] == ENV[field]
+    first = fake[0]
+    assert (first["seq_len"], first["dtype"], first["extra"]) == (
+        512,
+        "float32",
+        {"note": "kept in extra"},
+    )
+    other = next(r for r in run.rows if r["suite"] == "nodevice")
+    assert (other["shape"], other["seq_len"], other["median_ms"]) == ("B2-N77", 77, 1.5)
+
+
+@pytest.mark.parametrize(
+    "suite, status",
+    [
+        pytest.param("fake", "skipped: flash-attn is not installed", id="peer-absent"),
+        pytest.param("nodep", "skipped: ModuleNotFoundError: No module named", id="dependency"),
+        pytest.param("absent", "skipped: benchmarks/no_such_bench.py is not there", id="module"),
+        pytest.param("failing", "error: RuntimeError: kernel exploded", id="error"),
+    ],
+)
+def test_unmeasured_cases_are_rows(run, suite, status):
+    rows = [r for r in run.rows if r["suite"] == suite and r["status"] != "ok"]
+    assert len(rows) == 1
+    assert rows[0]["status"].startswith(status)
+    assert all(rows[0][f] is None for f in core.MEASURED_FIELDS)
+
+
+def test_run_folder_layout(run, tmp_path):
+    assert run.out_dir == tmp_path / "results" / "cpu-fake" / "2026-11-24-0123456"
+    assert [r["suite"] for r in run.errors] == ["failing"]
+    with (run.out_dir / "results.csv").open(newline="") as f:
+        lines = list(csv.DictReader(f))
+    assert len(lines) == len(run.rows)
+    assert lines[0]["commit"] == ENV["commit"]
+    assert json.loads(lines[0]["extra"]) == {"note": "kept in extra"}
+    data = json.loads((run.out_dir / "results.json").read_text())
+    assert data["meta"]["suites"] == list(REGISTRY)
+    assert data["rows"] == json.loads(json.dumps(run.rows))
+    md = (run.out_dir / "results.md").read_text()
+    assert "| fake | slow | fwd | `B1-H8-N2048-D64` | float32 | 12.0 |" in md
+    assert "3.00x" in md and "skipped: flash-attn is not installed" in md
+    plots = sorted(p.name for p in run.out_dir.glob("*.png"))
+    assert plots == ["fake-fwd-memory.png", "fake-fwd-time.png", "nodevice-fwd-time.png"]
+    for name in plots:
+        assert (run.out_dir / name).read_bytes()[:4] == b"\x89PNG"
+        assert f"({name})" in md
+
+
+def test_results_readme_keeps_other_devices(run, tmp_path):
+    readme = tmp_path / "results" / "README.md"
+    text = readme.read_text()
+    assert "<!-- device: cpu-fake -->" in text and "cpu-fake/2026-11-24-0123456/" in text
+    gpu_meta = dict(ENV, device="Fake GPU", device_slug="fake-gpu")
+    gpu_rows = [dict(r, device="Fake GPU") for r in run.rows[:1]]
+    report.update_results_readme(readme, run.out_dir, gpu_meta, gpu_rows)
+    newer = [dict(r, median_ms=99.0) for r in run.rows[:1]]
+    report.update_results_readme(readme, run.out_dir, dict(ENV, date="2026-12-01"), newer)
+    text = readme.read_text()
+    assert text.count("<!-- device: cpu-fake -->") == 1
+    assert "<!-- device: fake-gpu -->" in text and "Fake GPU" in text
+    assert "| 99.0 |" in text and "2026-12-01" in text
+
+
+def test_plot_skips_unmeasured_and_lengthless_rows(tmp_path):
+    rows = [
+        core.normalize_row(r, "t", ENV)
+        for r in [
+            {"provider": "a", "mode": "encode", "shape": "file.mid", "median_ms": 1.0},
+            {"provider": "b", "mode": "fwd", "shape": "N512", "status": "skipped: absent"},
+        ]
+    ]
+    assert plot_rows(rows, tmp_path) == []
+
+
+def test_unknown_suite_is_refused(tmp_path, fake_env):
+    with pytest.raises(ValueError, match="unknown suite 'nope'"):
+        core.run_benchmarks(["nope"], registry=REGISTRY, results_root=tmp_path)
+
+
+def test_device_slug():
+    name = "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz (2 cores)"
+    assert core.device_slug("cpu", name) == "cpu-intel-xeon-platinum-8481c"
+    assert core.device_slug("cuda", "NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+
+
+def test_quantile_and_side_by_side_timer():
+    assert quantile([4.0, 1.0, 3.0, 2.0, 5.0], 0.5) == 3.0
+    assert quantile([1.0, 2.0], 0.2) == pytest.approx(1.2)
+    calls = []
+    timings = bench_cpu(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, warmup=1, repeats=3
+    )
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
+    assert {name: t.samples for name, t in timings.items()} == {"a": 3, "b": 3}
+
+
+def allocate_mb(size_mb):
+    import numpy as np
+
+    def run():
+        np.ones(size_mb * 2**20, dtype=np.uint8).sum()
+
+    return run
+
+
+def test_peak_rss_of_a_child_process():
+    small = peak_rss_in_child(allocate_mb, {"size_mb": 1}, timeout_s=60)
+    big = peak_rss_in_child(allocate_mb, {"size_mb": 160}, timeout_s=60)
+    assert small["peak_mem_mb"] < 40, small
+    assert 150 < big["peak_mem_mb"] < 260, big
