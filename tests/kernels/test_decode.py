@@ -1,0 +1,139 @@
+"""One-token decoding with HierarchicalKVCache against the full forward at every position."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stretto.kernels import (
+    HierarchicalKVCache,
+    hierarchical_attention,
+    hierarchical_attention_decode,
+)
+from stretto.kernels.testing import assert_close_to_reference
+
+# (B, H, N, D, window, block, padded); N is several ring lengths so the ring wraps.
+CASES = [
+    (2, 3, 41, 8, 5, 3, False),
+    (2, 3, 41, 8, 5, None, False),
+    (2, 2, 37, 16, 4, 1, True),
+    (1, 2, 30, 8, 7, 10, True),  # block > window
+    (2, 1, 12, 8, 20, 4, False),  # window > N: the ring never wraps, no summary
+    (1, 1, 25, 8, 1, 2, True),  # window 1
+]
+
+
+def case_id(case) -> str:
+    b, h, n, d, w, g, pad = case
+    return f"B{b}-H{h}-N{n}-D{d}-w{w}-g{g}-causal-{'pad' if pad else 'nopad'}"
+
+
+def _inputs(case, dtype):
+    b, h, n, d, *_, pad = case
+    q, k, v = (torch.randn(b, h, n, d).to(dtype) for _ in range(3))
+    mask = None
+    if pad:
+        mask = torch.rand(b, n) > 0.3
+        mask[0, :4] = False  # the first queries of row 0 see nothing
+    return q, k, v, mask
+
+
+def _decode_all(cache, q, k, v, mask, start=0):
+    outs = []
+    for i in range(start, q.shape[2]):
+        cache.append(k[:, :, i], v[:, :, i], None if mask is None else mask[:, i])
+        outs.append(hierarchical_attention_decode(q[:, :, i], cache))
+    return torch.stack(outs, dim=2)  # [B, H, N - start, D]
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_decode_matches_full_forward_at_every_position(case):
+    b, h, n, d, window, block, _ = case
+    q, k, v, mask = _inputs(case, torch.float64)
+    cache = HierarchicalKVCache(
+        b, h, d, window=window, block=block, max_length=n, dtype=torch.float64
+    )
+    got = _decode_all(cache, q, k, v, mask)
+    kw = dict(window=window, block=block, causal=True, key_padding_mask=mask)
+    full = hierarchical_attention(q, k, v, backend="torch", **kw)
+    ref = hierarchical_attention(q, k, v, backend="reference", **kw)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(got, full, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CASES[:3], ids=case_id)
+def test_decode_after_prefill(case):
+    b, h, n, d, window, block, _ = case
+    q, k, v, mask = _inputs(case, torch.float64)
+    split = n // 2 + 1
+    cache = HierarchicalKVCache(
+        b, h, d, window=window, block=block, max_length=n, dtype=torch.float64
+    )
+    cache.prefill(k[:, :, :split], v[:, :, :split], None if mask is None else mask[:, :split])
+    first = cache.attend(q[:, :, split - 1])
+    rest = _decode_all(cache, q, k, v, mask, start=split)
+    ref = hierarchical_attention(
+        q, k, v, window=window, block=block, key_padding_mask=mask, backend="reference"
+    )
+    torch.testing.assert_close(first, ref[:, :, split - 1], rtol=0, atol=1e-12)
+    torch.testing.assert_close(rest, ref[:, :, split:], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_decode_low_precision_under_the_tolerance_policy(dtype):
+    case = CASES[0]
+    b, h, n, d, window, block, _ = case
+    q, k, v, mask = _inputs(case, dtype)
+    cache = HierarchicalKVCache(b, h, d, window=window, block=block, max_length=n, dtype=dtype)
+    got = _decode_all(cache, q, k, v, mask)
+    kw = dict(window=window, block=block, key_padding_mask=mask, backend="reference")
+    plain = hierarchical_attention(q, k, v, **kw)
+    ref = hierarchical_attention(q.double(), k.double(), v.double(), **kw)
+    assert_close_to_reference(got, plain, ref, name="decode")
+
+
+def test_cache_memory_is_bounded_by_window_and_blocks():
+    cache = HierarchicalKVCache(2, 4, 16, window=32, block=64, max_length=8192)
+    assert cache.k_ring.shape == (2, 4, 32, 16)
+    assert cache.k_block_sum.shape == (2, 4, 128, 16)
+    buffers = [cache.k_ring, cache.v_ring, cache.real_ring]
+    buffers += [cache.k_block_sum, cache.v_block_sum, cache.block_count]
+    elements = sum(t.numel() for t in buffers)
+    assert elements < 2 * 4 * 8192 * 16 // 4  # far below one full K cache
+    plain = HierarchicalKVCache(1, 1, 16, window=8, max_length=1000)
+    assert plain.k_block_sum is None and plain.k_ring.shape == (1, 1, 8, 16)
+
+
+def test_reset_forgets_tokens():
+    q, k, v, _ = _inputs(CASES[0], torch.float64)
+    cache = HierarchicalKVCache(2, 3, 8, window=5, block=3, max_length=41, dtype=torch.float64)
+    first = _decode_all(cache, q, k, v, None)
+    cache.reset()
+    assert cache.length == 0
+    again = _decode_all(cache, q, k, v, None)
+    assert torch.equal(first, again)
+
+
+def test_decode_errors():
+    with pytest.raises(NotImplementedError, match="causal attention only"):
+        HierarchicalKVCache(1, 1, 8, window=4, max_length=8, causal=False)
+    with pytest.raises(ValueError, match="window must be an int >= 1, got 0"):
+        HierarchicalKVCache(1, 1, 8, window=0, max_length=8)
+    with pytest.raises(ValueError, match="block must be None or an int >= 1, got 0"):
+        HierarchicalKVCache(1, 1, 8, window=2, block=0, max_length=8)
+    cache = HierarchicalKVCache(1, 2, 8, window=2, block=2, max_length=2)
+    with pytest.raises(ValueError, match="at least one appended token"):
+        cache.attend(torch.randn(1, 2, 8))
+    with pytest.raises(ValueError, match=r"\[B, H, D\] = \(1, 2, 8\).*got \(1, 2, 7\)"):
+        cache.append(torch.randn(1, 2, 7), torch.randn(1, 2, 7))
+    with pytest.raises(ValueError, match="torch.bool of shape"):
+        cache.append(torch.randn(1, 2, 8), torch.randn(1, 2, 8), torch.ones(1))
+    cache.append(torch.randn(1, 2, 1, 8), torch.randn(1, 2, 1, 8))
+    cache.append(torch.randn(1, 2, 8), torch.randn(1, 2, 8))
+    with pytest.raises(ValueError, match="cache is full: max_length=2"):
+        cache.append(torch.randn(1, 2, 8), torch.randn(1, 2, 8))
+    with pytest.raises(ValueError, match="empty cache"):
+        cache.prefill(torch.randn(1, 2, 1, 8), torch.randn(1, 2, 1, 8))
+    cache.reset()
+    with pytest.raises(ValueError, match="exceeds max_length=2"):
+        cache.prefill(torch.randn(1, 2, 3, 8), torch.randn(1, 2, 3, 8))
