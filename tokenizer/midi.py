@@ -1,0 +1,429 @@
+"""`MidiTokenizer`: MIDI (path, bytes or symusic.Score) <-> token ids.
+
+The Python here only moves whole numpy arrays between symusic and the numba kernels
+in `_codec.py`: one step per track, never per note.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from symusic import ControlChange, Note, Score, Tempo, Track
+
+from . import _codec
+from .config import TokenizerConfig
+from .vocabulary import (
+    DRUM_INSTRUMENT,
+    NUM_INSTRUMENTS,
+    NUM_TEMPOS,
+    NUM_VELOCITIES,
+    PITCH_MAX,
+    PITCH_MIN,
+    STEP_SECONDS,
+    TEMPO_MAX_BPM,
+    TEMPO_MIN_BPM,
+    Vocabulary,
+    tempo_bpm,
+)
+
+STEPS_PER_SECOND = round(1 / STEP_SECONDS)  # 64
+SUSTAIN_CONTROL = 64  # CC64, the damper pedal
+DRUM_CHANNEL = 9  # MIDI channel 10, counted from 0
+FAMILY_NAMES = (
+    "Piano",
+    "Chromatic Percussion",
+    "Organ",
+    "Guitar",
+    "Bass",
+    "Strings",
+    "Ensemble",
+    "Brass",
+    "Reed",
+    "Pipe",
+    "Synth Lead",
+    "Synth Pad",
+    "Synth Effects",
+    "Ethnic",
+    "Percussive and Sound Effects",
+    "Drums",
+)
+
+
+class MidiError(ValueError):
+    """A MIDI input that cannot be tokenized; the message names the file and the reason."""
+
+    def __init__(self, source: str, reason: str):
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+@dataclass
+class EncodeStats:
+    """What `encode` left out or changed, for reports."""
+
+    notes: int = 0
+    dropped_pitch: int = 0
+    replaced_same_onset: int = 0
+
+
+@dataclass
+class DecodeStats:
+    """What `decode` skipped: see `_codec.decode_ids`."""
+
+    notes: int = 0
+    skipped_special: int = 0
+    orphan_note_off: int = 0
+    replaced_note_on: int = 0
+    after_end: int = 0
+
+
+class MidiTokenizer:
+    """MIDI <-> ids of the 774-token event vocabulary (see README, "Tokenizer").
+
+    >>> tok = MidiTokenizer()
+    >>> ids = tok.encode("song.mid")          # int16 [T], START ... END
+    >>> score = tok.decode(ids)               # symusic.Score, ticks
+    """
+
+    def __init__(self, config: TokenizerConfig | None = None):
+        self.config = config if config is not None else TokenizerConfig()
+        self.vocab = Vocabulary()
+        self.last_encode_stats = EncodeStats()
+        self.last_decode_stats = DecodeStats()
+
+    # -- encoding ----------------------------------------------------------------------
+    def encode(self, source: str | os.PathLike | bytes | Score) -> np.ndarray:
+        """MIDI -> int16 ids [T], START ... END. Raises `MidiError` for unusable input."""
+        score, name = self._load(source)
+        return self.encode_score(score, name)
+
+    def encode_score(self, score: Score, name: str = "<score>") -> np.ndarray:
+        if type(score.ttype).__name__ != "Tick":
+            score = score.to("tick")
+        tpq = int(score.ticks_per_quarter)
+        if tpq <= 0:
+            raise MidiError(name, f"ticks-per-quarter is {tpq}: no time can be computed")
+        to_seconds = _TempoMap(score, tpq)
+        end_s = to_seconds(np.array([max(int(score.end()), 0)], dtype=np.int64))[0]
+        if not np.isfinite(end_s) or end_s > self.config.max_seconds:
+            raise MidiError(
+                name,
+                f"lasts {end_s:.1f} s ({end_s / 3600:.1f} h), over the "
+                f"{self.config.max_seconds:.0f} s limit (TokenizerConfig.max_seconds)",
+            )
+
+        insts, pitches, ons, offs, vels, ends = [], [], [], [], [], []
+        sus_inst, sus_step, sus_val = [], [], []
+        for track in score.tracks:
+            inst = DRUM_INSTRUMENT if track.is_drum else min(int(track.program) // 8, 14)
+            notes = track.notes.numpy()
+            if notes["time"].size:
+                start = notes["time"].astype(np.int64)
+                stop = start + np.maximum(notes["duration"].astype(np.int64), 0)
+                ons.append(_quantize(to_seconds(start)))
+                offs.append(_quantize(to_seconds(stop)))
+                ends.append(stop)
+                pitches.append(notes["pitch"].astype(np.int16))
+                vels.append(np.clip(notes["velocity"].astype(np.int16), 1, 127))
+                insts.append(np.full(start.size, inst, dtype=np.int16))
+            controls = track.controls.numpy()
+            pedal = controls["number"] == SUSTAIN_CONTROL
+            if pedal.any():
+                sus_step.append(_quantize(to_seconds(controls["time"][pedal].astype(np.int64))))
+                sus_val.append((controls["value"][pedal] >= 64).astype(np.int16))
+                sus_inst.append(np.full(int(pedal.sum()), inst, dtype=np.int16))
+
+        stats = EncodeStats()
+        events = [self._tempo_events(score, to_seconds)]
+        if ons:
+            inst_a, pitch_a = np.concatenate(insts), np.concatenate(pitches)
+            on_a, off_a, vel_a = np.concatenate(ons), np.concatenate(offs), np.concatenate(vels)
+            keep = (pitch_a >= PITCH_MIN) & (pitch_a <= PITCH_MAX)
+            stats.dropped_pitch = int(keep.size - keep.sum())
+            end_a = np.concatenate(ends)
+            note_events, stats.replaced_same_onset = _note_events(
+                inst_a[keep],
+                pitch_a[keep] - PITCH_MIN,
+                on_a[keep],
+                off_a[keep],
+                vel_a[keep],
+                end_a[keep],
+            )
+            stats.notes = int(note_events[0].size // 2)
+            events.append(note_events)
+        if sus_step:
+            events.append(
+                _sustain_events(
+                    np.concatenate(sus_inst), np.concatenate(sus_step), np.concatenate(sus_val)
+                )
+            )
+        step, kind, inst, value, vel = (np.concatenate(cols) for cols in zip(*events, strict=True))
+        order = np.lexsort((value, inst, kind, step))
+        ids = _codec.emit_ids(step[order], kind[order], inst[order], value[order], vel[order])
+        self.last_encode_stats = stats
+        return ids
+
+    def _tempo_events(self, score: Score, to_seconds: _TempoMap):
+        steps = _quantize(to_seconds(to_seconds.tempo_ticks))
+        bpm = 60e6 / to_seconds.tempo_mspq
+        step_bpm = (TEMPO_MAX_BPM - TEMPO_MIN_BPM) / (NUM_TEMPOS - 1)
+        bins = np.clip(np.rint((bpm - TEMPO_MIN_BPM) / step_bpm), 0, NUM_TEMPOS - 1)
+        # several changes at one instant: the last one holds (stable sort keeps file order)
+        order = np.argsort(steps, kind="stable")
+        steps, bins = steps[order], bins[order].astype(np.int64)
+        last = np.append(steps[1:] != steps[:-1], True)
+        steps, bins = steps[last], bins[last]
+        n = steps.size
+        zeros = np.zeros(n, dtype=np.int64)
+        return steps, np.full(n, _codec.KIND_TEMPO, dtype=np.int64), zeros, bins, zeros
+
+    def _load(self, source) -> tuple[Score, str]:
+        if isinstance(source, Score):
+            return source, "<score>"
+        if isinstance(source, bytes | bytearray | memoryview):
+            name, data = "<bytes>", bytes(source)
+        else:
+            name = os.fspath(source)
+            try:
+                size = os.path.getsize(name)
+                if size > self.config.max_file_bytes:
+                    raise MidiError(
+                        name,
+                        f"{size} bytes, over the {self.config.max_file_bytes} byte limit "
+                        "(TokenizerConfig.max_file_bytes)",
+                    )
+                data = Path(name).read_bytes()
+            except OSError as exc:
+                raise MidiError(name, f"cannot read: {exc.strerror or exc}") from exc
+        if len(data) > self.config.max_file_bytes:
+            raise MidiError(name, f"{len(data)} bytes, over the byte limit")
+        if len(data) < 14:
+            raise MidiError(name, f"{len(data)} bytes is too short for a MIDI header")
+        if data[:4] != b"MThd":
+            kind = "a RIFF (RMID) wrapper" if data[:4] == b"RIFF" else "not a Standard MIDI File"
+            raise MidiError(name, f"{kind}: no MThd header")
+        if data[12] & 0x80:
+            raise MidiError(name, "SMPTE time division (frames per second) is not supported")
+        try:
+            score = Score.from_midi(data)
+        except Exception as exc:  # symusic raises RuntimeError/ValueError with its reason
+            raise MidiError(name, f"unreadable MIDI ({_one_line(exc)})") from exc
+        return score, name
+
+    # -- decoding ----------------------------------------------------------------------
+    def decode(self, ids) -> Score:
+        """Ids -> symusic.Score (ticks, tpq = config.decode_tpq); total on in-range ids.
+
+        One track per instrument in use (drums: `is_drum`, channel 10), a tempo map from
+        the TEMPO tokens (120 BPM before the first), sustain as CC64 controls (127/0).
+        Ids outside [0, 774) raise ValueError naming the value.
+        """
+        ids = self._check_ids(ids)
+        default_bin = min(self.config.default_velocity // 4, NUM_VELOCITIES - 1)
+        (
+            n_inst,
+            n_pitch,
+            n_on,
+            n_off,
+            n_vel,
+            s_inst,
+            s_step,
+            s_on,
+            t_step,
+            t_bin,
+            end_step,
+            skipped,
+        ) = _codec.decode_ids(ids, default_bin)
+        self.last_decode_stats = DecodeStats(
+            notes=int(n_inst.size),
+            skipped_special=int(skipped[_codec.SKIP_SPECIAL]),
+            orphan_note_off=int(skipped[_codec.SKIP_ORPHAN_OFF]),
+            replaced_note_on=int(skipped[_codec.SKIP_REPLACED_ON]),
+            after_end=int(skipped[_codec.SKIP_AFTER_END]),
+        )
+
+        mspq = np.rint(60e6 / np.array([tempo_bpm(b) for b in range(NUM_TEMPOS)])).astype(np.int64)
+        if t_step.size == 0 or t_step[0] != 0:
+            t_step = np.concatenate([[0], t_step]).astype(np.int64)
+            tempo_mspq = np.concatenate([[500000], mspq[t_bin]]).astype(np.int64)
+        else:
+            tempo_mspq = mspq[t_bin]
+        last_step = max(int(end_step), int(n_off.max()) if n_off.size else 0)
+        tpq = self._decode_tpq(last_step, int(tempo_mspq.min()))
+        to_ticks = _StepTicks(t_step, tempo_mspq, tpq)
+
+        score = Score(tpq)
+        score.tempos = Tempo.from_numpy(
+            to_ticks(t_step).astype(np.int32), tempo_mspq.astype(np.int32)
+        )
+        for i in range(NUM_INSTRUMENTS):
+            notes = np.flatnonzero(n_inst == i)
+            pedal = np.flatnonzero(s_inst == i)
+            if notes.size == 0 and pedal.size == 0:
+                continue
+            drums = i == DRUM_INSTRUMENT
+            track = Track(FAMILY_NAMES[i], 0 if drums else i * 8, drums)
+            if notes.size:
+                notes = notes[np.lexsort((n_pitch[notes], n_on[notes]))]
+                on = to_ticks(n_on[notes])
+                off = to_ticks(n_off[notes])
+                track.notes = Note.from_numpy(
+                    on.astype(np.int32),
+                    np.maximum(off - on, 1).astype(np.int32),
+                    (n_pitch[notes].astype(np.int16) + PITCH_MIN).astype(np.int8),
+                    (4 * n_vel[notes].astype(np.int16) + 2).astype(np.int8),
+                )
+            if pedal.size:
+                track.controls = ControlChange.from_numpy(
+                    to_ticks(s_step[pedal]).astype(np.int32),
+                    np.full(pedal.size, SUSTAIN_CONTROL, dtype=np.uint8),
+                    np.where(s_on[pedal] == 1, 127, 0).astype(np.uint8),
+                )
+            score.tracks.append(track)
+        return score
+
+    def decode_to_file(self, ids, path: str | os.PathLike) -> Path:
+        """Decode and write a Standard MIDI File at `path` (drums on channel 10)."""
+        path = Path(path)
+        self.decode(ids).dump_midi(str(path))
+        return path
+
+    def tokens(self, ids) -> list[str]:
+        """Readable tokens: ['START', 'TEMPO(118.7bpm)', 'INSTRUMENT(0)', 'NOTE_ON(60)', ...]."""
+        ids = self._check_ids(ids)
+        return [self.vocab.describe(int(t)) for t in ids]
+
+    def _check_ids(self, ids) -> np.ndarray:
+        arr = np.asarray(ids)
+        if arr.ndim != 1:
+            raise ValueError(f"ids must be one-dimensional, got shape {arr.shape}")
+        if arr.size and not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"ids must be integers, got dtype {arr.dtype}")
+        arr = arr.astype(np.int64, copy=False)
+        bad = np.flatnonzero((arr < 0) | (arr >= self.vocab.size))
+        if bad.size:
+            raise ValueError(
+                f"token id {int(arr[bad[0]])} at position {int(bad[0])} is outside the "
+                f"vocabulary [0, {self.vocab.size})"
+            )
+        return arr
+
+    def _decode_tpq(self, last_step: int, min_mspq: int) -> int:
+        # keep every tick within int32: lower the resolution for absurdly long outputs
+        ticks_per_step = STEP_SECONDS * 1e6 / min_mspq
+        limit = (2**31 - 1) / max(1.0, (last_step + 1) * ticks_per_step)
+        return max(1, min(self.config.decode_tpq, int(limit)))
+
+
+class _TempoMap:
+    """Ticks -> seconds (float64) from a score's tempo map (120 BPM before the first)."""
+
+    def __init__(self, score: Score, tpq: int):
+        tempos = score.tempos.numpy()
+        ticks = tempos["time"].astype(np.int64)
+        mspq = tempos["mspq"].astype(np.float64)
+        order = np.argsort(ticks, kind="stable")
+        ticks, mspq = ticks[order], mspq[order]
+        mspq = np.where(mspq > 0, mspq, 500000.0)
+        if ticks.size == 0 or ticks[0] > 0:
+            ticks = np.concatenate([[0], ticks])
+            mspq = np.concatenate([[500000.0], mspq])
+        self.tempo_ticks = ticks
+        self.tempo_mspq = mspq
+        self.sec_per_tick = mspq / (1e6 * tpq)
+        self.start_sec = np.concatenate([[0.0], np.cumsum(np.diff(ticks) * self.sec_per_tick[:-1])])
+
+    def __call__(self, ticks: np.ndarray) -> np.ndarray:
+        seg = np.searchsorted(self.tempo_ticks, ticks, side="right") - 1
+        seg = np.maximum(seg, 0)
+        return self.start_sec[seg] + (ticks - self.tempo_ticks[seg]) * self.sec_per_tick[seg]
+
+
+class _StepTicks:
+    """Grid steps -> ticks under a tempo map whose changes sit on steps.
+
+    Each tempo change is placed on the tick nearest its exact time as measured by the
+    ticks before it, so rounding never accumulates across changes: every returned
+    tick is within half a tick of step x 15.625 ms.
+    """
+
+    def __init__(self, steps: np.ndarray, mspq: np.ndarray, tpq: int):
+        self.steps = steps.astype(np.int64)
+        self.sec_per_tick = mspq.astype(np.float64) / (1e6 * tpq)
+        n = self.steps.size
+        self.tick0 = np.zeros(n, dtype=np.int64)
+        self.sec0 = np.zeros(n, dtype=np.float64)
+        # a loop over tempo changes only (a few per file)
+        for j in range(1, n):
+            target = self.steps[j] * STEP_SECONDS
+            dt = round((target - self.sec0[j - 1]) / self.sec_per_tick[j - 1])
+            self.tick0[j] = self.tick0[j - 1] + dt
+            self.sec0[j] = self.sec0[j - 1] + dt * self.sec_per_tick[j - 1]
+
+    def __call__(self, steps: np.ndarray) -> np.ndarray:
+        seg = np.maximum(np.searchsorted(self.steps, steps, side="right") - 1, 0)
+        rel = (steps * STEP_SECONDS - self.sec0[seg]) / self.sec_per_tick[seg]
+        return self.tick0[seg] + np.rint(rel).astype(np.int64)
+
+
+def _quantize(seconds: np.ndarray) -> np.ndarray:
+    return np.rint(seconds * STEPS_PER_SECOND).astype(np.int64)
+
+
+def _note_events(inst, pitch, on, off, vel, end_tick):
+    """Apply the overlap policy and emit NOTE_OFF + NOTE_ON event columns.
+
+    Per (instrument, pitch) in onset order: of the notes starting on one step only the
+    one ending last in the file's ticks stays (the first in file order on a tie); a note
+    lasts at least one step; a note still sounding when the next one of its pitch
+    starts ends there.
+    """
+    order = np.lexsort((-end_tick, on, pitch, inst))
+    inst, pitch, on, off, vel = inst[order], pitch[order], on[order], off[order], vel[order]
+    same_next = (inst[1:] == inst[:-1]) & (pitch[1:] == pitch[:-1])
+    dup = np.zeros(on.size, dtype=bool)
+    dup[1:] = same_next & (on[1:] == on[:-1])
+    replaced = int(dup.sum())
+    if replaced:
+        keep = ~dup
+        inst, pitch, on, off, vel = inst[keep], pitch[keep], on[keep], off[keep], vel[keep]
+        same_next = (inst[1:] == inst[:-1]) & (pitch[1:] == pitch[:-1])
+    off = np.maximum(off, on + 1)
+    next_on = np.append(on[1:], 0)[: on.size]
+    clip = np.append(same_next, False)[: on.size]
+    off = np.where(clip, np.minimum(off, next_on), off)
+    n = on.size
+    step = np.concatenate([off, on])
+    kind = np.concatenate(
+        [np.full(n, _codec.KIND_NOTE_OFF, np.int64), np.full(n, _codec.KIND_NOTE_ON, np.int64)]
+    )
+    inst64 = np.concatenate([inst, inst]).astype(np.int64)
+    value = np.concatenate([pitch, pitch]).astype(np.int64)
+    vel_bin = (vel.astype(np.int64) // 4).clip(0, NUM_VELOCITIES - 1)
+    velocity = np.concatenate([np.zeros(n, np.int64), vel_bin])
+    return (step, kind, inst64, value, velocity), replaced
+
+
+def _sustain_events(inst, step, value):
+    """CC64 changes -> one SUSTAIN state per (instrument, step): the last one there."""
+    order = np.lexsort((step, inst))  # stable: file order within one step
+    inst, step, value = inst[order], step[order], value[order]
+    last = np.append((inst[1:] != inst[:-1]) | (step[1:] != step[:-1]), True)
+    inst, step, value = inst[last], step[last], value[last]
+    n = step.size
+    return (
+        step.astype(np.int64),
+        np.full(n, _codec.KIND_SUSTAIN, np.int64),
+        inst.astype(np.int64),
+        value.astype(np.int64),
+        np.zeros(n, np.int64),
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:200]
