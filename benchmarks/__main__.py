@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from benchmarks.core import SUITES, run_benchmarks
+from benchmarks.core import RESULTS_ROOT, SUITES, run_benchmarks
 
 EPILOG = """\
 examples:
@@ -40,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to run (default: cuda when torch sees one, else cpu)",
     )
     parser.add_argument("--out", default=None, help="results folder (default: see below)")
+    parser.add_argument(
+        "--results-root",
+        default=None,
+        help="folder of committed runs and their README (default: benchmarks/results)",
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument(
         "--no-readme",
@@ -61,6 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             quick=args.quick,
             device=args.device,
             out_dir=args.out,
+            results_root=Path(args.results_root) if args.results_root else RESULTS_ROOT,
             plots=not args.no_plots,
             update_readme=False if args.no_readme else None,
         )

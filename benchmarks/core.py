@@ -354,9 +354,13 @@ def run_benchmarks(
             raise ValueError(f"unknown suite {name!r}; known: {', '.join(registry)}")
     device = resolve_device(device)
     env = environment(device)
-    rows = run_suites(names, quick=quick, device=device, env=env, registry=registry, log=log)
     meta = dict(env, suites=names, quick=quick)
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(env, results_root)
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        rows += run_suites([name], quick=quick, device=device, env=env, registry=registry, log=log)
+        # Tables after every suite: a run stopped by a time limit keeps what it measured.
+        report.write_run(out_dir, meta, rows, plots=False)
     report.write_run(out_dir, meta, rows, plots=plots)
     if update_readme is None:
         update_readme = out_dir.resolve().is_relative_to(results_root.resolve())

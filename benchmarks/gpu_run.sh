@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# GPU tests and the full benchmark suite on a CUDA machine, in under ten minutes.
+#
+#   STRETTO_COMMIT=$(git rev-parse HEAD) bash benchmarks/gpu_run.sh [runner args...]
+#
+# Installs nothing the machine lacks. `import stretto.kernels` is made to work, in this
+# order: it already imports; `pip install --no-deps --no-build-isolation -e .`; else a
+# path shim (/tmp/stretto-shim/stretto/{kernels,engine,tokenizer} -> this checkout).
+# Wheels placed in .whl/ (e.g. symusic, which GPU images lack) are unpacked into
+# /tmp/stretto-site first. STRETTO_COMMIT names the commit where the copy has no .git.
+#
+# Results: with $OUT set, everything lands in $OUT (results.csv/json/md, the whole run
+# folder as results.tar.gz laid out as benchmarks/results/, and the logs), at most 8
+# files; otherwise in benchmarks/results/<device>/<date>-<commit>/. The logs (setup,
+# GPU tests, benchmarks) are copied into the run folder as well.
+# Limits (seconds): GPU_TEST_TIMEOUT (default 240), BENCH_TIMEOUT (default 300).
+# Extra arguments go to `python -m benchmarks` (e.g. `--quick`, `attention memory`).
+
+set -uo pipefail
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+PY=${PYTHON:-python3}
+[[ "$PY" == */* && "$PY" != /* ]] && PY=$REPO/$PY  # the import check runs from /tmp
+DEVICE=${BENCH_DEVICE:-cuda}  # cpu only to try this script on a machine without a GPU
+export PYTHONUNBUFFERED=1
+unset TRITON_INTERPRET  # real kernels on the GPU, never the interpreter
+
+if [[ -n "${OUT:-}" ]]; then
+    LOGS=$OUT
+    ROOT=/tmp/stretto-gpu-results
+    rm -rf "$ROOT"
+else
+    LOGS=$(mktemp -d /tmp/stretto-gpu-logs.XXXXXX)  # copied into the run folder at the end
+    ROOT=$REPO/benchmarks/results
+fi
+mkdir -p "$LOGS" "$ROOT"
+SETUP_LOG=$LOGS/setup.log
+: >"$SETUP_LOG"
+say() { echo "[gpu_run] $*" | tee -a "$SETUP_LOG"; }
+
+# -- Python packages: carried wheels, then the stretto namespace ----------------------
+if compgen -G ".whl/*.whl" >/dev/null; then
+    say "installing carried wheels into /tmp/stretto-site: $(ls .whl | tr '\n' ' ')"
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/stretto-site .whl/*.whl >>"$SETUP_LOG" 2>&1 &&
+        export PYTHONPATH=/tmp/stretto-site${PYTHONPATH:+:$PYTHONPATH}
+fi
+
+imports_stretto() { (cd /tmp && "$PY" -c "import stretto.kernels" >>"$SETUP_LOG" 2>&1); }
+if imports_stretto; then
+    say "stretto already importable"
+elif timeout 180 "$PY" -m pip install -q --no-deps --no-build-isolation -e . \
+    >>"$SETUP_LOG" 2>&1 && imports_stretto; then
+    say "installed stretto with pip install --no-deps -e ."
+else
+    say "pip install failed or unavailable: using a path shim"
+    mkdir -p /tmp/stretto-shim/stretto
+    for part in kernels engine tokenizer; do
+        ln -sfn "$REPO/$part" "/tmp/stretto-shim/stretto/$part"
+    done
+    export PYTHONPATH=/tmp/stretto-shim${PYTHONPATH:+:$PYTHONPATH}
+    imports_stretto || say "stretto.kernels still does not import (see setup.log)"
+fi
+
+{
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+    "$PY" - <<'PY'
+import importlib
+for name in ("torch", "triton", "numba", "symusic", "miditok", "flash_attn", "matplotlib"):
+    try:
+        print(name, importlib.import_module(name).__version__)
+    except Exception as exc:
+        print(name, "absent:", type(exc).__name__, exc)
+PY
+} >>"$SETUP_LOG" 2>&1
+
+# -- GPU tests ----------------------------------------------------------------------
+say "GPU tests: pytest -m gpu tests/ (limit ${GPU_TEST_TIMEOUT:-240} s)"
+timeout -k 10 "${GPU_TEST_TIMEOUT:-240}" "$PY" -m pytest -m gpu tests/ -q -p no:cacheprovider \
+    >"$LOGS/gpu-tests.log" 2>&1
+TESTS_RC=$?
+say "GPU tests exit code $TESTS_RC: $(tail -n 1 "$LOGS/gpu-tests.log")"
+
+# -- benchmarks ---------------------------------------------------------------------
+say "benchmarks: python -m benchmarks --device $DEVICE $* (limit ${BENCH_TIMEOUT:-300} s)"
+MARK=$(mktemp)  # the run folder is the one written after this file
+timeout -k 10 "${BENCH_TIMEOUT:-300}" "$PY" -m benchmarks --device "$DEVICE" \
+    --results-root "$ROOT" "$@" >"$LOGS/bench.log" 2>&1
+BENCH_RC=$?
+say "benchmarks exit code $BENCH_RC (124: stopped at the limit; finished suites are kept)"
+
+RUN_DIR=$(find "$ROOT" -name results.json -newer "$MARK" -printf '%h\n' | head -n 1)
+[[ -n "$RUN_DIR" ]] && cp "$LOGS"/setup.log "$LOGS"/gpu-tests.log "$LOGS"/bench.log "$RUN_DIR"/
+if [[ -n "${OUT:-}" && -n "$RUN_DIR" ]]; then
+    cp "$RUN_DIR"/results.csv "$RUN_DIR"/results.json "$RUN_DIR"/results.md "$OUT"/
+    tar -C "$ROOT" -czf "$OUT/results.tar.gz" --exclude README.md .
+    say "run folder ${RUN_DIR#"$ROOT"/} packed in results.tar.gz; to commit it here:"
+    say "  tar -xzf results.tar.gz -C benchmarks/results &&"
+    say "  python -m benchmarks.report benchmarks/results/${RUN_DIR#"$ROOT"/} --readme"
+elif [[ -n "$RUN_DIR" ]]; then
+    say "results in $RUN_DIR"
+else
+    say "no results were written (see bench.log)"
+fi
+exit $((TESTS_RC != 0 && TESTS_RC != 5 ? TESTS_RC : BENCH_RC))
