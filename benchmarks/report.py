@@ -184,6 +184,9 @@ results.json, results.md and PNG plots. Below: the latest run per device, writte
 """
 
 
+NO_RUNS_YET = "No run has been committed yet: one section per device appears below once measured."
+
+
 def _section_markers(slug: str) -> tuple[str, str]:
     return f"<!-- device: {slug} -->", f"<!-- end device: {slug} -->"
 
@@ -213,6 +216,7 @@ def update_results_readme(
     body += ["", end]
     section = "\n".join(body)
     text = readme.read_text(encoding="utf-8") if readme.is_file() else README_HEAD
+    text = text.replace(NO_RUNS_YET + "\n", "")
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
     if pattern.search(text):
         text = pattern.sub(lambda _: section, text)

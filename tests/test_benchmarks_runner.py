@@ -83,17 +83,27 @@ def fake_env(monkeypatch):
     monkeypatch.setattr(core, "resolve_device", lambda device: "cpu")
 
 
-@pytest.fixture
-def run(tmp_path, fake_env):
-    results_root = tmp_path / "results"
-    return core.run_benchmarks(
-        list(REGISTRY),
-        quick=True,
-        device="cpu",
-        registry=REGISTRY,
-        results_root=results_root,
-        log=lambda msg: None,
-    )
+@pytest.fixture(scope="module")
+def results_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("bench") / "results"
+
+
+@pytest.fixture(scope="module")
+def run(results_root):
+    """One run of every fake suite, shared by the tests that read its files."""
+    results_root.mkdir()
+    (results_root / "README.md").write_text(report.README_HEAD + "\n" + report.NO_RUNS_YET + "\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(core, "environment", lambda device: dict(ENV))
+        mp.setattr(core, "resolve_device", lambda device: "cpu")
+        return core.run_benchmarks(
+            list(REGISTRY),
+            quick=True,
+            device="cpu",
+            registry=REGISTRY,
+            results_root=results_root,
+            log=lambda msg: None,
+        )
 
 
 def test_rows_are_enriched_and_normalized(run):
@@ -129,8 +139,8 @@ def test_unmeasured_cases_are_rows(run, suite, status):
     assert all(rows[0][f] is None for f in core.MEASURED_FIELDS)
 
 
-def test_run_folder_layout(run, tmp_path):
-    assert run.out_dir == tmp_path / "results" / "cpu-fake" / "2026-11-24-0123456"
+def test_run_folder_layout(run, results_root):
+    assert run.out_dir == results_root / "cpu-fake" / "2026-11-24-0123456"
     assert [r["suite"] for r in run.errors] == ["failing"]
     with (run.out_dir / "results.csv").open(newline="") as f:
         lines = list(csv.DictReader(f))
@@ -150,9 +160,11 @@ def test_run_folder_layout(run, tmp_path):
         assert f"({name})" in md
 
 
-def test_results_readme_keeps_other_devices(run, tmp_path):
-    readme = tmp_path / "results" / "README.md"
+def test_results_readme_keeps_other_devices(run, results_root, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text((results_root / "README.md").read_text())
     text = readme.read_text()
+    assert report.NO_RUNS_YET not in text
     assert "<!-- device: cpu-fake -->" in text and "cpu-fake/2026-11-24-0123456/" in text
     gpu_meta = dict(ENV, device="Fake GPU", device_slug="fake-gpu")
     gpu_rows = [dict(r, device="Fake GPU") for r in run.rows[:1]]
