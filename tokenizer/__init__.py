@@ -1,7 +1,17 @@
 """MIDI <-> token ids for Stretto: vocabulary, tokenizer, corpus builder and dataset."""
 
 from .config import TokenizerConfig
+from .corpus import CorpusReport, build_corpus
+from .dataset import TokenDataset
 from .midi import MidiError, MidiTokenizer
 from .vocabulary import Vocabulary
 
-__all__ = ["MidiError", "MidiTokenizer", "TokenizerConfig", "Vocabulary"]
+__all__ = [
+    "CorpusReport",
+    "MidiError",
+    "MidiTokenizer",
+    "TokenDataset",
+    "TokenizerConfig",
+    "Vocabulary",
+    "build_corpus",
+]
