@@ -15,7 +15,11 @@ from collections.abc import Sequence
 from importlib import metadata
 
 # Modules that add subcommands, in the order they appear in `stretto --help`.
-COMMAND_MODULES: tuple[str, ...] = ("stretto.engine.demo", "stretto.engine.bench_command")
+COMMAND_MODULES: tuple[str, ...] = (
+    "stretto.engine.demo",
+    "stretto.engine.bench_command",
+    "stretto.tokenizer.commands",
+)
 
 
 class CliError(Exception):
