@@ -106,8 +106,30 @@ def _bands(x: torch.Tensor, dim: int, lo: int, length: int, chunk: int, nc: int)
     return _pad_seq(x, dim, left, right).unfold(dim, length, chunk).narrow(dim, 0, nc)
 
 
+def _head_bands(x: torch.Tensor, lo: int, length: int, chunk: int, npad: int) -> torch.Tensor:
+    """Bands of `[B, H, N, W]` rows as one `[B*H*nc, length, W]` strided view, no copy.
+
+    Heads are laid end to end in one zero-filled buffer, `npad = nc * chunk` rows each,
+    after `-lo` leading rows. Global chunk g = bh*nc + c then starts at buffer row
+    `g * chunk` and reads head bh's rows `c*chunk + lo + l`: a constant batch stride, so
+    bmm consumes the overlapping bands in place instead of copying each one. Rows
+    outside `[0, N)` read zeros or a neighbouring head's rows; the masks hide both.
+    """
+    b, h, n, w = x.shape
+    front = -lo
+    back = max(0, length - chunk - front)
+    buf = x.new_zeros(front + b * h * npad + back, w)
+    buf[front : front + b * h * npad].view(b, h, npad, w)[:, :, :n] = x
+    nbands = b * h * (npad // chunk)
+    return buf.as_strided((nbands, length, w), (chunk * w, w, 1))
+
+
 class _Geometry:
-    """Sizes and index masks shared by forward and backward for one call."""
+    """Sizes and additive masks (0 visible, -inf hidden) shared by forward and backward.
+
+    Masks are additive so that scores are masked by one in-place add on the matmul's
+    output: on CPU, every fresh `[B, H, N, L]` temporary costs as much as the math.
+    """
 
     def __init__(
         self,
@@ -117,61 +139,75 @@ class _Geometry:
         causal: bool,
         key_real: torch.Tensor | None,
         summary_real: torch.Tensor | None,
+        dtype: torch.dtype,
         device: torch.device,
     ) -> None:
         # A window wider than the sequence sees exactly what a window of N sees (and no
         # summary in either case), so clamp it to keep bands short.
-        w = min(window, n)
-        self.n, self.window, self.causal = n, window, causal
+        self.w = w = min(window, n)
+        self.n, self.window, self.block, self.causal = n, window, block, causal
+        self.key_real, self.summary_real = key_real, summary_real
+        self.dtype, self.device = dtype, device
         self.chunk = c = chunk_size(n, w)
-        self.nc = nc = -(-n // c)
-        self.npad = nc * c
-        # Query-major band: keys c*C - (W-1) ...; key-major band: queries from c*C (causal)
-        # or c*C - (W-1) (non-causal).
+        self.nc = -(-n // c)
+        self.npad = self.nc * c
+        # Query-major band: keys from c*C - (W-1); key-major band: queries from c*C
+        # (causal) or c*C - (W-1) (non-causal).
         self.lo_q = -(w - 1)
         self.lo_k = 0 if causal else -(w - 1)
         self.length = c + w - 1 if causal else c + 2 * w - 2
-        r = torch.arange(c, device=device)[:, None]  # row inside the chunk
-        col = torch.arange(self.length, device=device)[None, :]  # position inside the band
-        chunk_start = torch.arange(nc, device=device)[:, None, None] * c  # [nc, 1, 1]
 
-        def local(d: torch.Tensor) -> torch.Tensor:  # d = i - t
-            return (d >= 0) & (d < w) if causal else d.abs() < w
+    def _bias(self, vis: torch.Tensor) -> torch.Tensor:
+        zero = torch.zeros((), dtype=self.dtype, device=self.device)
+        return torch.where(vis, zero, torch.full_like(zero, float("-inf")))
 
-        # query-major: i = cC + r, t = cC + lo_q + col
-        t_q = chunk_start + self.lo_q + col  # [nc, 1, L]
-        i_q = chunk_start + r  # [nc, C, 1]
-        vis_q = local(r - self.lo_q - col)[None] & (i_q < n) & (t_q >= 0) & (t_q < n)
-        # key-major: t = cC + r, i = cC + lo_k + col
-        i_k = chunk_start + self.lo_k + col  # [nc, 1, L]
-        t_k = chunk_start + r  # [nc, C, 1]
-        vis_k = local(self.lo_k + col - r)[None] & (t_k < n) & (i_k >= 0) & (i_k < n)
-        if key_real is None:
-            self.vis_q = vis_q[None, None]  # [1, 1, nc, C, L]
-            self.vis_k = vis_k[None, None]
-        else:
-            b = key_real.shape[0]
-            real_band = _bands(key_real, 1, self.lo_q, self.length, c, nc)  # [B, nc, L]
-            real_rows = _pad_seq(key_real, 1, 0, self.npad - n).view(b, nc, c)  # [B, nc, C]
-            self.vis_q = (vis_q[None] & real_band[:, :, None, :])[:, None]  # [B, 1, nc, C, L]
-            self.vis_k = (vis_k[None] & real_rows[..., None])[:, None]
+    def _local(self, d: torch.Tensor) -> torch.Tensor:  # d = i - t
+        return (d >= 0) & (d < self.w) if self.causal else d.abs() < self.w
 
-        self.vis_s = None
-        if block is not None:
-            nb = -(-n // block)
-            i = torch.arange(self.npad, device=device)[:, None]
-            first = torch.arange(nb, device=device)[None, :] * block
-            last = torch.clamp(first + block, max=n) - 1
-            vis = last <= i - window
-            if not causal:
-                vis = vis | (first >= i + window)
-            vis = vis & (i < n)  # [Npad, NB]
-            vis = vis[None] if summary_real is None else vis[None] & summary_real[:, None, :]
-            self.vis_s = vis.view(vis.shape[0], 1, nc, c, nb)  # [B|1, 1, nc, C, NB]
+    def _grid(self):
+        dev, c = self.device, self.chunk
+        r = torch.arange(c, device=dev)[:, None]  # row inside the chunk
+        col = torch.arange(self.length, device=dev)[None, :]  # position inside the band
+        start = torch.arange(self.nc, device=dev)[:, None, None] * c  # [nc, 1, 1]
+        return r, col, start
 
+    def bias_q(self) -> torch.Tensor:
+        """Query-major `[B|1, 1, nc, C, L]`: row i = cC + r against key t = cC + lo_q + col."""
+        r, col, start = self._grid()
+        n = self.n
+        t, i = start + self.lo_q + col, start + r
+        vis = self._local(r - self.lo_q - col)[None] & (i < n) & (t >= 0) & (t < n)
+        if self.key_real is not None:
+            real = _bands(self.key_real, 1, self.lo_q, self.length, self.chunk, self.nc)
+            vis = vis[None] & real[:, :, None, :]  # [B, nc, C, L]
+        return self._bias(vis).unsqueeze(-4) if vis.dim() == 4 else self._bias(vis)[None, None]
 
-def _masked_scores(a: torch.Tensor, b_t: torch.Tensor, scale: float, vis: torch.Tensor):
-    return (scale * (a @ b_t)).masked_fill(~vis, float("-inf"))
+    def bias_k(self) -> torch.Tensor:
+        """Key-major `[B|1, 1, nc, C, L]`: key t = cC + r against query i = cC + lo_k + col."""
+        r, col, start = self._grid()
+        n = self.n
+        i, t = start + self.lo_k + col, start + r
+        vis = self._local(self.lo_k + col - r)[None] & (t < n) & (i >= 0) & (i < n)
+        if self.key_real is not None:
+            b = self.key_real.shape[0]
+            rows = _pad_seq(self.key_real, 1, 0, self.npad - n).view(b, self.nc, self.chunk)
+            vis = vis[None] & rows[..., None]  # [B, nc, C, L]
+        return self._bias(vis).unsqueeze(-4) if vis.dim() == 4 else self._bias(vis)[None, None]
+
+    def bias_s(self) -> torch.Tensor:
+        """Summaries `[B|1, 1, nc, C, NB]` (rows past N hidden)."""
+        n, block, window = self.n, self.block, self.window
+        nb = -(-n // block)
+        i = torch.arange(self.npad, device=self.device)[:, None]
+        first = torch.arange(nb, device=self.device)[None, :] * block
+        last = torch.clamp(first + block, max=n) - 1
+        vis = last <= i - window
+        if not self.causal:
+            vis = vis | (first >= i + window)
+        vis = (vis & (i < n))[None]  # [1, Npad, NB]
+        if self.summary_real is not None:
+            vis = vis & self.summary_real[:, None, :]
+        return self._bias(vis).view(vis.shape[0], 1, self.nc, self.chunk, nb)
 
 
 def chunked_forward(
@@ -196,35 +232,40 @@ def chunked_forward(
 
     bsz, h, n, d = q.shape
     cd = compute_dtype(q.dtype)
-    g = _Geometry(n, window, block, causal, key_real, summary_real, q.device)
-    c, nc = g.chunk, g.nc
-    qc = _pad_seq(q.to(cd), 2, 0, g.npad - n).view(bsz, h, nc, c, d)  # [B, H, nc, C, D]
-    k_bt = _bands(k.to(cd), 2, g.lo_q, g.length, c, nc)  # [B, H, nc, D, L]
-    v_b = _bands(v.to(cd), 2, g.lo_q, g.length, c, nc).transpose(-1, -2)  # [B, H, nc, L, D]
+    g = _Geometry(n, window, block, causal, key_real, summary_real, cd, q.device)
+    c, nc, npad, length = g.chunk, g.nc, g.npad, g.length
+    qs = _pad_seq(q.to(cd) * scale, 2, 0, npad - n)  # [B, H, Npad, D]
+    k_b = _head_bands(k.to(cd), g.lo_q, length, c, npad)  # [B*H*nc, L, D]
+    v_b = _head_bands(v.to(cd), g.lo_q, length, c, npad)
 
-    s_loc = _masked_scores(qc, k_bt, scale, g.vis_q)  # [B, H, nc, C, L]
-    m = s_loc.amax(-1)  # [B, H, nc, C]
-    s_sum = None
-    if g.vis_s is not None:
-        k_sum_t = k_sum.to(cd).transpose(-1, -2)[:, :, None]  # [B, H, 1, D, NB]
-        s_sum = _masked_scores(qc, k_sum_t, scale, g.vis_s)  # [B, H, nc, C, NB]
-        m = torch.maximum(m, s_sum.amax(-1))
-    m = torch.where(torch.isfinite(m), m, torch.zeros((), dtype=cd, device=q.device))
-    p_loc = torch.exp(s_loc - m[..., None])
-    acc = p_loc @ v_b  # [B, H, nc, C, D]
-    denom = p_loc.sum(-1)
-    if s_sum is not None:
-        p_sum = torch.exp(s_sum - m[..., None])
-        acc = acc + p_sum @ v_sum.to(cd)[:, :, None]
-        denom = denom + p_sum.sum(-1)
+    # -- scores, one softmax over [band ; summaries] without concatenating them --
+    p_loc = torch.bmm(qs.view(-1, c, d), k_b.transpose(1, 2))  # [B*H*nc, C, L]
+    p_loc = p_loc.view(bsz, h, nc, c, length).add_(g.bias_q())
+    m = p_loc.amax(-1)  # [B, H, nc, C]
+    p_sum = None
+    if block is not None:
+        p_sum = qs @ k_sum.to(cd).transpose(-1, -2)  # [B, H, Npad, NB]
+        p_sum = p_sum.view(bsz, h, nc, c, -1).add_(g.bias_s())
+        m = torch.maximum(m, p_sum.amax(-1))
+    zero = torch.zeros((), dtype=cd, device=q.device)
+    m = torch.where(torch.isfinite(m), m, zero)[..., None]  # rows that see nothing: 0
+    p_loc.sub_(m).exp_()
+    acc = torch.bmm(p_loc.view(-1, c, length), v_b).view(bsz, h, npad, d)
+    denom = p_loc.sum(-1).view(bsz, h, npad)
+    if p_sum is not None:
+        p_sum.sub_(m).exp_()
+        p_sum = p_sum.view(bsz, h, npad, -1)
+        acc.add_(p_sum @ v_sum.to(cd))
+        denom.add_(p_sum.sum(-1))
     seen = denom > 0
-    acc = acc / torch.where(seen, denom, torch.ones((), dtype=cd, device=q.device))[..., None]
-    lse_c = torch.where(seen, m + torch.log(denom), torch.full((), float("-inf"), device=q.device))
+    acc.div_(torch.where(seen, denom, torch.ones_like(zero))[..., None])
+    m = m.view(bsz, h, npad)
+    lse_pad = torch.where(seen, m + torch.log(denom), torch.full_like(zero, float("-inf")))
 
     o = new_output(bsz, h, n, d, dtype=q.dtype, device=q.device)
-    o.copy_(acc.view(bsz, h, g.npad, d)[:, :, :n])
+    o.copy_(acc[:, :, :n])
     lse = new_output(bsz, h, n, dtype=lse_dtype(q.dtype), device=q.device)
-    lse.copy_(lse_c.view(bsz, h, g.npad)[:, :, :n])
+    lse.copy_(lse_pad[:, :, :n])
     return o, lse
 
 
@@ -251,53 +292,70 @@ def chunked_backward(
 
     bsz, h, n, d = q.shape
     cd = compute_dtype(q.dtype)
-    g = _Geometry(n, window, block, causal, key_real, summary_real, q.device)
-    c, nc, npad = g.chunk, g.nc, g.npad
-    q_, k_, v_, do_ = (x.to(cd) for x in (q, k, v, do))
+    g = _Geometry(n, window, block, causal, key_real, summary_real, cd, q.device)
+    c, nc, npad, length = g.chunk, g.nc, g.npad, g.length
+    qs = q.to(cd) * scale  # scores are qs . k, so dk = ds^T qs
+    k_, v_, do_ = (x.to(cd) for x in (k, v, do))
+    zero = torch.zeros((), dtype=cd, device=q.device)
     # A row that saw nothing has lse = -inf and only -inf scores: use 0 so exp gives 0.
     lse_ = lse.to(cd)
-    lse_ = torch.where(torch.isfinite(lse_), lse_, torch.zeros((), dtype=cd, device=q.device))
+    lse_ = torch.where(torch.isfinite(lse_), lse_, zero)
     delta = (do_ * o.to(cd)).sum(-1)  # [B, H, N]
 
-    # -- dq (and the summaries' gradients): query-major --
-    qc = _pad_seq(q_, 2, 0, npad - n).view(bsz, h, nc, c, d)
-    doc = _pad_seq(do_, 2, 0, npad - n).view(bsz, h, nc, c, d)
-    lse_c = _pad_seq(lse_, 2, 0, npad - n).view(bsz, h, nc, c, 1)
-    delta_c = _pad_seq(delta, 2, 0, npad - n).view(bsz, h, nc, c, 1)
-    k_bt = _bands(k_, 2, g.lo_q, g.length, c, nc)  # [B, H, nc, D, L]
-    v_bt = _bands(v_, 2, g.lo_q, g.length, c, nc)
-    p = torch.exp(_masked_scores(qc, k_bt, scale, g.vis_q) - lse_c)  # [B, H, nc, C, L]
-    ds = p * (doc @ v_bt - delta_c)
-    dq_c = ds @ k_bt.transpose(-1, -2)  # [B, H, nc, C, D]
-    dk_sum = dv_sum = None
-    if g.vis_s is not None:
-        ks, vs = k_sum.to(cd)[:, :, None], v_sum.to(cd)[:, :, None]  # [B, H, 1, NB, D]
-        p_s = torch.exp(_masked_scores(qc, ks.transpose(-1, -2), scale, g.vis_s) - lse_c)
-        ds_s = p_s * (doc @ vs.transpose(-1, -2) - delta_c)  # [B, H, nc, C, NB]
-        dq_c = dq_c + ds_s @ ks
-        nb = ks.shape[-2]
-        ds_s = ds_s.reshape(bsz, h, npad, nb)
-        p_s = p_s.reshape(bsz, h, npad, nb)
-        dk_sum = new_output(*k_sum.shape, dtype=k_sum.dtype, device=q.device)
-        dk_sum.copy_(scale * (ds_s.transpose(-1, -2) @ qc.view(bsz, h, npad, d)))
-        dv_sum = new_output(*v_sum.shape, dtype=v_sum.dtype, device=q.device)
-        dv_sum.copy_(p_s.transpose(-1, -2) @ doc.view(bsz, h, npad, d))
-    dq = new_output(bsz, h, n, d, dtype=q.dtype, device=q.device)
-    dq.copy_(scale * dq_c.view(bsz, h, npad, d)[:, :, :n])
+    def rows(x: torch.Tensor) -> torch.Tensor:  # [B, H, N, w] -> [B, H, Npad, w]
+        return _pad_seq(x, 2, 0, npad - n)
 
-    # -- dk, dv: key-major (chunk of keys against the band of queries that see them) --
-    kc = _pad_seq(k_, 2, 0, npad - n).view(bsz, h, nc, c, d)
-    vc = _pad_seq(v_, 2, 0, npad - n).view(bsz, h, nc, c, d)
-    q_bt = _bands(q_, 2, g.lo_k, g.length, c, nc)  # [B, H, nc, D, L]
-    do_bt = _bands(do_, 2, g.lo_k, g.length, c, nc)
-    lse_b = _bands(lse_, 2, g.lo_k, g.length, c, nc)[:, :, :, None]  # [B, H, nc, 1, L]
-    delta_b = _bands(delta, 2, g.lo_k, g.length, c, nc)[:, :, :, None]
-    p_t = torch.exp(_masked_scores(kc, q_bt, scale, g.vis_k) - lse_b)  # [B, H, nc, C, L]
-    dv_c = p_t @ do_bt.transpose(-1, -2)  # [B, H, nc, C, D]
-    ds_t = p_t * (vc @ do_bt - delta_b)
-    dk_c = ds_t @ q_bt.transpose(-1, -2)
-    dk = new_output(bsz, h, n, d, dtype=k.dtype, device=q.device)
-    dk.copy_(scale * dk_c.view(bsz, h, npad, d)[:, :, :n])
-    dv = new_output(bsz, h, n, d, dtype=v.dtype, device=q.device)
-    dv.copy_(dv_c.view(bsz, h, npad, d)[:, :, :n])
-    return dq, dk, dv, dk_sum, dv_sum
+    def chunked(x: torch.Tensor) -> torch.Tensor:  # [B, H, nc, C, w] -> [B*H*nc, C, w]
+        return x.reshape(-1, c, x.shape[-1])
+
+    # -- dq and the summaries' gradients: query-major --
+    qs_r, do_r = rows(qs), rows(do_)  # [B, H, Npad, D]
+    lse_c = rows(lse_[..., None]).view(bsz, h, nc, c, 1)
+    delta_c = rows(delta[..., None]).view(bsz, h, nc, c, 1)
+    k_b = _head_bands(k_, g.lo_q, length, c, npad)  # [B*H*nc, L, D]
+    v_b = _head_bands(v_, g.lo_q, length, c, npad)
+    p = torch.bmm(chunked(qs_r), k_b.transpose(1, 2)).view(bsz, h, nc, c, length)
+    p.add_(g.bias_q()).sub_(lse_c).exp_()
+    ds = torch.bmm(chunked(do_r), v_b.transpose(1, 2)).view(bsz, h, nc, c, length)
+    ds.sub_(delta_c).mul_(p)
+    del p
+    dq = torch.bmm(ds.view(-1, c, length), k_b).view(bsz, h, npad, d)
+    del ds
+    dk_sum = dv_sum = None
+    if block is not None:
+        ks, vs = k_sum.to(cd), v_sum.to(cd)  # [B, H, NB, D]
+        nb = ks.shape[-2]
+        p_s = (qs_r @ ks.transpose(-1, -2)).view(bsz, h, nc, c, nb)
+        p_s.add_(g.bias_s()).sub_(lse_c).exp_()
+        ds_s = (do_r @ vs.transpose(-1, -2)).view(bsz, h, nc, c, nb)
+        ds_s.sub_(delta_c).mul_(p_s)
+        ds_s, p_s = ds_s.view(bsz, h, npad, nb), p_s.view(bsz, h, npad, nb)
+        dq.add_(ds_s @ ks)
+        dk_sum = new_output(*k_sum.shape, dtype=k_sum.dtype, device=q.device)
+        dk_sum.copy_(ds_s.transpose(-1, -2) @ qs_r)
+        dv_sum = new_output(*v_sum.shape, dtype=v_sum.dtype, device=q.device)
+        dv_sum.copy_(p_s.transpose(-1, -2) @ do_r)
+    dq_out = new_output(bsz, h, n, d, dtype=q.dtype, device=q.device)
+    dq_out.copy_(dq[:, :, :n].mul_(scale))
+    del dq
+
+    # -- dk, dv: key-major (a chunk of keys against the band of queries that see it) --
+    qs_b = _head_bands(qs, g.lo_k, length, c, npad)  # [B*H*nc, L, D]
+    do_b = _head_bands(do_, g.lo_k, length, c, npad)
+    lse_b = _head_bands(lse_[..., None], g.lo_k, length, c, npad)  # [B*H*nc, L, 1]
+    delta_b = _head_bands(delta[..., None], g.lo_k, length, c, npad)
+    lse_b = lse_b.view(bsz, h, nc, 1, length)
+    delta_b = delta_b.view(bsz, h, nc, 1, length)
+    k_r, v_r = rows(k_), rows(v_)
+    p_t = torch.bmm(chunked(k_r), qs_b.transpose(1, 2)).view(bsz, h, nc, c, length)
+    p_t.add_(g.bias_k()).sub_(lse_b).exp_()  # [B, H, nc, C, L]
+    dv = torch.bmm(p_t.view(-1, c, length), do_b)  # [B*H*nc, C, D]
+    ds_t = torch.bmm(chunked(v_r), do_b.transpose(1, 2)).view(bsz, h, nc, c, length)
+    ds_t.sub_(delta_b).mul_(p_t)
+    del p_t
+    dk = torch.bmm(ds_t.view(-1, c, length), qs_b)
+    dk_out = new_output(bsz, h, n, d, dtype=k.dtype, device=q.device)
+    dk_out.copy_(dk.view(bsz, h, npad, d)[:, :, :n])
+    dv_out = new_output(bsz, h, n, d, dtype=v.dtype, device=q.device)
+    dv_out.copy_(dv.view(bsz, h, npad, d)[:, :, :n])
+    return dq_out, dk_out, dv_out, dk_sum, dv_sum
