@@ -190,7 +190,8 @@ class Discriminator(nn.Module):
         self.stack = Stack(
             config.disc_layers, d, config.disc_n_heads, 4 * d, config, causal=False, sn=True
         )
-        self.head = spectral_norm(nn.Linear(d, 1))
+        self.head = spectral_norm(nn.Linear(d, 1, bias=False))  # a bias cancels out
+        self.score_scale = d**-0.5
 
     def forward(self, soft_tokens, mask):
         """soft_tokens `[B, N, V]`, mask `[B, N]` bool -> (scores `[B]`, pooled features)."""
@@ -199,7 +200,10 @@ class Discriminator(nn.Module):
         features: list[torch.Tensor] = []
         h = self.stack(x, mask, positions, features=features)
         pooled = [_masked_mean(f, mask) for f in features]  # each [B, C]
-        return self.head(_masked_mean(h, mask)).squeeze(-1), pooled
+        # The pooled features have RMS 1 (final norm), so a unit-spectral-norm head could
+        # score sqrt(C) at init and saturate the hinge margins before training starts.
+        score = self.head(_masked_mean(h, mask)).squeeze(-1) * self.score_scale  # [B]
+        return score, pooled
 
 
 def _masked_mean(x, mask):
@@ -250,6 +254,8 @@ class MusicModel(nn.Module):
                 continue  # spectral norm keeps its own scale
             if p.dim() == 2:
                 std = 0.02 * (depth_scale if name.endswith(("out.weight", "down.weight")) else 1)
+                if ".cond." in name:  # z ~ N(0, I): keep its first push near embedding scale
+                    std = 0.02 / math.sqrt(self.config.latent_dim)
                 nn.init.normal_(p, std=std)
             elif name.endswith("bias"):
                 nn.init.zeros_(p)
