@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "stretto.engine.demo",
     "stretto.engine.bench_command",
     "stretto.tokenizer.commands",
+    "stretto.engine.train_command",
 )
 
 
