@@ -172,13 +172,18 @@ def _validate(q, k, v, window, block, causal, key_padding_mask, scale, backend) 
             )
 
 
+@torch.compiler.assume_constant_result
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def _check_triton(q: torch.Tensor) -> None:
     reason = op.fused_import_error()
     if reason is not None:
         raise NotImplementedError(
             f"backend='triton' is unavailable ({reason}); use backend='torch'"
         )
-    if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+    if not q.is_cuda and not _interpreting():
         raise NotImplementedError(
             f"backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1), got {q.device}"
         )

@@ -37,6 +37,8 @@ def fused_module():
     return importlib.import_module("stretto.kernels.hierarchical_attention.fused")
 
 
+# Evaluated once at trace time under torch.compile (an import is not traceable).
+@torch.compiler.assume_constant_result
 def fused_import_error() -> Optional[str]:
     """None when the Triton path can be imported, else the reason it cannot."""
     try:

@@ -137,3 +137,19 @@ def test_decode_errors():
     cache.reset()
     with pytest.raises(ValueError, match="exceeds max_length=2"):
         cache.prefill(torch.randn(1, 2, 3, 8), torch.randn(1, 2, 3, 8))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_decode_on_cuda(dtype):
+    b, h, n, d, window, block = 2, 4, 300, 64, 64, 16
+    q, k, v = (torch.randn(b, h, n, d, device="cuda").to(dtype) for _ in range(3))
+    cache = HierarchicalKVCache(
+        b, h, d, window=window, block=block, max_length=n, dtype=dtype, device="cuda"
+    )
+    cache.prefill(k[:, :, :100], v[:, :, :100])
+    got = _decode_all(cache, q, k, v, None, start=100)
+    kw = dict(window=window, block=block, backend="reference")
+    plain = hierarchical_attention(q, k, v, **kw)[:, :, 100:]
+    ref = hierarchical_attention(q.double(), k.double(), v.double(), **kw)[:, :, 100:]
+    assert_close_to_reference(got, plain, ref, name="decode")

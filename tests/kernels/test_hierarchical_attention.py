@@ -339,3 +339,48 @@ def test_triton_limits_are_named():
         hierarchical_attention(*_qkv(dtype=torch.float64), window=4, backend="triton")
     with pytest.raises(NotImplementedError, match="head dims 16..128, got D=8"):
         hierarchical_attention(*_qkv((1, 1, 8, 8)), window=4, backend="triton")
+
+
+class _AttendTriton(torch.nn.Module):
+    def forward(self, q, k, v, mask):
+        return hierarchical_attention(
+            q, k, v, window=6, block=4, key_padding_mask=mask, backend="triton"
+        )
+
+
+@pytest.mark.slow
+def test_compile_fullgraph_with_the_triton_backend(kernel_device):
+    if op.fused_import_error() is not None:
+        pytest.skip(f"fused kernels not importable: {op.fused_import_error()}")
+    torch._dynamo.reset()
+    q, k, v, up = (torch.randn(1, 2, 29, 16, device=kernel_device) for _ in range(4))
+    mask = padding_mask("end", 1, 29).to(kernel_device)
+    compiled = torch.compile(_AttendTriton(), fullgraph=True)
+    leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
+    o = compiled(*leaves, mask)
+    o.backward(up)
+    case = (1, 2, 29, 16, 6, 4, True, "end")
+    eager = run(q, k, v, mask, case, "triton", up)
+    torch.testing.assert_close(o.detach(), eager[0], rtol=0, atol=0)
+    for leaf, want in zip(leaves, eager[1:], strict=True):
+        torch.testing.assert_close(leaf.grad, want, rtol=0, atol=0)
+
+
+# -- CUDA sweep (skipped without a GPU): the auto backend and the fallback on device --
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+@pytest.mark.parametrize("d", [64, 128], ids=lambda d: f"D{d}")
+@pytest.mark.parametrize("n", [512, 1024, 2048], ids=lambda n: f"N{n}")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_cuda_against_reference(dtype, n, d, backend, poisoned):
+    b, h, window, block = 2, 4, 256, 64
+    case = (b, h, n, d, window, block, True, "end")
+    q, k, v, up = (torch.randn(b, h, n, d, device="cuda").to(dtype) for _ in range(4))
+    mask = padding_mask("end", b, n).cuda()
+    fast = run(q, k, v, mask, case, backend, up)
+    plain = run(q, k, v, mask, case, "reference", up)
+    ref = run(q.double(), k.double(), v.double(), mask, case, "reference", up)
+    for name, f, p, r in zip(("o", "dq", "dk", "dv"), fast, plain, ref, strict=True):
+        assert_close_to_reference(f, p, r, name=name)
