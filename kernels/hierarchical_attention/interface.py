@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import os
 
 import torch
@@ -73,6 +74,8 @@ def hierarchical_attention(
         NotImplementedError: a combination a backend does not support (named).
     """
     _validate(q, k, v, window, block, causal, key_padding_mask, scale, backend)
+    window = int(window)
+    block = None if block is None else int(block)
     d = q.shape[-1]
     scale = d**-0.5 if scale is None else float(scale)
     if backend == "reference":
@@ -113,7 +116,8 @@ def hierarchical_attention(
 
 
 def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
+    """Python or numpy integers (anything with __index__), but not bools."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 def _validate(q, k, v, window, block, causal, key_padding_mask, scale, backend) -> None:

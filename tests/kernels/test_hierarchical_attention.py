@@ -324,6 +324,15 @@ def test_validation_errors(tensors, kwargs, match):
         hierarchical_attention(*tensors, **kwargs)
 
 
+def test_numpy_integers_are_accepted():
+    import numpy as np
+
+    q, k, v = _qkv()
+    got = hierarchical_attention(q, k, v, window=np.int64(4), block=np.int32(2), backend="torch")
+    want = hierarchical_attention(q, k, v, window=4, block=2, backend="torch")
+    assert torch.equal(got, want)
+
+
 def test_device_mismatch_is_a_value_error():
     q, k, v = _qkv()
     with pytest.raises(ValueError, match="one device.*meta"):
