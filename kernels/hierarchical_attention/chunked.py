@@ -2,10 +2,12 @@
 
 Queries are cut into chunks of `C` rows. Chunk c only needs the keys of its *band*:
 causal, positions `[c*C - (W-1), c*C + C - 1]`, i.e. `L = C + W - 1` keys (non-causal,
-`L = C + 2W - 2`). Bands of all chunks are one strided view of the zero-padded keys
-(`Tensor.unfold`), so the local part is a single batched matmul `[nc, C, D] x [nc, D, L]`
-with no Python loop, and scores take `N x L` memory. Summary scores are `N x NB`. Both
-parts share one softmax (max and sum taken over the two pieces, never concatenated).
+`L = C + 2W - 2`). The bands of all chunks of all heads are one overlapping strided view
+of the zero-padded keys (`_head_bands`), so the local part is a single batched matmul
+`[B*H*nc, C, D] x [B*H*nc, D, L]` with no Python loop and no copy of the bands, and
+scores take `N x L` memory. Summary scores are `N x NB`. Both parts share one softmax
+(max and sum taken over the two pieces, never concatenated). Masks are additive
+(0 / -inf) and applied in place.
 
 The backward recomputes scores from the saved log-sum-exp instead of keeping the
 probabilities of every chunk (FlashAttention's trick), so it also stays within
@@ -23,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 # Largest query chunk. Larger chunks waste (C - 1) / (C + W - 1) of the band's work on
-# masked keys and copy the band's keys more often; smaller ones mean more, tinier matmuls.
+# masked keys; smaller ones mean more, tinier matmuls (and a longer band view per key).
 MAX_CHUNK = 64
 MIN_CHUNK = 16
 
