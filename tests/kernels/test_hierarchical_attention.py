@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from stretto.kernels import hierarchical_attention
@@ -393,3 +395,28 @@ def test_cuda_against_reference(dtype, n, d, backend, poisoned):
     ref = run(q.double(), k.double(), v.double(), mask, case, "reference", up)
     for name, f, p, r in zip(("o", "dq", "dk", "dv"), fast, plain, ref, strict=True):
         assert_close_to_reference(f, p, r, name=name)
+
+
+# -- random geometries (hypothesis): the band/chunk arithmetic against the reference --
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(
+    b=st.integers(1, 2),
+    n=st.integers(1, 90),
+    d=st.sampled_from([1, 3, 8]),
+    window=st.integers(1, 100),
+    block=st.one_of(st.none(), st.integers(1, 40)),
+    causal=st.booleans(),
+    seed=st.integers(0, 2**16),
+    padded=st.booleans(),
+)
+def test_random_geometries_float64(b, n, d, window, block, causal, seed, padded):
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v, up = (torch.randn(b, 2, n, d, generator=gen, dtype=torch.float64) for _ in range(4))
+    mask = (torch.rand(b, n, generator=gen) > 0.3) if padded else None
+    case = (b, 2, n, d, window, block, causal, None)
+    fast = run(q, k, v, mask, case, "torch", up)
+    ref = run(q, k, v, mask, case, "reference", up)
+    for name, f, r in zip(("o", "dq", "dk", "dv"), fast, ref, strict=True):
+        torch.testing.assert_close(f, r, rtol=0, atol=1e-10, msg=name)
