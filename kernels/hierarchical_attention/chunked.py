@@ -26,12 +26,12 @@ import torch.nn.functional as F
 
 # Largest query chunk. Larger chunks waste (C - 1) / (C + W - 1) of the band's work on
 # masked keys; smaller ones mean more, tinier matmuls (and a longer band view per key).
-MAX_CHUNK = 64
+MAX_CHUNK = 32
 MIN_CHUNK = 16
 
 
 def chunk_size(n: int, window: int) -> int:
-    """Query rows per chunk: the window rounded up to a power of two, in [16, 64], <= N."""
+    """Query rows per chunk: the window rounded up to a power of two, in [16, 32], <= N."""
     c = 1 << max(0, (min(window, n) - 1).bit_length())
     return max(1, min(n, max(MIN_CHUNK, min(MAX_CHUNK, c))))
 

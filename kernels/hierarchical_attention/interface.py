@@ -47,7 +47,7 @@ def hierarchical_attention(
             never visible (padded queries still get an output).
         scale: score multiplier, default `D ** -0.5`.
         backend: "auto" (Triton for CUDA tensors when it imports, else "torch"),
-            "torch" (vectorized chunked fallback, memory O(N (window + 64 + N/block))),
+            "torch" (vectorized chunked fallback, memory O(N (window + 32 + N/block))),
             "triton" (fused kernels; CUDA, or CPU under TRITON_INTERPRET=1), or
             "reference" (dense N x N definition, for tests).
 

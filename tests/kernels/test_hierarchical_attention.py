@@ -30,7 +30,7 @@ CASES = [
     (2, 2, 33, 16, 4, 1, False, "row"),
     (1, 3, 130, 16, 16, 8, True, "end"),  # several query chunks
     (2, 1, 77, 16, 1, 5, True, None),  # window 1
-    (1, 2, 129, 16, 40, 16, False, "middle"),  # chunk 64, bands spanning chunks
+    (1, 2, 129, 16, 40, 16, False, "middle"),  # largest chunk, bands spanning chunks
     (1, 1, 45, 16, 3, 64, False, None),  # block > N: a single summary
 ]
 # The subset run in float32 and bfloat16 (bfloat16 matmuls are slow on CPU).
