@@ -72,6 +72,10 @@ def plot_rows(
 
     out_dir = Path(out_dir)
     written: list[Path] = []
+    # One colour per provider across every figure of the run.
+    labels = sorted({lb for m, _, _ in METRICS for g in _series(rows, m).values() for lb in g})
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = {label: palette[i % len(palette)] for i, label in enumerate(labels)}
     for metric, kind, ylabel in METRICS:
         for (suite, mode), providers in sorted(_series(rows, metric).items()):
             fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -80,11 +84,11 @@ def plot_rows(
                 xs = [p[0] for p in points]
                 ys = [p[1] for p in points]
                 values += ys
-                line = ax.plot(xs, ys, marker="o", label=label)[0]
+                ax.plot(xs, ys, marker="o", label=label, color=colors[label])
                 if all(p[2] is not None and p[3] is not None for p in points):
                     lows = [p[2] for p in points]
                     highs = [p[3] for p in points]
-                    ax.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.15)
+                    ax.fill_between(xs, lows, highs, color=colors[label], alpha=0.15)
             seq = sorted({p[0] for pts in providers.values() for p in pts})
             ax.set_xscale("log", base=2)
             ax.set_xticks(seq, [str(s) for s in seq])
