@@ -171,12 +171,17 @@ def test_triton_backend_through_the_public_op(kernel_device, poisoned):
 # -- torch.compile --
 
 
+# Inductor itself touches the deprecated torch.jit.script_method on import (torch 2.13).
+INDUCTOR_JIT_WARNING = "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"
+
+
 class _Attend(torch.nn.Module):
     def forward(self, q, k, v, mask):
         return hierarchical_attention(q, k, v, window=6, block=4, key_padding_mask=mask)
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings(INDUCTOR_JIT_WARNING)
 def test_compile_fullgraph_forward_and_backward():
     torch._dynamo.reset()
     q, k, v, up = (torch.randn(2, 2, 45, 16, dtype=torch.float64) for _ in range(4))
@@ -360,6 +365,7 @@ class _AttendTriton(torch.nn.Module):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings(INDUCTOR_JIT_WARNING)
 def test_compile_fullgraph_with_the_triton_backend(kernel_device):
     if op.fused_import_error() is not None:
         pytest.skip(f"fused kernels not importable: {op.fused_import_error()}")
