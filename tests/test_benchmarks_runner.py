@@ -224,3 +224,17 @@ def test_peak_rss_of_a_child_process():
     big = peak_rss_in_child(allocate_mb, {"size_mb": 160}, timeout_s=60)
     assert small["peak_mem_mb"] < 40, small
     assert 150 < big["peak_mem_mb"] < 260, big
+
+
+def test_stretto_bench_runs_the_runner_from_the_checkout(tmp_path, monkeypatch, capsys):
+    from stretto.engine import bench_command, cli
+
+    args = cli.build_parser().parse_args(["bench", "memory", "--quick", "--device", "cpu"])
+    cmd = bench_command.benchmarks_command(args)
+    assert cmd[1:] == ["-m", "benchmarks", "memory", "--quick", "--device", "cpu"]
+    assert (bench_command.repo_root() / "benchmarks" / "__main__.py").is_file()
+    monkeypatch.setattr(bench_command, "repo_root", lambda: tmp_path)  # as in a wheel install
+    assert cli.main(["bench", "--quick"]) == 1
+    assert "no benchmarks/ folder" in capsys.readouterr().err
+    assert cli.main(["bench", "nope"]) == 1
+    assert "unknown suite 'nope'" in capsys.readouterr().err
