@@ -9,7 +9,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .vocabulary import NUM_INSTRUMENTS, NUM_TIME_SHIFTS, Vocabulary
+from .vocabulary import NUM_INSTRUMENTS, NUM_TIME_SHIFTS, PITCH_MIN, STEP_SECONDS, Vocabulary
 
 _V = Vocabulary()
 START, END, PAD, UNK = _V.START, _V.END, _V.PAD, _V.UNK
@@ -22,6 +22,8 @@ TEMPO0 = _V.TEMPO.start
 INSTRUMENT0 = _V.INSTRUMENT.start
 VOCAB_SIZE = _V.size
 NUM_PITCHES = _V.NOTE_ON.stop - _V.NOTE_ON.start
+STEPS_PER_SECOND = round(1 / STEP_SECONDS)  # 64
+SUSTAIN_CONTROL = 64  # CC64, the damper pedal
 
 # Event kinds, in the order they take at one instant (SPEC).
 KIND_TEMPO, KIND_NOTE_OFF, KIND_SUSTAIN, KIND_NOTE_ON = 0, 1, 2, 3
@@ -327,3 +329,195 @@ def build_window(ids, start, seq_len, max_prefix, pad):
         out[n] = ids[pos]
         n += 1
     return out, n, stop
+
+
+STEP_BITS = 24  # steps < 2**24: 72 hours of 15.625 ms, above TokenizerConfig's 48 h cap
+
+
+def encode_events(n_inst, n_pitch, n_on, n_off, n_end, n_vel, s_inst, s_step, s_on, t_step, t_bin):
+    """Notes, CC64 changes and tempo changes (grid steps) -> (ids, notes kept, replaced).
+
+    Inputs are in file order (tempo changes sorted by time); pitches are indices 0..87,
+    velocities MIDI 1..127, `n_end` the notes' end ticks (for ties only). Applies the
+    SPEC's policies: per (instrument, pitch), of the notes starting on one step only
+    the one ending last stays (the first in file order on a tie); a note lasts at least
+    one step; a note still sounding when the next of its pitch starts ends there. The
+    last tempo and the last CC64 state (per instrument) at one step hold.
+
+    The sorts are numpy's stable argsort (timsort): symusic hands notes over in time
+    order per track, so the keys come in a few sorted runs and sort in near-linear time.
+    """
+    onset_order = np.argsort(n_on, kind="stable")
+    keep, off = _note_policy(onset_order, n_inst, n_pitch, n_on, n_off, n_end)
+    pedal_order = np.argsort((s_inst << STEP_BITS) | s_step, kind="stable")
+    keys, vel = _event_keys(keep, n_inst, n_pitch, n_on, off, n_vel, pedal_order,
+                            s_inst, s_step, s_on, t_step, t_bin)  # fmt: skip
+    order = np.argsort(keys, kind="stable")
+    ids = _emit_sorted(keys[order], vel[order])
+    return ids, keep.size, n_on.size - keep.size
+
+
+@numba.njit(cache=True, nogil=True)
+def _note_policy(onset_order, inst, pitch, on, off_in, end_tick):
+    """Indices of the notes kept (in onset order) and every note's final off step."""
+    n = on.shape[0]
+    off = np.empty(n, dtype=np.int64)
+    for j in range(n):
+        off[j] = max(off_in[j], on[j] + 1)  # a note lasts at least one step
+    alive = np.ones(n, dtype=np.bool_)
+    last = np.full((NUM_INSTRUMENTS, NUM_PITCHES), -1, dtype=np.int64)
+    for a in range(n):
+        j = onset_order[a]
+        p = last[inst[j], pitch[j]]
+        if p >= 0 and on[p] == on[j]:
+            if end_tick[j] > end_tick[p]:  # same start: the one ending last stays
+                alive[p] = False
+                last[inst[j], pitch[j]] = j
+            else:
+                alive[j] = False
+            continue
+        if p >= 0 and off[p] > on[j]:
+            off[p] = on[j]  # the earlier note ends where the later begins
+        last[inst[j], pitch[j]] = j
+    keep = np.empty(n, dtype=np.int64)
+    m = 0
+    for a in range(n):
+        j = onset_order[a]
+        if alive[j]:
+            keep[m] = j
+            m += 1
+    return keep[:m].copy(), off
+
+
+@numba.njit(cache=True, nogil=True)
+def _event_keys(keep, n_inst, n_pitch, n_on, n_off, n_vel, pedal_order, s_inst, s_step, s_on,
+                t_step, t_bin):  # fmt: skip
+    n_keep = keep.shape[0]
+    m = pedal_order.shape[0]
+    n_tempo = t_step.shape[0]
+    keys = np.empty(2 * n_keep + m + n_tempo, dtype=np.int64)
+    vel = np.zeros(2 * n_keep + m + n_tempo, dtype=np.int64)
+    e = 0
+    for a in range(n_keep):
+        j = keep[a]
+        keys[e] = _event_key(n_on[j], KIND_NOTE_ON, n_inst[j], n_pitch[j])
+        vel[e] = n_vel[j] // 4
+        keys[e + 1] = _event_key(n_off[j], KIND_NOTE_OFF, n_inst[j], n_pitch[j])
+        e += 2
+    for a in range(m):
+        j = pedal_order[a]
+        if a + 1 < m:
+            k = pedal_order[a + 1]
+            if s_inst[k] == s_inst[j] and s_step[k] == s_step[j]:
+                continue  # a later change at the same step holds
+        keys[e] = _event_key(s_step[j], KIND_SUSTAIN, s_inst[j], s_on[j])
+        e += 1
+    for j in range(n_tempo):
+        if j + 1 < n_tempo and t_step[j + 1] == t_step[j]:
+            continue
+        keys[e] = _event_key(t_step[j], KIND_TEMPO, 0, t_bin[j])
+        e += 1
+    return keys[:e], vel[:e]
+
+
+@numba.njit(cache=True, nogil=True)
+def _emit_sorted(keys, vel):
+    e = keys.shape[0]
+    step = np.empty(e, dtype=np.int64)
+    kind = np.empty(e, dtype=np.int64)
+    inst = np.empty(e, dtype=np.int64)
+    value = np.empty(e, dtype=np.int64)
+    for a in range(e):
+        k = keys[a]
+        step[a] = k >> 13
+        kind[a] = (k >> 11) & 3
+        inst[a] = (k >> 7) & 15
+        value[a] = k & 127
+    return emit_ids(step, kind, inst, value, vel)
+
+
+@numba.njit(cache=True, inline="always")
+def _event_key(step, kind, inst, value):
+    # step (24 bits) | kind (2) | instrument (4) | value (7): the SPEC's order at one
+    # instant, then instrument and pitch, so equal inputs give equal ids
+    step = min(np.int64(step), (1 << STEP_BITS) - 1)
+    return (step << 13) | (np.int64(kind) << 11) | (np.int64(inst) << 7) | value
+
+
+@numba.njit(cache=True, nogil=True)
+def ticks_to_steps(ticks, seg_tick, seg_sec, seg_spt):
+    """Ticks -> grid steps (round half to even) under a piecewise-constant tempo map.
+
+    Segment k starts at tick `seg_tick[k]` (sorted, the first is 0) and second
+    `seg_sec[k]` and lasts `seg_spt[k]` seconds per tick. Seconds are float64, so
+    rounding happens once, on absolute time.
+    """
+    n = ticks.shape[0]
+    out = np.empty(n, dtype=np.int64)
+    n_seg = seg_tick.shape[0]
+    for j in range(n):
+        t = ticks[j]
+        k = 0 if n_seg == 1 else np.searchsorted(seg_tick, t, side="right") - 1
+        if k < 0:
+            k = 0
+        out[j] = np.int64(np.rint((seg_sec[k] + (t - seg_tick[k]) * seg_spt[k]) * STEPS_PER_SECOND))
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def prepare_notes(time, duration, pitch, velocity, inst, seg_tick, seg_sec, seg_spt):
+    """symusic note columns (all tracks, file order) -> encoder inputs.
+
+    Returns (inst, pitch index, on step, off step, end tick, velocity 1..127, dropped,
+    last step): pitches outside 21..108 are dropped and counted.
+    """
+    n = time.shape[0]
+    keep = np.empty(n, dtype=np.int64)
+    m = 0
+    for j in range(n):
+        if PITCH_MIN <= pitch[j] <= PITCH_MIN + NUM_PITCHES - 1:
+            keep[m] = j
+            m += 1
+    on_tick = np.empty(m, dtype=np.int64)
+    end_tick = np.empty(m, dtype=np.int64)
+    out_inst = np.empty(m, dtype=np.int64)
+    out_pitch = np.empty(m, dtype=np.int64)
+    out_vel = np.empty(m, dtype=np.int64)
+    for a in range(m):
+        j = keep[a]
+        on_tick[a] = time[j]
+        end_tick[a] = np.int64(time[j]) + max(np.int64(duration[j]), 0)
+        out_inst[a] = inst[j]
+        out_pitch[a] = pitch[j] - PITCH_MIN
+        out_vel[a] = min(max(np.int64(velocity[j]), 1), 127)
+    on = ticks_to_steps(on_tick, seg_tick, seg_sec, seg_spt)
+    off = ticks_to_steps(end_tick, seg_tick, seg_sec, seg_spt)
+    last = 0
+    for a in range(m):
+        last = max(last, off[a])
+    return out_inst, out_pitch, on, off, end_tick, out_vel, n - m, last
+
+
+@numba.njit(cache=True, nogil=True)
+def prepare_pedals(time, number, value, inst, seg_tick, seg_sec, seg_spt):
+    """CC64 rows of symusic control columns -> (inst, step, 1 = down / 0 = up, last step)."""
+    n = time.shape[0]
+    m = 0
+    for j in range(n):
+        if number[j] == SUSTAIN_CONTROL:
+            m += 1
+    ticks = np.empty(m, dtype=np.int64)
+    out_inst = np.empty(m, dtype=np.int64)
+    out_on = np.empty(m, dtype=np.int64)
+    a = 0
+    for j in range(n):
+        if number[j] == SUSTAIN_CONTROL:
+            ticks[a] = time[j]
+            out_inst[a] = inst[j]
+            out_on[a] = 1 if value[j] >= 64 else 0
+            a += 1
+    steps = ticks_to_steps(ticks, seg_tick, seg_sec, seg_spt)
+    last = 0
+    for a in range(m):
+        last = max(last, steps[a])
+    return out_inst, steps, out_on, last

@@ -20,7 +20,6 @@ from .vocabulary import (
     NUM_INSTRUMENTS,
     NUM_TEMPOS,
     NUM_VELOCITIES,
-    PITCH_MAX,
     PITCH_MIN,
     STEP_SECONDS,
     TEMPO_MAX_BPM,
@@ -107,79 +106,50 @@ class MidiTokenizer:
         tpq = int(score.ticks_per_quarter)
         if tpq <= 0:
             raise MidiError(name, f"ticks-per-quarter is {tpq}: no time can be computed")
-        to_seconds = _TempoMap(score, tpq)
-        end_s = to_seconds(np.array([max(int(score.end()), 0)], dtype=np.int64))[0]
-        if not np.isfinite(end_s) or end_s > self.config.max_seconds:
+        tempo = _TempoMap(score, tpq)
+        seg = (tempo.tempo_ticks, tempo.start_sec, tempo.sec_per_tick)
+        tracks = list(score.tracks)
+        insts = np.array(
+            [DRUM_INSTRUMENT if t.is_drum else min(int(t.program) // 8, 14) for t in tracks],
+            dtype=np.int64,
+        )
+        notes = [t.notes.numpy() for t in tracks]
+        controls = [t.controls.numpy() for t in tracks]
+        n_inst, n_pitch, n_on, n_off, n_end, n_vel, dropped, last_note = _codec.prepare_notes(
+            *_columns(notes, ("time", "duration", "pitch", "velocity"), np.int32),
+            np.repeat(insts, [n["time"].size for n in notes]),
+            *seg,
+        )
+        s_inst, s_step, s_on, last_pedal = _codec.prepare_pedals(
+            *_columns(controls, ("time", "number", "value"), np.int32),
+            np.repeat(insts, [c["time"].size for c in controls]),
+            *seg,
+        )
+        t_step, t_bin = self._tempo_changes(tempo)
+        last = max(int(last_note), int(last_pedal), int(t_step[-1]))
+        if last > self.config.max_seconds * STEPS_PER_SECOND:
+            end_s = last / STEPS_PER_SECOND
             raise MidiError(
                 name,
                 f"lasts {end_s:.1f} s ({end_s / 3600:.1f} h), over the "
                 f"{self.config.max_seconds:.0f} s limit (TokenizerConfig.max_seconds)",
             )
-
-        insts, pitches, ons, offs, vels, ends = [], [], [], [], [], []
-        sus_inst, sus_step, sus_val = [], [], []
-        for track in score.tracks:
-            inst = DRUM_INSTRUMENT if track.is_drum else min(int(track.program) // 8, 14)
-            notes = track.notes.numpy()
-            if notes["time"].size:
-                start = notes["time"].astype(np.int64)
-                stop = start + np.maximum(notes["duration"].astype(np.int64), 0)
-                ons.append(_quantize(to_seconds(start)))
-                offs.append(_quantize(to_seconds(stop)))
-                ends.append(stop)
-                pitches.append(notes["pitch"].astype(np.int16))
-                vels.append(np.clip(notes["velocity"].astype(np.int16), 1, 127))
-                insts.append(np.full(start.size, inst, dtype=np.int16))
-            controls = track.controls.numpy()
-            pedal = controls["number"] == SUSTAIN_CONTROL
-            if pedal.any():
-                sus_step.append(_quantize(to_seconds(controls["time"][pedal].astype(np.int64))))
-                sus_val.append((controls["value"][pedal] >= 64).astype(np.int16))
-                sus_inst.append(np.full(int(pedal.sum()), inst, dtype=np.int16))
-
-        stats = EncodeStats()
-        events = [self._tempo_events(score, to_seconds)]
-        if ons:
-            inst_a, pitch_a = np.concatenate(insts), np.concatenate(pitches)
-            on_a, off_a, vel_a = np.concatenate(ons), np.concatenate(offs), np.concatenate(vels)
-            keep = (pitch_a >= PITCH_MIN) & (pitch_a <= PITCH_MAX)
-            stats.dropped_pitch = int(keep.size - keep.sum())
-            end_a = np.concatenate(ends)
-            note_events, stats.replaced_same_onset = _note_events(
-                inst_a[keep],
-                pitch_a[keep] - PITCH_MIN,
-                on_a[keep],
-                off_a[keep],
-                vel_a[keep],
-                end_a[keep],
-            )
-            stats.notes = int(note_events[0].size // 2)
-            events.append(note_events)
-        if sus_step:
-            events.append(
-                _sustain_events(
-                    np.concatenate(sus_inst), np.concatenate(sus_step), np.concatenate(sus_val)
-                )
-            )
-        step, kind, inst, value, vel = (np.concatenate(cols) for cols in zip(*events, strict=True))
-        order = np.lexsort((value, inst, kind, step))
-        ids = _codec.emit_ids(step[order], kind[order], inst[order], value[order], vel[order])
+        ids, n_kept, replaced = _codec.encode_events(
+            n_inst, n_pitch, n_on, n_off, n_end, n_vel, s_inst, s_step, s_on, t_step, t_bin
+        )
+        stats = EncodeStats(notes=int(n_kept), dropped_pitch=int(dropped))
+        stats.replaced_same_onset = int(replaced)
         self.last_encode_stats = stats
         return ids
 
-    def _tempo_events(self, score: Score, to_seconds: _TempoMap):
+    @staticmethod
+    def _tempo_changes(to_seconds: _TempoMap) -> tuple[np.ndarray, np.ndarray]:
+        """(step, bin) of every tempo change, in time order (file order within a tick)."""
         steps = _quantize(to_seconds(to_seconds.tempo_ticks))
         bpm = 60e6 / to_seconds.tempo_mspq
         step_bpm = (TEMPO_MAX_BPM - TEMPO_MIN_BPM) / (NUM_TEMPOS - 1)
         bins = np.clip(np.rint((bpm - TEMPO_MIN_BPM) / step_bpm), 0, NUM_TEMPOS - 1)
-        # several changes at one instant: the last one holds (stable sort keeps file order)
-        order = np.argsort(steps, kind="stable")
-        steps, bins = steps[order], bins[order].astype(np.int64)
-        last = np.append(steps[1:] != steps[:-1], True)
-        steps, bins = steps[last], bins[last]
-        n = steps.size
-        zeros = np.zeros(n, dtype=np.int64)
-        return steps, np.full(n, _codec.KIND_TEMPO, dtype=np.int64), zeros, bins, zeros
+        return steps, bins.astype(np.int64)
 
     def _load(self, source) -> tuple[Score, str]:
         if isinstance(source, Score):
@@ -374,54 +344,11 @@ def _quantize(seconds: np.ndarray) -> np.ndarray:
     return np.rint(seconds * STEPS_PER_SECOND).astype(np.int64)
 
 
-def _note_events(inst, pitch, on, off, vel, end_tick):
-    """Apply the overlap policy and emit NOTE_OFF + NOTE_ON event columns.
-
-    Per (instrument, pitch) in onset order: of the notes starting on one step only the
-    one ending last in the file's ticks stays (the first in file order on a tie); a note
-    lasts at least one step; a note still sounding when the next one of its pitch
-    starts ends there.
-    """
-    order = np.lexsort((-end_tick, on, pitch, inst))
-    inst, pitch, on, off, vel = inst[order], pitch[order], on[order], off[order], vel[order]
-    same_next = (inst[1:] == inst[:-1]) & (pitch[1:] == pitch[:-1])
-    dup = np.zeros(on.size, dtype=bool)
-    dup[1:] = same_next & (on[1:] == on[:-1])
-    replaced = int(dup.sum())
-    if replaced:
-        keep = ~dup
-        inst, pitch, on, off, vel = inst[keep], pitch[keep], on[keep], off[keep], vel[keep]
-        same_next = (inst[1:] == inst[:-1]) & (pitch[1:] == pitch[:-1])
-    off = np.maximum(off, on + 1)
-    next_on = np.append(on[1:], 0)[: on.size]
-    clip = np.append(same_next, False)[: on.size]
-    off = np.where(clip, np.minimum(off, next_on), off)
-    n = on.size
-    step = np.concatenate([off, on])
-    kind = np.concatenate(
-        [np.full(n, _codec.KIND_NOTE_OFF, np.int64), np.full(n, _codec.KIND_NOTE_ON, np.int64)]
-    )
-    inst64 = np.concatenate([inst, inst]).astype(np.int64)
-    value = np.concatenate([pitch, pitch]).astype(np.int64)
-    vel_bin = (vel.astype(np.int64) // 4).clip(0, NUM_VELOCITIES - 1)
-    velocity = np.concatenate([np.zeros(n, np.int64), vel_bin])
-    return (step, kind, inst64, value, velocity), replaced
-
-
-def _sustain_events(inst, step, value):
-    """CC64 changes -> one SUSTAIN state per (instrument, step): the last one there."""
-    order = np.lexsort((step, inst))  # stable: file order within one step
-    inst, step, value = inst[order], step[order], value[order]
-    last = np.append((inst[1:] != inst[:-1]) | (step[1:] != step[:-1]), True)
-    inst, step, value = inst[last], step[last], value[last]
-    n = step.size
-    return (
-        step.astype(np.int64),
-        np.full(n, _codec.KIND_SUSTAIN, np.int64),
-        inst.astype(np.int64),
-        value.astype(np.int64),
-        np.zeros(n, np.int64),
-    )
+def _columns(tables: list[dict[str, np.ndarray]], names: tuple[str, ...], dtype) -> list:
+    """The named columns of symusic's per-track numpy tables, tracks back to back."""
+    if not tables:
+        return [np.zeros(0, dtype=dtype) for _ in names]
+    return [np.concatenate([t[name] for t in tables]) for name in names]
 
 
 def _one_line(exc: BaseException) -> str:
