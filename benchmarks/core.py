@@ -122,7 +122,8 @@ def normalize_row(row: Mapping[str, Any], suite: str, env: Mapping[str, Any]) ->
     status = row.get("status")
     if status is None and row.get("skipped"):
         status = f"skipped: {row['skipped']}"
-    out["status"] = str(status) if status else "ok"
+    # one line, so that a multi-line exception message cannot break the tables
+    out["status"] = " ".join(str(status).split())[:500] if status else "ok"
     for field in ENV_FIELDS:
         out[field] = env.get(field)
     for key, value in row.items():

@@ -61,7 +61,7 @@ def suite_without_device(*, quick):
 
 
 def failing_suite(*, quick, device):
-    raise RuntimeError("kernel exploded")
+    raise RuntimeError("kernel\nexploded")
 
 
 def suite_missing_dependency(*, quick, device):
