@@ -285,7 +285,7 @@ class MusicModel(nn.Module):
                 f"sequence length {input_ids.shape[1]} exceeds max_seq_len {c.max_seq_len}"
             )
         if not torch.compiler.is_compiling() and input_ids.numel():
-            lo, hi = int(input_ids.min()), int(input_ids.max())
+            lo, hi = torch.stack(torch.aminmax(input_ids)).tolist()  # one host sync
             bad = lo if lo < 0 else hi if hi >= c.vocab_size else None
             if bad is not None:
                 raise ValueError(

@@ -58,9 +58,12 @@ def test_forward_loss_backward_on_real_windows(make_model, windows, vocab, mode,
         assert not leaked, f"discriminator loss reached generator parameters {leaked}"
 
 
+@pytest.mark.parametrize("gan_loss", ["hinge", "non_saturating"])
 @pytest.mark.parametrize("term", ["adv", "feature_matching"])
-def test_adversarial_terms_alone_reach_every_generator_parameter(make_model, windows, term):
-    model = make_model("vae_gan")
+def test_adversarial_terms_alone_reach_every_generator_parameter(
+    make_model, windows, term, gan_loss
+):
+    model = make_model("vae_gan", gan_loss=gan_loss)
     out = model.loss({"input_ids": windows(777)})
     out[term].backward()
     _assert_all_grads(_generator_named(model), f"vae_gan generator from {term!r} alone")
@@ -101,6 +104,25 @@ def test_decoder_is_causal(make_model, vocab, mode, padded):
             torch.testing.assert_close(other[:, :t], base[:, :t], rtol=0, atol=1e-5)
             # the perturbation is visible from t on, so the comparison above can fail
             assert (other[:, t:] - base[:, t:]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_masked_tokens_are_invisible(make_model, vocab, mode):
+    """Tokens under attention_mask=False change no real position's logits (nor z)."""
+    model = make_model(mode).eval()
+    ids = torch.randint(4, vocab.size, (2, 97))
+    mask = torch.ones(2, 97, dtype=torch.bool)
+    mask[0, :9] = False
+    mask[1, 40:45] = False
+    changed = ids.clone()
+    changed[~mask] = torch.randint(4, vocab.size, (int((~mask).sum()),))
+    with torch.no_grad():
+        a, b = model(ids, mask), model(changed, mask)
+    torch.testing.assert_close(a[mask], b[mask], rtol=0, atol=1e-5)
+    # unmasked, the same change is visible
+    with torch.no_grad():
+        c = model(changed)
+    assert (c[mask] - a[mask]).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("mode", ["vae", "vae_gan"])

@@ -65,6 +65,20 @@ def test_resume_refuses_another_config(make_model, fixed_batch, tmp_path):
         other.resume(tmp_path / "ck.pt")
 
 
+def test_gradient_accumulation_matches_one_big_batch(make_model, fixed_batch):
+    """Two micro-batches of 2 give the gradient of one batch of 4 (no padding)."""
+    halves = [{k: v[i : i + 2] for k, v in fixed_batch.items()} for i in (0, 2)]
+    grads = []
+    for micro, accum in ((halves, 2), ([fixed_batch], 1)):
+        config = TrainConfig(steps=1, grad_accum=accum, grad_clip=0.0, lr=1e-9)
+        torch.manual_seed(0)  # the same initial weights both times
+        trainer = Trainer(make_model("transformer"), micro, config=config, device="cpu")
+        trainer.train_step(micro)
+        grads.append([p.grad.clone() for p in trainer.model.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_learning_rate_schedule():
     assert lr_factor(0, 10, 100, 0.1) == pytest.approx(0.1)
     assert lr_factor(9, 10, 100, 0.1) == pytest.approx(1.0)
