@@ -521,3 +521,36 @@ def prepare_pedals(time, number, value, inst, seg_tick, seg_sec, seg_spt):
     for a in range(m):
         last = max(last, steps[a])
     return out_inst, steps, out_on, last
+
+
+@numba.njit(cache=True, nogil=True)
+def tempo_map(ticks, mspq, tpq, tempo_min_bpm, bpm_per_bin, n_bins):
+    """symusic tempo columns -> segments for `ticks_to_steps` and the TEMPO changes.
+
+    Returns (seg_tick, seg_sec, seg_spt, change_step, change_bin): segments start at
+    the tempo events (stable in time order; 120 BPM from tick 0 until the first), and
+    each event's grid step and nearest tempo bin (clamped to the vocabulary's range).
+    """
+    order = np.argsort(ticks, kind="mergesort")
+    n = ticks.shape[0]
+    lead = 1 if n == 0 or ticks[order[0]] > 0 else 0
+    m = n + lead
+    seg_tick = np.empty(m, dtype=np.int64)
+    seg_mspq = np.empty(m, dtype=np.float64)
+    if lead:
+        seg_tick[0] = 0
+        seg_mspq[0] = 500000.0
+    for a in range(n):
+        seg_tick[a + lead] = ticks[order[a]]
+        q = mspq[order[a]]
+        seg_mspq[a + lead] = q if q > 0 else 500000.0
+    seg_spt = seg_mspq / (1e6 * tpq)
+    seg_sec = np.zeros(m, dtype=np.float64)
+    for a in range(1, m):
+        seg_sec[a] = seg_sec[a - 1] + (seg_tick[a] - seg_tick[a - 1]) * seg_spt[a - 1]
+    change_step = ticks_to_steps(seg_tick, seg_tick, seg_sec, seg_spt)
+    change_bin = np.empty(m, dtype=np.int64)
+    for a in range(m):
+        b = np.rint((60e6 / seg_mspq[a] - tempo_min_bpm) / bpm_per_bin)
+        change_bin[a] = np.int64(min(max(b, 0.0), n_bins - 1.0))
+    return seg_tick, seg_sec, seg_spt, change_step, change_bin

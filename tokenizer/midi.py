@@ -106,8 +106,15 @@ class MidiTokenizer:
         tpq = int(score.ticks_per_quarter)
         if tpq <= 0:
             raise MidiError(name, f"ticks-per-quarter is {tpq}: no time can be computed")
-        tempo = _TempoMap(score, tpq)
-        seg = (tempo.tempo_ticks, tempo.start_sec, tempo.sec_per_tick)
+        tempos = score.tempos.numpy()
+        *seg, t_step, t_bin = _codec.tempo_map(
+            tempos["time"],
+            tempos["mspq"],
+            tpq,
+            TEMPO_MIN_BPM,
+            (TEMPO_MAX_BPM - TEMPO_MIN_BPM) / (NUM_TEMPOS - 1),
+            NUM_TEMPOS,
+        )
         tracks = list(score.tracks)
         insts = np.array(
             [DRUM_INSTRUMENT if t.is_drum else min(int(t.program) // 8, 14) for t in tracks],
@@ -125,7 +132,6 @@ class MidiTokenizer:
             np.repeat(insts, [c["time"].size for c in controls]),
             *seg,
         )
-        t_step, t_bin = self._tempo_changes(tempo)
         last = max(int(last_note), int(last_pedal), int(t_step[-1]))
         if last > self.config.max_seconds * STEPS_PER_SECOND:
             end_s = last / STEPS_PER_SECOND
@@ -142,33 +148,34 @@ class MidiTokenizer:
         self.last_encode_stats = stats
         return ids
 
-    @staticmethod
-    def _tempo_changes(to_seconds: _TempoMap) -> tuple[np.ndarray, np.ndarray]:
-        """(step, bin) of every tempo change, in time order (file order within a tick)."""
-        steps = _quantize(to_seconds(to_seconds.tempo_ticks))
-        bpm = 60e6 / to_seconds.tempo_mspq
-        step_bpm = (TEMPO_MAX_BPM - TEMPO_MIN_BPM) / (NUM_TEMPOS - 1)
-        bins = np.clip(np.rint((bpm - TEMPO_MIN_BPM) / step_bpm), 0, NUM_TEMPOS - 1)
-        return steps, bins.astype(np.int64)
-
     def _load(self, source) -> tuple[Score, str]:
         if isinstance(source, Score):
             return source, "<score>"
         if isinstance(source, bytes | bytearray | memoryview):
-            name, data = "<bytes>", bytes(source)
-        else:
-            name = os.fspath(source)
-            try:
-                size = os.path.getsize(name)
-                if size > self.config.max_file_bytes:
-                    raise MidiError(
-                        name,
-                        f"{size} bytes, over the {self.config.max_file_bytes} byte limit "
-                        "(TokenizerConfig.max_file_bytes)",
-                    )
-                data = Path(name).read_bytes()
-            except OSError as exc:
-                raise MidiError(name, f"cannot read: {exc.strerror or exc}") from exc
+            return self._parse("<bytes>", bytes(source)), "<bytes>"
+        name = os.fspath(source)
+        try:
+            size = os.stat(name).st_size
+        except OSError as exc:
+            raise MidiError(name, f"cannot read: {exc.strerror or exc}") from exc
+        if size > self.config.max_file_bytes:
+            raise MidiError(
+                name,
+                f"{size} bytes, over the {self.config.max_file_bytes} byte limit "
+                "(TokenizerConfig.max_file_bytes)",
+            )
+        try:
+            return Score(name), name  # the fast path: symusic reads the file itself
+        except Exception:  # the checks below give the reason
+            pass
+        try:
+            data = Path(name).read_bytes()
+        except OSError as exc:
+            raise MidiError(name, f"cannot read: {exc.strerror or exc}") from exc
+        return self._parse(name, data), name
+
+    def _parse(self, name: str, data: bytes) -> Score:
+        """Bytes -> Score, or MidiError with the reason (symusic's when it has no better)."""
         if len(data) > self.config.max_file_bytes:
             raise MidiError(name, f"{len(data)} bytes, over the byte limit")
         if len(data) < 14:
@@ -179,10 +186,9 @@ class MidiTokenizer:
         if data[12] & 0x80:
             raise MidiError(name, "SMPTE time division (frames per second) is not supported")
         try:
-            score = Score.from_midi(data)
+            return Score.from_midi(data)
         except Exception as exc:  # symusic raises RuntimeError/ValueError with its reason
             raise MidiError(name, f"unreadable MIDI ({_one_line(exc)})") from exc
-        return score, name
 
     # -- decoding ----------------------------------------------------------------------
     def decode(self, ids) -> Score:
@@ -289,30 +295,6 @@ class MidiTokenizer:
         return max(1, min(self.config.decode_tpq, int(limit)))
 
 
-class _TempoMap:
-    """Ticks -> seconds (float64) from a score's tempo map (120 BPM before the first)."""
-
-    def __init__(self, score: Score, tpq: int):
-        tempos = score.tempos.numpy()
-        ticks = tempos["time"].astype(np.int64)
-        mspq = tempos["mspq"].astype(np.float64)
-        order = np.argsort(ticks, kind="stable")
-        ticks, mspq = ticks[order], mspq[order]
-        mspq = np.where(mspq > 0, mspq, 500000.0)
-        if ticks.size == 0 or ticks[0] > 0:
-            ticks = np.concatenate([[0], ticks])
-            mspq = np.concatenate([[500000.0], mspq])
-        self.tempo_ticks = ticks
-        self.tempo_mspq = mspq
-        self.sec_per_tick = mspq / (1e6 * tpq)
-        self.start_sec = np.concatenate([[0.0], np.cumsum(np.diff(ticks) * self.sec_per_tick[:-1])])
-
-    def __call__(self, ticks: np.ndarray) -> np.ndarray:
-        seg = np.searchsorted(self.tempo_ticks, ticks, side="right") - 1
-        seg = np.maximum(seg, 0)
-        return self.start_sec[seg] + (ticks - self.tempo_ticks[seg]) * self.sec_per_tick[seg]
-
-
 class _StepTicks:
     """Grid steps -> ticks under a tempo map whose changes sit on steps.
 
@@ -338,10 +320,6 @@ class _StepTicks:
         seg = np.maximum(np.searchsorted(self.steps, steps, side="right") - 1, 0)
         rel = (steps * STEP_SECONDS - self.sec0[seg]) / self.sec_per_tick[seg]
         return self.tick0[seg] + np.rint(rel).astype(np.int64)
-
-
-def _quantize(seconds: np.ndarray) -> np.ndarray:
-    return np.rint(seconds * STEPS_PER_SECOND).astype(np.int64)
 
 
 def _columns(tables: list[dict[str, np.ndarray]], names: tuple[str, ...], dtype) -> list:
