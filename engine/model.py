@@ -220,7 +220,9 @@ class MusicModel(nn.Module):
     `[B, N, V]`, where logits[:, i] predicts token i + 1. `input_ids` is `[B, N]`
     integer with every id in `[0, vocab_size)`; `attention_mask` `[B, N]` bool (True =
     real token) defaults to `input_ids != PAD`. In the vae modes z defaults to the
-    encoder's sample (training) or its mean (eval).
+    encoder's sample (training) or its mean (eval). With `objective="generator"` (or
+    `"discriminator"`) the call returns `loss(...)` (or `discriminator_loss(...)`)
+    instead, for wrappers such as DDP that hook `forward`.
     """
 
     def __init__(self, config: ModelConfig):
@@ -351,7 +353,17 @@ class MusicModel(nn.Module):
         h = self.decoder(x, mask, positions, cond=z)
         return self.head(h)  # [B, N, V]
 
-    def forward(self, input_ids, attention_mask=None, *, z=None, positions=None):
+    def forward(
+        self, input_ids, attention_mask=None, *, z=None, positions=None, objective=None, step=0
+    ):
+        if objective is not None:
+            # Losses through __call__, so wrappers that hook forward (DDP, FSDP) see them.
+            batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+            if objective == "generator":
+                return self.loss(batch, step=step)
+            if objective == "discriminator":
+                return self.discriminator_loss(batch)
+            raise ValueError(f"objective={objective!r} is not 'generator' or 'discriminator'")
         mask = self.check_inputs(input_ids, attention_mask)
         if self.encoder is not None and z is None:
             mu, logvar = self._encode(input_ids, mask)
@@ -360,6 +372,8 @@ class MusicModel(nn.Module):
 
     # -- losses -------------------------------------------------------------------------
     def _batch(self, batch):
+        if not isinstance(batch, dict) or "input_ids" not in batch:
+            raise ValueError("a batch is a dict with 'input_ids' (and optionally 'attention_mask')")
         ids = batch["input_ids"]
         return ids, self.check_inputs(ids, batch.get("attention_mask"))
 

@@ -209,15 +209,22 @@ class Trainer:
         scaler.update()
         return totals
 
+    # Losses go through the module's __call__ so that a DDP/FSDP wrapper sees them.
+    def _generator_loss(self, batch: dict) -> dict:
+        ids, mask = batch["input_ids"], batch.get("attention_mask")
+        return self.model(ids, mask, objective="generator", step=self.step)
+
+    def _discriminator_loss(self, batch: dict) -> dict:
+        ids, mask = batch["input_ids"], batch.get("attention_mask")
+        return self.model(ids, mask, objective="discriminator")
+
     def train_step(self, micro_batches: list[dict]) -> dict[str, float]:
         """One optimizer step over `grad_accum` micro-batches; returns averaged terms."""
         self.model.train()
         lr = self._set_lr()
         micro = [self._to_device(b) for b in micro_batches]
         gen_params = self.model.generator_parameters()
-        row = self._update(
-            "generator", gen_params, micro, lambda b: self.model.loss(b, step=self.step)
-        )
+        row = self._update("generator", gen_params, micro, self._generator_loss)
         if self.gan:
             # The generator's backward also left gradients on the discriminator; its
             # own update starts from zeroed gradients (zero_grad in _update).
@@ -225,7 +232,7 @@ class Trainer:
                 "discriminator",
                 self.model.discriminator_parameters(),
                 micro,
-                self.model.discriminator_loss,
+                self._discriminator_loss,
             )
             row.update({f"disc_{k}": v for k, v in d.items()})
         row["lr"] = lr
@@ -244,7 +251,7 @@ class Trainer:
             self._batches(self.val_data, shuffle=False), self.config.eval_batches
         ):
             with self._autocast():
-                out = self.model.loss(self._to_device(batch), step=self.step)
+                out = self._generator_loss(self._to_device(batch))
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             n += 1

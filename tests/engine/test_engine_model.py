@@ -204,3 +204,27 @@ def test_dense_attention_option_runs(make_model, windows, mode):
     out = model.loss({"input_ids": windows(128)})
     out["loss"].backward()
     assert torch.isfinite(out["loss"])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_losses_through_call_match_the_methods(make_model, windows, mode):
+    """`model(..., objective=...)` (what a DDP wrapper calls) equals loss()/discriminator_loss()."""
+    model = make_model(mode).eval()  # eval: spectral norm's power iteration stays put
+    ids = windows(64)
+    batch = {"input_ids": ids, "attention_mask": None}
+    torch.manual_seed(1)
+    direct = model.loss(batch, step=30)
+    torch.manual_seed(1)
+    called = model(ids, objective="generator", step=30)
+    assert direct.keys() == called.keys()
+    for k in direct:
+        torch.testing.assert_close(called[k], direct[k])
+    if mode == "vae_gan":
+        torch.manual_seed(1)
+        d = model.discriminator_loss(batch)
+        torch.manual_seed(1)
+        torch.testing.assert_close(model(ids, objective="discriminator")["loss"], d["loss"])
+    with pytest.raises(ValueError, match="objective='critic'"):
+        model(ids, objective="critic")
+    with pytest.raises(ValueError, match="a batch is a dict with 'input_ids'"):
+        model.loss(ids)
