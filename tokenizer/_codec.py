@@ -554,3 +554,20 @@ def tempo_map(ticks, mspq, tpq, tempo_min_bpm, bpm_per_bin, n_bins):
         b = np.rint((60e6 / seg_mspq[a] - tempo_min_bpm) / bpm_per_bin)
         change_bin[a] = np.int64(min(max(b, 0.0), n_bins - 1.0))
     return seg_tick, seg_sec, seg_spt, change_step, change_bin
+
+
+@numba.njit(cache=True, nogil=True)
+def tempo_ticks(steps, sec_per_tick):
+    """Tick and realised second of each tempo change of a decoded score.
+
+    Each change goes on the tick nearest its exact time as measured by the ticks
+    before it, so rounding never accumulates across changes.
+    """
+    n = steps.shape[0]
+    tick0 = np.zeros(n, dtype=np.int64)
+    sec0 = np.zeros(n, dtype=np.float64)
+    for j in range(1, n):
+        dt = np.rint((steps[j] * STEP_SECONDS - sec0[j - 1]) / sec_per_tick[j - 1])
+        tick0[j] = tick0[j - 1] + np.int64(dt)
+        sec0[j] = sec0[j - 1] + dt * sec_per_tick[j - 1]
+    return tick0, sec0

@@ -306,15 +306,7 @@ class _StepTicks:
     def __init__(self, steps: np.ndarray, mspq: np.ndarray, tpq: int):
         self.steps = steps.astype(np.int64)
         self.sec_per_tick = mspq.astype(np.float64) / (1e6 * tpq)
-        n = self.steps.size
-        self.tick0 = np.zeros(n, dtype=np.int64)
-        self.sec0 = np.zeros(n, dtype=np.float64)
-        # a loop over tempo changes only (a few per file)
-        for j in range(1, n):
-            target = self.steps[j] * STEP_SECONDS
-            dt = round((target - self.sec0[j - 1]) / self.sec_per_tick[j - 1])
-            self.tick0[j] = self.tick0[j - 1] + dt
-            self.sec0[j] = self.sec0[j - 1] + dt * self.sec_per_tick[j - 1]
+        self.tick0, self.sec0 = _codec.tempo_ticks(self.steps, self.sec_per_tick)
 
     def __call__(self, steps: np.ndarray) -> np.ndarray:
         seg = np.maximum(np.searchsorted(self.steps, steps, side="right") - 1, 0)
