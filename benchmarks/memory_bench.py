@@ -7,7 +7,7 @@ Model providers: `MusicModel` loss forward+backward with `attention="wha"` and w
 `attention="dense"`. What is not importable is reported as a skipped row.
 
 CUDA: `max_memory_allocated` above the inputs, in process. CPU: peak RSS of a fresh
-spawned child per case, above its size before the case. Each provider's rows also
+child process per case, above its size before the case. Each provider's rows also
 carry `mem_growth_exponent`, the slope of log(memory) against log(N) over its measured
 lengths (about 1 for linear growth, about 2 for quadratic).
 """
@@ -28,7 +28,7 @@ MODEL_PROVIDERS = ("model-wha", "model-dense")
 QUICK_CPU_MAX_SEQ = 4096  # one scaling length in a quick CPU run: growth needs 4 points
 
 
-# -- cases (module level: the CPU path builds them in a spawned child) ------------------
+# -- cases (module level: the CPU path builds them in a child process) ----------------
 
 
 def _torch_dtype(name: str):
