@@ -39,12 +39,15 @@ class Rotary(nn.Module):
 
     def __init__(self, head_dim: int, base: float):
         super().__init__()
-        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)  # [D/2]
+        self.head_dim, self.base = head_dim, base
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """positions `[N]` (int) -> cos, sin `[N, D/2]` in float32."""
-        angles = positions.to(torch.float32)[:, None] * self.inv_freq[None, :]  # [N, D/2]
+        # Frequencies are rebuilt in float32 on every call rather than kept as a buffer,
+        # which `model.to(torch.bfloat16)` would round to 3 significant digits.
+        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=positions.device)
+        inv_freq = self.base ** (-exponents / self.head_dim)  # [D/2]
+        angles = positions.to(torch.float32)[:, None] * inv_freq[None, :]  # [N, D/2]
         return angles.cos(), angles.sin()
 
     @staticmethod

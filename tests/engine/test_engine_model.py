@@ -228,3 +228,15 @@ def test_losses_through_call_match_the_methods(make_model, windows, mode):
         model(ids, objective="critic")
     with pytest.raises(ValueError, match="a batch is a dict with 'input_ids'"):
         model.loss(ids)
+
+
+def test_bfloat16_model_keeps_float32_rotary_phases(make_model, vocab):
+    model = make_model("transformer")
+    cos, sin = model.decoder.rotary(torch.arange(2000, 2048))
+    half = make_model("transformer").to(torch.bfloat16)
+    cos16, sin16 = half.decoder.rotary(torch.arange(2000, 2048))
+    assert cos16.dtype == torch.float32
+    torch.testing.assert_close(cos16, cos)
+    torch.testing.assert_close(sin16, sin)
+    logits = half(torch.randint(0, vocab.size, (1, 100)))
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
