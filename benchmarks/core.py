@@ -47,7 +47,7 @@ ROW_FIELDS = (
     + ("extra",)
 )
 
-_SEQ_KEYS = ("seq_len", "N", "n", "T", "L", "tokens")
+_SEQ_KEYS = ("seq_len", "N", "T", "L")  # in a shape dict; `extra` is read for seq_len only
 _SEQ_IN_LABEL = re.compile(r"(?:^|[-_ ,x])(?:N|L|T|seq|seq_len|len)=?(\d+)(?=$|[-_ ,x])")
 
 
@@ -82,9 +82,10 @@ def _shape_label(shape: Any) -> str:
 
 def _seq_len(row: Mapping[str, Any]) -> int | None:
     candidates: list[Any] = [row.get("seq_len")]
-    for source in (row.get("shape"), row.get("extra")):
-        if isinstance(source, Mapping):
-            candidates += [source.get(k) for k in _SEQ_KEYS]
+    if isinstance(row.get("shape"), Mapping):
+        candidates += [row["shape"].get(k) for k in _SEQ_KEYS]
+    if isinstance(row.get("extra"), Mapping):
+        candidates.append(row["extra"].get("seq_len"))
     for value in candidates:
         if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
             return int(value)
