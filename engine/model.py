@@ -422,7 +422,7 @@ class MusicModel(nn.Module):
         out["loss"] = total
         return out
 
-    def soft_fakes(self, logits, ids, hard_first: bool = True):
+    def soft_fakes(self, logits, ids):
         """Differentiable fake sequences `[B, N, V]`: the first token as given, then
         Gumbel-softmax samples of logits[:, :-1] (each predicting the next position)."""
         soft = F.gumbel_softmax(logits[:, :-1].float(), tau=self.config.gumbel_temperature)
