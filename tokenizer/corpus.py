@@ -128,6 +128,8 @@ def build_corpus(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     manifest = _open_manifest(out, config)
+    for stale_tmp in out.glob(".*.tmp-*"):  # left by a build killed mid-write
+        stale_tmp.unlink(missing_ok=True)
     report = CorpusReport(out_dir=out)
 
     known = {e["source"]: e for e in manifest["files"] + manifest["bad"]}

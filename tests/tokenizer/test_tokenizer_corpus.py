@@ -95,11 +95,12 @@ def test_interrupted_build_resumes_to_the_same_corpus(tmp_path, mixed_inputs, mo
     with pytest.raises(KeyboardInterrupt):
         build_corpus(files, out, workers=1, progress=False, shard_tokens=100_000)
     assert len(read_manifest(out)["shards"]) == 2  # what was written is a valid corpus
+    (out / ".shard-00002.npy.tmp-99999").write_bytes(b"half a shard")  # a kill mid-write
     monkeypatch.setattr(corpus_module, "_atomic_save", real_save)
     report = build_corpus(files, out, workers=1, progress=False, shard_tokens=100_000)
     assert report.skipped > 0
     whole = sorted(p.name for p in (tmp_path / "whole").iterdir())
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == whole
+    assert sorted(p.name for p in out.iterdir()) == whole
     for name in whole:
         assert (out / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
 
