@@ -8,7 +8,8 @@ Layout of a corpus folder:
 
 Every file is written to a temporary name and renamed into place, and the manifest is
 rewritten (also atomically) after each shard, so an interrupted build leaves a valid
-corpus; running the build again skips what the manifest already holds.
+corpus; running the build again skips what the manifest already holds (and removes
+temporary files a killed build left). One build writes to a folder at a time.
 """
 
 from __future__ import annotations
