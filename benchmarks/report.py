@@ -68,13 +68,16 @@ def relative_times(rows: Sequence[Mapping[str, Any]]) -> list[float | None]:
     """Each measured row's median over the best median among rows of the same case.
 
     Rows measured side by side (same suite, mode, shape and dtype) are one case; the
-    fastest provider reads 1.00.
+    fastest provider reads 1.00. A case with a single measured row has no ratio.
     """
     best: dict[tuple, float] = {}
+    count: dict[tuple, int] = {}
     for row in rows:
         if is_measured(row) and row.get("median_ms"):
             key = (row["suite"], row["mode"], row["shape"], row["dtype"])
             best[key] = min(best.get(key, float("inf")), row["median_ms"])
+            count[key] = count.get(key, 0) + 1
+    best = {key: value for key, value in best.items() if count[key] > 1}  # a ratio needs two
     out: list[float | None] = []
     for row in rows:
         key = (row["suite"], row["mode"], row["shape"], row["dtype"])
