@@ -1,8 +1,9 @@
 """Plots of a run: time and memory against sequence length, one line per provider.
 
 `python -m benchmarks.plot RUN_DIR` draws them from RUN_DIR/results.json (or
-results.csv). Only measured rows with a sequence length are drawn; a figure's y axis is
-logarithmic when its values span more than a factor of ten.
+results.csv). Only measured rows with a sequence length are drawn, and only cases measured at two
+lengths or more; a figure's y axis is logarithmic when its values span more than a
+factor of ten.
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ def plot_rows(
     colors = {label: palette[i % len(palette)] for i, label in enumerate(labels)}
     for metric, kind, ylabel in METRICS:
         for (suite, mode), providers in sorted(_series(rows, metric).items()):
+            if max(len(points) for points in providers.values()) < 2:
+                continue  # one length is a table entry, not a curve
             fig, ax = plt.subplots(figsize=(6.4, 4.2))
             values = []
             for label, points in sorted(providers.items()):

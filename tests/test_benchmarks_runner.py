@@ -154,7 +154,7 @@ def test_run_folder_layout(run, results_root):
     assert "| fake | slow | fwd | `B1-H8-N2048-D64` | float32 | 12.0 |" in md
     assert "3.00x" in md and "skipped: flash-attn is not installed" in md
     plots = sorted(p.name for p in run.out_dir.glob("*.png"))
-    assert plots == ["fake-fwd-memory.png", "fake-fwd-time.png", "nodevice-fwd-time.png"]
+    assert plots == ["fake-fwd-memory.png", "fake-fwd-time.png"]
     for name in plots:
         assert (run.out_dir / name).read_bytes()[:4] == b"\x89PNG"
         assert f"({name})" in md
@@ -177,12 +177,13 @@ def test_results_readme_keeps_other_devices(run, results_root, tmp_path):
     assert "| 99.0 |" in text and "2026-12-01" in text
 
 
-def test_plot_skips_unmeasured_and_lengthless_rows(tmp_path):
+def test_plot_skips_unmeasured_lengthless_and_single_length_rows(tmp_path):
     rows = [
         core.normalize_row(r, "t", ENV)
         for r in [
             {"provider": "a", "mode": "encode", "shape": "file.mid", "median_ms": 1.0},
             {"provider": "b", "mode": "fwd", "shape": "N512", "status": "skipped: absent"},
+            {"provider": "c", "mode": "fwd", "shape": "N512", "median_ms": 2.0},
         ]
     ]
     assert plot_rows(rows, tmp_path) == []
