@@ -86,17 +86,24 @@ def _bwd_configs() -> list[triton.Config]:
     ]
 
 
+# Hopper gives one program at most 227 KB of shared memory; keep headroom for the
+# compiler's own scratch (layout conversions).
+_SMEM_BUDGET = 192 * 1024
+
+
 def _prune(configs, named_args, **kwargs):
-    """Drop tiles far larger than the problem and those that overflow shared memory."""
+    """Drop tiles larger than the sequence and pipelines whose tiles overflow shared memory."""
     args = {**named_args, **kwargs}  # positional and keyword launch arguments
     n_bucket, block_d = args["N_BUCKET"], args["BLOCK_D"]
+    elt = args["Q"].element_size()
     kept = []
     for c in configs:
         bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
         if max(bm, bn) > max(n_bucket, 32):
             continue  # a tile larger than the whole sequence only adds masked work
-        if block_d >= 128 and (bm * bn > 64 * 128 or c.num_stages > 3):
-            continue  # [128 x 128] tiles at D=128 need more registers and smem than an SM has
+        # the streamed operands (two tiles per step) times the pipeline depth
+        if c.num_stages * 2 * max(bm, bn) * block_d * elt > _SMEM_BUDGET:
+            continue
         kept.append(c)
     return kept or configs[:1]
 
@@ -173,7 +180,7 @@ def _fwd_tiles(
         cols = n0 + tl.arange(0, BLOCK_N)
         col_ok = cols < n_cols
         kv_mask = col_ok[:, None] & (offs_d[None, :] < D)
-        kv_off = cols.to(tl.int64)[:, None] * D + offs_d[None, :]
+        kv_off = cols[:, None] * D + offs_d[None, :]
         k = tl.load(k_base + kv_off, mask=kv_mask, other=0.0)
         v = tl.load(v_base + kv_off, mask=kv_mask, other=0.0)
 
@@ -240,12 +247,13 @@ def _fwd_kernel(
     pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // H
-    # int64 offsets: B * H * N * D can exceed 2^31
+    # int64 for the (batch, head) base: B * H * N * D can exceed 2^31; offsets inside one
+    # head stay int32 (the launcher checks N * D < 2^31), which saves registers.
     q_base = Q + bh * N * D
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     row_ok = rows < N
-    q_off = rows.to(tl.int64)[:, None] * D + offs_d[None, :]
+    q_off = rows[:, None] * D + offs_d[None, :]
     q_mask = row_ok[:, None] & (offs_d[None, :] < D)
     q = tl.load(q_base + q_off, mask=q_mask, other=0.0)
 
@@ -345,7 +353,7 @@ def _dq_tiles(
     for n0 in range(start, hi, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
         kv_mask = (cols < n_cols)[:, None] & (offs_d[None, :] < D)
-        kv_off = cols.to(tl.int64)[:, None] * D + offs_d[None, :]
+        kv_off = cols[:, None] * D + offs_d[None, :]
         k = tl.load(k_base + kv_off, mask=kv_mask, other=0.0)
         v = tl.load(v_base + kv_off, mask=kv_mask, other=0.0)
 
@@ -405,7 +413,7 @@ def _dq_kernel(
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     row_ok = rows < N
-    q_off = rows.to(tl.int64)[:, None] * D + offs_d[None, :]
+    q_off = rows[:, None] * D + offs_d[None, :]
     q_mask = row_ok[:, None] & (offs_d[None, :] < D)
     q = tl.load(Q + bh * N * D + q_off, mask=q_mask, other=0.0)
     do = tl.load(DO + bh * N * D + q_off, mask=q_mask, other=0.0)
@@ -485,7 +493,7 @@ def _dkv_tiles(
     for m0 in range(start, hi, BLOCK_M):
         rows = m0 + tl.arange(0, BLOCK_M)
         row_ok = rows < N
-        q_off = rows.to(tl.int64)[:, None] * D + offs_d[None, :]
+        q_off = rows[:, None] * D + offs_d[None, :]
         q_mask = row_ok[:, None] & (offs_d[None, :] < D)
         q = tl.load(q_base + q_off, mask=q_mask, other=0.0)
         do = tl.load(do_base + q_off, mask=q_mask, other=0.0)
@@ -563,7 +571,7 @@ def _dkv_kernel(
         #    last_j0 + window, and (non-causal) those at or before first_jend - window --
         j0 = pid * BLOCK_N
         cols = j0 + tl.arange(0, BLOCK_N)
-        kv_off = cols.to(tl.int64)[:, None] * D + offs_d[None, :]
+        kv_off = cols[:, None] * D + offs_d[None, :]
         kv_mask = (cols < NB)[:, None] & (offs_d[None, :] < D)
         k = tl.load(KS + bh * NB * D + kv_off, mask=kv_mask, other=0.0)
         v = tl.load(VS + bh * NB * D + kv_off, mask=kv_mask, other=0.0)
@@ -594,7 +602,7 @@ def _dkv_kernel(
         # -- a tile of keys: the queries in its band --
         n0 = (pid - n_sum_tiles) * BLOCK_N
         cols = n0 + tl.arange(0, BLOCK_N)
-        kv_off = cols.to(tl.int64)[:, None] * D + offs_d[None, :]
+        kv_off = cols[:, None] * D + offs_d[None, :]
         kv_mask = (cols < N)[:, None] & (offs_d[None, :] < D)
         k = tl.load(K + bh * N * D + kv_off, mask=kv_mask, other=0.0)
         v = tl.load(V + bh * N * D + kv_off, mask=kv_mask, other=0.0)
@@ -628,6 +636,8 @@ def _dot_precision(dtype: torch.dtype) -> str:
 
 def _common(q, k_sum, key_real, summary_real, window, block):
     b, h, n, d = q.shape
+    if n * d >= 2**31:
+        raise NotImplementedError(f"N * D = {n * d} elements in one head needs int64 offsets")
     has_sum = block is not None and k_sum is not None
     nb = k_sum.shape[2] if has_sum else 1
     # Equivalent clamps that keep index arithmetic inside int32: a window >= N sees every
