@@ -22,7 +22,9 @@ Precision: fp16 and bf16 operands with fp32 accumulation. fp32 inputs use TF32 t
 cores exactly when torch would for its own fp32 matmuls
 (`torch.backends.cuda.matmul.allow_tf32`), otherwise full-precision fp32 ("ieee"), so
 the plain-torch comparison of the tolerance policy is made under the same rule. The
-Triton interpreter always computes in true fp32.
+Triton interpreter always computes in true fp32. Full-precision fp32 dots have no tensor
+core path: compiled for sm_90 they run on FMA units and the autotuner has to settle for
+small tiles, so fp32 is a correctness path; bf16/fp16 are the fast ones.
 
 Head dims that are not powers of two are padded to the next one (at least 16) with
 masked loads; padding never reaches memory.
