@@ -41,6 +41,8 @@ CASES = [
     (1, 2, 77, 16, 4, None, False, "middle"),
     (1, 1, 50, 24, 3, 1, False, "middle"),  # block 1: a summary per token
     (1, 1, 40, 128, 8, 4, True, "end"),
+    (2, 1, 63, 64, 16, 8, False, "end"),
+    (1, 1, 21, 16, 2**40, 2**40, False, None),  # huge window and block: clamped, no overflow
 ]
 
 
