@@ -13,8 +13,11 @@
 # folder as results.tar.gz laid out as benchmarks/results/, and the logs), at most 8
 # files; otherwise in benchmarks/results/<device>/<date>-<commit>/. The logs (setup,
 # GPU tests, benchmarks) are copied into the run folder as well.
-# Limits (seconds): GPU_TEST_TIMEOUT (default 240), BENCH_TIMEOUT (default 300).
-# Extra arguments go to `python -m benchmarks` (e.g. `--quick`, `attention memory`).
+# Limits (seconds): GPU_TEST_TIMEOUT (default 200), BENCH_TIMEOUT (default 330):
+# with setup, under the 600 s a device call may run.
+# Extra arguments go to `python -m benchmarks` (e.g. `--quick`, `attention memory`);
+# with none, the GPU suites run first (attention, memory, model), so that a run stopped
+# at the limit still has them (tables are written after every suite).
 
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -49,7 +52,7 @@ fi
 imports_stretto() { (cd /tmp && "$PY" -c "import stretto.kernels" >>"$SETUP_LOG" 2>&1); }
 if imports_stretto; then
     say "stretto already importable"
-elif timeout 180 "$PY" -m pip install -q --no-deps --no-build-isolation -e . \
+elif timeout 60 "$PY" -m pip install -q --no-deps --no-build-isolation -e . \
     >>"$SETUP_LOG" 2>&1 && imports_stretto; then
     say "installed stretto with pip install --no-deps -e ."
 else
@@ -75,16 +78,19 @@ PY
 } >>"$SETUP_LOG" 2>&1
 
 # -- GPU tests ----------------------------------------------------------------------
-say "GPU tests: pytest -m gpu tests/ (limit ${GPU_TEST_TIMEOUT:-240} s)"
-timeout -k 10 "${GPU_TEST_TIMEOUT:-240}" "$PY" -m pytest -m gpu tests/ -q -p no:cacheprovider \
+say "GPU tests: pytest -m gpu tests/ (limit ${GPU_TEST_TIMEOUT:-200} s)"
+timeout -k 10 "${GPU_TEST_TIMEOUT:-200}" "$PY" -m pytest -m gpu tests/ -q -p no:cacheprovider \
     >"$LOGS/gpu-tests.log" 2>&1
 TESTS_RC=$?
 say "GPU tests exit code $TESTS_RC: $(tail -n 1 "$LOGS/gpu-tests.log")"
 
 # -- benchmarks ---------------------------------------------------------------------
-say "benchmarks: python -m benchmarks --device $DEVICE $* (limit ${BENCH_TIMEOUT:-300} s)"
+named_suite=0
+for arg in "$@"; do [[ "$arg" != -* ]] && named_suite=1; done
+((named_suite)) || set -- "$@" attention memory model generate tokenizer
+say "benchmarks: python -m benchmarks --device $DEVICE $* (limit ${BENCH_TIMEOUT:-330} s)"
 MARK=$(mktemp)  # the run folder is the one written after this file
-timeout -k 10 "${BENCH_TIMEOUT:-300}" "$PY" -m benchmarks --device "$DEVICE" \
+timeout -k 10 "${BENCH_TIMEOUT:-330}" "$PY" -m benchmarks --device "$DEVICE" \
     --results-root "$ROOT" "$@" >"$LOGS/bench.log" 2>&1
 BENCH_RC=$?
 say "benchmarks exit code $BENCH_RC (124: stopped at the limit; finished suites are kept)"
