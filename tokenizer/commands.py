@@ -8,7 +8,12 @@ import sys
 
 TOKENIZE_EXAMPLE = """example:
   stretto tokenize data/midi data/tokens --workers 2
-  (run it again after adding files: what is already there is skipped)"""
+  (run it again after adding files: what is already there is skipped)
+
+sharded over n machines (part i of the sorted file list on machine i), then joined:
+  stretto tokenize data/midi parts/0 --shard 0/2     # on machine 0
+  stretto tokenize data/midi parts/1 --shard 1/2     # on machine 1
+  stretto tokenize --merge parts/0 parts/1 data/tokens"""
 
 TOKENS_EXAMPLE = """example:
   stretto tokens song.mid | head -20
@@ -30,6 +35,24 @@ def register(subparsers) -> None:
     tokenize.add_argument(
         "--workers", type=int, default=None, help="processes (default: one per CPU)"
     )
+    tokenize.add_argument(
+        "more",
+        nargs="*",
+        metavar="DIR",
+        help="with --merge: more corpus folders; the last folder named is the output",
+    )
+    tokenize.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="tokenize only part I of N (0-based) of the sorted file list",
+    )
+    tokenize.add_argument(
+        "--merge",
+        action="store_true",
+        help="join corpus folders CORPUS_DIR... into the last one named (new or empty); "
+        "refuses other vocabularies or tokenizer configs",
+    )
     tokenize.set_defaults(func=run_tokenize)
 
     tokens = subparsers.add_parser(
@@ -45,9 +68,19 @@ def register(subparsers) -> None:
 
 
 def run_tokenize(args: argparse.Namespace) -> int:
-    from .corpus import build_corpus
+    from .corpus import build_corpus, merge_corpora, parse_shard
 
-    report = build_corpus(args.in_dir, args.out_dir, workers=args.workers)
+    if args.merge:
+        if args.shard is not None:
+            raise ValueError("--merge and --shard do not go together")
+        folders = [args.in_dir, args.out_dir, *args.more]
+        report = merge_corpora(folders[:-1], folders[-1])
+        print(report.summary())
+        return 0
+    if args.more:
+        raise ValueError(f"one IN_DIR and one OUT_DIR expected, got also {args.more}")
+    shard = parse_shard(args.shard) if args.shard is not None else None
+    report = build_corpus(args.in_dir, args.out_dir, workers=args.workers, shard=shard)
     print(report.summary())
     return 0
 

@@ -18,6 +18,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterable
@@ -114,6 +115,7 @@ def build_corpus(
     progress: bool = True,
     config: TokenizerConfig | None = None,
     shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    shard: tuple[int, int] | None = None,
 ) -> CorpusReport:
     """Tokenize MIDI files into a corpus folder, in parallel processes; resumable.
 
@@ -121,21 +123,30 @@ def build_corpus(
     CPU; 1: this process). Files the manifest already holds (same path, size and
     sha256) are skipped; files that cannot be tokenized are listed in the report and
     the manifest, never abort the build. A progress bar shows only on a terminal.
+
+    `shard=(i, n)`: tokenize only part i of n of the sorted input list (contiguous
+    slices `[i*F//n, (i+1)*F//n)` of the F files), so n machines can build one corpus
+    and `merge_corpora` joins the parts back in the unsharded file order. The part is
+    recorded in the manifest; resuming a folder with another part is refused.
     """
     start_time = time.perf_counter()
     config = config if config is not None else TokenizerConfig()
     if shard_tokens < 1:
         raise ValueError(f"shard_tokens={shard_tokens} must be positive")
+    if shard is not None:
+        shard = _check_shard(shard)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     manifest = _open_manifest(out, config)
+    if shard is not None or "part" in manifest:
+        _set_part(manifest, shard, out)
     for stale_tmp in out.glob(".*.tmp-*"):  # left by a build killed mid-write
         stale_tmp.unlink(missing_ok=True)
     report = CorpusReport(out_dir=out)
 
     known = {e["source"]: e for e in manifest["files"] + manifest["bad"]}
     todo: list[Path] = []
-    for path in find_midi_files(inputs):
+    for path in select_part(find_midi_files(inputs), shard):
         entry = known.get(str(path))
         if (
             entry is not None
@@ -336,3 +347,139 @@ def _atomic_write_text(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+# -- sharded builds ---------------------------------------------------------------------
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`"i/n"` -> `(i, n)` with 0 <= i < n; ValueError naming the text otherwise."""
+    try:
+        i, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ValueError(f"shard {text!r} is not of the form i/n (e.g. 0/4)") from None
+    return _check_shard((i, n))
+
+
+def _check_shard(shard: tuple[int, int]) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in shard)
+    except (TypeError, ValueError):
+        raise ValueError(f"shard={shard!r} must be a pair (i, n)") from None
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"shard=({i}, {n}): need n >= 1 and 0 <= i < n")
+    return i, n
+
+
+def select_part(files: list[Path], shard: tuple[int, int] | None) -> list[Path]:
+    """Part i of n of a sorted file list: the contiguous slice [i*F//n, (i+1)*F//n)."""
+    if shard is None:
+        return files
+    i, n = shard
+    return files[i * len(files) // n : (i + 1) * len(files) // n]
+
+
+def _set_part(manifest: dict, shard: tuple[int, int] | None, out: Path) -> None:
+    part = None if shard is None else {"index": shard[0], "count": shard[1]}
+    have = manifest.get("part")
+    if (manifest["files"] or manifest["bad"]) and have != part:
+        raise ValueError(
+            f"{out} holds {_part_name(have)} of a build, not {_part_name(part)}: "
+            "use another folder or the same --shard"
+        )
+    if part is None:
+        manifest.pop("part", None)
+    else:
+        manifest["part"] = part
+
+
+def _part_name(part: dict | None) -> str:
+    return "the whole corpus" if part is None else f"part {part['index']}/{part['count']}"
+
+
+def merge_corpora(
+    corpus_dirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike
+) -> CorpusReport:
+    """Join corpus folders (the parts of a sharded build, or any corpora) into `out_dir`.
+
+    All inputs must have this code's vocabulary signature and one tokenizer config;
+    a file may appear in only one of them. Parts of one sharded build (manifest
+    `part`) are joined in part order, whatever order they are given in, so the result
+    lists files in the order an unsharded build would; other corpora keep the given
+    order. Shards are copied (renumbered), then the manifest is written last and
+    atomically. `out_dir` must be new or empty.
+    """
+    start_time = time.perf_counter()
+    dirs = [Path(d) for d in corpus_dirs]
+    if not dirs:
+        raise ValueError("merge_corpora needs at least one corpus folder")
+    manifests = []
+    for d in dirs:
+        m = read_manifest(d)
+        check_vocabulary(m, d)
+        manifests.append(m)
+    first = manifests[0]
+    for d, m in zip(dirs[1:], manifests[1:], strict=True):
+        if m["vocabulary"] != first["vocabulary"]:
+            raise ValueError(
+                f"vocabulary signatures differ: {dirs[0]} has {first['vocabulary']!r}, "
+                f"{d} has {m['vocabulary']!r}"
+            )
+        if m["config"] != first["config"]:
+            raise ValueError(
+                f"tokenizer configs differ: {dirs[0]} has {first['config']}, {d} has {m['config']}"
+            )
+        if m.get("dtype") != first.get("dtype"):
+            raise ValueError(f"dtypes differ: {first.get('dtype')!r} vs {m.get('dtype')!r} in {d}")
+    parts = [m.get("part") for m in manifests]
+    if all(parts):
+        counts = {p["count"] for p in parts}
+        indices = [p["index"] for p in parts]
+        if len(counts) != 1 or len(set(indices)) != len(indices):
+            raise ValueError(
+                "the folders are not distinct parts of one sharded build: parts "
+                + ", ".join(f"{p['index']}/{p['count']}" for p in parts)
+            )
+        order = sorted(range(len(dirs)), key=lambda k: indices[k])
+        dirs = [dirs[k] for k in order]
+        manifests = [manifests[k] for k in order]
+
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"merge target {out} exists and is not empty")
+    out.mkdir(parents=True, exist_ok=True)
+    merged = {k: v for k, v in first.items() if k not in ("part", "shards", "files", "bad")}
+    merged.update(shards=[], files=[], bad=[])
+    seen: dict[str, Path] = {}
+    report = CorpusReport(out_dir=out)
+    for d, m in zip(dirs, manifests, strict=True):
+        for e in m["files"] + m["bad"]:
+            if e["source"] in seen:
+                raise ValueError(f"{e['source']} is in both {seen[e['source']]} and {d}")
+            seen[e["source"]] = d
+        base = len(merged["shards"])
+        for k, s in enumerate(m["shards"]):
+            name = f"shard-{base + k:05d}"
+            _atomic_copy(d / s["tokens"], out / f"{name}.npy")
+            _atomic_copy(d / s["offsets"], out / f"{name}.offsets.npy")
+            merged["shards"].append(
+                {**s, "tokens": f"{name}.npy", "offsets": f"{name}.offsets.npy"}
+            )
+        merged["files"] += [{**e, "shard": e["shard"] + base} for e in m["files"]]
+        merged["bad"] += [dict(e) for e in m["bad"]]
+    _atomic_write_text(out / MANIFEST, json.dumps(merged, indent=1) + "\n")
+    report.files = len(merged["files"])
+    report.tokens = sum(e["num_tokens"] for e in merged["files"])
+    report.shards = len(merged["shards"])
+    report.added = report.files
+    report.bad = [(e["source"], e["reason"]) for e in merged["bad"]]
+    report.seconds = time.perf_counter() - start_time
+    return report
+
+
+def _atomic_copy(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    shutil.copyfile(src, tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, dst)
