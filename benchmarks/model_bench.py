@@ -9,7 +9,10 @@ inference mode. GPU: CUDA-event timings (bf16 autocast) and peak CUDA memory. CP
 float32, both attentions interleaved in one process so their ratio is the result;
 peak resident memory from a spawned child per case (full runs only).
 
-Providers read `wha-train`, `dense-train`, `wha-forward`, `dense-forward`; `extra`
+Rows: `mode` is the phase (`train-step` or `fwd`), `provider` the attention and model
+mode (`wha-transformer`, `dense-vae`, ...), and `shape` names the model mode too
+(`vae-B4-N2048`), so the report's "vs best" column compares WHA with dense for the
+same model and phase only, and plots draw one line per attention and model. `extra`
 carries the preset, the batch size and, when both attentions were measured in this
 run, `speedup_vs_dense` (dense median / WHA median). A quick run uses the `tiny`
 preset at 512 only.
@@ -34,6 +37,7 @@ SUITE = "model"
 MODES = ("transformer", "vae", "vae_gan")
 ATTENTIONS = ("wha", "dense")
 PHASES = ("train", "forward")
+ROW_MODE = {"train": "train-step", "forward": "fwd"}
 
 
 def build_case(
@@ -103,12 +107,12 @@ def run(*, quick: bool, device: str) -> list[dict]:
     for mode in MODES:
         for n in lens:
             batch = shapes.batch_size(device, n, kind="model")
-            shape = f"B{batch}-N{n}"
+            shape = f"{mode}-B{batch}-N{n}"
             for phase in PHASES:
-                what = {"mode": mode, "shape": shape, "seq_len": n, "dtype": dtype}
+                what = {"mode": ROW_MODE[phase], "shape": shape, "seq_len": n, "dtype": dtype}
                 if reason:
                     rows += [
-                        skipped_row(SUITE, reason, provider=f"{a}-{phase}", **what)
+                        skipped_row(SUITE, reason, provider=f"{a}-{mode}", **what)
                         for a in ATTENTIONS
                     ]
                     continue
@@ -149,8 +153,8 @@ def _measure_pair(mode, phase, preset, batch, n, device, cuda, quick, what) -> l
 
     rows = []
     for attention in ATTENTIONS:
-        row = {"suite": SUITE, "provider": f"{attention}-{phase}", **what}
-        extra = {"preset": preset, "batch": batch, "phase": phase, "attention": attention}
+        row = {"suite": SUITE, "provider": f"{attention}-{mode}", **what}
+        extra = {"preset": preset, "batch": batch, "model_mode": mode, "attention": attention}
         if attention in errors or attention not in timings:
             row["status"] = errors.get(attention, "error: not measured")
             row["extra"] = extra
