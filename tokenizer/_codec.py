@@ -9,7 +9,16 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .vocabulary import NUM_INSTRUMENTS, NUM_TIME_SHIFTS, PITCH_MIN, STEP_SECONDS, Vocabulary
+from .vocabulary import (
+    NUM_INSTRUMENTS,
+    NUM_TEMPOS,
+    NUM_TIME_SHIFTS,
+    PITCH_MIN,
+    STEP_SECONDS,
+    TEMPO_MAX_BPM,
+    TEMPO_MIN_BPM,
+    Vocabulary,
+)
 
 _V = Vocabulary()
 START, END, PAD, UNK = _V.START, _V.END, _V.PAD, _V.UNK
@@ -31,65 +40,6 @@ KIND_TEMPO, KIND_NOTE_OFF, KIND_SUSTAIN, KIND_NOTE_ON = 0, 1, 2, 3
 # Skip counters reported by `decode_ids`.
 SKIP_SPECIAL, SKIP_ORPHAN_OFF, SKIP_REPLACED_ON, SKIP_AFTER_END = 0, 1, 2, 3
 NUM_SKIP_COUNTERS = 4
-
-
-@numba.njit(cache=True, nogil=True)
-def emit_ids(step, kind, inst, value, vel):
-    """Event arrays sorted by (step, kind, inst, value) -> int16 ids, START ... END.
-
-    `value` is the pitch index (0..87) for notes, the tempo bin for TEMPO, 1/0 for
-    SUSTAIN on/off. State tokens are emitted only when the state changes; sustain
-    events that repeat an instrument's state are dropped.
-    """
-    n_events = step.shape[0]
-    last_step = step[n_events - 1] if n_events > 0 else 0
-    cap = 2 + 4 * n_events + last_step // NUM_TIME_SHIFTS + 1
-    out = np.empty(cap, dtype=np.int16)
-    n = 0
-    out[n] = START
-    n += 1
-    now = 0
-    cur_inst = -1
-    cur_vel = -1
-    cur_tempo = -1
-    sustain = np.zeros(NUM_INSTRUMENTS, dtype=np.int8)
-    for e in range(n_events):
-        k = kind[e]
-        i = inst[e]
-        if k == KIND_TEMPO and value[e] == cur_tempo:
-            continue
-        if k == KIND_SUSTAIN and sustain[i] == value[e]:
-            continue
-        s = step[e]
-        while s > now:
-            d = min(s - now, NUM_TIME_SHIFTS)
-            out[n] = SHIFT0 + d - 1
-            n += 1
-            now += d
-        if k == KIND_TEMPO:
-            out[n] = TEMPO0 + value[e]
-            n += 1
-            cur_tempo = value[e]
-            continue
-        if i != cur_inst:
-            out[n] = INSTRUMENT0 + i
-            n += 1
-            cur_inst = i
-        if k == KIND_SUSTAIN:
-            sustain[i] = value[e]
-            out[n] = SUSTAIN_ON if value[e] == 1 else SUSTAIN_OFF
-        elif k == KIND_NOTE_OFF:
-            out[n] = NOTE_OFF0 + value[e]
-        else:
-            if vel[e] != cur_vel:
-                out[n] = VELOCITY0 + vel[e]
-                n += 1
-                cur_vel = vel[e]
-            out[n] = NOTE_ON0 + value[e]
-        n += 1
-    out[n] = END
-    n += 1
-    return out[:n].copy()
 
 
 @numba.njit(cache=True, nogil=True)
@@ -332,29 +282,247 @@ def build_window(ids, start, seq_len, max_prefix, pad):
 
 
 STEP_BITS = 24  # steps < 2**24: 72 hours of 15.625 ms, above TokenizerConfig's 48 h cap
+BPM_PER_TEMPO_BIN = (TEMPO_MAX_BPM - TEMPO_MIN_BPM) / (NUM_TEMPOS - 1)
+SORT_RUN = 32  # `_stable_sort` insertion-sorts runs of this length before merging
 
 
-def encode_events(n_inst, n_pitch, n_on, n_off, n_end, n_vel, s_inst, s_step, s_on, t_step, t_bin):
-    """Notes, CC64 changes and tempo changes (grid steps) -> (ids, notes kept, replaced).
+FUSED_MAX_EVENTS = 1024  # above this, numpy's timsort beats `_stable_sort` (see encode_columns)
 
-    Inputs are in file order (tempo changes sorted by time); pitches are indices 0..87,
-    velocities MIDI 1..127, `n_end` the notes' end ticks (for ties only). Applies the
-    SPEC's policies: per (instrument, pitch), of the notes starting on one step only
-    the one ending last stays (the first in file order on a tie); a note lasts at least
-    one step; a note still sounding when the next of its pitch starts ends there. The
-    last tempo and the last CC64 state (per instrument) at one step hold.
 
-    The sorts are numpy's stable argsort (timsort): symusic hands notes over in time
-    order per track, so the keys come in a few sorted runs and sort in near-linear time.
+def encode_columns(
+    note_time, note_duration, note_pitch, note_velocity, note_track_end,
+    ctrl_time, ctrl_number, ctrl_value, ctrl_track_end,
+    track_inst, tempo_time, tempo_mspq, tpq, max_step,
+):  # fmt: skip
+    """A whole score's symusic columns (ticks) -> (ids, notes kept, replaced, dropped, last).
+
+    Notes and controls are every track's `numpy()` columns back to back in file order;
+    track k owns rows `[track_end[k-1], track_end[k])` and plays instrument
+    `track_inst[k]`. Tempo columns are `score.tempos.numpy()`.
+
+    Applies the SPEC's policies: pitches outside 21..108 are dropped and counted; per
+    (instrument, pitch), of the notes starting on one step only the one ending last
+    stays (the first in file order on a tie); a note lasts at least one step; a note
+    still sounding when the next of its pitch starts ends there. The last tempo and the
+    last CC64 state (per instrument) at one step hold. `last` is the grid step of the
+    latest event; when it exceeds `max_step` no ids are made (empty ids): the caller
+    refuses the file.
+
+    Small scores go through one numba call (the call overhead is most of their cost);
+    large ones sort with numpy between numba calls. Both sort stably on the same keys,
+    so they give the same ids.
     """
+    args = (note_time, note_duration, note_pitch, note_velocity, note_track_end,
+            ctrl_time, ctrl_number, ctrl_value, ctrl_track_end, track_inst, tempo_time,
+            tempo_mspq, tpq)  # fmt: skip
+    if note_time.shape[0] + ctrl_time.shape[0] <= FUSED_MAX_EVENTS:
+        return _encode_fused(*args, max_step)
+    cols = _prepare_columns(*args)
+    n_inst, n_pitch, n_on, n_off, n_end, n_vel, dropped = cols[:7]
+    s_inst, s_step, s_on, t_step, t_bin, last = cols[7:]
+    if last > max_step:
+        return np.empty(0, dtype=np.int16), 0, 0, dropped, last
     onset_order = np.argsort(n_on, kind="stable")
     keep, off = _note_policy(onset_order, n_inst, n_pitch, n_on, n_off, n_end)
     pedal_order = np.argsort((s_inst << STEP_BITS) | s_step, kind="stable")
     keys, vel = _event_keys(keep, n_inst, n_pitch, n_on, off, n_vel, pedal_order,
                             s_inst, s_step, s_on, t_step, t_bin)  # fmt: skip
     order = np.argsort(keys, kind="stable")
-    ids = _emit_sorted(keys[order], vel[order])
-    return ids, keep.size, n_on.size - keep.size
+    ids = emit_ids(keys[order], vel[order])
+    return ids, keep.shape[0], n_on.shape[0] - keep.shape[0], dropped, last
+
+
+@numba.njit(cache=True, nogil=True)
+def _encode_fused(
+    note_time, note_duration, note_pitch, note_velocity, note_track_end,
+    ctrl_time, ctrl_number, ctrl_value, ctrl_track_end,
+    track_inst, tempo_time, tempo_mspq, tpq, max_step,
+):  # fmt: skip
+    """`encode_columns` in one numba call, sorting with `_stable_sort`."""
+    cols = _prepare_columns(note_time, note_duration, note_pitch, note_velocity, note_track_end,
+                            ctrl_time, ctrl_number, ctrl_value, ctrl_track_end, track_inst,
+                            tempo_time, tempo_mspq, tpq)  # fmt: skip
+    n_inst, n_pitch, n_on, n_off, n_end, n_vel, dropped = cols[:7]
+    s_inst, s_step, s_on, t_step, t_bin, last = cols[7:]
+    if last > max_step:
+        return np.empty(0, dtype=np.int16), 0, 0, dropped, last
+    onset_order = np.arange(n_on.shape[0])
+    _stable_sort(n_on.copy(), onset_order)
+    keep, off = _note_policy(onset_order, n_inst, n_pitch, n_on, n_off, n_end)
+    pedal_order = np.arange(s_step.shape[0])
+    _stable_sort((s_inst << STEP_BITS) | s_step, pedal_order)
+    keys, vel = _event_keys(keep, n_inst, n_pitch, n_on, off, n_vel, pedal_order,
+                            s_inst, s_step, s_on, t_step, t_bin)  # fmt: skip
+    _stable_sort(keys, vel)
+    ids = emit_ids(keys, vel)
+    n_keep = keep.shape[0]
+    return ids, n_keep, n_on.shape[0] - n_keep, dropped, last
+
+
+@numba.njit(cache=True, nogil=True)
+def _prepare_columns(
+    note_time, note_duration, note_pitch, note_velocity, note_track_end,
+    ctrl_time, ctrl_number, ctrl_value, ctrl_track_end,
+    track_inst, tempo_time, tempo_mspq, tpq,
+):  # fmt: skip
+    """Columns -> notes, CC64 changes and tempo changes on the grid, and the last step."""
+    seg_tick, seg_sec, seg_spt, t_step, t_bin = tempo_map(
+        tempo_time, tempo_mspq, tpq, TEMPO_MIN_BPM, BPM_PER_TEMPO_BIN, NUM_TEMPOS
+    )
+    n_inst, n_pitch, n_on, n_off, n_end, n_vel, dropped = _note_steps(
+        note_time, note_duration, note_pitch, note_velocity, note_track_end, track_inst,
+        seg_tick, seg_sec, seg_spt,
+    )  # fmt: skip
+    s_inst, s_step, s_on = _pedal_steps(
+        ctrl_time, ctrl_number, ctrl_value, ctrl_track_end, track_inst, seg_tick, seg_sec, seg_spt
+    )
+    last = np.int64(0)
+    for a in range(n_off.shape[0]):
+        last = max(last, n_off[a])
+    for a in range(s_step.shape[0]):
+        last = max(last, s_step[a])
+    last = max(last, t_step[t_step.shape[0] - 1])
+    return (n_inst, n_pitch, n_on, n_off, n_end, n_vel, dropped,
+            s_inst, s_step, s_on, t_step, t_bin, last)  # fmt: skip
+
+
+@numba.njit(cache=True, nogil=True)
+def _note_steps(time, duration, pitch, velocity, track_end, track_inst, seg_tick, seg_sec,
+                seg_spt):  # fmt: skip
+    """Note columns -> (inst, pitch index, on step, off step, end tick, velocity 1..127,
+    dropped): pitches outside 21..108 are dropped and counted."""
+    n = time.shape[0]
+    m = 0
+    for j in range(n):
+        if PITCH_MIN <= pitch[j] <= PITCH_MIN + NUM_PITCHES - 1:
+            m += 1
+    on_tick = np.empty(m, dtype=np.int64)
+    end_tick = np.empty(m, dtype=np.int64)
+    out_inst = np.empty(m, dtype=np.int64)
+    out_pitch = np.empty(m, dtype=np.int64)
+    out_vel = np.empty(m, dtype=np.int64)
+    a = 0
+    track = 0
+    for j in range(n):
+        while j >= track_end[track]:
+            track += 1
+        if PITCH_MIN <= pitch[j] <= PITCH_MIN + NUM_PITCHES - 1:
+            on_tick[a] = time[j]
+            end_tick[a] = np.int64(time[j]) + max(np.int64(duration[j]), 0)
+            out_inst[a] = track_inst[track]
+            out_pitch[a] = pitch[j] - PITCH_MIN
+            out_vel[a] = min(max(np.int64(velocity[j]), 1), 127)
+            a += 1
+    on = ticks_to_steps(on_tick, seg_tick, seg_sec, seg_spt)
+    off = ticks_to_steps(end_tick, seg_tick, seg_sec, seg_spt)
+    return out_inst, out_pitch, on, off, end_tick, out_vel, n - m
+
+
+@numba.njit(cache=True, nogil=True)
+def _pedal_steps(time, number, value, track_end, track_inst, seg_tick, seg_sec, seg_spt):
+    """CC64 rows of the control columns -> (inst, step, 1 = down / 0 = up)."""
+    n = time.shape[0]
+    m = 0
+    for j in range(n):
+        if number[j] == SUSTAIN_CONTROL:
+            m += 1
+    ticks = np.empty(m, dtype=np.int64)
+    out_inst = np.empty(m, dtype=np.int64)
+    out_on = np.empty(m, dtype=np.int64)
+    a = 0
+    track = 0
+    for j in range(n):
+        while j >= track_end[track]:
+            track += 1
+        if number[j] == SUSTAIN_CONTROL:
+            ticks[a] = time[j]
+            out_inst[a] = track_inst[track]
+            out_on[a] = 1 if value[j] >= 64 else 0
+            a += 1
+    return out_inst, ticks_to_steps(ticks, seg_tick, seg_sec, seg_spt), out_on
+
+
+@numba.njit(cache=True, nogil=True)
+def _stable_sort(keys, payload):
+    """Sort `keys` in place, stably, moving `payload` along (numpy's kind="stable" order).
+
+    A natural merge sort: ascending runs (extended to SORT_RUN by insertion) are merged
+    pairwise, and a merge moves only the overlapping middle of its two runs. symusic's
+    tracks come in time order, so the keys here form a few long runs and sort in
+    near-linear time.
+    """
+    n = keys.shape[0]
+    bounds = np.empty(n // SORT_RUN + 2, dtype=np.int64)  # run starts, then n
+    n_runs = 0
+    i = 0
+    while i < n:
+        bounds[n_runs] = i
+        n_runs += 1
+        j = i + 1
+        while j < n and keys[j - 1] <= keys[j]:
+            j += 1
+        if j - i < SORT_RUN and j < n:
+            stop = min(i + SORT_RUN, n)
+            for a in range(j, stop):
+                k = keys[a]
+                if keys[a - 1] <= k:
+                    continue
+                v = payload[a]
+                b = a - 1
+                while b >= i and keys[b] > k:
+                    keys[b + 1] = keys[b]
+                    payload[b + 1] = payload[b]
+                    b -= 1
+                keys[b + 1] = k
+                payload[b + 1] = v
+            j = stop
+            while j < n and keys[j - 1] <= keys[j]:
+                j += 1
+        i = j
+    bounds[n_runs] = n
+    if n_runs <= 1:
+        return
+    key_buf = np.empty(n, dtype=keys.dtype)
+    payload_buf = np.empty(n, dtype=payload.dtype)
+    while n_runs > 1:
+        merged = 0
+        for r in range(0, n_runs, 2):
+            lo = bounds[r]
+            bounds[merged] = lo
+            merged += 1
+            if r + 1 == n_runs:
+                continue
+            mid = bounds[r + 1]
+            hi = bounds[r + 2]
+            if keys[mid - 1] <= keys[mid]:
+                continue
+            # left keys <= the right run's first stay where they are (stability)...
+            i = lo + np.searchsorted(keys[lo:mid], keys[mid], side="right")
+            # ...and so do right keys >= the left run's last
+            stop = mid + np.searchsorted(keys[mid:hi], keys[mid - 1], side="left")
+            for a in range(i, mid):
+                key_buf[a] = keys[a]
+                payload_buf[a] = payload[a]
+            a = i
+            b = mid
+            out = i
+            while a < mid and b < stop:
+                if keys[b] < key_buf[a]:
+                    keys[out] = keys[b]
+                    payload[out] = payload[b]
+                    b += 1
+                else:
+                    keys[out] = key_buf[a]
+                    payload[out] = payload_buf[a]
+                    a += 1
+                out += 1
+            while a < mid:
+                keys[out] = key_buf[a]
+                payload[out] = payload_buf[a]
+                a += 1
+                out += 1
+        bounds[merged] = n
+        n_runs = merged
 
 
 @numba.njit(cache=True, nogil=True)
@@ -392,18 +560,23 @@ def _note_policy(onset_order, inst, pitch, on, off_in, end_tick):
 @numba.njit(cache=True, nogil=True)
 def _event_keys(keep, n_inst, n_pitch, n_on, n_off, n_vel, pedal_order, s_inst, s_step, s_on,
                 t_step, t_bin):  # fmt: skip
+    """Sort keys and velocity bins of every event: note-ons (in onset order), then
+    note-offs, sustain changes and tempo changes, each block nearly sorted already.
+
+    Keys are unique except between NOTE_OFFs, whose velocity bin is 0: so the sorted
+    (key, velocity) sequence, hence the ids, do not depend on this layout.
+    """
     n_keep = keep.shape[0]
     m = pedal_order.shape[0]
     n_tempo = t_step.shape[0]
     keys = np.empty(2 * n_keep + m + n_tempo, dtype=np.int64)
     vel = np.zeros(2 * n_keep + m + n_tempo, dtype=np.int64)
-    e = 0
     for a in range(n_keep):
         j = keep[a]
-        keys[e] = _event_key(n_on[j], KIND_NOTE_ON, n_inst[j], n_pitch[j])
-        vel[e] = n_vel[j] // 4
-        keys[e + 1] = _event_key(n_off[j], KIND_NOTE_OFF, n_inst[j], n_pitch[j])
-        e += 2
+        keys[a] = _event_key(n_on[j], KIND_NOTE_ON, n_inst[j], n_pitch[j])
+        vel[a] = n_vel[j] // 4
+        keys[n_keep + a] = _event_key(n_off[j], KIND_NOTE_OFF, n_inst[j], n_pitch[j])
+    e = 2 * n_keep
     for a in range(m):
         j = pedal_order[a]
         if a + 1 < m:
@@ -420,28 +593,73 @@ def _event_keys(keep, n_inst, n_pitch, n_on, n_off, n_vel, pedal_order, s_inst, 
     return keys[:e], vel[:e]
 
 
-@numba.njit(cache=True, nogil=True)
-def _emit_sorted(keys, vel):
-    e = keys.shape[0]
-    step = np.empty(e, dtype=np.int64)
-    kind = np.empty(e, dtype=np.int64)
-    inst = np.empty(e, dtype=np.int64)
-    value = np.empty(e, dtype=np.int64)
-    for a in range(e):
-        k = keys[a]
-        step[a] = k >> 13
-        kind[a] = (k >> 11) & 3
-        inst[a] = (k >> 7) & 15
-        value[a] = k & 127
-    return emit_ids(step, kind, inst, value, vel)
-
-
 @numba.njit(cache=True, inline="always")
 def _event_key(step, kind, inst, value):
     # step (24 bits) | kind (2) | instrument (4) | value (7): the SPEC's order at one
     # instant, then instrument and pitch, so equal inputs give equal ids
     step = min(np.int64(step), (1 << STEP_BITS) - 1)
     return (step << 13) | (np.int64(kind) << 11) | (np.int64(inst) << 7) | value
+
+
+@numba.njit(cache=True, nogil=True)
+def emit_ids(keys, vel):
+    """Sorted event keys (see `_event_key`) and velocity bins -> int16 ids, START ... END.
+
+    `value` is the pitch index (0..87) for notes, the tempo bin for TEMPO, 1/0 for
+    SUSTAIN on/off. State tokens are emitted only when the state changes; sustain
+    events that repeat an instrument's state are dropped.
+    """
+    n_events = keys.shape[0]
+    last_step = keys[n_events - 1] >> 13 if n_events > 0 else 0
+    cap = 2 + 4 * n_events + last_step // NUM_TIME_SHIFTS + 1
+    out = np.empty(cap, dtype=np.int16)
+    n = 0
+    out[n] = START
+    n += 1
+    now = 0
+    cur_inst = -1
+    cur_vel = -1
+    cur_tempo = -1
+    sustain = np.zeros(NUM_INSTRUMENTS, dtype=np.int8)
+    for e in range(n_events):
+        key = keys[e]
+        k = (key >> 11) & 3
+        i = (key >> 7) & 15
+        value = key & 127
+        if k == KIND_TEMPO and value == cur_tempo:
+            continue
+        if k == KIND_SUSTAIN and sustain[i] == value:
+            continue
+        s = key >> 13
+        while s > now:
+            d = min(s - now, NUM_TIME_SHIFTS)
+            out[n] = SHIFT0 + d - 1
+            n += 1
+            now += d
+        if k == KIND_TEMPO:
+            out[n] = TEMPO0 + value
+            n += 1
+            cur_tempo = value
+            continue
+        if i != cur_inst:
+            out[n] = INSTRUMENT0 + i
+            n += 1
+            cur_inst = i
+        if k == KIND_SUSTAIN:
+            sustain[i] = value
+            out[n] = SUSTAIN_ON if value == 1 else SUSTAIN_OFF
+        elif k == KIND_NOTE_OFF:
+            out[n] = NOTE_OFF0 + value
+        else:
+            if vel[e] != cur_vel:
+                out[n] = VELOCITY0 + vel[e]
+                n += 1
+                cur_vel = vel[e]
+            out[n] = NOTE_ON0 + value
+        n += 1
+    out[n] = END
+    n += 1
+    return out[:n].copy()
 
 
 @numba.njit(cache=True, nogil=True)
@@ -462,65 +680,6 @@ def ticks_to_steps(ticks, seg_tick, seg_sec, seg_spt):
             k = 0
         out[j] = np.int64(np.rint((seg_sec[k] + (t - seg_tick[k]) * seg_spt[k]) * STEPS_PER_SECOND))
     return out
-
-
-@numba.njit(cache=True, nogil=True)
-def prepare_notes(time, duration, pitch, velocity, inst, seg_tick, seg_sec, seg_spt):
-    """symusic note columns (all tracks, file order) -> encoder inputs.
-
-    Returns (inst, pitch index, on step, off step, end tick, velocity 1..127, dropped,
-    last step): pitches outside 21..108 are dropped and counted.
-    """
-    n = time.shape[0]
-    keep = np.empty(n, dtype=np.int64)
-    m = 0
-    for j in range(n):
-        if PITCH_MIN <= pitch[j] <= PITCH_MIN + NUM_PITCHES - 1:
-            keep[m] = j
-            m += 1
-    on_tick = np.empty(m, dtype=np.int64)
-    end_tick = np.empty(m, dtype=np.int64)
-    out_inst = np.empty(m, dtype=np.int64)
-    out_pitch = np.empty(m, dtype=np.int64)
-    out_vel = np.empty(m, dtype=np.int64)
-    for a in range(m):
-        j = keep[a]
-        on_tick[a] = time[j]
-        end_tick[a] = np.int64(time[j]) + max(np.int64(duration[j]), 0)
-        out_inst[a] = inst[j]
-        out_pitch[a] = pitch[j] - PITCH_MIN
-        out_vel[a] = min(max(np.int64(velocity[j]), 1), 127)
-    on = ticks_to_steps(on_tick, seg_tick, seg_sec, seg_spt)
-    off = ticks_to_steps(end_tick, seg_tick, seg_sec, seg_spt)
-    last = 0
-    for a in range(m):
-        last = max(last, off[a])
-    return out_inst, out_pitch, on, off, end_tick, out_vel, n - m, last
-
-
-@numba.njit(cache=True, nogil=True)
-def prepare_pedals(time, number, value, inst, seg_tick, seg_sec, seg_spt):
-    """CC64 rows of symusic control columns -> (inst, step, 1 = down / 0 = up, last step)."""
-    n = time.shape[0]
-    m = 0
-    for j in range(n):
-        if number[j] == SUSTAIN_CONTROL:
-            m += 1
-    ticks = np.empty(m, dtype=np.int64)
-    out_inst = np.empty(m, dtype=np.int64)
-    out_on = np.empty(m, dtype=np.int64)
-    a = 0
-    for j in range(n):
-        if number[j] == SUSTAIN_CONTROL:
-            ticks[a] = time[j]
-            out_inst[a] = inst[j]
-            out_on[a] = 1 if value[j] >= 64 else 0
-            a += 1
-    steps = ticks_to_steps(ticks, seg_tick, seg_sec, seg_spt)
-    last = 0
-    for a in range(m):
-        last = max(last, steps[a])
-    return out_inst, steps, out_on, last
 
 
 @numba.njit(cache=True, nogil=True)

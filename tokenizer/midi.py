@@ -6,12 +6,14 @@ in `_codec.py`: one step per track, never per note.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from symusic import ControlChange, Note, Score, Tempo, Track
+from symusic.core import ScoreTick
 
 from . import _codec
 from .config import TokenizerConfig
@@ -22,8 +24,6 @@ from .vocabulary import (
     NUM_VELOCITIES,
     PITCH_MIN,
     STEP_SECONDS,
-    TEMPO_MAX_BPM,
-    TEMPO_MIN_BPM,
     Vocabulary,
     tempo_bpm,
 )
@@ -101,38 +101,28 @@ class MidiTokenizer:
         return self.encode_score(score, name)
 
     def encode_score(self, score: Score, name: str = "<score>") -> np.ndarray:
-        if type(score.ttype).__name__ != "Tick":
+        if not isinstance(score, ScoreTick):
             score = score.to("tick")
         tpq = int(score.ticks_per_quarter)
         if tpq <= 0:
             raise MidiError(name, f"ticks-per-quarter is {tpq}: no time can be computed")
         tempos = score.tempos.numpy()
-        *seg, t_step, t_bin = _codec.tempo_map(
+        notes, controls, insts = [], [], []
+        for track in score.tracks:
+            insts.append(DRUM_INSTRUMENT if track.is_drum else min(track.program // 8, 14))
+            # an empty list costs less to count than to convert
+            notes.append(track.notes.numpy() if len(track.notes) else _NO_NOTES)
+            controls.append(track.controls.numpy() if len(track.controls) else _NO_CONTROLS)
+        max_step = math.floor(self.config.max_seconds * STEPS_PER_SECOND)
+        ids, n_kept, replaced, dropped, last = _codec.encode_columns(
+            *_columns(notes, _NOTE_COLUMNS),
+            *_columns(controls, _CONTROL_COLUMNS),
+            np.array(insts, dtype=np.int64),
             tempos["time"],
             tempos["mspq"],
             tpq,
-            TEMPO_MIN_BPM,
-            (TEMPO_MAX_BPM - TEMPO_MIN_BPM) / (NUM_TEMPOS - 1),
-            NUM_TEMPOS,
+            max_step,
         )
-        tracks = list(score.tracks)
-        insts = np.array(
-            [DRUM_INSTRUMENT if t.is_drum else min(int(t.program) // 8, 14) for t in tracks],
-            dtype=np.int64,
-        )
-        notes = [t.notes.numpy() for t in tracks]
-        controls = [t.controls.numpy() for t in tracks]
-        n_inst, n_pitch, n_on, n_off, n_end, n_vel, dropped, last_note = _codec.prepare_notes(
-            *_columns(notes, ("time", "duration", "pitch", "velocity"), np.int32),
-            np.repeat(insts, [n["time"].size for n in notes]),
-            *seg,
-        )
-        s_inst, s_step, s_on, last_pedal = _codec.prepare_pedals(
-            *_columns(controls, ("time", "number", "value"), np.int32),
-            np.repeat(insts, [c["time"].size for c in controls]),
-            *seg,
-        )
-        last = max(int(last_note), int(last_pedal), int(t_step[-1]))
         if last > self.config.max_seconds * STEPS_PER_SECOND:
             end_s = last / STEPS_PER_SECOND
             raise MidiError(
@@ -140,12 +130,9 @@ class MidiTokenizer:
                 f"lasts {end_s:.1f} s ({end_s / 3600:.1f} h), over the "
                 f"{self.config.max_seconds:.0f} s limit (TokenizerConfig.max_seconds)",
             )
-        ids, n_kept, replaced = _codec.encode_events(
-            n_inst, n_pitch, n_on, n_off, n_end, n_vel, s_inst, s_step, s_on, t_step, t_bin
+        self.last_encode_stats = EncodeStats(
+            notes=int(n_kept), dropped_pitch=int(dropped), replaced_same_onset=int(replaced)
         )
-        stats = EncodeStats(notes=int(n_kept), dropped_pitch=int(dropped))
-        stats.replaced_same_onset = int(replaced)
-        self.last_encode_stats = stats
         return ids
 
     def _load(self, source) -> tuple[Score, str]:
@@ -314,11 +301,26 @@ class _StepTicks:
         return self.tick0[seg] + np.rint(rel).astype(np.int64)
 
 
-def _columns(tables: list[dict[str, np.ndarray]], names: tuple[str, ...], dtype) -> list:
-    """The named columns of symusic's per-track numpy tables, tracks back to back."""
-    if not tables:
-        return [np.zeros(0, dtype=dtype) for _ in names]
-    return [np.concatenate([t[name] for t in tables]) for name in names]
+# symusic's column dtypes (numpy() of a tick-time NoteList / ControlChangeList); the
+# empty tables share them so that the numba kernel compiles once
+_NOTE_COLUMNS = {"time": np.int32, "duration": np.int32, "pitch": np.int8, "velocity": np.int8}
+_CONTROL_COLUMNS = {"time": np.int32, "number": np.uint8, "value": np.uint8}
+_NO_NOTES = {name: np.zeros(0, dtype=dtype) for name, dtype in _NOTE_COLUMNS.items()}
+_NO_CONTROLS = {name: np.zeros(0, dtype=dtype) for name, dtype in _CONTROL_COLUMNS.items()}
+
+
+def _columns(tables: list[dict[str, np.ndarray]], names: dict) -> list[np.ndarray]:
+    """The named columns of symusic's per-track tables, tracks back to back, and each
+    track's end row (int64, cumulative)."""
+    if len(tables) == 1:
+        table = tables[0]
+        cols = [table[name] for name in names]
+    elif tables:
+        cols = [np.concatenate([t[name] for t in tables]) for name in names]
+    else:
+        cols = [np.zeros(0, dtype=dtype) for dtype in names.values()]
+    ends = np.cumsum([t["time"].size for t in tables], dtype=np.int64)
+    return [*cols, ends]
 
 
 def _one_line(exc: BaseException) -> str:

@@ -15,7 +15,7 @@ from midi_reference import (
 )
 from symusic import ControlChange, Note, Score, Tempo, Track
 
-from stretto.tokenizer import MidiError, MidiTokenizer, TokenizerConfig, Vocabulary
+from stretto.tokenizer import MidiError, MidiTokenizer, TokenizerConfig, Vocabulary, _codec
 from stretto.tokenizer.vocabulary import tempo_bin
 
 DEV_NAMES = corpus_names("STRETTO_TEST_CORPUS", "dev")
@@ -337,3 +337,45 @@ def test_max_seconds_bound_is_configurable():
     score = _score(_track([(0, 480, 60, 80), (960 * 120, 480, 62, 80)]))  # ends at 120.5 s
     with pytest.raises(MidiError, match="120.5 s"):
         MidiTokenizer(TokenizerConfig(max_seconds=60.0)).encode(score)
+
+
+# -- encoder paths -----------------------------------------------------------------------
+@pytest.mark.parametrize("name", DEV_NAMES[::7])
+def test_fused_and_staged_encoders_agree(tok, midi_corpus, monkeypatch, name):
+    # small scores take one numba call, large ones sort with numpy: same ids either way
+    path = _pick(midi_corpus, name)
+    got = {}
+    for label, limit in (("fused", 2**62), ("staged", -1)):
+        monkeypatch.setattr(_codec, "FUSED_MAX_EVENTS", limit)
+        got[label] = tok.encode(path)
+        got[label + "-stats"] = tok.last_encode_stats
+    assert got["fused"].dtype == got["staged"].dtype
+    np.testing.assert_array_equal(got["fused"], got["staged"])
+    assert got["fused-stats"] == got["staged-stats"]
+
+
+@pytest.mark.parametrize(
+    "n, runs, high",
+    [
+        pytest.param(0, 1, 4, id="n0"),
+        pytest.param(1, 1, 4, id="n1"),
+        pytest.param(63, 1, 4, id="n63-sorted"),
+        pytest.param(77, 3, 1000, id="n77-3runs"),
+        pytest.param(513, 7, 50, id="n513-7runs"),
+        pytest.param(4096, 40, 8, id="n4096-40runs"),
+        pytest.param(4097, 1, 2**40, id="n4097-random"),
+    ],
+)
+def test_stable_sort_matches_numpy_stable_argsort(n, runs, high):
+    rng = np.random.default_rng(n)
+    # concatenated sorted runs with many ties, like tracks in time order
+    keys = np.concatenate(
+        [np.sort(rng.integers(0, high, size=len(c))) for c in np.array_split(np.arange(n), runs)]
+    ).astype(np.int64)
+    if n == 4097:
+        keys = rng.integers(-high, high, size=n)
+    want = np.argsort(keys, kind="stable")
+    sorted_keys, order = keys.copy(), np.arange(n)
+    _codec._stable_sort(sorted_keys, order)
+    np.testing.assert_array_equal(order, want)
+    np.testing.assert_array_equal(sorted_keys, keys[want])
