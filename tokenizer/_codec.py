@@ -323,13 +323,10 @@ def encode_columns(
     if last > max_step:
         return np.empty(0, dtype=np.int16), 0, 0, dropped, last
     onset_order = np.argsort(n_on, kind="stable")
-    keep, off = _note_policy(onset_order, n_inst, n_pitch, n_on, n_off, n_end)
-    pedal_order = np.argsort((s_inst << STEP_BITS) | s_step, kind="stable")
-    keys, vel = _event_keys(keep, n_inst, n_pitch, n_on, off, n_vel, pedal_order,
-                            s_inst, s_step, s_on, t_step, t_bin)  # fmt: skip
-    order = np.argsort(keys, kind="stable")
-    ids = emit_ids(keys[order], vel[order])
-    return ids, keep.shape[0], n_on.shape[0] - keep.shape[0], dropped, last
+    keys, vel, n_keep = _policy_keys(onset_order, n_inst, n_pitch, n_on, n_off, n_end, n_vel,
+                                     s_inst, s_step, s_on, t_step, t_bin)  # fmt: skip
+    ids = _emit_in_order(keys, vel, np.argsort(keys, kind="stable"))
+    return ids, n_keep, n_on.shape[0] - n_keep, dropped, last
 
 
 @numba.njit(cache=True, nogil=True)
@@ -348,15 +345,27 @@ def _encode_fused(
         return np.empty(0, dtype=np.int16), 0, 0, dropped, last
     onset_order = np.arange(n_on.shape[0])
     _stable_sort(n_on.copy(), onset_order)
+    keys, vel, n_keep = _policy_keys(onset_order, n_inst, n_pitch, n_on, n_off, n_end, n_vel,
+                                     s_inst, s_step, s_on, t_step, t_bin)  # fmt: skip
+    _stable_sort(keys, vel)
+    return emit_ids(keys, vel), n_keep, n_on.shape[0] - n_keep, dropped, last
+
+
+@numba.njit(cache=True, nogil=True)
+def _policy_keys(onset_order, n_inst, n_pitch, n_on, n_off, n_end, n_vel, s_inst, s_step, s_on,
+                 t_step, t_bin):  # fmt: skip
+    """Notes in onset order -> unsorted event keys, velocity bins, number of notes kept."""
     keep, off = _note_policy(onset_order, n_inst, n_pitch, n_on, n_off, n_end)
     pedal_order = np.arange(s_step.shape[0])
     _stable_sort((s_inst << STEP_BITS) | s_step, pedal_order)
     keys, vel = _event_keys(keep, n_inst, n_pitch, n_on, off, n_vel, pedal_order,
                             s_inst, s_step, s_on, t_step, t_bin)  # fmt: skip
-    _stable_sort(keys, vel)
-    ids = emit_ids(keys, vel)
-    n_keep = keep.shape[0]
-    return ids, n_keep, n_on.shape[0] - n_keep, dropped, last
+    return keys, vel, keep.shape[0]
+
+
+@numba.njit(cache=True, nogil=True)
+def _emit_in_order(keys, vel, order):
+    return emit_ids(keys[order], vel[order])
 
 
 @numba.njit(cache=True, nogil=True)

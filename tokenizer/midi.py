@@ -107,16 +107,26 @@ class MidiTokenizer:
         if tpq <= 0:
             raise MidiError(name, f"ticks-per-quarter is {tpq}: no time can be computed")
         tempos = score.tempos.numpy()
-        notes, controls, insts = [], [], []
+        # per track: its instrument and the end rows of its notes and controls
+        insts, notes, note_ends, controls, control_ends = [], [], [], [], []
+        n_notes = n_controls = 0
         for track in score.tracks:
             insts.append(DRUM_INSTRUMENT if track.is_drum else min(track.program // 8, 14))
-            # an empty list costs less to count than to convert
-            notes.append(track.notes.numpy() if len(track.notes) else _NO_NOTES)
-            controls.append(track.controls.numpy() if len(track.controls) else _NO_CONTROLS)
+            # an empty list is left out: counting costs less than converting
+            if k := len(track.notes):
+                notes.append(track.notes.numpy())
+                n_notes += k
+            if k := len(track.controls):
+                controls.append(track.controls.numpy())
+                n_controls += k
+            note_ends.append(n_notes)
+            control_ends.append(n_controls)
         max_step = math.floor(self.config.max_seconds * STEPS_PER_SECOND)
         ids, n_kept, replaced, dropped, last = _codec.encode_columns(
             *_columns(notes, _NOTE_COLUMNS),
+            np.array(note_ends, dtype=np.int64),
             *_columns(controls, _CONTROL_COLUMNS),
+            np.array(control_ends, dtype=np.int64),
             np.array(insts, dtype=np.int64),
             tempos["time"],
             tempos["mspq"],
@@ -152,7 +162,9 @@ class MidiTokenizer:
                 "(TokenizerConfig.max_file_bytes)",
             )
         try:
-            return Score(name), name  # the fast path: symusic reads the file itself
+            # the fast path: symusic reads the file itself (ScoreTick skips Score()'s
+            # second stat and path conversion)
+            return ScoreTick.from_file(name), name
         except Exception:  # the checks below give the reason
             pass
         try:
@@ -305,22 +317,17 @@ class _StepTicks:
 # empty tables share them so that the numba kernel compiles once
 _NOTE_COLUMNS = {"time": np.int32, "duration": np.int32, "pitch": np.int8, "velocity": np.int8}
 _CONTROL_COLUMNS = {"time": np.int32, "number": np.uint8, "value": np.uint8}
-_NO_NOTES = {name: np.zeros(0, dtype=dtype) for name, dtype in _NOTE_COLUMNS.items()}
-_NO_CONTROLS = {name: np.zeros(0, dtype=dtype) for name, dtype in _CONTROL_COLUMNS.items()}
+_EMPTY = {dtype: np.zeros(0, dtype=dtype) for dtype in (np.int32, np.int8, np.uint8)}
 
 
 def _columns(tables: list[dict[str, np.ndarray]], names: dict) -> list[np.ndarray]:
-    """The named columns of symusic's per-track tables, tracks back to back, and each
-    track's end row (int64, cumulative)."""
+    """The named columns of symusic's per-track tables, tracks back to back."""
     if len(tables) == 1:
         table = tables[0]
-        cols = [table[name] for name in names]
-    elif tables:
-        cols = [np.concatenate([t[name] for t in tables]) for name in names]
-    else:
-        cols = [np.zeros(0, dtype=dtype) for dtype in names.values()]
-    ends = np.cumsum([t["time"].size for t in tables], dtype=np.int64)
-    return [*cols, ends]
+        return [table[name] for name in names]
+    if tables:
+        return [np.concatenate([t[name] for t in tables]) for name in names]
+    return [_EMPTY[dtype] for dtype in names.values()]
 
 
 def _one_line(exc: BaseException) -> str:
