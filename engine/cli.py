@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "stretto.engine.bench_command",
     "stretto.tokenizer.commands",
     "stretto.engine.train_command",
+    "stretto.engine.audit_command",
 )
 
 

@@ -1,0 +1,196 @@
+"""`stretto audit` on real files: it passes on a few dev files with the tiny preset, and
+each planted fault (a checkpoint of another vocabulary, attention that sees the future,
+a corpus with an out-of-range id) is reported with a non-zero exit code."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from stretto.engine import ModelConfig, MusicModel
+from stretto.engine import audit as A
+from stretto.engine import cli
+from stretto.tokenizer import Vocabulary, build_corpus
+
+FAST = {"lengths": (512,), "sample": 2, "learning_steps": 3, "generate_tokens": 32}
+
+
+@pytest.fixture(scope="module")
+def corpus(midi_corpus, tmp_path_factory):
+    """A token corpus of three dev files of at least 2048 ids (so every length has
+    full windows)."""
+    out = tmp_path_factory.mktemp("audit-corpus") / "corpus"
+    big = sorted(midi_corpus, key=lambda p: -p.stat().st_size)[:3]
+    build_corpus(big, out, workers=1, progress=False)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    """`stretto` with only the audit registered, so other commands' state cannot matter."""
+    saved = cli.COMMAND_MODULES
+    cli.COMMAND_MODULES = ("stretto.engine.audit_command",)
+    try:
+        return cli.main(argv)
+    finally:
+        cli.COMMAND_MODULES = saved
+
+
+def failures(rows, check):
+    return [r for r in rows if r.check == check and not r.ok]
+
+
+def leaking(model: MusicModel) -> MusicModel:
+    """The decoder's attention turned bidirectional: future tokens reach past logits."""
+    for block in model.decoder.blocks:
+        block.attn.causal = False
+    return model
+
+
+@pytest.mark.slow
+def test_audit_passes_on_dev_files_tiny_preset(corpus, tmp_path, capsys):
+    out = tmp_path / "audit.json"
+    code = main(["audit", "--corpus", str(corpus), "--preset", "tiny", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert printed.rstrip().endswith("0 issues"), printed
+    assert code == 0
+    rows = __import__("json").loads(out.read_text())["rows"]
+    seen = {(r["check"], r["mode"], r["length"]) for r in rows}
+    for mode in ("transformer", "vae", "vae_gan"):
+        for n in ("512", "1024", "2048"):
+            assert ("train step", mode, n) in seen and ("resources", mode, n) in seen
+        for check in ("causality", "learning", "generation"):
+            assert any(c == check and m == mode for c, m, _ in seen), (check, mode)
+    assert {"kernels", "data ids", "data windows", "vocabulary"} <= {r["check"] for r in rows}
+
+
+def test_audit_on_a_midi_folder_tokenizes_it(midi_corpus, tmp_path):
+    folder = tmp_path / "midi"
+    folder.mkdir()
+    shutil.copy(midi_corpus[0], folder)
+    cfg = A.AuditConfig(corpus=folder, modes=("transformer",), lengths=(64,), sample=2)
+    rows = A.run_audit(cfg)
+    assert A.issues(rows) == 0, A.format_table(rows)
+
+
+def test_checkpoint_with_another_vocabulary_is_reported(corpus, tmp_path, capsys):
+    vocab = Vocabulary()
+    config = ModelConfig.from_vocab(vocab, mode="transformer", preset="tiny")
+    path = tmp_path / "other.pt"
+    MusicModel(config.replace(vocab_signature="stretto-vocab-v0-elsewhere")).save(path)
+
+    row = A.check_vocabulary(vocab, checkpoints=[path])[-1]
+    assert not row.ok and "vocab_signature" in row.detail and "elsewhere" in row.detail
+
+    code = main(
+        [
+            "audit",
+            "--corpus",
+            str(corpus),
+            "--checkpoint",
+            str(path),
+            "--modes",
+            "transformer",
+            "--lengths",
+            "512",
+            "--sample",
+            "1",
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert code != 0
+    assert "stretto-vocab-v0-elsewhere" in printed
+    assert not printed.rstrip().endswith(" 0 issues")
+
+
+@pytest.mark.parametrize("mode", ["transformer", "vae", "vae_gan"])
+def test_attention_that_sees_the_future_is_reported(corpus, make_model, mode):
+    model = leaking(make_model(mode))
+    cfg = A.AuditConfig(corpus=corpus, modes=(mode,), **FAST)
+    rows = A.run_audit(cfg, models={mode: model})
+    bad = failures(rows, "causality")
+    assert len(bad) == 1 and "sees the future" in bad[0].detail, A.format_table(rows)
+    assert bad[0].mode == mode
+
+
+def test_causal_model_passes_the_causality_check(corpus, make_model):
+    ids = A.pick_batch(A.TokenDataset(corpus, 256), 2)["input_ids"]
+    for mode in ("transformer", "vae"):
+        assert A.check_causality(make_model(mode), ids).ok
+        assert not A.check_causality(leaking(make_model(mode)), ids).ok
+
+
+def test_corpus_with_out_of_range_ids_is_reported(corpus, tmp_path, capsys):
+    bad = tmp_path / "bad-corpus"
+    shutil.copytree(corpus, bad)
+    shard = bad / "shard-00000.npy"
+    ids = np.load(shard)
+    ids[5] = Vocabulary().size  # 774: one past the last id
+    np.save(shard, ids)
+
+    row = A.check_corpus_ids(bad, Vocabulary())
+    assert not row.ok and "774" in row.detail
+
+    code = main(
+        [
+            "audit",
+            "--corpus",
+            str(bad),
+            "--modes",
+            "transformer",
+            "--lengths",
+            "512",
+            "--sample",
+            "1",
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert code != 0
+    assert "holds id 774 outside [0, 774)" in printed
+
+
+def test_non_finite_gradients_are_reported(corpus, make_model):
+    model = make_model("transformer")
+    batch = A.pick_batch(A.TokenDataset(corpus, 128), 2)
+    with torch.no_grad():
+        model.decoder.blocks[0].mlp.down.weight.fill_(float("inf"))
+    row = A.check_train_step(model, batch)
+    assert not row.ok and "non-finite" in row.detail
+
+
+def test_a_model_that_does_not_learn_is_reported(corpus, make_model):
+    batch = A.pick_batch(A.TokenDataset(corpus, 128), 2)
+    assert A.check_learning(make_model("transformer"), batch, steps=3).ok
+    assert not A.check_learning(make_model("transformer"), batch, steps=3, lr=1e-12).ok
+
+
+def test_kernel_check_reports_a_wrong_backend(monkeypatch):
+    assert A.check_kernels("cpu").ok
+    from stretto.kernels.hierarchical_attention import interface
+
+    real = interface.op.attention_core
+
+    def off_by_a_bit(*args, **kwargs):
+        return real(*args, **kwargs) * 1.01
+
+    monkeypatch.setattr(interface.op, "attention_core", off_by_a_bit)
+    row = A.check_kernels("cpu")
+    assert not row.ok and "exceeds" in row.detail
+
+
+def test_missing_generation_is_a_failure_not_a_skip(make_model, monkeypatch):
+    monkeypatch.setattr(A, "generation_api", lambda: (None, None, "not available in this build"))
+    row = A.check_generation(make_model("transformer"))
+    assert not row.ok and row.detail == "not available in this build"
+
+
+def test_table_ends_with_the_issue_count():
+    rows = [
+        A.Finding("kernels", "-", "-", "ok", "fine"),
+        A.Finding("data ids", "-", "-", "FAIL", "x"),
+    ]
+    text = A.format_table(rows)
+    assert text.splitlines()[-1] == "1 issue"
+    assert text.splitlines()[0].split()[:5] == ["check", "mode", "length", "result", "detail"]
