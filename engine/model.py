@@ -470,6 +470,50 @@ class MusicModel(nn.Module):
             loss = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
         return {"loss": loss, "d_real": d_real.mean().detach(), "d_fake": d_fake.mean().detach()}
 
+    # -- generation ---------------------------------------------------------------------
+    def generate(
+        self,
+        prompt=None,
+        *,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        batch_size: int = 1,
+        z=None,
+        constrained: bool = True,
+        max_note_steps: int = 512,
+    ) -> torch.Tensor:
+        """Sample continuations; returns LongTensor `[B, N + T]` (prompt, then new tokens).
+
+        `prompt`: ids `[N]` or `[B, N]` (default `[START]`), N <= max_seq_len, prefilled
+        once; then up to `max_new_tokens` tokens are decoded one at a time through a
+        bounded per-layer `HierarchicalKVCache` (see `stretto.engine.generate`). A row
+        that emits END is padded with PAD afterwards; the output is cut after the last
+        END when every row has ended. vae modes: `z` `[latent_dim]` or `[B, latent_dim]`,
+        sampled from N(0, I) when None. Sampling: `temperature` (0 = greedy), `top_k`
+        (larger than the vocabulary keeps all), `top_p` (1.0 keeps all); `seed` makes it
+        reproducible on one device. `constrained` masks the logits with the grammar of
+        `stretto.engine.grammar` (notes at most `max_note_steps` x 15.625 ms), so the
+        output passes `validate`; the prompt must then pass it too.
+        """
+        from .generate import generate
+
+        return generate(
+            self,
+            prompt,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            batch_size=batch_size,
+            z=z,
+            constrained=constrained,
+            max_note_steps=max_note_steps,
+        )
+
     # -- checkpoints --------------------------------------------------------------------
     def save(
         self,

@@ -1,0 +1,317 @@
+"""Autoregressive generation: prefill once, then one token at a time through a bounded
+per-layer `HierarchicalKVCache`, with sampling (temperature, top-k, top-p) and the
+grammar mask of `stretto.engine.grammar` kept on the device.
+
+Memory: each decoder layer holds a ring of the last `window` keys/values
+(`[B, H, window, D]`) plus running block sums (`[B, H, ceil(L / block), D]`, L = prompt +
+new tokens), so memory is flat in the generated length apart from that per-block
+summary buffer (2 x L / block x D numbers per head and layer, e.g. 1/64 of a full KV
+cache at block 64). Cost per token is O(window + L / block), as in the full forward.
+
+Positions: the cache is sized for the requested length, and tokens keep their absolute
+rotary positions. The prompt must fit the model's `max_seq_len`; generating past it is
+allowed and extrapolates (positions, and the number of visible block summaries, go
+beyond what training showed the model), which is what a sliding-window model can do
+but the result's quality is the model's affair.
+
+With `config.attention == "dense"` (the benchmark baseline) the cache keeps every key
+(window = L, no summaries): exact, but memory grows with L.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from stretto.kernels import HierarchicalKVCache, hierarchical_attention
+
+from .grammar import DEFAULT_MAX_NOTE_STEPS, Grammar
+
+STOP_CHECK_EVERY = 32  # steps between the host syncs that ask "has every sequence ended?"
+
+
+class CachedDecoder:
+    """The causal decoder of a `MusicModel` with one `HierarchicalKVCache` per layer.
+
+    `prefill(ids, z)` -> logits `[B, N, V]` for the prompt; `step(tokens)` -> logits
+    `[B, V]` for the next position. Runs the model's own modules (no dropout); the
+    results equal `model.decode` at the same positions.
+    """
+
+    def __init__(self, model, batch: int, max_length: int):
+        c = model.config
+        self.model, self.batch, self.max_length = model, batch, max_length
+        p = next(model.parameters())
+        self.dtype, self.device = p.dtype, p.device
+        stack = model.decoder
+        head_dim = c.d_model // c.n_heads
+        window, block = (c.window, c.block) if c.attention == "wha" else (max_length, None)
+        self.caches = [
+            HierarchicalKVCache(
+                batch,
+                c.n_heads,
+                head_dim,
+                window=window,
+                block=block,
+                max_length=max_length,
+                dtype=self.dtype,
+                device=self.device,
+            )
+            for _ in stack.blocks
+        ]
+        positions = torch.arange(max_length, device=self.device)
+        self.cos, self.sin = stack.rotary(positions)  # [L, D/2] each
+        self.length = 0
+        self.conds: list[torch.Tensor | None] = [None] * len(stack.blocks)
+
+    def _set_z(self, z):
+        stack = self.model.decoder
+        if stack.cond is not None:
+            self.conds = [proj(z)[:, None, :] for proj in stack.cond]  # [B, 1, C] each
+
+    def prefill(self, ids: torch.Tensor, z=None) -> torch.Tensor:
+        """ids `[B, N]` (no PAD) -> logits `[B, N, V]`."""
+        b, n = ids.shape
+        if self.length:
+            raise ValueError("prefill needs a fresh decoder")
+        if n > self.max_length:
+            raise ValueError(f"prompt of {n} tokens exceeds the decoder's {self.max_length}")
+        self._set_z(z)
+        model, c = self.model, self.model.config
+        cos, sin = self.cos[:n], self.sin[:n]
+        x = model.embed(ids)  # [B, N, C]
+        for block, cache, cond in zip(model.decoder.blocks, self.caches, self.conds, strict=True):
+            if cond is not None:
+                x = x + cond
+            attn = block.attn
+            q, k, v = attn.project_qkv(block.attn_norm(x), cos, sin)  # [B, H, N, D] each
+            if c.attention == "wha":
+                o = hierarchical_attention(
+                    q, k, v, window=c.window, block=c.block, causal=True, backend=attn.backend
+                )
+            else:
+                o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            cache.prefill(k, v)
+            x = x + attn.out(o.transpose(1, 2).reshape(b, n, c.d_model))  # [B, N, C]
+            x = x + block.mlp(block.mlp_norm(x))
+        self.length = n
+        return model.head(model.decoder.norm(x))  # [B, N, V]
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens `[B]` at the next position -> logits `[B, V]`."""
+        pos = self.length
+        if pos >= self.max_length:
+            raise ValueError(f"the decoder is full ({self.max_length} tokens)")
+        model, c = self.model, self.model.config
+        b = tokens.shape[0]
+        cos, sin = self.cos[pos : pos + 1], self.sin[pos : pos + 1]  # [1, D/2]
+        x = model.embed(tokens[:, None])  # [B, 1, C]
+        for block, cache, cond in zip(model.decoder.blocks, self.caches, self.conds, strict=True):
+            if cond is not None:
+                x = x + cond
+            attn = block.attn
+            q, k, v = attn.project_qkv(block.attn_norm(x), cos, sin)  # [B, H, 1, D] each
+            cache.append(k[:, :, 0], v[:, :, 0])
+            o = cache.attend(q[:, :, 0])  # [B, H, D]
+            x = x + attn.out(o.reshape(b, 1, c.d_model))
+            x = x + block.mlp(block.mlp_norm(x))
+        self.length = pos + 1
+        return model.head(model.decoder.norm(x))[:, 0]  # [B, V]
+
+
+# -- sampling ----------------------------------------------------------------------------
+def check_sampling(temperature, top_k, top_p) -> None:
+    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool):
+        raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
+    if not temperature >= 0 or temperature == float("inf"):
+        raise ValueError(f"temperature must be finite and >= 0 (0 = greedy), got {temperature}")
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+        raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
+    if top_p is not None and not (isinstance(top_p, (int, float)) and 0.0 < top_p <= 1.0):
+        raise ValueError(f"top_p must be None or in (0, 1], got {top_p!r}")
+
+
+def sample(
+    logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """logits `[B, V]` (masked entries -inf) -> token ids `[B]`, on the device.
+
+    temperature 0 is greedy (argmax); top_k keeps the k largest (k > V keeps all);
+    top_p keeps the smallest set whose probability reaches p (1.0 keeps all). Sampling
+    is an exponential race (argmax of p / E, E ~ Exp(1)), so no host sync.
+    """
+    logits = logits.float()
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # [B, 1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = (cum - sorted_logits.softmax(-1)) >= top_p  # mass before this token >= p
+        drop[:, 0] = False
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    probs = logits.softmax(-1)
+    race = torch.empty_like(probs).exponential_(1.0, generator=generator)
+    return (probs / race).argmax(-1)
+
+
+# -- generate ----------------------------------------------------------------------------
+def _prompt(model, prompt, batch_size: int, device) -> torch.Tensor:
+    c = model.config
+    v_start = _vocab(model).START
+    if prompt is None:
+        return torch.full((batch_size, 1), v_start, dtype=torch.long, device=device)
+    if not isinstance(prompt, torch.Tensor):
+        prompt = torch.as_tensor(prompt)
+    if prompt.dtype.is_floating_point or prompt.dtype == torch.bool:
+        raise ValueError(f"prompt must hold integer token ids, got dtype {prompt.dtype}")
+    if prompt.dim() == 1:
+        prompt = prompt[None]
+    if prompt.dim() != 2 or prompt.shape[1] == 0:
+        raise ValueError(f"prompt must be [N] or [B, N] with N >= 1, got {list(prompt.shape)}")
+    if prompt.shape[1] > c.max_seq_len:
+        raise ValueError(
+            f"prompt of {prompt.shape[1]} tokens exceeds the model's max_seq_len {c.max_seq_len}"
+        )
+    lo, hi = int(prompt.min()), int(prompt.max())
+    if lo < 0 or hi >= c.vocab_size:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"prompt token id {bad} is outside the vocabulary [0, {c.vocab_size})")
+    return prompt.to(device=device, dtype=torch.long).expand(batch_size, -1)
+
+
+def _vocab(model):
+    from stretto.tokenizer import Vocabulary
+
+    v = Vocabulary()
+    if v.signature != model.config.vocab_signature:
+        raise ValueError("the model was built for another vocabulary than this tokenizer's")
+    return v
+
+
+def _latent(model, z, batch_size: int, generator, device, dtype):
+    c = model.config
+    if model.encoder is None:
+        return None
+    if z is None:
+        z = torch.randn(batch_size, c.latent_dim, generator=generator, device=device)
+    if z.dim() == 1:
+        z = z[None]
+    if z.dim() != 2 or z.shape[1] != c.latent_dim:
+        raise ValueError(
+            f"z must be [latent_dim] or [B, latent_dim={c.latent_dim}], got {list(z.shape)}"
+        )
+    return z.to(device=device, dtype=dtype).expand(batch_size, -1)
+
+
+def _batch(batch_size: int, prompt, z) -> int:
+    """The batch: `batch_size`, or the rows of a `[B, N]` prompt or a `[B, L]` z; every
+    one of them is 1 or that batch."""
+    rows = {"batch_size": batch_size}
+    for name, x in (("prompt", prompt), ("z", z)):
+        if isinstance(x, torch.Tensor) and x.dim() == 2:
+            rows[name] = x.shape[0]
+    b = max(rows.values())
+    if any(r not in (1, b) for r in rows.values()):
+        raise ValueError(f"batch sizes disagree: {rows} (each must be 1 or the same B)")
+    return b
+
+
+@torch.no_grad()
+def generate(
+    model,
+    prompt=None,
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    batch_size: int = 1,
+    z=None,
+    constrained: bool = True,
+    max_note_steps: int = DEFAULT_MAX_NOTE_STEPS,
+) -> torch.Tensor:
+    """See `MusicModel.generate`."""
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool):
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    check_sampling(temperature, top_k, top_p)
+    vocab = _vocab(model)
+    p = next(model.parameters())
+    device, dtype = p.device, p.dtype
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=device).manual_seed(int(seed))
+    if model.encoder is None and z is not None:
+        raise ValueError(f"mode {model.config.mode!r} takes no z (vae modes only)")
+    if prompt is not None and not isinstance(prompt, torch.Tensor):
+        prompt = torch.as_tensor(prompt)
+    if z is not None:
+        z = torch.as_tensor(z)
+    batch_size = _batch(batch_size, prompt, z)
+    z = _latent(model, z, batch_size, generator, device, dtype)
+    ids = _prompt(model, prompt, batch_size, device)
+    b, n = ids.shape
+    grammar = Grammar(vocab, max_note_steps=max_note_steps) if constrained else None
+    if grammar is not None:
+        from .grammar import validate
+
+        for row in ids.tolist():
+            problems = validate(row, max_note_steps=max_note_steps, vocab=vocab)
+            if problems:
+                first = problems[0]
+                raise ValueError(
+                    f"the prompt breaks the grammar at position {first.position} "
+                    f"({first.rule}: {first.message}); pass constrained=False to continue "
+                    f"it anyway"
+                )
+    if max_new_tokens == 0:
+        return ids.clone()
+
+    decoder = CachedDecoder(model, b, n + max_new_tokens)
+    logits = decoder.prefill(ids, z)[:, -1]  # [B, V]
+    ended = (ids == vocab.END).any(1)  # [B]
+    state = None
+    if grammar is not None:
+        state = grammar.initial_state(b, device)
+        for t in range(n):  # prompts are short next to generation; n small kernel calls
+            grammar.advance(state, ids[:, t])
+        state.ended |= ended
+    out = torch.full((b, max_new_tokens), vocab.PAD, dtype=torch.long, device=device)
+    steps = max_new_tokens
+    for i in range(max_new_tokens):
+        if grammar is not None:
+            logits = logits.float().masked_fill(~grammar.allowed(state), float("-inf"))
+        token = sample(
+            logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
+        )
+        token = torch.where(ended, vocab.PAD, token)
+        out[:, i] = token
+        if grammar is not None:
+            grammar.advance(state, token)
+        ended = ended | (token == vocab.END)
+        if i + 1 == max_new_tokens:
+            break
+        if (i + 1) % STOP_CHECK_EVERY == 0 and bool(ended.all()):
+            steps = i + 1
+            break
+        logits = decoder.step(token)
+    out = out[:, :steps]
+    # Columns after the last END of every row are padding only: trim them.
+    is_end = out == vocab.END
+    first_end = is_end.int().argmax(1) + 1  # [B]
+    length = torch.where(is_end.any(1), first_end, steps)
+    length = torch.where((ids == vocab.END).any(1), 0, length)
+    return torch.cat([ids, out[:, : int(length.max())]], dim=1)

@@ -1,0 +1,217 @@
+"""Generation: cached decoding equals the full forward, sampling edges, bad inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stretto.engine.generate import CachedDecoder, sample
+
+MODES = ("transformer", "vae", "vae_gan")
+# float64 logits of the cached path against the full forward: both are the same
+# arithmetic in a different order, so round-off only.
+ATOL_F64 = 1e-9
+ATOL_F32 = 2e-4
+
+
+def _z(model, batch, dtype=torch.float64):
+    if model.encoder is None:
+        return None
+    return torch.randn(batch, model.config.latent_dim, dtype=dtype)
+
+
+def _full_logits(model, ids, z):
+    return model.decode(ids, torch.ones_like(ids, dtype=torch.bool), z=z)
+
+
+# tiny preset: window 32, block 16; 161 tokens wrap the 32-slot ring five times and
+# leave 8 complete blocks out of the window's reach.
+@pytest.mark.parametrize(
+    "mode,prompt_len,n",
+    [
+        pytest.param("transformer", 1, 161, id="transformer-P1-N161"),
+        pytest.param("transformer", 45, 161, id="transformer-P45-N161"),
+        pytest.param("vae", 7, 161, id="vae-P7-N161"),
+        pytest.param("vae_gan", 33, 161, id="vae_gan-P33-N161"),
+    ],
+)
+def test_cached_logits_equal_full_forward(make_model, windows, mode, prompt_len, n):
+    model = make_model(mode).double().eval()
+    ids = windows(n)  # [2, N] real music
+    z = _z(model, 2)
+    full = _full_logits(model, ids, z)  # [2, N, V]
+    decoder = CachedDecoder(model, 2, n)
+    got = [decoder.prefill(ids[:, :prompt_len], z)]
+    for i in range(prompt_len, n):
+        got.append(decoder.step(ids[:, i])[:, None])
+    got = torch.cat(got, dim=1)
+    torch.testing.assert_close(got, full, atol=ATOL_F64, rtol=0)
+
+
+def test_cached_logits_equal_full_forward_float32(make_model, windows):
+    model = make_model("transformer").eval()
+    ids = windows(130)
+    full = _full_logits(model, ids, None)
+    decoder = CachedDecoder(model, 2, 130)
+    got = [decoder.prefill(ids[:, :3])]
+    got += [decoder.step(ids[:, i])[:, None] for i in range(3, 130)]
+    torch.testing.assert_close(torch.cat(got, 1), full, atol=ATOL_F32, rtol=0)
+
+
+def test_dense_attention_model_decodes_exactly(make_model, windows):
+    model = make_model("transformer", attention="dense").double().eval()
+    ids = windows(70)
+    full = _full_logits(model, ids, None)
+    decoder = CachedDecoder(model, 2, 70)
+    got = [decoder.prefill(ids[:, :5])] + [decoder.step(ids[:, i])[:, None] for i in range(5, 70)]
+    torch.testing.assert_close(torch.cat(got, 1), full, atol=ATOL_F64, rtol=0)
+
+
+def test_cache_memory_is_window_plus_block_sums(make_model):
+    model = make_model("transformer")
+    c = model.config
+    decoder = CachedDecoder(model, 1, 4096)
+    for cache in decoder.caches:
+        assert cache.k_ring.shape == (1, c.n_heads, c.window, c.d_model // c.n_heads)
+        assert cache.k_block_sum.shape[2] == 4096 // c.block
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_greedy_generation_is_argmax_of_full_forward(make_model, mode):
+    """top_k=1 and temperature=0 both decode greedily: each new token is the argmax of
+    the full forward's logits over everything before it."""
+    model = make_model(mode).double().eval()
+    z = _z(model, 1)
+    a = model.generate(max_new_tokens=90, top_k=1, seed=3, z=z, constrained=False)
+    b = model.generate(max_new_tokens=90, temperature=0, seed=4, z=z, constrained=False)
+    assert torch.equal(a, b)
+    full = _full_logits(model, a[:, :-1], z)  # [1, N-1, V]
+    assert torch.equal(full.argmax(-1)[0], a[0, 1:])
+
+
+def test_seeds_reproduce_and_differ(make_model):
+    model = make_model("vae").eval()
+    a = model.generate(max_new_tokens=60, seed=11, batch_size=3)
+    b = model.generate(max_new_tokens=60, seed=11, batch_size=3)
+    c = model.generate(max_new_tokens=60, seed=12, batch_size=3)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        pytest.param({"top_p": 1.0}, id="top_p-1.0"),
+        pytest.param({"top_k": 10_000}, id="top_k-over-vocab"),
+        pytest.param({"top_k": 774}, id="top_k-eq-vocab"),
+    ],
+)
+def test_edges_that_change_nothing(make_model, kwargs):
+    model = make_model("transformer").eval()
+    plain = model.generate(max_new_tokens=50, seed=5, batch_size=2)
+    assert torch.equal(model.generate(max_new_tokens=50, seed=5, batch_size=2, **kwargs), plain)
+
+
+def test_sample_filters():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0, float("-inf")]]).repeat(400, 1)
+    assert (sample(logits, top_k=1, generator=g) == 1).all()
+    assert set(sample(logits, top_k=2, generator=g).tolist()) == {1, 3}
+    assert (sample(logits, top_p=1e-6, generator=g) == 1).all()
+    # p(1) = 0.64, p(3) = 0.24: top_p = 0.8 keeps exactly those two.
+    assert set(sample(logits, top_p=0.8, generator=g).tolist()) == {1, 3}
+    assert (sample(logits, temperature=0) == 1).all()
+    assert 4 not in sample(logits, temperature=5.0, generator=g).tolist()
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        pytest.param({"temperature": -1.0}, "temperature", id="temperature-negative"),
+        pytest.param({"temperature": float("nan")}, "temperature", id="temperature-nan"),
+        pytest.param({"top_k": 0}, "top_k", id="top_k-0"),
+        pytest.param({"top_p": 0.0}, "top_p", id="top_p-0"),
+        pytest.param({"top_p": 1.5}, "top_p", id="top_p-1.5"),
+        pytest.param({"max_new_tokens": -1}, "max_new_tokens", id="max_new_tokens-negative"),
+        pytest.param({"batch_size": 0}, "batch_size", id="batch_size-0"),
+    ],
+)
+def test_bad_sampling_arguments(make_model, kwargs, match):
+    model = make_model("transformer")
+    kwargs = {"max_new_tokens": 4, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        model.generate(**kwargs)
+
+
+@pytest.mark.parametrize("bad", [774, -1, 100_000], ids=["774", "-1", "100000"])
+def test_prompt_with_out_of_range_ids(make_model, vocab, bad):
+    model = make_model("transformer")
+    with pytest.raises(ValueError, match=f"token id {bad} is outside"):
+        model.generate(torch.tensor([vocab.START, bad]), max_new_tokens=3)
+
+
+def test_prompt_longer_than_max_seq_len(make_model, vocab):
+    model = make_model("transformer", max_seq_len=64)
+    prompt = torch.full((65,), vocab.time_shift(1))
+    prompt[0] = vocab.START
+    with pytest.raises(ValueError, match="exceeds the model's max_seq_len 64"):
+        model.generate(prompt, max_new_tokens=3)
+
+
+def test_generation_past_max_seq_len_keeps_a_bounded_cache(make_model):
+    model = make_model("transformer", max_seq_len=64).eval()
+    out = model.generate(max_new_tokens=200, seed=0)
+    assert out.shape[1] <= 201 and out.shape[0] == 1
+
+
+def test_model_of_another_vocabulary(make_model, vocab):
+    model = make_model("transformer")
+    model.config = model.config.replace(vocab_signature="not-this-one")
+    with pytest.raises(ValueError, match="another vocabulary"):
+        model.generate(max_new_tokens=3)
+
+
+def test_prompt_breaking_the_grammar(make_model, vocab):
+    model = make_model("transformer")
+    prompt = torch.tensor([vocab.START, vocab.instrument(0), vocab.note_off(60)])
+    with pytest.raises(ValueError, match="orphan_note_off"):
+        model.generate(prompt, max_new_tokens=3)
+    out = model.generate(prompt, max_new_tokens=3, constrained=False, seed=0)
+    assert torch.equal(out[0, :3], prompt)
+
+
+def test_z_checks(make_model):
+    with pytest.raises(ValueError, match="takes no z"):
+        make_model("transformer").generate(max_new_tokens=2, z=torch.zeros(16))
+    vae = make_model("vae").eval()
+    with pytest.raises(ValueError, match="latent_dim"):
+        vae.generate(max_new_tokens=2, z=torch.zeros(3))
+    out = vae.generate(max_new_tokens=5, z=torch.zeros(4, 16), seed=0)
+    assert out.shape[0] == 4
+
+
+def test_prompt_rows_and_batch(make_model, windows):
+    model = make_model("transformer").eval()
+    prompt = windows(40)  # [2, 40] real music: passes the grammar
+    out = model.generate(prompt, max_new_tokens=20, seed=0)
+    assert torch.equal(out[:, :40], prompt)
+    one = model.generate(prompt[0], max_new_tokens=5, seed=0, batch_size=3)
+    assert one.shape[0] == 3 and (one[:, :40] == prompt[0]).all()
+    with pytest.raises(ValueError, match="batch sizes disagree"):
+        model.generate(prompt, max_new_tokens=5, batch_size=3)
+
+
+def test_ended_rows_are_padded_and_output_trimmed(make_model, vocab):
+    model = make_model("transformer").eval()
+    # Make END by far the likeliest token once allowed.
+    handle = model.head.register_forward_hook(
+        lambda m, i, o: o + 30.0 * (torch.arange(o.shape[-1]) == vocab.END)
+    )
+    try:
+        out = model.generate(max_new_tokens=400, seed=0, batch_size=4)
+    finally:
+        handle.remove()
+    assert out.shape[1] < 401
+    for row in out.tolist():
+        end = row.index(vocab.END)
+        assert all(t == vocab.PAD for t in row[end + 1 :])

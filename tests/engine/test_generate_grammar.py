@@ -1,0 +1,137 @@
+"""The grammar: `validate` on hand-made bad sequences, the mask agrees with it, and
+constrained sampling only produces valid pieces that decode to notes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stretto.engine.grammar import RULES, Grammar, validate
+from stretto.tokenizer import MidiTokenizer, Vocabulary
+
+V = Vocabulary()
+S, E, PAD = V.START, V.END, V.PAD
+I0, VEL, ON60, OFF60 = V.instrument(0), V.velocity(64), V.note_on(60), V.note_off(60)
+SHIFT = V.time_shift  # steps -> id
+
+
+def _bad(rule, position, *ids):
+    return pytest.param(list(ids), position, rule, id=f"{rule}-at-{position}")
+
+
+BAD = [
+    _bad("start", 0, I0, VEL, ON60),
+    _bad("special", 2, S, I0, PAD, VEL, ON60),
+    _bad("special", 1, S, V.UNK),
+    _bad("special", 3, S, I0, VEL, S),
+    _bad("after_end", 5, S, I0, VEL, ON60, E, ON60),
+    _bad("instrument_first", 2, S, VEL, ON60),
+    _bad("instrument_first", 1, S, V.SUSTAIN_ON),
+    _bad("instrument_first", 1, S, OFF60),
+    _bad("velocity_first", 2, S, I0, ON60),
+    _bad("orphan_note_off", 4, S, I0, VEL, ON60, OFF60 + 1),
+    # the note sounds in instrument 0, the NOTE_OFF acts on instrument 1
+    _bad("orphan_note_off", 5, S, I0, VEL, ON60, V.instrument(1), OFF60),
+    _bad("orphan_note_off", 6, S, I0, VEL, ON60, SHIFT(4), OFF60, OFF60),
+    _bad("note_too_long", 6, S, I0, VEL, ON60, SHIFT(8), SHIFT(8), SHIFT(1)),
+    _bad("empty_end", 3, S, I0, VEL, E),
+]
+
+
+@pytest.mark.parametrize("ids,position,rule", BAD)
+def test_validate_catches_each_rule(ids, position, rule):
+    found = validate(ids, max_note_steps=16)
+    assert [(v.position, v.rule) for v in found] == [(position, rule)]
+    assert found[0].token == ids[position]
+
+
+def test_every_rule_has_a_bad_example():
+    assert {p.values[2] for p in BAD} == set(RULES)
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        pytest.param([S], id="start-only"),
+        pytest.param([S, I0, VEL, ON60, SHIFT(16), OFF60, E], id="one-note"),
+        pytest.param([S, I0, VEL, ON60, SHIFT(16), E, PAD, PAD], id="open-note-at-end-padded"),
+        pytest.param([S, V.tempo(120), I0, V.SUSTAIN_ON, VEL, ON60, ON60], id="restrike"),
+    ],
+)
+def test_validate_accepts(ids):
+    assert validate(ids, max_note_steps=16) == []
+
+
+def test_validate_rejects_out_of_range():
+    with pytest.raises(ValueError, match="774"):
+        validate([S, 774])
+
+
+def test_real_music_is_valid_and_allowed_by_the_mask(windows):
+    """Every next token of real music is allowed by the mask, and every token the mask
+    forbids makes `validate` fail at that position."""
+    ids = windows(300)  # [2, 300]
+    grammar = Grammar(V, max_note_steps=10_000)
+    state = grammar.initial_state(2, "cpu")
+    grammar.advance(state, ids[:, 0])
+    gen = torch.Generator().manual_seed(0)
+    for i in range(1, 300):
+        allowed = grammar.allowed(state)  # [2, V]
+        assert allowed[torch.arange(2), ids[:, i]].all(), i
+        if i % 15 == 0:
+            for row in range(2):
+                banned = (~allowed[row]).nonzero()[:, 0]
+                pick = banned[torch.randint(len(banned), (4,), generator=gen)]
+                for t in pick.tolist():
+                    prefix = ids[row, :i].tolist() + [t]
+                    found = validate(prefix, max_note_steps=10_000)
+                    assert found and found[-1].position == i, (i, V.describe(t))
+        grammar.advance(state, ids[:, i])
+    for row in ids:
+        assert validate(row, max_note_steps=10_000) == []
+
+
+def _briefly_trained(make_model, windows):
+    torch.manual_seed(0)
+    model = make_model("transformer")
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    batch = {"input_ids": windows(128)}
+    for _ in range(40):
+        opt.zero_grad()
+        model.loss(batch)["loss"].backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.mark.parametrize("mode", ["transformer", "vae", "vae_gan"])
+def test_untrained_constrained_outputs_are_valid(make_model, mode):
+    model = make_model(mode).eval()
+    for seed in range(6):
+        # A short note limit so the forced-release path is taken often.
+        out = model.generate(
+            max_new_tokens=160, seed=seed, batch_size=8, max_note_steps=24, top_p=0.98
+        )
+        for row in out:
+            assert validate(row, max_note_steps=24) == [], (seed, validate(row, max_note_steps=24))
+
+
+def test_trained_constrained_outputs_are_valid_and_decode_to_notes(make_model, windows, tmp_path):
+    model = _briefly_trained(make_model, windows)
+    tok = MidiTokenizer()
+    with_notes = 0
+    for seed in range(4):
+        out = model.generate(max_new_tokens=200, seed=seed, batch_size=6, temperature=1.2)
+        for j, row in enumerate(out):
+            assert validate(row) == []
+            path = tok.decode_to_file(row.numpy(), tmp_path / f"s{seed}-{j}.mid")
+            score = tok.decode(row.numpy())
+            with_notes += sum(len(t.notes) for t in score.tracks) > 0
+            assert path.stat().st_size > 0
+    assert with_notes == 24
+
+
+def test_unconstrained_untrained_output_breaks_the_grammar(make_model):
+    """The test above can fail: without the mask an untrained model breaks the rules."""
+    model = make_model("transformer").eval()
+    out = model.generate(max_new_tokens=100, seed=0, batch_size=4, constrained=False)
+    assert all(validate(row) for row in out)
