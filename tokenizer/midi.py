@@ -106,6 +106,11 @@ class MidiTokenizer:
         tpq = int(score.ticks_per_quarter)
         if tpq <= 0:
             raise MidiError(name, f"ticks-per-quarter is {tpq}: no time can be computed")
+        start = int(score.start())
+        if start < 0:  # symusic's int32 ticks wrap when delta times add up past 2**31
+            raise MidiError(
+                name, f"an event lies at tick {start}: times overflow 32 bits or are negative"
+            )
         tempos = score.tempos.numpy()
         # per track: its instrument and the end rows of its notes and controls
         insts, notes, note_ends, controls, control_ends = [], [], [], [], []
