@@ -5,6 +5,12 @@ CUDA (fp16 with a gradient scaler), gradient accumulation, vae_gan's two-step up
 (generator, then discriminator on detached fakes, each with its own optimizer),
 periodic validation loss, atomic checkpoints, and a loss log (`log.jsonl`) with a PNG
 loss curve (`loss.png`). The progress bar shows only when stderr is a terminal.
+
+Launched by `torchrun` (RANK, WORLD_SIZE and LOCAL_RANK set), the same loop trains data
+parallel: DistributedDataParallel by default, FSDP2 (`fully_shard`) with
+`TrainConfig.strategy="fsdp"`; see `stretto.engine.distributed`. Each rank reads its own
+slice of the data, logged losses are averaged over the ranks, and files (log, curve,
+checkpoints) are written by rank 0 only; checkpoints hold the plain, unsharded model.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from . import distributed
+from .checkpoint import save_checkpoint
 from .model import MusicModel
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -30,7 +38,13 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation settings. `steps` counts optimizer steps; each takes `grad_accum`
-    micro-batches of `batch_size` windows."""
+    micro-batches of `batch_size` windows (per rank in a distributed run, whose global
+    batch is `batch_size * grad_accum * world_size`).
+
+    Distributed runs only: `strategy` is "ddp" (replicated weights) or "fsdp" (FSDP2,
+    weights, gradients and optimizer states sharded over the ranks); `dist_timeout_s`
+    bounds every collective, so a dead rank makes the others fail within it.
+    """
 
     steps: int = 1000
     batch_size: int = 8
@@ -49,6 +63,8 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     num_workers: int = 0
+    strategy: str = "ddp"
+    dist_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "log_every", "eval_batches"):
@@ -65,6 +81,12 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: precision={self.precision!r} not in {PRECISIONS}")
         if self.grad_clip < 0:
             raise ValueError("TrainConfig: grad_clip must be >= 0 (0 disables clipping)")
+        if self.strategy not in distributed.STRATEGIES:
+            raise ValueError(
+                f"TrainConfig: strategy={self.strategy!r} not in {distributed.STRATEGIES}"
+            )
+        if not self.dist_timeout_s > 0:
+            raise ValueError(f"TrainConfig: dist_timeout_s={self.dist_timeout_s} must be > 0")
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -97,6 +119,11 @@ class Trainer:
     shuffled here) or any iterable of ready batches (cycled). With `out_dir`, writes
     `log.jsonl`, `loss.png`, `config.json`, `train_config.json` and checkpoints
     `last.pt` (every `checkpoint_every` steps and at the end).
+
+    Under torchrun every rank builds the same model and Trainer; `self.model` stays the
+    plain model and `self.module` is what the loss goes through (the DDP wrapper, or the
+    model sharded in place by FSDP2). `save` and `resume` must then be called on every
+    rank. `close()` leaves the process group this Trainer joined.
     """
 
     def __init__(
@@ -111,11 +138,24 @@ class Trainer:
         progress: bool | None = None,
     ):
         self.config = cfg = config or TrainConfig()
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.launch = distributed.launch_from_env()
+        self._joined = False
+        if self.launch is None:
+            self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        else:
+            self._joined = not torch.distributed.is_initialized()
+            self.device = distributed.setup(self.launch, device, cfg.dist_timeout_s)
+        self.is_main = self.launch is None or self.launch.is_main
         self.model = model.to(self.device)
         self.gan = model.discriminator is not None
+        self.strategy = cfg.strategy if self.launch is not None else None
+        self.module = (
+            model
+            if self.launch is None
+            else distributed.wrap(model, cfg.strategy, self.device, gan=self.gan)
+        )
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.progress = (sys.stderr.isatty() if progress is None else progress) and self.is_main
         self.train_data, self.val_data = train_data, val_data
         self.step = 0
         self.history: list[dict] = []
@@ -162,6 +202,16 @@ class Trainer:
 
     # -- data -----------------------------------------------------------------------------
     def _batches(self, data, *, shuffle: bool) -> Iterator[dict]:
+        if self.launch is not None:
+            return distributed.rank_batches(
+                data,
+                batch_size=self.config.batch_size,
+                shuffle=shuffle,
+                seed=self.config.seed,
+                num_workers=self.config.num_workers,
+                rank=self.launch.rank,
+                world_size=self.launch.world_size,
+            )
         if isinstance(data, Dataset) and hasattr(data, "__len__"):
             if len(data) == 0:
                 raise ValueError("the dataset has no windows")
@@ -195,32 +245,45 @@ class Trainer:
         opt, scaler = self.optimizers[name], self.scalers[name]
         opt.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
-        for batch in micro:
-            with self._autocast():
-                out = loss_fn(batch)
-            scaler.scale(out["loss"] / len(micro)).backward()
+        for i, batch in enumerate(micro):
+            with self._gradient_sync(i == len(micro) - 1):
+                with self._autocast():
+                    out = loss_fn(batch)
+                scaler.scale(out["loss"] / len(micro)).backward()
             for k, v in out.items():
                 totals[k] = totals.get(k, 0.0) + float(v.detach()) / len(micro)
+        if self.launch is not None:
+            totals = distributed.all_mean(totals, self.device)
         if self.config.grad_clip > 0:
             scaler.unscale_(opt)
             norm = torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+            if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor
+                norm = norm.full_tensor()
             totals["grad_norm"] = float(norm)
         scaler.step(opt)
         scaler.update()
         return totals
 
+    def _gradient_sync(self, last: bool):
+        """Gradients are reduced across ranks on the last micro-batch only."""
+        if self.strategy == "ddp" and not last:
+            return self.module.no_sync()
+        if self.strategy == "fsdp":
+            self.module.set_requires_gradient_sync(last)
+        return contextlib.nullcontext()
+
     # Losses go through the module's __call__ so that a DDP/FSDP wrapper sees them.
     def _generator_loss(self, batch: dict) -> dict:
         ids, mask = batch["input_ids"], batch.get("attention_mask")
-        return self.model(ids, mask, objective="generator", step=self.step)
+        return self.module(ids, mask, objective="generator", step=self.step)
 
     def _discriminator_loss(self, batch: dict) -> dict:
         ids, mask = batch["input_ids"], batch.get("attention_mask")
-        return self.model(ids, mask, objective="discriminator")
+        return self.module(ids, mask, objective="discriminator")
 
     def train_step(self, micro_batches: list[dict]) -> dict[str, float]:
         """One optimizer step over `grad_accum` micro-batches; returns averaged terms."""
-        self.model.train()
+        self.module.train()
         lr = self._set_lr()
         micro = [self._to_device(b) for b in micro_batches]
         gen_params = self.model.generator_parameters()
@@ -244,7 +307,7 @@ class Trainer:
         """Mean loss terms over up to `eval_batches` validation batches."""
         if self.val_data is None:
             return {}
-        self.model.eval()
+        self.module.eval()
         sums: dict[str, float] = {}
         n = 0
         for batch in itertools.islice(
@@ -255,15 +318,19 @@ class Trainer:
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             n += 1
-        self.model.train()
-        return {k: v / max(n, 1) for k, v in sums.items()}
+        self.module.train()
+        means = {k: v / max(n, 1) for k, v in sums.items()}
+        if self.launch is not None:  # every rank ran as many batches: mean of means
+            means = distributed.all_mean(means, self.device)
+        return means
 
     # -- the loop ----------------------------------------------------------------------------
     def fit(self) -> list[dict]:
         """Train for `config.steps` optimizer steps; returns the logged rows."""
         cfg = self.config
-        torch.manual_seed(cfg.seed)
-        if self.out_dir is not None:
+        # Ranks draw different dropout masks and VAE samples, as different batches would.
+        torch.manual_seed(cfg.seed + (self.launch.rank if self.launch else 0))
+        if self.out_dir is not None and self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self.model.config.save_json(self.out_dir / "config.json")
             (self.out_dir / "train_config.json").write_text(
@@ -277,49 +344,77 @@ class Trainer:
             bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step")
         start = time.perf_counter()
         try:
-            while self.step < cfg.steps:
-                row = self.train_step([next(batches) for _ in range(cfg.grad_accum)])
-                step = self.step
-                if step % cfg.log_every == 0 or step == cfg.steps:
-                    self._log({"step": step, "split": "train", **row}, start)
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{row['loss']:.3f}")
-                if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
-                    val = self.evaluate()
-                    if val:
-                        self._log({"step": step, "split": "val", **val}, start)
-                if (
-                    self.out_dir is not None
-                    and cfg.checkpoint_every
-                    and (step % cfg.checkpoint_every == 0)
-                ):
-                    self.save(self.out_dir / "last.pt")
-                if bar is not None:
-                    bar.update(1)
+            self._loop(batches, bar, start)
+        except RuntimeError as exc:
+            if self.launch is None:
+                raise
+            raise RuntimeError(
+                f"rank {self.launch.rank} of {self.launch.world_size} stopped at step "
+                f"{self.step}: {type(exc).__name__}: {exc} (when another rank died, this is "
+                f"the collective that noticed it, within dist_timeout_s={cfg.dist_timeout_s:g})"
+            ) from exc
         finally:
             if bar is not None:
                 bar.close()
         if self.out_dir is not None:
             self.save(self.out_dir / "last.pt")
-            plot_losses(self.history, self.out_dir / "loss.png")
+            if self.is_main:
+                plot_losses(self.history, self.out_dir / "loss.png")
         return self.history
+
+    def _loop(self, batches: Iterator[dict], bar, start: float) -> None:
+        cfg = self.config
+        while self.step < cfg.steps:
+            row = self.train_step([next(batches) for _ in range(cfg.grad_accum)])
+            step = self.step
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                self._log({"step": step, "split": "train", **row}, start)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{row['loss']:.3f}")
+            if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+                val = self.evaluate()
+                if val:
+                    self._log({"step": step, "split": "val", **val}, start)
+            if (
+                self.out_dir is not None
+                and cfg.checkpoint_every
+                and (step % cfg.checkpoint_every == 0)
+            ):
+                self.save(self.out_dir / "last.pt")
+            if bar is not None:
+                bar.update(1)
 
     def _log(self, row: dict, start: float) -> None:
         row = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()}
         row["time_s"] = round(time.perf_counter() - start, 3)
         self.history.append(row)
-        if self.out_dir is not None:
+        if self.out_dir is not None and self.is_main:
             with (self.out_dir / "log.jsonl").open("a") as f:
                 f.write(json.dumps(row) + "\n")
 
     # -- checkpoints --------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
-        self.model.save(
-            path,
-            optimizers=self.optimizers,
-            step=self.step,
-            extra={"train_config": asdict(self.config)},
-        )
+        """Write a checkpoint of the plain model; in a distributed run every rank calls
+        this (FSDP gathers the shards), rank 0 writes, and all wait for the file."""
+        extra = {"train_config": asdict(self.config)}
+        if self.launch is None:
+            self.model.save(path, optimizers=self.optimizers, step=self.step, extra=extra)
+            return
+        state = distributed.full_model_state(self.module, self.strategy)
+        optimizers = {
+            name: distributed.full_optimizer_state(self.module, opt, self.strategy)
+            for name, opt in self.optimizers.items()
+        }
+        if self.is_main:
+            snapshot = _Snapshot(self.model.config, state)
+            save_checkpoint(path, snapshot, optimizers=optimizers, step=self.step, extra=extra)
+        torch.distributed.barrier()
+
+    def close(self) -> None:
+        """Leave the process group if this Trainer joined it (a no-op otherwise)."""
+        if self._joined and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+            self._joined = False
 
     def resume(self, path: str | Path) -> None:
         """Load weights, optimizer states and step from a checkpoint of this model."""
@@ -327,11 +422,25 @@ class Trainer:
 
         payload = read_checkpoint(path, map_location=self.device)
         check_compatible(payload, config=self.model.config)
-        self.model.load_state_dict(payload["model"])
-        for name, state in payload["optimizers"].items():
-            if name in self.optimizers:
-                self.optimizers[name].load_state_dict(state)
+        if self.launch is None:
+            self.model.load_state_dict(payload["model"])
+            for name, state in payload["optimizers"].items():
+                if name in self.optimizers:
+                    self.optimizers[name].load_state_dict(state)
+        else:
+            distributed.load_full_state(self.module, self.optimizers, payload, self.strategy)
         self.step = int(payload["step"])
+
+
+class _Snapshot:
+    """What `save_checkpoint` needs of a model (`config`, `state_dict()`), for a state
+    gathered from the ranks rather than read off one module."""
+
+    def __init__(self, config, state: dict):
+        self.config, self._state = config, state
+
+    def state_dict(self) -> dict:
+        return self._state
 
 
 def plot_losses(history: list[dict], path: str | Path) -> None:

@@ -16,9 +16,27 @@ unless --force is given (its previous outputs are then replaced).
 
 example:
   stretto train corpus/ --mode vae --seq-len 1024 --preset small --steps 2000 --out runs/vae
+
+multi-GPU (data parallel, DDP; add --fsdp to shard a model too big for one GPU):
+  {one_node}
+multi-node (run on every node, NODE_RANK = 0..N-1, HOST = node 0's address):
+  {two_nodes}
+Under torchrun, --batch-size is per GPU; rank 0 writes RUN_DIR. Tokenize the corpus
+first (`stretto tokenize`, or --shard i/n on several machines then --merge).
 """
 
 RUN_FILES = ("last.pt", "log.jsonl", "loss.png", "config.json", "train_config.json")
+
+
+def torchrun_command(nproc: int = 8, nnodes: int = 1, train_args: str = "...") -> str:
+    """The launch line for `stretto train` on `nnodes` machines of `nproc` GPUs each."""
+    program = f"-m stretto.engine.cli train {train_args}"
+    if nnodes == 1:
+        return f"torchrun --standalone --nproc-per-node {nproc} {program}"
+    return (
+        f"torchrun --nnodes {nnodes} --nproc-per-node {nproc} --node-rank $NODE_RANK "
+        f"--rdzv-backend c10d --rdzv-endpoint $HOST:29500 {program}"
+    )
 
 
 def _split(dataset, seed: int):
@@ -42,6 +60,26 @@ def _corpus(folder: Path, out: Path, workers: int | None) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .distributed import launch_from_env
+
+    launch = launch_from_env()
+    if launch is None:
+        return _run(args, None)
+    import torch.distributed as dist
+
+    from .distributed import setup
+
+    joined = not dist.is_initialized()
+    setup(launch, args.device, args.dist_timeout)
+    try:
+        return _run(args, launch)
+    finally:
+        if joined and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _prepare(args: argparse.Namespace) -> Path:
+    """Check and create RUN_DIR; the token corpus to train on (tokenized if needed)."""
     corpus_dir, out = Path(args.corpus_dir), Path(args.out)
     if not corpus_dir.is_dir():
         raise ValueError(f"corpus folder {corpus_dir} does not exist")
@@ -54,6 +92,28 @@ def run(args: argparse.Namespace) -> int:
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+    return _corpus(corpus_dir, out, args.workers)
+
+
+def _run(args: argparse.Namespace, launch) -> int:
+    out = Path(args.out)
+    if launch is None:
+        corpus = _prepare(args)
+    else:
+        # Rank 0 checks RUN_DIR and tokenizes; the others wait and share its answer.
+        import torch.distributed as dist
+
+        answer: list = [None]
+        if launch.is_main:
+            try:
+                answer = [("ok", str(_prepare(args)))]
+            except (ValueError, OSError) as exc:
+                answer = [("error", str(exc))]
+        dist.broadcast_object_list(answer, src=0)
+        status, text = answer[0]
+        if status == "error":
+            raise ValueError(text if launch.is_main else f"rank 0: {text}")
+        corpus = Path(text)
 
     from stretto.tokenizer import TokenDataset, Vocabulary
 
@@ -61,7 +121,6 @@ def run(args: argparse.Namespace) -> int:
     from .model import MusicModel
     from .train import TrainConfig, Trainer
 
-    corpus = _corpus(corpus_dir, out, args.workers)
     dataset = TokenDataset(corpus, args.seq_len)
     if len(dataset) == 0:
         raise ValueError(f"{corpus} holds no token windows")
@@ -82,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         log_every=args.log_every,
         seed=args.seed,
+        strategy="fsdp" if args.fsdp else "ddp",
+        dist_timeout_s=args.dist_timeout,
     )
     import torch
 
@@ -89,9 +150,12 @@ def run(args: argparse.Namespace) -> int:
     model = MusicModel(config)
     trainer = Trainer(model, train_set, val_set, train_config, out_dir=out, device=args.device)
     history = trainer.fit()
+    if launch is not None and not launch.is_main:
+        return 0
     last = [r for r in history if r["split"] == "train"][-1]
+    where = "" if launch is None else f" x {launch.world_size} ranks ({train_config.strategy})"
     print(
-        f"trained {args.mode} ({args.preset}) for {trainer.step} steps on {len(train_set)} "
+        f"trained {args.mode} ({args.preset}){where} for {trainer.step} steps on {len(train_set)} "
         f"windows of {args.seq_len}: loss {last['loss']:.4f}; outputs in {out}"
     )
     return 0
@@ -101,7 +165,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train",
         help="train a model on a token corpus or a MIDI folder",
-        description=DESCRIPTION,
+        description=DESCRIPTION.replace(
+            "{one_node}", torchrun_command(8, 1, "corpus/ --out runs/big --preset base")
+        ).replace("{two_nodes}", torchrun_command(8, 2, "corpus/ --out runs/big --preset base")),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("corpus_dir", metavar="CORPUS_DIR", help="token corpus or MIDI folder")
@@ -122,4 +188,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if present)")
     p.add_argument("--workers", type=int, default=None, help="tokenizer processes")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="under torchrun: shard weights, gradients and optimizer states (FSDP2) "
+        "instead of replicating them (DDP)",
+    )
+    p.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="under torchrun: a collective waiting longer fails the run (default 600)",
+    )
     p.set_defaults(func=run)
