@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "stretto.tokenizer.commands",
     "stretto.engine.train_command",
     "stretto.engine.audit_command",
+    "stretto.engine.generate_command",
 )
 
 

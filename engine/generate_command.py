@@ -1,0 +1,200 @@
+"""`stretto generate` and `stretto interpolate`: MIDI (and piano rolls) from a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+GENERATE_DESCRIPTION = """\
+Generate a piece with the model in CHECKPOINT and write it as a MIDI file.
+
+Sampling is constrained by the token grammar (valid MIDI by construction, notes at most
+--max-note-steps x 15.625 ms); --prompt continues a MIDI file (its first
+--prompt-tokens tokens, at most the model's max_seq_len). vae checkpoints sample z from
+the prior. Existing files are never replaced unless --force is given.
+
+example:
+  stretto generate runs/vae/last.pt --out song.mid --tokens 1024 --top-p 0.95 \\
+      --seed 1 --png song.png
+"""
+
+INTERPOLATE_DESCRIPTION = """\
+Encode A.mid and B.mid with a vae (or vae_gan) checkpoint, walk the straight line
+between their latent means in --steps points (A first, B last) and generate one MIDI
+file per point into OUT_DIR (interp_00.mid, interp_01.mid, ...; with --png a piano roll
+beside each). Each piece is read up to the model's max_seq_len tokens. Every point uses
+the same --seed, so the pieces differ only by z. Existing files are never replaced
+unless --force is given.
+
+example:
+  stretto interpolate runs/vae/last.pt a.mid b.mid --steps 5 --out interp/ --tokens 512
+"""
+
+
+def _device(name: str | None) -> str:
+    import torch
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available here")
+    return name
+
+
+def _load(path: str, device: str):
+    from .checkpoint import load_checkpoint
+
+    if not Path(path).is_file():
+        raise ValueError(f"no checkpoint at {path}")
+    return load_checkpoint(path).model.to(device).eval()
+
+
+def _free(paths: list[Path], force: bool) -> None:
+    for path in paths:
+        if path.exists() and not force:
+            raise ValueError(f"{path} already exists; pass --force to overwrite it")
+        if path.exists() and path.is_dir():
+            raise ValueError(f"{path} is a folder, not a file")
+
+
+def _encode(path: str, max_tokens: int):
+    import torch
+
+    from stretto.tokenizer import MidiTokenizer, Vocabulary
+
+    ids = MidiTokenizer().encode(path)
+    if len(ids) and int(ids[-1]) == Vocabulary().END:
+        ids = ids[:-1]  # a prompt continues the piece: it must not close it
+    return torch.as_tensor(ids[:max_tokens], dtype=torch.long)
+
+
+def _sampling(args) -> dict:
+    return {
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "seed": args.seed,
+        "constrained": not args.unconstrained,
+        "max_note_steps": args.max_note_steps,
+    }
+
+
+def _write(ids, out: Path, png: Path | None, title: str) -> int:
+    """Write ids as MIDI (and a piano roll); returns the number of notes."""
+    from stretto.tokenizer import MidiTokenizer
+
+    from .pianoroll import save_piano_roll
+
+    tok = MidiTokenizer()
+    array = ids.cpu().numpy()
+    score = tok.decode(array)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}.mid")
+    try:
+        tok.decode_to_file(array, tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if png is not None:
+        save_piano_roll(score, png, title=title)
+    return sum(len(t.notes) for t in score.tracks)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    png = Path(args.png) if args.png else None
+    _free([out] + ([png] if png else []), args.force)
+    model = _load(args.checkpoint, _device(args.device))
+    prompt = None
+    if args.prompt:
+        limit = args.prompt_tokens or model.config.max_seq_len
+        prompt = _encode(args.prompt, limit)
+    ids = model.generate(prompt, max_new_tokens=args.tokens, **_sampling(args))[0]
+    notes = _write(ids, out, png, title=f"{out.name}: {len(ids)} tokens")
+    print(f"wrote {out} ({len(ids)} tokens, {notes} notes)" + (f" and {png}" if png else ""))
+    return 0
+
+
+def run_interpolate(args: argparse.Namespace) -> int:
+    import torch
+
+    if args.steps < 2:
+        raise ValueError(f"--steps must be >= 2, got {args.steps}")
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir} exists and is not a folder")
+    names = [f"interp_{k:02d}" for k in range(args.steps)]
+    mids = [out_dir / f"{n}.mid" for n in names]
+    pngs = [out_dir / f"{n}.png" for n in names] if args.png else []
+    _free(mids + pngs, args.force)
+    model = _load(args.checkpoint, _device(args.device))
+    if model.encoder is None:
+        raise ValueError(
+            f"interpolate needs a vae or vae_gan checkpoint; {args.checkpoint} is "
+            f"{model.config.mode!r} mode (it has no latent space)"
+        )
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        mus = []
+        for piece in (args.a, args.b):
+            ids = _encode(piece, model.config.max_seq_len).to(device)[None]  # [1, N]
+            mus.append(model.encode(ids)[0][0])  # [L]
+    alpha = torch.linspace(0, 1, args.steps, device=device)[:, None]  # [K, 1]
+    z = (1 - alpha) * mus[0] + alpha * mus[1]  # [K, L]
+    out = model.generate(None, max_new_tokens=args.tokens, z=z, **_sampling(args))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for k, ids in enumerate(out):
+        png = pngs[k] if pngs else None
+        notes = _write(ids, mids[k], png, title=f"{names[k]}: alpha {float(alpha[k]):.2f}")
+        print(f"wrote {mids[k]} (alpha {float(alpha[k]):.2f}, {notes} notes)")
+    return 0
+
+
+def _sampling_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tokens", type=int, default=1024, help="new tokens (default 1024)")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
+    p.add_argument("--top-k", type=int, default=None, help="keep the K likeliest tokens")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus mass in (0, 1]")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument(
+        "--max-note-steps",
+        type=int,
+        default=512,
+        help="longest note in 15.625 ms steps (default 512 = 8 s)",
+    )
+    p.add_argument("--unconstrained", action="store_true", help="sample without the grammar mask")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if present)")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "generate",
+        help="generate a MIDI file (and a piano roll) from a checkpoint",
+        description=GENERATE_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .pt file from `stretto train`")
+    p.add_argument("--out", required=True, metavar="SONG.mid", help="MIDI file to write")
+    p.add_argument("--prompt", metavar="FILE.mid", help="continue this MIDI file")
+    p.add_argument(
+        "--prompt-tokens", type=int, default=None, help="use the prompt's first N tokens"
+    )
+    p.add_argument("--png", metavar="ROLL.png", help="also draw a piano roll")
+    _sampling_arguments(p)
+    p.set_defaults(func=run_generate)
+
+    p = subparsers.add_parser(
+        "interpolate",
+        help="walk a vae's latent line between two MIDI files",
+        description=INTERPOLATE_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a vae or vae_gan checkpoint")
+    p.add_argument("a", metavar="A.mid", help="the first end of the line")
+    p.add_argument("b", metavar="B.mid", help="the other end")
+    p.add_argument("--steps", type=int, default=5, help="points on the line (default 5)")
+    p.add_argument("--out", required=True, metavar="OUT_DIR", help="folder for the files")
+    p.add_argument("--png", action="store_true", help="also draw a piano roll per file")
+    _sampling_arguments(p)
+    p.set_defaults(func=run_interpolate)

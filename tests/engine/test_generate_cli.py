@@ -1,0 +1,120 @@
+"""`stretto generate` / `stretto interpolate` end to end, and the piano roll."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from stretto.engine import ModelConfig, MusicModel
+from stretto.engine.cli import main
+from stretto.engine.grammar import validate
+from stretto.tokenizer import MidiTokenizer
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def checkpoint(make_model, tmp_path):
+    def save(mode: str):
+        path = tmp_path / f"{mode}.pt"
+        make_model(mode).save(path)
+        return path
+
+    return save
+
+
+def _coloured_pixels(path) -> int:
+    from matplotlib.image import imread
+
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    rgb = imread(path)[..., :3]  # [H, W, 3] floats in [0, 1]
+    assert rgb.shape[0] > 100 and rgb.shape[1] > 100
+    # Note bars are saturated colours; axes, text and background are grey or white.
+    return int((rgb.max(-1) - rgb.min(-1) > 0.3).sum())
+
+
+def test_generate_writes_midi_and_png(checkpoint, tmp_path, capsys):
+    ck = checkpoint("transformer")
+    out, png = tmp_path / "song.mid", tmp_path / "roll.png"
+    args = [str(ck), "--out", str(out), "--tokens", "300", "--seed", "3", "--png", str(png)]
+    assert main(["generate", *args, "--top-p", "0.95", "--temperature", "0.9"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    tok = MidiTokenizer()
+    ids = tok.encode(out)
+    assert validate(ids) == []
+    assert tok.decode(ids).note_num() > 0
+    assert _coloured_pixels(png) > 50
+
+    # Existing outputs are kept unless --force.
+    before = out.read_bytes()
+    assert main(["generate", *args, "--seed", "4"]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert out.read_bytes() == before
+    assert main(["generate", *args, "--seed", "4", "--force"]) == 0
+
+
+def test_generate_continues_a_prompt(checkpoint, midi_corpus, tmp_path):
+    ck = checkpoint("vae")
+    out = tmp_path / "cont.mid"
+    prompt = next(p for p in midi_corpus if validate(MidiTokenizer().encode(p)[:200]) == [])
+    args = ["generate", str(ck), "--out", str(out), "--prompt", str(prompt)]
+    assert main([*args, "--prompt-tokens", "200", "--tokens", "60", "--top-k", "20"]) == 0
+    assert MidiTokenizer().decode(MidiTokenizer().encode(out)).note_num() > 0
+
+
+def test_generate_refuses_another_vocabulary(make_model, tmp_path, capsys):
+    model = make_model("transformer")
+    path = tmp_path / "other.pt"
+    other = dataclasses.replace(model.config, vocab_signature="other-vocabulary")
+    MusicModel(other).save(path)
+    assert main(["generate", str(path), "--out", str(tmp_path / "x.mid")]) == 1
+    err = capsys.readouterr().err
+    assert "stretto generate: error:" in err and "vocab" in err
+    assert not (tmp_path / "x.mid").exists()
+
+
+def test_interpolate_writes_steps(checkpoint, midi_corpus, tmp_path, capsys):
+    ck = checkpoint("vae_gan")
+    out = tmp_path / "interp"
+    a, b = (str(p) for p in midi_corpus[:2])
+    args = ["interpolate", str(ck), a, b, "--steps", "3", "--out", str(out), "--tokens", "120"]
+    assert main([*args, "--png"]) == 0
+    mids = sorted(out.glob("*.mid"))
+    assert [p.name for p in mids] == ["interp_00.mid", "interp_01.mid", "interp_02.mid"]
+    for p in mids:
+        assert MidiTokenizer().decode(MidiTokenizer().encode(p)).note_num() > 0
+    assert len(list(out.glob("*.png"))) == 3
+    assert main(args) == 1
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_interpolate_needs_a_vae(checkpoint, midi_corpus, tmp_path, capsys):
+    ck = checkpoint("transformer")
+    a, b = (str(p) for p in midi_corpus[:2])
+    assert main(["interpolate", str(ck), a, b, "--out", str(tmp_path / "i")]) == 1
+    assert "needs a vae or vae_gan checkpoint" in capsys.readouterr().err
+
+
+def test_piano_roll_of_an_empty_piece(tmp_path):
+    from stretto.engine.pianoroll import save_piano_roll
+
+    score = MidiTokenizer().decode(np.array([0, 1]))
+    path = save_piano_roll(score, tmp_path / "empty.png")
+    assert _coloured_pixels(path) == 0
+
+
+def test_help_has_examples(capsys):
+    for command in ("generate", "interpolate"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert f"stretto {command} runs/" in capsys.readouterr().out
+
+
+def test_generation_leaves_the_model_and_autograd_alone(make_model):
+    model = make_model("transformer").train()
+    before = ModelConfig.from_dict(model.config.to_dict())
+    model.generate(max_new_tokens=5, seed=0)
+    assert model.config == before and model.training and torch.is_grad_enabled()
