@@ -405,25 +405,27 @@ def _note_steps(time, duration, pitch, velocity, track_end, track_inst, seg_tick
     for j in range(n):
         if PITCH_MIN <= pitch[j] <= PITCH_MIN + NUM_PITCHES - 1:
             m += 1
-    on_tick = np.empty(m, dtype=np.int64)
+    # instrument, pitch index and velocity fit int8: less memory to touch per call
     end_tick = np.empty(m, dtype=np.int64)
-    out_inst = np.empty(m, dtype=np.int64)
-    out_pitch = np.empty(m, dtype=np.int64)
-    out_vel = np.empty(m, dtype=np.int64)
+    on = np.empty(m, dtype=np.int64)
+    off = np.empty(m, dtype=np.int64)
+    out_inst = np.empty(m, dtype=np.int8)
+    out_pitch = np.empty(m, dtype=np.int8)
+    out_vel = np.empty(m, dtype=np.int8)
+    n_seg = seg_tick.shape[0]
     a = 0
     track = 0
     for j in range(n):
         while j >= track_end[track]:
             track += 1
         if PITCH_MIN <= pitch[j] <= PITCH_MIN + NUM_PITCHES - 1:
-            on_tick[a] = time[j]
             end_tick[a] = np.int64(time[j]) + max(np.int64(duration[j]), 0)
+            on[a] = _tick_to_step(np.int64(time[j]), seg_tick, seg_sec, seg_spt, n_seg)
+            off[a] = _tick_to_step(end_tick[a], seg_tick, seg_sec, seg_spt, n_seg)
             out_inst[a] = track_inst[track]
             out_pitch[a] = pitch[j] - PITCH_MIN
             out_vel[a] = min(max(np.int64(velocity[j]), 1), 127)
             a += 1
-    on = ticks_to_steps(on_tick, seg_tick, seg_sec, seg_spt)
-    off = ticks_to_steps(end_tick, seg_tick, seg_sec, seg_spt)
     return out_inst, out_pitch, on, off, end_tick, out_vel, n - m
 
 
@@ -579,7 +581,7 @@ def _event_keys(keep, n_inst, n_pitch, n_on, n_off, n_vel, pedal_order, s_inst, 
     m = pedal_order.shape[0]
     n_tempo = t_step.shape[0]
     keys = np.empty(2 * n_keep + m + n_tempo, dtype=np.int64)
-    vel = np.zeros(2 * n_keep + m + n_tempo, dtype=np.int64)
+    vel = np.zeros(2 * n_keep + m + n_tempo, dtype=np.int8)
     for a in range(n_keep):
         j = keep[a]
         keys[a] = _event_key(n_on[j], KIND_NOTE_ON, n_inst[j], n_pitch[j])
@@ -683,12 +685,16 @@ def ticks_to_steps(ticks, seg_tick, seg_sec, seg_spt):
     out = np.empty(n, dtype=np.int64)
     n_seg = seg_tick.shape[0]
     for j in range(n):
-        t = ticks[j]
-        k = 0 if n_seg == 1 else np.searchsorted(seg_tick, t, side="right") - 1
-        if k < 0:
-            k = 0
-        out[j] = np.int64(np.rint((seg_sec[k] + (t - seg_tick[k]) * seg_spt[k]) * STEPS_PER_SECOND))
+        out[j] = _tick_to_step(np.int64(ticks[j]), seg_tick, seg_sec, seg_spt, n_seg)
     return out
+
+
+@numba.njit(cache=True, inline="always")
+def _tick_to_step(t, seg_tick, seg_sec, seg_spt, n_seg):
+    k = 0 if n_seg == 1 else np.searchsorted(seg_tick, t, side="right") - 1
+    if k < 0:
+        k = 0
+    return np.int64(np.rint((seg_sec[k] + (t - seg_tick[k]) * seg_spt[k]) * STEPS_PER_SECOND))
 
 
 @numba.njit(cache=True, nogil=True)
