@@ -1,9 +1,15 @@
 """Generation: tokens/s and peak memory with the bounded cache against no cache.
 
-Providers: `cached` is `MusicModel.generate` (prefill, then one-token decoding through
-the bounded hierarchical cache); `full-forward` re-runs the whole forward pass for
-every new token (greedy), the baseline the generation issue compares against. Until
-`stretto.engine` has `generate` (checked when the suite runs), every row reads
+Providers, all greedy over an untrained transformer-mode model whose END logit is held
+at -inf (so every case generates exactly its token count):
+- `cached`: `MusicModel.generate(constrained=False)`: prefill, then one-token decoding
+  through the bounded per-layer hierarchical cache; the same work per token as the
+  baseline.
+- `cached-constrained`: the same with the grammar mask (the default of `generate`).
+- `full-forward`: re-runs the whole forward pass for every new token, the baseline the
+  generation issue compares against (run up to FULL_FORWARD_MAX_TOKENS).
+Peak memory is the CUDA allocator's peak above the model (GPU) or the peak RSS of a
+fresh child process (CPU). When `stretto.engine` has no `generate`, every row reads
 "skipped: generation not implemented"; no number is ever filled in.
 """
 
@@ -18,7 +24,7 @@ from benchmarks.core import skipped_row
 from benchmarks.timing import peak_rss_in_child, synchronize
 
 SUITE = "generate"
-PROVIDERS = ("cached", "full-forward")
+PROVIDERS = ("cached", "cached-constrained", "full-forward")
 FULL_FORWARD_MAX_TOKENS = 2048  # quadratic in the generated length beyond this
 
 
@@ -46,12 +52,19 @@ def build_case(provider: str, preset: str, tokens: int, device: str) -> Callable
         vocab, mode="transformer", preset=preset, max_seq_len=max(tokens + 1, 2048)
     )
     model = MusicModel(config).to(device).eval()
+    never_end = torch.zeros(vocab.size, device=device)
+    never_end[vocab.END] = float("-inf")
+    model.head.register_forward_hook(lambda module, args, out: out + never_end)
 
-    if provider == "cached":
+    if provider in ("cached", "cached-constrained"):
+        constrained = provider == "cached-constrained"
 
         def run():
             with torch.inference_mode():
-                return model.generate(max_new_tokens=tokens, seed=0)
+                out = model.generate(max_new_tokens=tokens, temperature=0, constrained=constrained)
+            if out.shape[1] != tokens + 1:
+                raise RuntimeError(f"generated {out.shape[1] - 1} tokens, not {tokens}")
+            return out
 
     elif provider == "full-forward":
 
