@@ -16,6 +16,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import torch
@@ -48,6 +49,8 @@ def _worker(spec: dict) -> None:
     class Recording(Trainer):
         def train_step(self, micro):
             if rank == spec.get("die_rank") and self.step == spec.get("die_step"):
+                if spec.get("hang"):  # alive, but never joins the next collective
+                    threading.Event().wait()
                 os._exit(7)  # a crash: no cleanup, no goodbye to the process group
             row = super().train_step(micro)
             digests.append(_param_digest(self.module))
@@ -71,7 +74,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(spec: dict, tmp_path: Path) -> list[subprocess.CompletedProcess]:
+def _launch(spec: dict, tmp_path: Path, wait=range(WORLD)) -> list[subprocess.CompletedProcess]:
+    """Start the ranks, wait for those in `wait` (bounded), then kill any still running."""
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(json.dumps(spec))
     port = _free_port()
@@ -97,17 +101,22 @@ def _launch(spec: dict, tmp_path: Path) -> list[subprocess.CompletedProcess]:
                 text=True,
             )
         )
-    results = []
+    results = {}
     try:
-        for p in procs:
-            out, err = p.communicate(timeout=PROCESS_TIMEOUT_S)
-            results.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+        for rank in wait:
+            out, err = procs[rank].communicate(timeout=PROCESS_TIMEOUT_S)
+            results[rank] = subprocess.CompletedProcess(
+                procs[rank].args, procs[rank].returncode, out, err
+            )
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-                p.wait()
-    return results
+        for rank, p in enumerate(procs):
+            if rank not in results:
+                out, err = p.communicate()
+                results[rank] = subprocess.CompletedProcess(p.args, p.returncode, out, err)
+    return [results[rank] for rank in range(WORLD)]
 
 
 if __name__ == "__main__":
@@ -174,11 +183,11 @@ def _check_ok(results):
 
 # (mode, strategy, loss tolerance). The vae modes sample z per rank from a per-rank
 # seed, so their losses match a single process only up to that sampling noise.
+# vae_gan covers the vae path plus the two-optimizer step; transformer under FSDP is
+# trained by the resume test below.
 CASES = [
     pytest.param("transformer", "ddp", 1e-5, id="transformer-ddp"),
-    pytest.param("vae", "ddp", 5e-2, id="vae-ddp"),
     pytest.param("vae_gan", "ddp", 5e-2, id="vae_gan-ddp"),
-    pytest.param("transformer", "fsdp", 1e-5, id="transformer-fsdp"),
     pytest.param("vae_gan", "fsdp", 5e-2, id="vae_gan-fsdp"),
 ]
 
@@ -221,12 +230,11 @@ def test_two_ranks_train_like_one_process(
     assert single.optimizers["generator"].state_dict()["state"], "optimizer state was lost"
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_single_process_checkpoint_resumes_on_two_ranks(
-    make_model, global_batches, tmp_path, strategy
-):
-    """Resume at step 2 of a plain run on 2 ranks: the weights at step 4 match those of
-    the plain run going on (optimizer moments included, or they would not)."""
+def test_single_process_checkpoint_resumes_on_two_ranks(make_model, global_batches, tmp_path):
+    """Resume at step 2 of a plain run on 2 FSDP ranks (the harder way: the state is
+    sharded on load): the weights at step 4 match those of the plain run going on
+    (optimizer moments included, or they would not). DDP loads the plain state as is."""
+    strategy = "fsdp"
     batches, path = global_batches
     half, _ = _reference(make_model, "transformer", batches, steps=2, out_dir=tmp_path / "a")
     half.save(tmp_path / "a" / "last.pt")
@@ -246,7 +254,10 @@ def test_single_process_checkpoint_resumes_on_two_ranks(
         torch.testing.assert_close(value, want[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_dead_rank_makes_the_other_fail_in_bounded_time(global_batches, tmp_path):
+@pytest.mark.parametrize("hang", [False, True], ids=["crashed", "hung"])
+def test_dead_rank_makes_the_other_fail_in_bounded_time(global_batches, tmp_path, hang):
+    """A crashed rank closes its sockets (the survivor's next collective fails at once);
+    a hung one does not, and only the process-group timeout ends the wait."""
     _, path = global_batches
     spec = {
         "mode": "transformer",
@@ -254,10 +265,11 @@ def test_dead_rank_makes_the_other_fail_in_bounded_time(global_batches, tmp_path
         "out": str(tmp_path / "run"),
         "die_rank": 1,
         "die_step": 1,
-        "config": {**CONFIG, "dist_timeout_s": 20.0},
+        "hang": hang,
+        "config": {**CONFIG, "dist_timeout_s": 8.0 if hang else 20.0},
     }
-    survivor, dead = _launch(spec, tmp_path)  # bounded by PROCESS_TIMEOUT_S
-    assert dead.returncode == 7
+    survivor, dead = _launch(spec, tmp_path, wait=[0])  # bounded by PROCESS_TIMEOUT_S
+    assert dead.returncode == (-9 if hang else 7)
     assert survivor.returncode != 0
     assert "rank 0 of 2 stopped at step 1" in survivor.stderr, survivor.stderr[-4000:]
 
@@ -292,8 +304,11 @@ def test_rank_slices_are_disjoint_and_reshuffled_per_epoch(n):
 
 
 def test_too_few_windows_for_the_ranks():
+    batches = rank_batches(
+        _Windows(1), batch_size=1, shuffle=True, seed=3, num_workers=0, rank=0, world_size=2
+    )
     with pytest.raises(ValueError, match="1 windows for 2 ranks"):
-        _rows(1, 0, 1)
+        next(batches)
 
 
 def test_ready_batches_split_by_rows():
@@ -338,3 +353,28 @@ def test_train_help_prints_the_torchrun_command(capsys):
     assert torchrun_command(8, 1, "corpus/ --out runs/big --preset base") in text
     assert "--nnodes 2 --nproc-per-node 8" in text
     assert "--fsdp" in text
+
+
+def test_stretto_train_under_torchrun(midi_corpus, tmp_path):
+    """The command from the help, on 2 gloo ranks: rank 0 tokenizes and writes the run."""
+    from stretto.tokenizer import build_corpus
+
+    build_corpus(midi_corpus[:3], tmp_path / "corpus", workers=1, progress=False)
+    port = _free_port()
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
+        "--nproc-per-node", str(WORLD), "--rdzv-backend", "c10d",
+        "--rdzv-endpoint", f"127.0.0.1:{port}", "--local-addr", "127.0.0.1",
+        "-m", "stretto.engine.cli", "train", str(tmp_path / "corpus"), "--out",
+        str(tmp_path / "run"), "--preset", "tiny", "--seq-len", "64", "--steps", "2",
+        "--batch-size", "2", "--log-every", "1", "--device", "cpu", "--dist-timeout", "30",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(name, None)
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert r.stdout.count("trained transformer (tiny) x 2 ranks (ddp) for 2 steps") == 1
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2]
+    assert MusicModel.load(tmp_path / "run" / "last.pt").config.mode == "transformer"
