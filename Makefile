@@ -34,6 +34,12 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check .
 
+# Arbitrary bytes into MidiTokenizer.encode for FUZZ_SECONDS, seeded from ../shared/midi;
+# findings land in tests/data/fuzz/ (replayed by make test). Not part of make test.
+FUZZ_SECONDS ?= 300
+fuzz: install
+	$(PY) tests/fuzz/fuzz_encode.py --seconds $(FUZZ_SECONDS)
+
 demo: install
 	$(VENV)/bin/stretto demo
 
