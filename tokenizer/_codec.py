@@ -412,16 +412,20 @@ def _note_steps(time, duration, pitch, velocity, track_end, track_inst, seg_tick
     out_inst = np.empty(m, dtype=np.int8)
     out_pitch = np.empty(m, dtype=np.int8)
     out_vel = np.empty(m, dtype=np.int8)
-    n_seg = seg_tick.shape[0]
+    k_on = 0
+    k_off = 0
     a = 0
     track = 0
     for j in range(n):
         while j >= track_end[track]:
             track += 1
         if PITCH_MIN <= pitch[j] <= PITCH_MIN + NUM_PITCHES - 1:
-            end_tick[a] = np.int64(time[j]) + max(np.int64(duration[j]), 0)
-            on[a] = _tick_to_step(np.int64(time[j]), seg_tick, seg_sec, seg_spt, n_seg)
-            off[a] = _tick_to_step(end_tick[a], seg_tick, seg_sec, seg_spt, n_seg)
+            t = np.int64(time[j])
+            end_tick[a] = t + max(np.int64(duration[j]), 0)
+            k_on = _segment(t, seg_tick, k_on)
+            on[a] = _tick_to_step(t, seg_tick, seg_sec, seg_spt, k_on)
+            k_off = _segment(end_tick[a], seg_tick, k_off)
+            off[a] = _tick_to_step(end_tick[a], seg_tick, seg_sec, seg_spt, k_off)
             out_inst[a] = track_inst[track]
             out_pitch[a] = pitch[j] - PITCH_MIN
             out_vel[a] = min(max(np.int64(velocity[j]), 1), 127)
@@ -683,18 +687,31 @@ def ticks_to_steps(ticks, seg_tick, seg_sec, seg_spt):
     """
     n = ticks.shape[0]
     out = np.empty(n, dtype=np.int64)
-    n_seg = seg_tick.shape[0]
+    k = 0
     for j in range(n):
-        out[j] = _tick_to_step(np.int64(ticks[j]), seg_tick, seg_sec, seg_spt, n_seg)
+        k = _segment(ticks[j], seg_tick, k)
+        out[j] = _tick_to_step(np.int64(ticks[j]), seg_tick, seg_sec, seg_spt, k)
     return out
 
 
 @numba.njit(cache=True, inline="always")
-def _tick_to_step(t, seg_tick, seg_sec, seg_spt, n_seg):
-    k = 0 if n_seg == 1 else np.searchsorted(seg_tick, t, side="right") - 1
-    if k < 0:
-        k = 0
+def _tick_to_step(t, seg_tick, seg_sec, seg_spt, k):
     return np.int64(np.rint((seg_sec[k] + (t - seg_tick[k]) * seg_spt[k]) * STEPS_PER_SECOND))
+
+
+@numba.njit(cache=True, inline="always")
+def _segment(t, seg_tick, hint):
+    """The last segment starting at or before tick `t` (0 before the first).
+
+    `hint` is tried first: a track's notes come in time order, so it is usually the
+    segment of the previous note, and the binary search is skipped.
+    """
+    n_seg = seg_tick.shape[0]
+    if n_seg == 1:
+        return 0
+    if seg_tick[hint] <= t and (hint + 1 == n_seg or t < seg_tick[hint + 1]):
+        return hint
+    return max(np.searchsorted(seg_tick, t, side="right") - 1, 0)
 
 
 @numba.njit(cache=True, nogil=True)
