@@ -40,8 +40,15 @@ FUZZ_SECONDS ?= 300
 fuzz: install
 	$(PY) tests/fuzz/fuzz_encode.py --seconds $(FUZZ_SECONDS)
 
-demo: install
-	$(VENV)/bin/stretto demo
+# The demo adds music21 (the `demo` extra), whose bundled scores are the default corpus.
+# `make demo` replaces runs/demo on every run (--force); move it aside to keep one.
+DEMO_STAMP := $(VENV)/.stretto-demo-installed
+$(DEMO_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,demo]"
+	@touch $(DEMO_STAMP)
+
+demo: install $(DEMO_STAMP)
+	$(VENV)/bin/stretto demo --force
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
