@@ -16,6 +16,8 @@ _EXPORTS = {
     "load_checkpoint": ".checkpoint",
     "Trainer": ".train",
     "TrainConfig": ".train",
+    "Grammar": ".grammar",
+    "validate": ".grammar",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -185,6 +185,8 @@ def _prompt(model, prompt, batch_size: int, device) -> torch.Tensor:
     if lo < 0 or hi >= c.vocab_size:
         bad = lo if lo < 0 else hi
         raise ValueError(f"prompt token id {bad} is outside the vocabulary [0, {c.vocab_size})")
+    if bool((prompt == c.pad_id).any()):
+        raise ValueError("the prompt holds PAD: prompts are unpadded (rows of one length)")
     return prompt.to(device=device, dtype=torch.long).expand(batch_size, -1)
 
 
@@ -285,10 +287,11 @@ def generate(
     ended = (ids == vocab.END).any(1)  # [B]
     state = None
     if grammar is not None:
-        state = grammar.initial_state(b, device)
-        for t in range(n):  # prompts are short next to generation; n small kernel calls
-            grammar.advance(state, ids[:, t])
-        state.ended |= ended
+        state = grammar.initial_state(b, "cpu")
+        host_ids = ids.cpu()
+        for t in range(n):  # on the host: n tiny steps, no kernel launches on the device
+            grammar.advance(state, host_ids[:, t])
+        state = grammar.to(state, device)
     out = torch.full((b, max_new_tokens), vocab.PAD, dtype=torch.long, device=device)
     steps = max_new_tokens
     for i in range(max_new_tokens):

@@ -194,6 +194,11 @@ class Grammar:
             age=torch.full((batch, self.n_inst, self.n_pitch), -1, dtype=torch.long, device=device),
         )
 
+    @staticmethod
+    def to(state: GrammarState, device) -> GrammarState:
+        """The same state on `device`."""
+        return GrammarState(**{k: getattr(state, k).to(device) for k in state.__dataclass_fields__})
+
     def allowed(self, state: GrammarState) -> torch.Tensor:
         """`[B, V]` bool: the tokens that may come next. Never empty (TEMPO, VELOCITY and
         INSTRUMENT are always allowed before END; only PAD after it)."""

@@ -150,6 +150,12 @@ def test_prompt_with_out_of_range_ids(make_model, vocab, bad):
         model.generate(torch.tensor([vocab.START, bad]), max_new_tokens=3)
 
 
+def test_prompt_with_pad(make_model, vocab):
+    model = make_model("transformer")
+    with pytest.raises(ValueError, match="PAD"):
+        model.generate(torch.tensor([vocab.START, vocab.PAD]), max_new_tokens=3, constrained=False)
+
+
 def test_prompt_longer_than_max_seq_len(make_model, vocab):
     model = make_model("transformer", max_seq_len=64)
     prompt = torch.full((65,), vocab.time_shift(1))
