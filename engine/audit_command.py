@@ -50,6 +50,9 @@ def run(args: argparse.Namespace) -> int:
     if not corpus:
         raise CliError("no corpus: pass --corpus DIR (or set $STRETTO_CORPUS)")
 
+    if not os.path.isdir(corpus):
+        raise CliError(f"corpus folder {corpus} does not exist")
+
     import torch
 
     from .audit import AuditConfig, format_table, issues, run_audit, write_json

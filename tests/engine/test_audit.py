@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from stretto.engine import ModelConfig, MusicModel
+from stretto.engine import ModelConfig, MusicModel, cli
 from stretto.engine import audit as A
-from stretto.engine import cli
 from stretto.tokenizer import Vocabulary, build_corpus
 
 FAST = {"lengths": (512,), "sample": 2, "learning_steps": 3, "generate_tokens": 32}
