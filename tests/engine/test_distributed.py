@@ -162,16 +162,18 @@ def global_batches(windows, tmp_path):
     return batches, path
 
 
-def _reference(make_model, mode, batches, steps=STEPS, out_dir=None):
+def _reference(make_model, mode, batches, steps=STEPS, out_dir=None, grad_accum=1):
     torch.manual_seed(0)
     model = make_model(mode)
-    config = TrainConfig(**{**CONFIG, "steps": steps})
+    config = TrainConfig(**{**CONFIG, "steps": steps, "grad_accum": grad_accum})
     trainer = Trainer(model, batches, config=config, device="cpu", out_dir=out_dir, progress=False)
     digests = []
     history = []
+    drawn = 0
     for _ in range(steps):  # the loop of fit, one step at a time, recording weights
-        batch = batches[trainer.step % len(batches)]
-        history.append(trainer.train_step([batch]))
+        micro = [batches[(drawn + j) % len(batches)] for j in range(grad_accum)]
+        drawn += grad_accum
+        history.append(trainer.train_step(micro))
         digests.append(_param_digest(model))
     return trainer, history
 
@@ -183,18 +185,19 @@ def _check_ok(results):
 
 # (mode, strategy, loss tolerance). The vae modes sample z per rank from a per-rank
 # seed, so their losses match a single process only up to that sampling noise.
-# vae_gan covers the vae path plus the two-optimizer step; transformer under FSDP is
-# trained by the resume test below.
+# vae_gan covers the vae path plus the two-optimizer step; the transformer cases take
+# two micro-batches per step (gradients reduced on the second only).
 CASES = [
-    pytest.param("transformer", "ddp", 1e-5, id="transformer-ddp"),
-    pytest.param("vae_gan", "ddp", 5e-2, id="vae_gan-ddp"),
-    pytest.param("vae_gan", "fsdp", 5e-2, id="vae_gan-fsdp"),
+    pytest.param("transformer", "ddp", 2, 1e-5, id="transformer-ddp-accum2"),
+    pytest.param("vae_gan", "ddp", 1, 5e-2, id="vae_gan-ddp"),
+    pytest.param("transformer", "fsdp", 2, 1e-5, id="transformer-fsdp-accum2"),
+    pytest.param("vae_gan", "fsdp", 1, 5e-2, id="vae_gan-fsdp"),
 ]
 
 
-@pytest.mark.parametrize(("mode", "strategy", "tol"), CASES)
+@pytest.mark.parametrize(("mode", "strategy", "accum", "tol"), CASES)
 def test_two_ranks_train_like_one_process(
-    make_model, global_batches, tmp_path, mode, strategy, tol
+    make_model, global_batches, tmp_path, mode, strategy, accum, tol
 ):
     batches, path = global_batches
     out = tmp_path / "run"
@@ -202,14 +205,14 @@ def test_two_ranks_train_like_one_process(
         "mode": mode,
         "batches": str(path),
         "out": str(out),
-        "config": {**CONFIG, "strategy": strategy},
+        "config": {**CONFIG, "strategy": strategy, "grad_accum": accum},
     }
     _check_ok(_launch(spec, tmp_path))
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)]
     assert len(ranks[0]["digests"]) == STEPS
     assert ranks[0]["digests"] == ranks[1]["digests"], "ranks diverged"
 
-    _, ref = _reference(make_model, mode, batches)
+    _, ref = _reference(make_model, mode, batches, grad_accum=accum)
     got = [r for r in ranks[0]["history"] if r["split"] == "train"]
     assert [r["step"] for r in got] == list(range(1, STEPS + 1))
     for step, (a, b) in enumerate(zip(got, ref, strict=True), start=1):
@@ -266,7 +269,7 @@ def test_dead_rank_makes_the_other_fail_in_bounded_time(global_batches, tmp_path
         "die_rank": 1,
         "die_step": 1,
         "hang": hang,
-        "config": {**CONFIG, "dist_timeout_s": 8.0 if hang else 20.0},
+        "config": {**CONFIG, "dist_timeout_s": 15.0 if hang else 20.0},
     }
     survivor, dead = _launch(spec, tmp_path, wait=[0])  # bounded by PROCESS_TIMEOUT_S
     assert dead.returncode == (-9 if hang else 7)
