@@ -208,7 +208,8 @@ class Grammar:
         rows = torch.arange(b, device=state.inst.device)
         sounding = state.age[rows, state.inst.clamp(min=0)] >= 0  # [B, 88]
         oldest = state.age.flatten(1).amax(1)  # [B]; -1 when nothing sounds
-        room = torch.where(oldest >= 0, self.max_note_steps - oldest, self.max_note_steps)
+        # Steps time may still advance; unbounded (the longest shift) when nothing sounds.
+        room = torch.where(oldest >= 0, self.max_note_steps - oldest, len(self.vocab.TIME_SHIFT))
         ok = tb["base"].expand(b, -1).clone()  # [B, V]
         ok &= ~tb["note_on"] | (has_inst & state.has_vel)[:, None]
         ok &= ~tb["sustain"] | has_inst[:, None]

@@ -135,3 +135,25 @@ def test_unconstrained_untrained_output_breaks_the_grammar(make_model):
     model = make_model("transformer").eval()
     out = model.generate(max_new_tokens=100, seed=0, batch_size=4, constrained=False)
     assert all(validate(row) for row in out)
+
+
+def test_mask_at_the_note_limit():
+    """A note as old as the limit blocks every TIME_SHIFT until it is released; a
+    younger one blocks exactly the shifts that would take it past the limit."""
+    grammar = Grammar(V, max_note_steps=20)
+    state = grammar.initial_state(2, "cpu")
+    rows = [[S, I0, VEL, ON60, SHIFT(20)], [S, I0, VEL, ON60, SHIFT(15)]]
+    for t in torch.tensor(rows).T:
+        grammar.advance(state, t)
+    allowed = grammar.allowed(state)
+    shifts = allowed[:, V.TIME_SHIFT.start : V.TIME_SHIFT.stop]
+    assert not shifts[0].any()
+    assert shifts[1].nonzero()[:, 0].tolist() == list(range(5))  # 1..5 steps
+    assert allowed[:, OFF60].all() and not allowed[:, OFF60 + 1].any()
+    grammar.advance(state, torch.tensor([OFF60, V.instrument(3)]))
+    allowed = grammar.allowed(state)
+    assert allowed[0, V.TIME_SHIFT.start : V.TIME_SHIFT.stop].all()
+    # Row 1 switched instrument: the note of instrument 0 still bounds time, and
+    # cannot be released from instrument 3.
+    assert allowed[1, V.TIME_SHIFT.start : V.TIME_SHIFT.stop].sum() == 5
+    assert not allowed[1, V.NOTE_OFF.start : V.NOTE_OFF.stop].any()
