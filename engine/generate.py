@@ -59,8 +59,9 @@ class CachedDecoder:
             )
             for _ in stack.blocks
         ]
-        positions = torch.arange(max_length, device=self.device)
-        self.cos, self.sin = stack.rotary(positions)  # [L, D/2] each
+        # The next position as a device tensor, advanced in place: the rotary angles of
+        # each step are computed from it, with no table of L rows and no host copy.
+        self.position = torch.zeros(1, dtype=torch.long, device=self.device)
         self.length = 0
         self.conds: list[torch.Tensor | None] = [None] * len(stack.blocks)
 
@@ -78,7 +79,7 @@ class CachedDecoder:
             raise ValueError(f"prompt of {n} tokens exceeds the decoder's {self.max_length}")
         self._set_z(z)
         model, c = self.model, self.model.config
-        cos, sin = self.cos[:n], self.sin[:n]
+        cos, sin = model.decoder.rotary(torch.arange(n, device=self.device))  # [N, D/2]
         x = model.embed(ids)  # [B, N, C]
         for block, cache, cond in zip(model.decoder.blocks, self.caches, self.conds, strict=True):
             if cond is not None:
@@ -95,6 +96,7 @@ class CachedDecoder:
             x = x + attn.out(o.transpose(1, 2).reshape(b, n, c.d_model))  # [B, N, C]
             x = x + block.mlp(block.mlp_norm(x))
         self.length = n
+        self.position.fill_(n)
         return model.head(model.decoder.norm(x))  # [B, N, V]
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -104,7 +106,7 @@ class CachedDecoder:
             raise ValueError(f"the decoder is full ({self.max_length} tokens)")
         model, c = self.model, self.model.config
         b = tokens.shape[0]
-        cos, sin = self.cos[pos : pos + 1], self.sin[pos : pos + 1]  # [1, D/2]
+        cos, sin = model.decoder.rotary(self.position)  # [1, D/2] each
         x = model.embed(tokens[:, None])  # [B, 1, C]
         for block, cache, cond in zip(model.decoder.blocks, self.caches, self.conds, strict=True):
             if cond is not None:
@@ -116,6 +118,7 @@ class CachedDecoder:
             x = x + attn.out(o.reshape(b, 1, c.d_model))
             x = x + block.mlp(block.mlp_norm(x))
         self.length = pos + 1
+        self.position += 1
         return model.head(model.decoder.norm(x))[:, 0]  # [B, V]
 
 
@@ -270,7 +273,7 @@ def generate(
     if grammar is not None:
         from .grammar import validate
 
-        for row in ids.tolist():
+        for row in sorted({tuple(r) for r in ids.tolist()}):
             problems = validate(row, max_note_steps=max_note_steps, vocab=vocab)
             if problems:
                 first = problems[0]
