@@ -284,8 +284,6 @@ def build_window(ids, start, seq_len, max_prefix, pad):
 STEP_BITS = 24  # steps < 2**24: 72 hours of 15.625 ms, above TokenizerConfig's 48 h cap
 BPM_PER_TEMPO_BIN = (TEMPO_MAX_BPM - TEMPO_MIN_BPM) / (NUM_TEMPOS - 1)
 SORT_RUN = 32  # `_stable_sort` insertion-sorts runs of this length before merging
-
-
 FUSED_MAX_EVENTS = 1024  # above this, numpy's timsort beats `_stable_sort` (see encode_columns)
 
 
