@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from stretto.engine.generate import CachedDecoder, sample
+from stretto.engine.grammar import validate
 
 MODES = ("transformer", "vae", "vae_gan")
 # float64 logits of the cached path against the full forward: both are the same
@@ -164,10 +165,15 @@ def test_prompt_longer_than_max_seq_len(make_model, vocab):
         model.generate(prompt, max_new_tokens=3)
 
 
-def test_generation_past_max_seq_len_keeps_a_bounded_cache(make_model):
+def test_generation_past_max_seq_len(make_model, vocab):
+    """Past max_seq_len the cache keeps its window-sized ring; positions go on."""
     model = make_model("transformer", max_seq_len=64).eval()
+    never_end = torch.zeros(vocab.size)
+    never_end[vocab.END] = float("-inf")
+    model.head.register_forward_hook(lambda m, i, o: o + never_end)
     out = model.generate(max_new_tokens=200, seed=0)
-    assert out.shape[1] <= 201 and out.shape[0] == 1
+    assert out.shape == (1, 201)
+    assert validate(out[0]) == []
 
 
 def test_model_of_another_vocabulary(make_model, vocab):
