@@ -117,7 +117,7 @@ def _model_vocabulary(vocab: Vocabulary, model: MusicModel, mode: str) -> Findin
 def _checkpoint_vocabulary(vocab: Vocabulary, path: str | os.PathLike) -> Finding:
     from .checkpoint import check_compatible, read_checkpoint
 
-    name = Path(path).name
+    name = _short(path)
     try:
         payload = read_checkpoint(path)
         config = check_compatible(payload, vocab=vocab)
@@ -128,6 +128,12 @@ def _checkpoint_vocabulary(vocab: Vocabulary, path: str | os.PathLike) -> Findin
     except (ValueError, OSError, KeyError) as exc:
         return _row("vocabulary", False, f"checkpoint {name}: {_error(exc)}")
     return _row("vocabulary", True, f"checkpoint {name}: same signature", mode=config.mode)
+
+
+def _short(path: str | os.PathLike) -> str:
+    """`folder/file`: checkpoints of one run often share a file name (last.pt)."""
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
 
 
 # -- data ------------------------------------------------------------------------------
@@ -557,11 +563,11 @@ def build_models(
         try:
             model = load_checkpoint(path, vocab=vocab).model
         except (ValueError, OSError) as exc:
-            rows.append(_row("checkpoint", False, f"{Path(path).name}: {_error(exc)}"))
+            rows.append(_row("checkpoint", False, f"{_short(path)}: {_error(exc)}"))
             continue
         if model.config.mode in cfg.modes:
             models[model.config.mode] = model.to(device)
-            rows.append(_row("checkpoint", True, f"loaded {Path(path).name}", model.config.mode))
+            rows.append(_row("checkpoint", True, f"loaded {_short(path)}", model.config.mode))
     for mode in cfg.modes:
         if mode not in models:
             torch.manual_seed(cfg.seed)

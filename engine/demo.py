@@ -225,6 +225,7 @@ def _audit(corpus: Path, plan: DemoPlan, out: Path, log: _Log) -> tuple[int, Pat
         checkpoints=tuple(str(out / m / "last.pt") for m in MODES),
         lengths=plan.audit_lengths,
         preset=plan.preset,
+        batch_size=1,  # the audit checks; the trained models need no big batches
         device=plan.device,
     )
     log(f"auditing the corpus and the three checkpoints at lengths {plan.audit_lengths}")
