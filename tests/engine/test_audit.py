@@ -193,3 +193,46 @@ def test_table_ends_with_the_issue_count():
     text = A.format_table(rows)
     assert text.splitlines()[-1] == "1 issue"
     assert text.splitlines()[0].split()[:5] == ["check", "mode", "length", "result", "detail"]
+
+
+# -- the demo (the full job is too slow for the suite; `make demo` runs it) ------------
+def test_demo_help_has_an_example(capsys):
+    saved = cli.COMMAND_MODULES
+    cli.COMMAND_MODULES = ("stretto.engine.demo",)
+    try:
+        with pytest.raises(SystemExit):
+            cli.main(["demo", "--help"])
+    finally:
+        cli.COMMAND_MODULES = saved
+    text = capsys.readouterr().out
+    assert "examples:" in text and "STRETTO_CORPUS" in text and "--force" in text
+
+
+def test_demo_refuses_an_existing_output_folder(tmp_path, capsys):
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    saved = cli.COMMAND_MODULES
+    cli.COMMAND_MODULES = ("stretto.engine.demo",)
+    try:
+        assert cli.main(["demo", "--out", str(out)]) == 1
+    finally:
+        cli.COMMAND_MODULES = saved
+    err = capsys.readouterr().err
+    assert "already exists; pass --force" in err and len(err.strip().splitlines()) == 1
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_demo_corpus_renders_music21_chorales_once(tmp_path):
+    pytest.importorskip("music21", reason="music21 is the `demo` extra (make demo installs it)")
+    from stretto.engine.demo_corpus import render_corpus
+    from stretto.tokenizer import MidiTokenizer
+
+    paths = render_corpus(tmp_path / "cache", pieces=2, workers=1)
+    assert len(paths) == 2 and all(p.suffix == ".mid" for p in paths)
+    tok = MidiTokenizer()
+    for p in paths:
+        assert tok.decode(tok.encode(p)).note_num() > 50, p.name
+    stamps = [p.stat().st_mtime_ns for p in paths]
+    assert render_corpus(tmp_path / "cache", pieces=2, workers=1) == paths
+    assert [p.stat().st_mtime_ns for p in paths] == stamps  # cached, not rendered again
