@@ -52,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not os.path.isdir(corpus):
         raise CliError(f"corpus folder {corpus} does not exist")
+    if args.json and os.path.exists(args.json) and not args.force:
+        raise CliError(f"{args.json} already exists; pass --force to replace it")
 
     import torch
 
@@ -131,4 +133,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="OUT", help="also write the rows as JSON to OUT")
+    p.add_argument("--force", action="store_true", help="replace an existing --json file")
     p.set_defaults(func=run)

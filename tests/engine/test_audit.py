@@ -236,3 +236,11 @@ def test_demo_corpus_renders_music21_chorales_once(tmp_path):
     stamps = [p.stat().st_mtime_ns for p in paths]
     assert render_corpus(tmp_path / "cache", pieces=2, workers=1) == paths
     assert [p.stat().st_mtime_ns for p in paths] == stamps  # cached, not rendered again
+
+
+def test_audit_keeps_an_existing_json_file_unless_forced(corpus, tmp_path, capsys):
+    out = tmp_path / "audit.json"
+    out.write_text("earlier run")
+    assert main(["audit", "--corpus", str(corpus), "--json", str(out)]) == 1
+    assert "already exists; pass --force" in capsys.readouterr().err
+    assert out.read_text() == "earlier run"
