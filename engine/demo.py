@@ -141,7 +141,7 @@ def _train(mode: str, corpus: Path, plan: DemoPlan, out: Path, log: _Log) -> dic
     )
     run_dir = out / mode
     trainer = Trainer(model, train_set, val_set, config, out_dir=run_dir, device=plan.device)
-    # Time-boxed: the second of two real training steps (kept) decides how many fit
+    # Time-boxed: three real training steps (kept) after a warm-up one decide how many fit
     # in the budget; `fit` then runs the rest with its logging, plot and checkpoint.
     loader = iter(
         torch.utils.data.DataLoader(
@@ -151,9 +151,10 @@ def _train(mode: str, corpus: Path, plan: DemoPlan, out: Path, log: _Log) -> dic
     start = time.perf_counter()
     first = trainer.train_step([next(loader)])  # also pays one-time warm-up costs
     timed = time.perf_counter()
-    trainer.train_step([next(loader)])
-    per_step = time.perf_counter() - timed
-    steps = int(max(4, min(plan.max_steps, plan.train_seconds / per_step)))
+    for _ in range(3):
+        trainer.train_step([next(loader)])
+    per_step = (time.perf_counter() - timed) / 3
+    steps = int(max(6, min(plan.max_steps, plan.train_seconds / per_step)))
     trainer.config = dataclasses.replace(config, steps=steps, eval_every=steps)
     log(
         f"training {mode}: {len(train_set)} windows of {plan.seq_len}, batch "
