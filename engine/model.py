@@ -101,7 +101,11 @@ class Attention(nn.Module):
 
 def _dense_attention(q, k, v, causal, key_padding_mask):
     """Full SDPA attention (benchmark baseline). Every query also sees itself, so a
-    padded query never produces NaN."""
+    padded query never produces NaN. Without padding it takes SDPA's `is_causal` path
+    (no N x N mask), so the baseline is as fast as SDPA can be; the check costs one host
+    sync, acceptable on this benchmark-only path."""
+    if key_padding_mask is not None and bool(key_padding_mask.all()):
+        key_padding_mask = None
     if key_padding_mask is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
     n = q.shape[-2]
