@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from attention_cases import padding_mask
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -41,23 +42,6 @@ def case_id(case) -> str:
     b, h, n, d, w, g, causal, pad = case
     mode = "causal" if causal else "bidir"
     return f"B{b}-H{h}-N{n}-D{d}-w{w}-g{g}-{mode}-{pad or 'nopad'}"
-
-
-def padding_mask(kind: str | None, b: int, n: int) -> torch.Tensor | None:
-    if kind is None:
-        return None
-    real = torch.ones(b, n, dtype=torch.bool)
-    if kind == "end":
-        real[-1, n - max(1, n // 3) :] = False
-    elif kind == "middle":
-        real[:, n // 3 : n // 3 + max(1, n // 4)] = False
-        real[0, 0] = False
-    elif kind == "row":
-        real[0] = False
-        real[-1, -2:] = False
-    else:
-        raise ValueError(kind)
-    return real
 
 
 def run(q, k, v, mask, case, backend, upstream):

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from attention_cases import padding_mask
 
 from stretto.kernels.hierarchical_attention.reference import hierarchical_attention_reference
 
@@ -45,20 +46,6 @@ def _naive(q, k, v, *, window, block, causal, real, scale):
     return out
 
 
-def _mask(kind, b, n):
-    if kind is None:
-        return None
-    real = torch.ones(b, n, dtype=torch.bool)
-    if kind == "end":
-        real[-1, n - max(1, n // 3) :] = False
-    elif kind == "middle":
-        real[:, n // 3 : n // 3 + max(1, n // 4)] = False
-        real[0, 0] = False
-    elif kind == "row":
-        real[0] = False
-    return real
-
-
 TINY = [
     (1, 1, 1, 4, 1, None, True, None),
     (1, 2, 9, 4, 3, 2, True, None),
@@ -79,7 +66,7 @@ def _id(case) -> str:
 def test_reference_matches_naive_construction(case):
     b, h, n, d, window, block, causal, pad = case
     q, k, v = (torch.randn(b, h, n, d, dtype=torch.float64) for _ in range(3))
-    mask = _mask(pad, b, n)
+    mask = padding_mask(pad, b, n)
     real = mask.tolist() if mask is not None else [[True] * n for _ in range(b)]
     scale = d**-0.5
     got = hierarchical_attention_reference(
@@ -100,7 +87,7 @@ GRADCHECK = [
 def test_reference_gradcheck(case):
     b, h, n, d, window, block, causal, pad = case
     q, k, v = (torch.randn(b, h, n, d, dtype=torch.float64, requires_grad=True) for _ in range(3))
-    mask = _mask(pad, b, n)
+    mask = padding_mask(pad, b, n)
 
     def f(q, k, v):
         return hierarchical_attention_reference(
