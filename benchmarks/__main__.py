@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks.core import RESULTS_ROOT, SUITES, run_benchmarks
+from stretto.engine.bench_command import add_run_arguments
 
 EPILOG = """\
 examples:
@@ -27,26 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "suites",
-        nargs="*",
-        metavar="SUITE",
-        help=f"suites to run (default: all): {', '.join(SUITES)}",
-    )
-    parser.add_argument("--quick", action="store_true", help="short sweep, fewer repeats")
-    parser.add_argument(
-        "--device",
-        choices=("cuda", "cpu"),
-        default=None,
-        help="where to run (default: cuda when torch sees one, else cpu)",
-    )
-    parser.add_argument("--out", default=None, help="results folder (default: see below)")
+    add_run_arguments(parser)
     parser.add_argument(
         "--results-root",
         default=None,
         help="folder of committed runs and their README (default: benchmarks/results)",
     )
-    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument(
         "--no-readme",
         action="store_true",

@@ -67,19 +67,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
+    add_run_arguments(p)
+    p.set_defaults(func=run)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments `stretto bench` and `python -m benchmarks` share."""
+    parser.add_argument(
         "suites",
         nargs="*",
         metavar="SUITE",
         help=f"suites to run (default: all): {', '.join(SUITES)}",
     )
-    p.add_argument("--quick", action="store_true", help="short sweep, fewer repeats")
-    p.add_argument(
+    parser.add_argument("--quick", action="store_true", help="short sweep, fewer repeats")
+    parser.add_argument(
         "--device",
         choices=("cuda", "cpu"),
         default=None,
         help="where to run (default: cuda when torch sees one, else cpu)",
     )
-    p.add_argument("--out", default=None, help="results folder (default: under benchmarks/)")
-    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    p.set_defaults(func=run)
+    parser.add_argument(
+        "--out", default=None, help="results folder (default: under benchmarks/results/)"
+    )
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")

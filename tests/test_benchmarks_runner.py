@@ -239,3 +239,12 @@ def test_stretto_bench_runs_the_runner_from_the_checkout(tmp_path, monkeypatch, 
     assert "no benchmarks/ folder" in capsys.readouterr().err
     assert cli.main(["bench", "nope"]) == 1
     assert "unknown suite 'nope'" in capsys.readouterr().err
+
+
+def test_stretto_bench_offers_the_runners_suites():
+    """`stretto bench` validates suite names from its own list (benchmarks/ is not
+    installed); it must be the runner's registry, in the same order."""
+    from benchmarks.core import SUITES
+    from stretto.engine import bench_command
+
+    assert tuple(SUITES) == bench_command.SUITES
