@@ -10,6 +10,7 @@ import numba
 import numpy as np
 
 from .vocabulary import (
+    DRUM_INSTRUMENT,
     NUM_INSTRUMENTS,
     NUM_TEMPOS,
     NUM_TIME_SHIFTS,
@@ -284,175 +285,334 @@ def build_window(ids, start, seq_len, max_prefix, pad):
 STEP_BITS = 24  # steps < 2**24: 72 hours of 15.625 ms, above TokenizerConfig's 48 h cap
 BPM_PER_TEMPO_BIN = (TEMPO_MAX_BPM - TEMPO_MIN_BPM) / (NUM_TEMPOS - 1)
 SORT_RUN = 32  # `_stable_sort` insertion-sorts runs of this length before merging
-FUSED_MAX_EVENTS = 1024  # above this, numpy's timsort beats `_stable_sort` (see encode_columns)
+NUM_CELLS = NUM_INSTRUMENTS << 7  # (instrument, pitch index) packed as inst << 7 | pitch
+NO_KEY = 1 << 62  # after every event key: an exhausted stream in `_merge_streams`
+
+# -- symusic's serialized score ----------------------------------------------------------
+# `ScoreTick.__getstate__()` (symusic 0.6, zpp_bits, little-endian) is the whole score in
+# one buffer made by one C++ call, however many tracks it has: the tokenizer reads it
+# instead of asking every track for its `numpy()` tables (a few microseconds each).
+# A list is a u32 count then its elements; a string is a u32 length then its bytes.
+#   score: tpq i32, tracks, time_signatures, key_signatures, tempos, markers
+#   track: name, program u8, is_drum u8, notes, controls, pitch_bends, pedals, lyrics
+#   note (12 bytes): time i32, duration i32, pitch i8, velocity i8, 2 bytes padding
+#   control, pitch bend, pedal, time/key signature, tempo (8 bytes): time i32, then
+#     control number u8 and value u8, or tempo mspq i32
+#   text (lyric, marker): time i32, string
+NOTE_BYTES = 12
+EVENT_BYTES = 8
+LAYOUT_INST, LAYOUT_NOTES_AT, LAYOUT_N_NOTES, LAYOUT_CONTROLS_AT, LAYOUT_N_CONTROLS = range(5)
 
 
-def encode_columns(
-    note_time, note_duration, note_pitch, note_velocity, note_track_end,
-    ctrl_time, ctrl_number, ctrl_value, ctrl_track_end,
-    track_inst, tempo_time, tempo_mspq, tpq, max_step,
-):  # fmt: skip
-    """A whole score's symusic columns (ticks) -> (ids, notes kept, replaced, dropped, last).
+@numba.njit(cache=True, inline="always")
+def _u32(buf, at):
+    return (
+        np.int64(buf[at])
+        | (np.int64(buf[at + 1]) << 8)
+        | (np.int64(buf[at + 2]) << 16)
+        | (np.int64(buf[at + 3]) << 24)
+    )
 
-    Notes and controls are every track's `numpy()` columns back to back in file order;
-    track k owns rows `[track_end[k-1], track_end[k])` and plays instrument
-    `track_inst[k]`. Tempo columns are `score.tempos.numpy()`.
+
+@numba.njit(cache=True, inline="always")
+def _i32(buf, at):
+    u = _u32(buf, at)
+    return u - ((u >> 31) << 32)
+
+
+@numba.njit(cache=True, inline="always")
+def _i8(buf, at):
+    u = np.int64(buf[at])
+    return u - ((u >> 7) << 8)
+
+
+@numba.njit(cache=True, nogil=True)
+def _earliest(buf, at, n, stride, start):
+    """The earliest of `start` and the times of n fixed-size elements from `at`."""
+    for _ in range(n):
+        start = min(start, _i32(buf, at))
+        at += stride
+    return start
+
+
+@numba.njit(cache=True, nogil=True)
+def _skip_texts(buf, at, start):
+    """Past a list of text events from `at`: (its end, earliest of `start` and its times)."""
+    n = _u32(buf, at)
+    at += 4
+    for _ in range(n):
+        start = min(start, _i32(buf, at))
+        at += 8 + _u32(buf, at + 4)
+    return at, start
+
+
+@numba.njit(cache=True, nogil=True)
+def score_layout(buf):
+    """Where a serialized score's notes, controls and tempos lie, and its earliest time.
+
+    Returns (tpq, tracks, tempos_at, n_tempos, start): `tracks` is int64 [n_tracks, 5]
+    (columns LAYOUT_*: instrument, byte offset and count of the notes, of the
+    controls); `start` is the earliest event time of any kind, as `Score.start()`
+    (0 for a score without events).
+    """
+    none = np.int64(1) << 40  # later than any int32 tick
+    start = none
+    n_tracks = _u32(buf, 4)
+    tracks = np.empty((n_tracks, 5), dtype=np.int64)
+    at = 8
+    for k in range(n_tracks):
+        at += 4 + _u32(buf, at)  # name
+        program = np.int64(buf[at])
+        drums = buf[at + 1] != 0
+        at += 2
+        tracks[k, LAYOUT_INST] = DRUM_INSTRUMENT if drums else min(program // 8, 14)
+        for column, stride in ((LAYOUT_NOTES_AT, NOTE_BYTES), (LAYOUT_CONTROLS_AT, EVENT_BYTES)):
+            n = _u32(buf, at)
+            tracks[k, column] = at + 4
+            tracks[k, column + 1] = n
+            start = _earliest(buf, at + 4, n, stride, start)
+            at += 4 + n * stride
+        for _ in range(2):  # pitch bends, pedals
+            n = _u32(buf, at)
+            start = _earliest(buf, at + 4, n, EVENT_BYTES, start)
+            at += 4 + n * EVENT_BYTES
+        at, start = _skip_texts(buf, at, start)  # lyrics
+    for _ in range(2):  # time signatures, key signatures
+        n = _u32(buf, at)
+        start = _earliest(buf, at + 4, n, EVENT_BYTES, start)
+        at += 4 + n * EVENT_BYTES
+    n_tempos = _u32(buf, at)
+    tempos_at = at + 4
+    start = _earliest(buf, tempos_at, n_tempos, EVENT_BYTES, start)
+    at, start = _skip_texts(buf, tempos_at + n_tempos * EVENT_BYTES, start)  # markers
+    return _i32(buf, 0), tracks, tempos_at, n_tempos, 0 if start == none else start
+
+
+@numba.njit(cache=True, nogil=True)
+def encode_state(buf, max_step):
+    """A serialized ScoreTick (see `score_layout`) -> (ids, start, notes kept, replaced,
+    dropped, last).
 
     Applies the SPEC's policies: pitches outside 21..108 are dropped and counted; per
     (instrument, pitch), of the notes starting on one step only the one ending last
     stays (the first in file order on a tie); a note lasts at least one step; a note
     still sounding when the next of its pitch starts ends there. The last tempo and the
     last CC64 state (per instrument) at one step hold. `last` is the grid step of the
-    latest event; when it exceeds `max_step` no ids are made (empty ids): the caller
-    refuses the file.
-
-    Small scores go through one numba call (the call overhead is most of their cost);
-    large ones sort with numpy between numba calls. Both sort stably on the same keys,
-    so they give the same ids.
+    latest event. No ids are made (empty ids) when `start` is negative or `last`
+    exceeds `max_step` (which must stay below 2**STEP_BITS): the caller refuses the file.
     """
-    args = (note_time, note_duration, note_pitch, note_velocity, note_track_end,
-            ctrl_time, ctrl_number, ctrl_value, ctrl_track_end, track_inst, tempo_time,
-            tempo_mspq, tpq)  # fmt: skip
-    if note_time.shape[0] + ctrl_time.shape[0] <= FUSED_MAX_EVENTS:
-        return _encode_fused(*args, max_step)
-    cols = _prepare_columns(*args)
-    n_inst, n_pitch, n_on, n_off, n_end, n_vel, dropped = cols[:7]
-    s_inst, s_step, s_on, t_step, t_bin, last = cols[7:]
-    if last > max_step:
-        return np.empty(0, dtype=np.int16), 0, 0, dropped, last
-    onset_order = np.argsort(n_on, kind="stable")
-    keys, vel, n_keep = _policy_keys(onset_order, n_inst, n_pitch, n_on, n_off, n_end, n_vel,
-                                     s_inst, s_step, s_on, t_step, t_bin)  # fmt: skip
-    ids = _emit_in_order(keys, vel, np.argsort(keys, kind="stable"))
-    return ids, n_keep, n_on.shape[0] - n_keep, dropped, last
-
-
-@numba.njit(cache=True, nogil=True)
-def _encode_fused(
-    note_time, note_duration, note_pitch, note_velocity, note_track_end,
-    ctrl_time, ctrl_number, ctrl_value, ctrl_track_end,
-    track_inst, tempo_time, tempo_mspq, tpq, max_step,
-):  # fmt: skip
-    """`encode_columns` in one numba call, sorting with `_stable_sort`."""
-    cols = _prepare_columns(note_time, note_duration, note_pitch, note_velocity, note_track_end,
-                            ctrl_time, ctrl_number, ctrl_value, ctrl_track_end, track_inst,
-                            tempo_time, tempo_mspq, tpq)  # fmt: skip
-    n_inst, n_pitch, n_on, n_off, n_end, n_vel, dropped = cols[:7]
-    s_inst, s_step, s_on, t_step, t_bin, last = cols[7:]
-    if last > max_step:
-        return np.empty(0, dtype=np.int16), 0, 0, dropped, last
-    onset_order = np.arange(n_on.shape[0])
-    _stable_sort(n_on.copy(), onset_order)
-    keys, vel, n_keep = _policy_keys(onset_order, n_inst, n_pitch, n_on, n_off, n_end, n_vel,
-                                     s_inst, s_step, s_on, t_step, t_bin)  # fmt: skip
-    _stable_sort(keys, vel)
-    return emit_ids(keys, vel), n_keep, n_on.shape[0] - n_keep, dropped, last
-
-
-@numba.njit(cache=True, nogil=True)
-def _policy_keys(onset_order, n_inst, n_pitch, n_on, n_off, n_end, n_vel, s_inst, s_step, s_on,
-                 t_step, t_bin):  # fmt: skip
-    """Notes in onset order -> unsorted event keys, velocity bins, number of notes kept."""
-    keep, off = _note_policy(onset_order, n_inst, n_pitch, n_on, n_off, n_end)
-    pedal_order = np.arange(s_step.shape[0])
-    _stable_sort((s_inst << STEP_BITS) | s_step, pedal_order)
-    keys, vel = _event_keys(keep, n_inst, n_pitch, n_on, off, n_vel, pedal_order,
-                            s_inst, s_step, s_on, t_step, t_bin)  # fmt: skip
-    return keys, vel, keep.shape[0]
-
-
-@numba.njit(cache=True, nogil=True)
-def _emit_in_order(keys, vel, order):
-    return emit_ids(keys[order], vel[order])
-
-
-@numba.njit(cache=True, nogil=True)
-def _prepare_columns(
-    note_time, note_duration, note_pitch, note_velocity, note_track_end,
-    ctrl_time, ctrl_number, ctrl_value, ctrl_track_end,
-    track_inst, tempo_time, tempo_mspq, tpq,
-):  # fmt: skip
-    """Columns -> notes, CC64 changes and tempo changes on the grid, and the last step."""
+    tpq, tracks, tempos_at, n_tempos, start = score_layout(buf)
+    if start < 0:
+        return np.empty(0, dtype=np.int16), start, 0, 0, 0, 0
+    tempo_time = np.empty(n_tempos, dtype=np.int64)
+    tempo_mspq = np.empty(n_tempos, dtype=np.int64)
+    for a in range(n_tempos):
+        tempo_time[a] = _i32(buf, tempos_at + a * EVENT_BYTES)
+        tempo_mspq[a] = _i32(buf, tempos_at + a * EVENT_BYTES + 4)
     seg_tick, seg_sec, seg_spt, t_step, t_bin = tempo_map(
         tempo_time, tempo_mspq, tpq, TEMPO_MIN_BPM, BPM_PER_TEMPO_BIN, NUM_TEMPOS
     )
-    n_inst, n_pitch, n_on, n_off, n_end, n_vel, dropped = _note_steps(
-        note_time, note_duration, note_pitch, note_velocity, note_track_end, track_inst,
-        seg_tick, seg_sec, seg_spt,
-    )  # fmt: skip
-    s_inst, s_step, s_on = _pedal_steps(
-        ctrl_time, ctrl_number, ctrl_value, ctrl_track_end, track_inst, seg_tick, seg_sec, seg_spt
-    )
-    last = np.int64(0)
-    for a in range(n_off.shape[0]):
-        last = max(last, n_off[a])
-    for a in range(s_step.shape[0]):
-        last = max(last, s_step[a])
-    last = max(last, t_step[t_step.shape[0] - 1])
-    return (n_inst, n_pitch, n_on, n_off, n_end, n_vel, dropped,
-            s_inst, s_step, s_on, t_step, t_bin, last)  # fmt: skip
+    n_notes = tracks[:, LAYOUT_N_NOTES].sum()
+    n_controls = tracks[:, LAYOUT_N_CONTROLS].sum()
 
-
-@numba.njit(cache=True, nogil=True)
-def _note_steps(time, duration, pitch, velocity, track_end, track_inst, seg_tick, seg_sec,
-                seg_spt):  # fmt: skip
-    """Note columns -> (inst, pitch index, on step, off step, end tick, velocity 1..127,
-    dropped): pitches outside 21..108 are dropped and counted."""
-    n = time.shape[0]
+    # -- notes and CC64 changes on the grid -----------------------------------------
+    # per note: onset key (on step << 11 | cell), off step, end tick, velocity bin
+    note_key = np.empty(n_notes, dtype=np.int64)
+    note_off = np.empty(n_notes, dtype=np.int64)
+    note_end = np.empty(n_notes, dtype=np.int64)
+    note_vel = np.empty(n_notes, dtype=np.int8)
+    # per CC64 change: step << 4 | instrument, 1 = down / 0 = up
+    pedal_key = np.empty(n_controls, dtype=np.int64)
+    pedal_on = np.empty(n_controls, dtype=np.int64)
     m = 0
-    for j in range(n):
-        if PITCH_MIN <= pitch[j] <= PITCH_MIN + NUM_PITCHES - 1:
-            m += 1
-    # instrument, pitch index and velocity fit int8: less memory to touch per call
-    end_tick = np.empty(m, dtype=np.int64)
-    on = np.empty(m, dtype=np.int64)
-    off = np.empty(m, dtype=np.int64)
-    out_inst = np.empty(m, dtype=np.int8)
-    out_pitch = np.empty(m, dtype=np.int8)
-    out_vel = np.empty(m, dtype=np.int8)
+    n_pedal = 0
+    last = t_step[t_step.shape[0] - 1]
     k_on = 0
     k_off = 0
-    a = 0
-    track = 0
-    for j in range(n):
-        while j >= track_end[track]:
-            track += 1
-        if PITCH_MIN <= pitch[j] <= PITCH_MIN + NUM_PITCHES - 1:
-            t = np.int64(time[j])
-            end_tick[a] = t + max(np.int64(duration[j]), 0)
-            k_on = _segment(t, seg_tick, k_on)
-            on[a] = _tick_to_step(t, seg_tick, seg_sec, seg_spt, k_on)
-            k_off = _segment(end_tick[a], seg_tick, k_off)
-            off[a] = _tick_to_step(end_tick[a], seg_tick, seg_sec, seg_spt, k_off)
-            out_inst[a] = track_inst[track]
-            out_pitch[a] = pitch[j] - PITCH_MIN
-            out_vel[a] = min(max(np.int64(velocity[j]), 1), 127)
-            a += 1
-    return out_inst, out_pitch, on, off, end_tick, out_vel, n - m
+    for k in range(tracks.shape[0]):
+        inst = tracks[k, LAYOUT_INST]
+        at = tracks[k, LAYOUT_NOTES_AT]
+        for _ in range(tracks[k, LAYOUT_N_NOTES]):
+            pitch = _i8(buf, at + 8) - PITCH_MIN
+            if 0 <= pitch < NUM_PITCHES:
+                t = _i32(buf, at)
+                end = t + max(_i32(buf, at + 4), 0)
+                k_on = _segment(t, seg_tick, k_on)
+                on = _tick_to_step(t, seg_tick, seg_sec, seg_spt, k_on)
+                k_off = _segment(end, seg_tick, k_off)
+                off = _tick_to_step(end, seg_tick, seg_sec, seg_spt, k_off)
+                note_key[m] = (on << 11) | (inst << 7) | pitch
+                note_off[m] = off
+                note_end[m] = end
+                note_vel[m] = min(max(_i8(buf, at + 9), 1), 127) // 4
+                last = max(last, off)
+                m += 1
+            at += NOTE_BYTES
+        at = tracks[k, LAYOUT_CONTROLS_AT]
+        for _ in range(tracks[k, LAYOUT_N_CONTROLS]):
+            if buf[at + 4] == SUSTAIN_CONTROL:
+                t = _i32(buf, at)
+                k_on = _segment(t, seg_tick, k_on)
+                step = _tick_to_step(t, seg_tick, seg_sec, seg_spt, k_on)
+                pedal_key[n_pedal] = (step << 4) | inst
+                pedal_on[n_pedal] = 1 if buf[at + 5] >= 64 else 0
+                last = max(last, step)
+                n_pedal += 1
+            at += EVENT_BYTES
+    dropped = n_notes - m
+    if last > max_step:
+        return np.empty(0, dtype=np.int16), start, 0, 0, dropped, last
+
+    # -- the note policy, in (onset, instrument, pitch) order -----------------------
+    # stable, so notes of one cell keep their file order: the order the policy needs
+    keys = note_key[:m]
+    order = np.arange(m)
+    _stable_sort(keys, order)
+    off = np.empty(m, dtype=np.int64)  # final off step, by sorted position
+    alive = np.ones(m, dtype=np.bool_)
+    latest = np.full(NUM_CELLS, -1, dtype=np.int64)  # sorted position of a cell's last note
+    for a in range(m):
+        j = order[a]
+        on = keys[a] >> 11
+        cell = keys[a] & (NUM_CELLS - 1)
+        off[a] = max(note_off[j], on + 1)  # a note lasts at least one step
+        p = latest[cell]
+        if p >= 0 and keys[p] == keys[a]:
+            if note_end[j] > note_end[order[p]]:  # same start: the one ending last stays
+                alive[p] = False
+                latest[cell] = a
+            else:
+                alive[a] = False
+            continue
+        if p >= 0 and off[p] > on:
+            off[p] = on  # the earlier note ends where the later begins
+        latest[cell] = a
+
+    # -- event streams, each sorted by event key ------------------------------------
+    n_keep = 0
+    for a in range(m):
+        n_keep += alive[a]
+    on_keys = np.empty(n_keep, dtype=np.int64)
+    on_vel = np.empty(n_keep, dtype=np.int8)
+    off_keys = np.empty(n_keep, dtype=np.int64)
+    # every kept note ends after it starts, so a pending NOTE_OFF earlier than the next
+    # onset's step + 1 precedes all later ones: a heap of the sounding notes sorts them
+    heap = np.empty(n_keep, dtype=np.int64)
+    n_heap = 0
+    e = 0
+    n_off = 0
+    for a in range(m):
+        if not alive[a]:
+            continue
+        on = keys[a] >> 11
+        cell = keys[a] & (NUM_CELLS - 1)
+        while n_heap > 0 and heap[0] < (on + 1) << 13:
+            off_keys[n_off] = heap[0]
+            n_off += 1
+            n_heap = _heap_pop(heap, n_heap)
+        on_keys[e] = _event_key(on, KIND_NOTE_ON, cell)
+        on_vel[e] = note_vel[order[a]]
+        e += 1
+        n_heap = _heap_push(heap, n_heap, _event_key(off[a], KIND_NOTE_OFF, cell))
+    while n_heap > 0:
+        off_keys[n_off] = heap[0]
+        n_off += 1
+        n_heap = _heap_pop(heap, n_heap)
+
+    pedal_key = pedal_key[:n_pedal]
+    pedal_on = pedal_on[:n_pedal]
+    _stable_sort(pedal_key, pedal_on)  # stable: file order within one step and instrument
+    sus_keys = np.empty(n_pedal, dtype=np.int64)
+    n_sus = 0
+    for a in range(n_pedal):
+        if a + 1 < n_pedal and pedal_key[a + 1] == pedal_key[a]:
+            continue  # a later change at the same step holds
+        cell = ((pedal_key[a] & 15) << 7) | pedal_on[a]
+        sus_keys[n_sus] = _event_key(pedal_key[a] >> 4, KIND_SUSTAIN, cell)
+        n_sus += 1
+
+    n_tempo = t_step.shape[0]
+    tempo_keys = np.empty(n_tempo, dtype=np.int64)
+    n_tk = 0
+    for j in range(n_tempo):
+        if j + 1 < n_tempo and t_step[j + 1] == t_step[j]:
+            continue  # the last tempo at one step holds
+        tempo_keys[n_tk] = _event_key(t_step[j], KIND_TEMPO, t_bin[j])
+        n_tk += 1
+
+    all_keys, vel = _merge_streams(on_keys, on_vel, off_keys, sus_keys[:n_sus], tempo_keys[:n_tk])
+    return emit_ids(all_keys, vel), start, n_keep, m - n_keep, dropped, last
+
+
+@numba.njit(cache=True, inline="always")
+def _event_key(step, kind, cell):
+    # step (24 bits) | kind (2) | instrument (4) | value (7): the SPEC's order at one
+    # instant, then instrument and pitch, so equal inputs give equal ids
+    step = min(np.int64(step), (1 << STEP_BITS) - 1)
+    return (step << 13) | (np.int64(kind) << 11) | cell
 
 
 @numba.njit(cache=True, nogil=True)
-def _pedal_steps(time, number, value, track_end, track_inst, seg_tick, seg_sec, seg_spt):
-    """CC64 rows of the control columns -> (inst, step, 1 = down / 0 = up)."""
-    n = time.shape[0]
-    m = 0
-    for j in range(n):
-        if number[j] == SUSTAIN_CONTROL:
-            m += 1
-    ticks = np.empty(m, dtype=np.int64)
-    out_inst = np.empty(m, dtype=np.int64)
-    out_on = np.empty(m, dtype=np.int64)
+def _merge_streams(on_keys, on_vel, off_keys, sus_keys, tempo_keys):
+    """Four sorted key streams -> one sorted stream and its velocity bins (0 but note-ons).
+
+    Keys of different streams differ in their kind bits, so the merge has no ties.
+    """
+    n = on_keys.shape[0] + off_keys.shape[0] + sus_keys.shape[0] + tempo_keys.shape[0]
+    keys = np.empty(n, dtype=np.int64)
+    vel = np.zeros(n, dtype=np.int8)
+    i_on = i_off = i_sus = i_tempo = 0
+    for e in range(n):
+        k_on = on_keys[i_on] if i_on < on_keys.shape[0] else NO_KEY
+        k_off = off_keys[i_off] if i_off < off_keys.shape[0] else NO_KEY
+        k_sus = sus_keys[i_sus] if i_sus < sus_keys.shape[0] else NO_KEY
+        k_tempo = tempo_keys[i_tempo] if i_tempo < tempo_keys.shape[0] else NO_KEY
+        key = min(min(k_on, k_off), min(k_sus, k_tempo))
+        keys[e] = key
+        if key == k_on:
+            vel[e] = on_vel[i_on]
+            i_on += 1
+        elif key == k_off:
+            i_off += 1
+        elif key == k_sus:
+            i_sus += 1
+        else:
+            i_tempo += 1
+    return keys, vel
+
+
+@numba.njit(cache=True, inline="always")
+def _heap_push(heap, n, key):
+    """Add `key` to the binary min-heap `heap[:n]`; returns its new size."""
+    a = n
+    while a > 0:
+        parent = (a - 1) >> 1
+        if heap[parent] <= key:
+            break
+        heap[a] = heap[parent]
+        a = parent
+    heap[a] = key
+    return n + 1
+
+
+@numba.njit(cache=True, inline="always")
+def _heap_pop(heap, n):
+    """Remove the least key `heap[0]` of the binary min-heap `heap[:n]`; returns its new size."""
+    n -= 1
+    key = heap[n]
     a = 0
-    track = 0
-    for j in range(n):
-        while j >= track_end[track]:
-            track += 1
-        if number[j] == SUSTAIN_CONTROL:
-            ticks[a] = time[j]
-            out_inst[a] = track_inst[track]
-            out_on[a] = 1 if value[j] >= 64 else 0
-            a += 1
-    return out_inst, ticks_to_steps(ticks, seg_tick, seg_sec, seg_spt), out_on
+    while True:
+        child = 2 * a + 1
+        if child >= n:
+            break
+        if child + 1 < n and heap[child + 1] < heap[child]:
+            child += 1
+        if key <= heap[child]:
+            break
+        heap[a] = heap[child]
+        a = child
+    heap[a] = key
+    return n
 
 
 @numba.njit(cache=True, nogil=True)
@@ -536,82 +696,6 @@ def _stable_sort(keys, payload):
                 out += 1
         bounds[merged] = n
         n_runs = merged
-
-
-@numba.njit(cache=True, nogil=True)
-def _note_policy(onset_order, inst, pitch, on, off_in, end_tick):
-    """Indices of the notes kept (in onset order) and every note's final off step."""
-    n = on.shape[0]
-    off = np.empty(n, dtype=np.int64)
-    for j in range(n):
-        off[j] = max(off_in[j], on[j] + 1)  # a note lasts at least one step
-    alive = np.ones(n, dtype=np.bool_)
-    last = np.full((NUM_INSTRUMENTS, NUM_PITCHES), -1, dtype=np.int64)
-    for a in range(n):
-        j = onset_order[a]
-        p = last[inst[j], pitch[j]]
-        if p >= 0 and on[p] == on[j]:
-            if end_tick[j] > end_tick[p]:  # same start: the one ending last stays
-                alive[p] = False
-                last[inst[j], pitch[j]] = j
-            else:
-                alive[j] = False
-            continue
-        if p >= 0 and off[p] > on[j]:
-            off[p] = on[j]  # the earlier note ends where the later begins
-        last[inst[j], pitch[j]] = j
-    keep = np.empty(n, dtype=np.int64)
-    m = 0
-    for a in range(n):
-        j = onset_order[a]
-        if alive[j]:
-            keep[m] = j
-            m += 1
-    return keep[:m].copy(), off
-
-
-@numba.njit(cache=True, nogil=True)
-def _event_keys(keep, n_inst, n_pitch, n_on, n_off, n_vel, pedal_order, s_inst, s_step, s_on,
-                t_step, t_bin):  # fmt: skip
-    """Sort keys and velocity bins of every event: note-ons (in onset order), then
-    note-offs, sustain changes and tempo changes, each block nearly sorted already.
-
-    Keys are unique except between NOTE_OFFs, whose velocity bin is 0: so the sorted
-    (key, velocity) sequence, hence the ids, do not depend on this layout.
-    """
-    n_keep = keep.shape[0]
-    m = pedal_order.shape[0]
-    n_tempo = t_step.shape[0]
-    keys = np.empty(2 * n_keep + m + n_tempo, dtype=np.int64)
-    vel = np.zeros(2 * n_keep + m + n_tempo, dtype=np.int8)
-    for a in range(n_keep):
-        j = keep[a]
-        keys[a] = _event_key(n_on[j], KIND_NOTE_ON, n_inst[j], n_pitch[j])
-        vel[a] = n_vel[j] // 4
-        keys[n_keep + a] = _event_key(n_off[j], KIND_NOTE_OFF, n_inst[j], n_pitch[j])
-    e = 2 * n_keep
-    for a in range(m):
-        j = pedal_order[a]
-        if a + 1 < m:
-            k = pedal_order[a + 1]
-            if s_inst[k] == s_inst[j] and s_step[k] == s_step[j]:
-                continue  # a later change at the same step holds
-        keys[e] = _event_key(s_step[j], KIND_SUSTAIN, s_inst[j], s_on[j])
-        e += 1
-    for j in range(n_tempo):
-        if j + 1 < n_tempo and t_step[j + 1] == t_step[j]:
-            continue
-        keys[e] = _event_key(t_step[j], KIND_TEMPO, 0, t_bin[j])
-        e += 1
-    return keys[:e], vel[:e]
-
-
-@numba.njit(cache=True, inline="always")
-def _event_key(step, kind, inst, value):
-    # step (24 bits) | kind (2) | instrument (4) | value (7): the SPEC's order at one
-    # instant, then instrument and pitch, so equal inputs give equal ids
-    step = min(np.int64(step), (1 << STEP_BITS) - 1)
-    return (step << 13) | (np.int64(kind) << 11) | (np.int64(inst) << 7) | value
 
 
 @numba.njit(cache=True, nogil=True)

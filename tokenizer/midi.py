@@ -106,38 +106,14 @@ class MidiTokenizer:
         tpq = int(score.ticks_per_quarter)
         if tpq <= 0:
             raise MidiError(name, f"ticks-per-quarter is {tpq}: no time can be computed")
-        start = int(score.start())
+        # the whole score in one buffer, one call however many tracks (see _codec)
+        state = np.frombuffer(score.__getstate__(), dtype=np.uint8)
+        max_step = math.floor(self.config.max_seconds * STEPS_PER_SECOND)
+        ids, start, n_kept, replaced, dropped, last = _codec.encode_state(state, max_step)
         if start < 0:  # symusic's int32 ticks wrap when delta times add up past 2**31
             raise MidiError(
                 name, f"an event lies at tick {start}: times overflow 32 bits or are negative"
             )
-        tempos = score.tempos.numpy()
-        # per track: its instrument and the end rows of its notes and controls
-        insts, notes, note_ends, controls, control_ends = [], [], [], [], []
-        n_notes = n_controls = 0
-        for track in score.tracks:
-            insts.append(DRUM_INSTRUMENT if track.is_drum else min(track.program // 8, 14))
-            # an empty list is left out: counting costs less than converting
-            if k := len(track.notes):
-                notes.append(track.notes.numpy())
-                n_notes += k
-            if k := len(track.controls):
-                controls.append(track.controls.numpy())
-                n_controls += k
-            note_ends.append(n_notes)
-            control_ends.append(n_controls)
-        max_step = math.floor(self.config.max_seconds * STEPS_PER_SECOND)
-        ids, n_kept, replaced, dropped, last = _codec.encode_columns(
-            *_columns(notes, _NOTE_COLUMNS),
-            np.array(note_ends, dtype=np.int64),
-            *_columns(controls, _CONTROL_COLUMNS),
-            np.array(control_ends, dtype=np.int64),
-            np.array(insts, dtype=np.int64),
-            tempos["time"],
-            tempos["mspq"],
-            tpq,
-            max_step,
-        )
         if last > self.config.max_seconds * STEPS_PER_SECOND:
             end_s = last / STEPS_PER_SECOND
             raise MidiError(
@@ -316,23 +292,6 @@ class _StepTicks:
         seg = np.maximum(np.searchsorted(self.steps, steps, side="right") - 1, 0)
         rel = (steps * STEP_SECONDS - self.sec0[seg]) / self.sec_per_tick[seg]
         return self.tick0[seg] + np.rint(rel).astype(np.int64)
-
-
-# symusic's column dtypes (numpy() of a tick-time NoteList / ControlChangeList); the
-# empty tables share them so that the numba kernel compiles once
-_NOTE_COLUMNS = {"time": np.int32, "duration": np.int32, "pitch": np.int8, "velocity": np.int8}
-_CONTROL_COLUMNS = {"time": np.int32, "number": np.uint8, "value": np.uint8}
-_EMPTY = {dtype: np.zeros(0, dtype=dtype) for dtype in (np.int32, np.int8, np.uint8)}
-
-
-def _columns(tables: list[dict[str, np.ndarray]], names: dict) -> list[np.ndarray]:
-    """The named columns of symusic's per-track tables, tracks back to back."""
-    if len(tables) == 1:
-        table = tables[0]
-        return [table[name] for name in names]
-    if tables:
-        return [np.concatenate([t[name] for t in tables]) for name in names]
-    return [_EMPTY[dtype] for dtype in names.values()]
 
 
 def _one_line(exc: BaseException) -> str:

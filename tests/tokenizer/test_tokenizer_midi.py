@@ -13,7 +13,18 @@ from midi_reference import (
     sorted_notes,
     sustain_instruments,
 )
-from symusic import ControlChange, Note, Score, Tempo, Track
+from symusic import (
+    ControlChange,
+    KeySignature,
+    Note,
+    Pedal,
+    PitchBend,
+    Score,
+    Tempo,
+    TextMeta,
+    TimeSignature,
+    Track,
+)
 
 from stretto.tokenizer import MidiError, MidiTokenizer, TokenizerConfig, Vocabulary, _codec
 from stretto.tokenizer.vocabulary import tempo_bin
@@ -339,19 +350,61 @@ def test_max_seconds_bound_is_configurable():
         MidiTokenizer(TokenizerConfig(max_seconds=60.0)).encode(score)
 
 
-# -- encoder paths -----------------------------------------------------------------------
+# -- the serialized score the encoder reads -----------------------------------------------
+_NOTE_BYTES = np.dtype([("time", "<i4"), ("duration", "<i4"), ("pitch", "i1"),
+                        ("velocity", "i1"), ("pad", "V2")])  # fmt: skip
+_CONTROL_BYTES = np.dtype([("time", "<i4"), ("number", "u1"), ("value", "u1"), ("pad", "V2")])
+_TEMPO_BYTES = np.dtype([("time", "<i4"), ("mspq", "<i4")])
+
+
+def _every_event_kind() -> Score:
+    """A score with every list symusic serializes, names and texts of odd lengths."""
+    s = _score(
+        _track([(0, 480, 60, 80), (480, 240, 64, 90)], program=33, controls=[(5, 64, 100)]),
+        _track([(3, 7, 36, 127)], drum=True, controls=[(2, 7, 1), (9, 64, 0)]),
+        tempos=((0, 500000), (960, 400000)),
+    )
+    s.tracks[0].name = "Fretless bass, left"
+    s.tracks[0].pitch_bends.append(PitchBend(10, -200))
+    s.tracks[0].pedals.append(Pedal(11, 400))
+    s.tracks[0].lyrics.append(TextMeta(12, "la"))
+    s.tracks[1].lyrics.append(TextMeta(13, "odd length"))
+    s.time_signatures.append(TimeSignature(0, 3, 4))
+    s.key_signatures.append(KeySignature(0, -2, 1))
+    s.markers.append(TextMeta(14, "Verse"))
+    return s
+
+
+def _assert_layout_finds_symusic_tables(score):
+    state = np.frombuffer(score.__getstate__(), dtype=np.uint8)
+    tpq, tracks, tempos_at, n_tempos, start = _codec.score_layout(state)
+    assert (tpq, start) == (score.ticks_per_quarter, score.start())
+    assert len(tracks) == len(score.tracks)
+    for row, track in zip(tracks, score.tracks, strict=True):
+        inst, notes_at, n_notes, controls_at, n_controls = (int(v) for v in row)
+        assert inst == (15 if track.is_drum else min(track.program // 8, 14))
+        for at, n, dtype, table in (
+            (notes_at, n_notes, _NOTE_BYTES, track.notes),
+            (controls_at, n_controls, _CONTROL_BYTES, track.controls),
+        ):
+            assert n == len(table)
+            if n:
+                got = np.frombuffer(state, dtype=dtype, count=n, offset=at)
+                for column, want in table.numpy().items():
+                    np.testing.assert_array_equal(got[column], want)
+    got = np.frombuffer(state, dtype=_TEMPO_BYTES, count=n_tempos, offset=tempos_at)
+    for column, want in score.tempos.numpy().items():
+        np.testing.assert_array_equal(got[column], want)
+
+
+def test_layout_reads_every_event_kind():
+    _assert_layout_finds_symusic_tables(_every_event_kind())
+
+
 @pytest.mark.parametrize("name", DEV_NAMES[::7])
-def test_fused_and_staged_encoders_agree(tok, midi_corpus, monkeypatch, name):
-    # small scores take one numba call, large ones sort with numpy: same ids either way
-    path = _pick(midi_corpus, name)
-    got = {}
-    for label, limit in (("fused", 2**62), ("staged", -1)):
-        monkeypatch.setattr(_codec, "FUSED_MAX_EVENTS", limit)
-        got[label] = tok.encode(path)
-        got[label + "-stats"] = tok.last_encode_stats
-    assert got["fused"].dtype == got["staged"].dtype
-    np.testing.assert_array_equal(got["fused"], got["staged"])
-    assert got["fused-stats"] == got["staged-stats"]
+def test_layout_matches_symusic_tables_on_corpus(midi_corpus, name):
+    # the encoder reads symusic's internal serialization: it must find what numpy() gives
+    _assert_layout_finds_symusic_tables(Score(_pick(midi_corpus, name)))
 
 
 @pytest.mark.parametrize(
