@@ -1,19 +1,22 @@
 """Vectorized PyTorch fallback for windowed hierarchical attention (no N x N tensor).
 
 Queries are cut into chunks of `C` rows. Chunk c only needs the keys of its *band*:
-causal, positions `[c*C - (W-1), c*C + C - 1]`, i.e. `L = C + W - 1` keys (non-causal,
-`L = C + 2W - 2`). The bands of all chunks of all heads are one overlapping strided view
+causal, positions `[c*C - (W-1), c*C + C - 1]`, i.e. `C + W - 1` keys (non-causal,
+`C + 2W - 2`). The bands of all chunks of all heads are one overlapping strided view
 of the zero-padded keys (`_head_bands`), so the local part is a single batched matmul
 `[B*H*nc, C, D] x [B*H*nc, D, L]` with no Python loop and no copy of the bands, and
-scores take `N x L` memory. Summary scores are `N x NB`. Both parts share one softmax
-(max and sum taken over the two pieces, never concatenated). Masks are additive
-(0 / -inf) and applied in place.
+scores take `N x L` memory, where `L` is the band widened to whole chunks. Summary
+scores are `N x NB`. Both parts share one softmax (max and sum taken over the two
+pieces, never concatenated). Masks are additive (0 / -inf) and applied in place.
 
 The backward recomputes scores from the saved log-sum-exp instead of keeping the
 probabilities of every chunk (FlashAttention's trick), so it also stays within
-`O(N x (W + C + NB))`. dq is computed query-major (chunk of queries against its key
-band); dk, dv key-major (chunk of keys against the band of queries that see them), so
-every gradient is a plain matmul: no scatter-add, no atomics, bit-for-bit deterministic.
+`O(N x (W + C + NB))`. Each chunk's probabilities and score gradients are computed once,
+query-major: dq is their product with the chunk's key band, and dk, dv come out as
+per-band gradients `[L, D]` that are summed back onto the keys they cover. Bands start
+and end on chunk boundaries, so that sum is `L / C` shifted adds of whole chunks
+(`_head_bands_sum`, the inverse of `_head_bands`): no scatter-add, no atomics,
+bit-for-bit deterministic.
 
 These functions have the same signature as the fused Triton launchers (`fused.py`), so
 both backends sit behind one custom op. Inputs are validated upstream.
@@ -24,14 +27,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# Largest query chunk. Larger chunks waste (C - 1) / (C + W - 1) of the band's work on
-# masked keys; smaller ones mean more, tinier matmuls (and a longer band view per key).
-MAX_CHUNK = 32
+# Largest query chunk. Larger chunks waste about C / (C + W) of the band's work on
+# masked keys; smaller ones mean more, tinier matmuls. 64 was fastest for fwd+bwd at
+# W = 256 on a 2-core x86 CPU (32 and 128 within noise of it, 256 clearly slower).
+MAX_CHUNK = 64
 MIN_CHUNK = 16
+LOG2E = 1.4426950408889634  # exp(x) = 2^(x * LOG2E)
 
 
 def chunk_size(n: int, window: int) -> int:
-    """Query rows per chunk: the window rounded up to a power of two, in [16, 32], <= N."""
+    """Query rows per chunk: the window rounded up to a power of two, in [16, 64], <= N."""
     c = 1 << max(0, (min(window, n) - 1).bit_length())
     return max(1, min(n, max(MIN_CHUNK, min(MAX_CHUNK, c))))
 
@@ -126,6 +131,26 @@ def _head_bands(x: torch.Tensor, lo: int, length: int, chunk: int, npad: int) ->
     return buf.as_strided((nbands, length, w), (chunk * w, w, 1))
 
 
+def _head_bands_sum(
+    grads: torch.Tensor, shape: torch.Size, lo: int, chunk: int, npad: int
+) -> torch.Tensor:
+    """Inverse of `_head_bands`: sum per-band rows `[B*H*nc, L, W]` onto `shape` rows.
+
+    `lo` and `L` are multiples of `chunk`, so sub-block j of band g lands on whole buffer
+    chunk g + j: the sum is `L / chunk` shifted adds of `[B*H*nc, chunk, W]` slabs, in a
+    fixed order. Rows that fall outside their head (masked, hence exactly zero) land in
+    the padding or a neighbour's rows and add nothing.
+    """
+    b, h, n, w = shape
+    nbands, length, _ = grads.shape
+    m = length // chunk
+    buf = grads.new_zeros(nbands + m - 1, chunk, w)
+    for j, part in enumerate(grads.view(nbands, m, chunk, w).unbind(1)):
+        buf[j : j + nbands].add_(part)
+    front = -lo // chunk
+    return buf[front : front + nbands].view(b, h, npad, w)[:, :, :n]
+
+
 class _Geometry:
     """Sizes and additive masks (0 visible, -inf hidden) shared by forward and backward.
 
@@ -153,11 +178,12 @@ class _Geometry:
         self.chunk = c = chunk_size(n, w)
         self.nc = -(-n // c)
         self.npad = self.nc * c
-        # Query-major band: keys from c*C - (W-1); key-major band: queries from c*C
-        # (causal) or c*C - (W-1) (non-causal).
-        self.lo_q = -(w - 1)
-        self.lo_k = 0 if causal else -(w - 1)
-        self.length = c + w - 1 if causal else c + 2 * w - 2
+        # Band of chunk c: keys from c*C + lo (lo = -(W-1) rounded down to a whole
+        # chunk) to the chunk's last row (causal) or W-1 past it (non-causal), rounded
+        # up to a whole chunk, so band gradients sum back chunk by chunk.
+        self.lo_q = -c * -(-(w - 1) // c)
+        reach = c - 1 if causal else c + w - 2  # last key offset from c*C
+        self.length = c * -(-(reach - self.lo_q + 1) // c)
 
     def _bias(self, vis: torch.Tensor) -> torch.Tensor:
         zero = torch.zeros((), dtype=self.dtype, device=self.device)
@@ -182,18 +208,6 @@ class _Geometry:
         if self.key_real is not None:
             real = _bands(self.key_real, 1, self.lo_q, self.length, self.chunk, self.nc)
             vis = vis[None] & real[:, :, None, :]  # [B, nc, C, L]
-        return self._bias(vis).unsqueeze(-4) if vis.dim() == 4 else self._bias(vis)[None, None]
-
-    def bias_k(self) -> torch.Tensor:
-        """Key-major `[B|1, 1, nc, C, L]`: key t = cC + r against query i = cC + lo_k + col."""
-        r, col, start = self._grid()
-        n = self.n
-        i, t = start + self.lo_k + col, start + r
-        vis = self._local(self.lo_k + col - r)[None] & (t < n) & (i >= 0) & (i < n)
-        if self.key_real is not None:
-            b = self.key_real.shape[0]
-            rows = _pad_seq(self.key_real, 1, 0, self.npad - n).view(b, self.nc, self.chunk)
-            vis = vis[None] & rows[..., None]  # [B, nc, C, L]
         return self._bias(vis).unsqueeze(-4) if vis.dim() == 4 else self._bias(vis)[None, None]
 
     def bias_s(self) -> torch.Tensor:
@@ -228,7 +242,9 @@ def chunked_forward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention over [local keys ; given summaries] -> (o `[B, H, N, D]`, lse `[B, H, N]`).
 
-    lse is -inf for a query that sees nothing (its output row is zero).
+    Scores are kept in the log2 domain (`exp2` runs several times faster than `exp` on
+    CPU), so lse is base 2: `log2(sum_j 2^(scale * log2(e) * q . key_j))`. It is -inf
+    for a query that sees nothing (its output row is zero).
     """
     from stretto.kernels.testing import new_output
 
@@ -236,7 +252,7 @@ def chunked_forward(
     cd = compute_dtype(q.dtype)
     g = _Geometry(n, window, block, causal, key_real, summary_real, cd, q.device)
     c, nc, npad, length = g.chunk, g.nc, g.npad, g.length
-    qs = _pad_seq(q.to(cd) * scale, 2, 0, npad - n)  # [B, H, Npad, D]
+    qs = _pad_seq(q.to(cd) * (scale * LOG2E), 2, 0, npad - n)  # [B, H, Npad, D], log2 units
     k_b = _head_bands(k.to(cd), g.lo_q, length, c, npad)  # [B*H*nc, L, D]
     v_b = _head_bands(v.to(cd), g.lo_q, length, c, npad)
 
@@ -251,18 +267,18 @@ def chunked_forward(
         m = torch.maximum(m, p_sum.amax(-1))
     zero = torch.zeros((), dtype=cd, device=q.device)
     m = torch.where(torch.isfinite(m), m, zero)[..., None]  # rows that see nothing: 0
-    p_loc.sub_(m).exp_()
+    p_loc.sub_(m).exp2_()
     acc = torch.bmm(p_loc.view(-1, c, length), v_b).view(bsz, h, npad, d)
     denom = p_loc.sum(-1).view(bsz, h, npad)
     if p_sum is not None:
-        p_sum.sub_(m).exp_()
+        p_sum.sub_(m).exp2_()
         p_sum = p_sum.view(bsz, h, npad, -1)
         acc.add_(p_sum @ v_sum.to(cd))
         denom.add_(p_sum.sum(-1))
     seen = denom > 0
     acc.div_(torch.where(seen, denom, torch.ones_like(zero))[..., None])
     m = m.view(bsz, h, npad)
-    lse_pad = torch.where(seen, m + torch.log(denom), torch.full_like(zero, float("-inf")))
+    lse_pad = torch.where(seen, m + torch.log2(denom), torch.full_like(zero, float("-inf")))
 
     o = new_output(bsz, h, n, d, dtype=q.dtype, device=q.device)
     o.copy_(acc[:, :, :n])
@@ -296,10 +312,10 @@ def chunked_backward(
     cd = compute_dtype(q.dtype)
     g = _Geometry(n, window, block, causal, key_real, summary_real, cd, q.device)
     c, nc, npad, length = g.chunk, g.nc, g.npad, g.length
-    qs = q.to(cd) * scale  # scores are qs . k, so dk = ds^T qs
+    qs = q.to(cd) * (scale * LOG2E)  # log2-domain scores qs . k; dk = ds^T qs / LOG2E
     k_, v_, do_ = (x.to(cd) for x in (k, v, do))
     zero = torch.zeros((), dtype=cd, device=q.device)
-    # A row that saw nothing has lse = -inf and only -inf scores: use 0 so exp gives 0.
+    # A row that saw nothing has lse = -inf and only -inf scores: use 0 so exp2 gives 0.
     lse_ = lse.to(cd)
     lse_ = torch.where(torch.isfinite(lse_), lse_, zero)
     delta = (do_ * o.to(cd)).sum(-1)  # [B, H, N]
@@ -310,54 +326,45 @@ def chunked_backward(
     def chunked(x: torch.Tensor) -> torch.Tensor:  # [B, H, nc, C, w] -> [B*H*nc, C, w]
         return x.reshape(-1, c, x.shape[-1])
 
-    # -- dq and the summaries' gradients: query-major --
+    # -- one query-major pass: probabilities and score gradients of each chunk's band --
     qs_r, do_r = rows(qs), rows(do_)  # [B, H, Npad, D]
     lse_c = rows(lse_[..., None]).view(bsz, h, nc, c, 1)
     delta_c = rows(delta[..., None]).view(bsz, h, nc, c, 1)
     k_b = _head_bands(k_, g.lo_q, length, c, npad)  # [B*H*nc, L, D]
     v_b = _head_bands(v_, g.lo_q, length, c, npad)
     p = torch.bmm(chunked(qs_r), k_b.transpose(1, 2)).view(bsz, h, nc, c, length)
-    p.add_(g.bias_q()).sub_(lse_c).exp_()
+    p.add_(g.bias_q()).sub_(lse_c).exp2_()
+    p = p.view(-1, c, length)  # [B*H*nc, C, L]
+    dv = _head_bands_sum(torch.bmm(p.transpose(1, 2), chunked(do_r)), q.shape, g.lo_q, c, npad)
     ds = torch.bmm(chunked(do_r), v_b.transpose(1, 2)).view(bsz, h, nc, c, length)
-    ds.sub_(delta_c).mul_(p)
+    ds.sub_(delta_c).mul_(p.view(bsz, h, nc, c, length))
     del p
-    dq = torch.bmm(ds.view(-1, c, length), k_b).view(bsz, h, npad, d)
+    ds = ds.view(-1, c, length)
+    dq = torch.bmm(ds, k_b).view(bsz, h, npad, d)
+    dk_b = torch.bmm(ds.transpose(1, 2), chunked(qs_r))  # [B*H*nc, L, D]
     del ds
+    dk = _head_bands_sum(dk_b, q.shape, g.lo_q, c, npad)
+    del dk_b
+
     dk_sum = dv_sum = None
     if block is not None:
         ks, vs = k_sum.to(cd), v_sum.to(cd)  # [B, H, NB, D]
         nb = ks.shape[-2]
         p_s = (qs_r @ ks.transpose(-1, -2)).view(bsz, h, nc, c, nb)
-        p_s.add_(g.bias_s()).sub_(lse_c).exp_()
+        p_s.add_(g.bias_s()).sub_(lse_c).exp2_()
         ds_s = (do_r @ vs.transpose(-1, -2)).view(bsz, h, nc, c, nb)
         ds_s.sub_(delta_c).mul_(p_s)
         ds_s, p_s = ds_s.view(bsz, h, npad, nb), p_s.view(bsz, h, npad, nb)
         dq.add_(ds_s @ ks)
         dk_sum = new_output(*k_sum.shape, dtype=k_sum.dtype, device=q.device)
-        dk_sum.copy_(ds_s.transpose(-1, -2) @ qs_r)
+        dk_sum.copy_((ds_s.transpose(-1, -2) @ qs_r).div_(LOG2E))
         dv_sum = new_output(*v_sum.shape, dtype=v_sum.dtype, device=q.device)
         dv_sum.copy_(p_s.transpose(-1, -2) @ do_r)
     dq_out = new_output(bsz, h, n, d, dtype=q.dtype, device=q.device)
     dq_out.copy_(dq[:, :, :n].mul_(scale))
     del dq
-
-    # -- dk, dv: key-major (a chunk of keys against the band of queries that see it) --
-    qs_b = _head_bands(qs, g.lo_k, length, c, npad)  # [B*H*nc, L, D]
-    do_b = _head_bands(do_, g.lo_k, length, c, npad)
-    lse_b = _head_bands(lse_[..., None], g.lo_k, length, c, npad)  # [B*H*nc, L, 1]
-    delta_b = _head_bands(delta[..., None], g.lo_k, length, c, npad)
-    lse_b = lse_b.view(bsz, h, nc, 1, length)
-    delta_b = delta_b.view(bsz, h, nc, 1, length)
-    k_r, v_r = rows(k_), rows(v_)
-    p_t = torch.bmm(chunked(k_r), qs_b.transpose(1, 2)).view(bsz, h, nc, c, length)
-    p_t.add_(g.bias_k()).sub_(lse_b).exp_()  # [B, H, nc, C, L]
-    dv = torch.bmm(p_t.view(-1, c, length), do_b)  # [B*H*nc, C, D]
-    ds_t = torch.bmm(chunked(v_r), do_b.transpose(1, 2)).view(bsz, h, nc, c, length)
-    ds_t.sub_(delta_b).mul_(p_t)
-    del p_t
-    dk = torch.bmm(ds_t.view(-1, c, length), qs_b)
     dk_out = new_output(bsz, h, n, d, dtype=k.dtype, device=q.device)
-    dk_out.copy_(dk.view(bsz, h, npad, d)[:, :, :n])
+    dk_out.copy_(dk).div_(LOG2E)
     dv_out = new_output(bsz, h, n, d, dtype=v.dtype, device=q.device)
-    dv_out.copy_(dv.view(bsz, h, npad, d)[:, :, :n])
+    dv_out.copy_(dv)
     return dq_out, dk_out, dv_out, dk_sum, dv_sum
