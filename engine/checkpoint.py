@@ -8,8 +8,10 @@ instead of failing later inside an embedding.
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,7 +73,26 @@ def save_checkpoint(
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _remove_stale_temps(path)
     return path
+
+
+STALE_TEMP_SECONDS = 15 * 60
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Delete temp files of earlier saves to `path` that a killed process left behind.
+
+    Only files untouched for STALE_TEMP_SECONDS go: a save in progress elsewhere keeps
+    writing to (and so touching) its own temp file.
+    """
+    cutoff = time.time() - STALE_TEMP_SECONDS
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        try:
+            if tmp.stat().st_mtime < cutoff:
+                tmp.unlink()
+        except OSError:  # gone already, or not ours to delete: leave it
+            pass
 
 
 def read_checkpoint(path: str | Path, map_location="cpu") -> dict:

@@ -102,3 +102,22 @@ def test_config_differences_lists_every_field(vocab):
     a = ModelConfig.from_vocab(vocab, preset="tiny")
     b = a.replace(d_ff=256, dropout=0.1)
     assert a.differences(b) == ["d_ff: 128 != 256", "dropout: 0.0 != 0.1"]
+
+
+def test_save_removes_stale_temp_files_of_killed_saves(make_model, tmp_path):
+    import os
+    import time
+
+    from stretto.engine import checkpoint
+
+    path = tmp_path / "ck.pt"
+    stale = tmp_path / ".ck.pt.abc123.tmp"  # what a save killed mid-write leaves
+    fresh = tmp_path / ".ck.pt.def456.tmp"  # a save still writing in another process
+    other = tmp_path / ".other.pt.abc123.tmp"  # another checkpoint's temp file
+    for f in (stale, fresh, other):
+        f.write_bytes(b"partial")
+    old = time.time() - checkpoint.STALE_TEMP_SECONDS - 60
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    make_model("transformer").save(path, step=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, fresh.name, other.name])
