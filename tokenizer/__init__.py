@@ -1,7 +1,7 @@
 """MIDI <-> token ids for Stretto: vocabulary, tokenizer, corpus builder and dataset."""
 
 from .config import TokenizerConfig
-from .corpus import CorpusReport, build_corpus
+from .corpus import CorpusReport, build_corpus, merge_corpora
 from .dataset import TokenDataset
 from .midi import MidiError, MidiTokenizer
 from .vocabulary import Vocabulary
@@ -14,4 +14,5 @@ __all__ = [
     "TokenizerConfig",
     "Vocabulary",
     "build_corpus",
+    "merge_corpora",
 ]

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 
 from stretto.engine.cli import main as stretto
-from stretto.tokenizer import TokenDataset, TokenizerConfig, build_corpus
+from stretto.tokenizer import TokenDataset, TokenizerConfig, build_corpus, merge_corpora
 from stretto.tokenizer.corpus import (
     MANIFEST,
-    merge_corpora,
     parse_shard,
     read_manifest,
     select_part,
