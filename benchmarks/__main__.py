@@ -1,4 +1,5 @@
-"""`python -m benchmarks [SUITE ...] [--quick] [--device cuda|cpu] [--out DIR]`."""
+"""`python -m benchmarks [SUITE ...] [--quick] [--device cuda|cpu] [--out DIR]
+[--seq-len N ...] [--preset NAME ...]`."""
 
 from __future__ import annotations
 
@@ -15,6 +16,15 @@ examples:
   python -m benchmarks --quick --device cpu      every suite, short sweep, on the CPU
   python -m benchmarks attention memory          two suites on CUDA when present
   python -m benchmarks --out /tmp/run            write the run somewhere else
+  python -m benchmarks model --device cpu --preset base --seq-len 512 --seq-len 1024
+                                                 a filtered run: these presets/lengths
+
+--seq-len N (repeatable) keeps only these lengths: the model, memory and generate
+suites run any positive length (generate: generated tokens); the attention suite runs
+its sweep and keeps those lengths, so a length outside its sweep is an error.
+--preset NAME (repeatable) picks the model and generate suites' presets (an engine
+preset: tiny, small, base; default: model base, generate small and base; quick runs
+tiny on a CPU). The filters are written beside "full run"/"quick run" in results.md.
 
 Results go to benchmarks/results/<device>/<YYYY-MM-DD>-<commit>/ (results.csv,
 results.json, results.md, PNG plots) and that device's section of
@@ -57,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             results_root=Path(args.results_root) if args.results_root else RESULTS_ROOT,
             plots=not args.no_plots,
             update_readme=False if args.no_readme else None,
+            seq_lens=args.seq_len,
+            presets=args.preset,
         )
     except ValueError as exc:
         parser.error(str(exc))

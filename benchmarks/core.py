@@ -1,6 +1,15 @@
 """The runner: find the suites, run them, enrich and normalise every row, write a run.
 
-A suite is a module `benchmarks.<name>_bench` with `run(*, quick, device) -> list[dict]`.
+A suite is a module `benchmarks.<name>_bench` with `run(*, quick, device) -> list[dict]`;
+it may also take `seq_lens` and `presets` (the `--seq-len` and `--preset` filters,
+None when not given), which the runner passes only to a suite whose `run` names them.
+The model, memory and generate suites run any positive length they are given. A suite
+in TABLE_SWEEP_SUITES that takes no `seq_lens` (attention) runs its whole sweep of the
+shape table and the runner keeps the rows of the requested lengths; a length outside
+that sweep is an error before anything runs. A run's filters (suites, lengths,
+presets) are recorded in its metadata and printed beside "quick run"/"full run", so a
+partial run never reads as a full one.
+
 Each row names what was measured (suite, provider, mode, shape, dtype) and what was
 found (median_ms, p20_ms, p80_ms, peak_mem_mb, optional tokens_per_s, tflops, extra);
 a row whose `status` starts with "skipped:" or "error:" carries no numbers. The runner
@@ -20,7 +29,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +45,10 @@ SUITES: dict[str, str] = {
     "generate": "benchmarks.generate_bench",
     "memory": "benchmarks.memory_bench",
 }
+
+# Suites that sweep `shapes.seq_lens(quick=..., scaling=True)`; when their `run` takes no
+# `seq_lens`, the runner filters their rows by length instead.
+TABLE_SWEEP_SUITES = ("attention",)
 
 MEASURED_FIELDS = ("median_ms", "p20_ms", "p80_ms", "peak_mem_mb", "tokens_per_s", "tflops")
 ENV_FIELDS = ("device", "torch", "triton", "stretto", "commit", "date")
@@ -271,15 +284,100 @@ def load_suite(name: str, registry: Mapping[str, str | Callable[..., Any]] = SUI
     return run
 
 
-def call_suite(run: Callable[..., Any], *, quick: bool, device: str) -> list[dict[str, Any]]:
-    """Call a suite's `run`, passing only the keywords it takes."""
+def takes_keyword(run: Callable[..., Any], name: str) -> bool:
     params = inspect.signature(run).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def call_suite(
+    run: Callable[..., Any],
+    *,
+    quick: bool,
+    device: str,
+    seq_lens: Sequence[int] | None = None,
+    presets: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Call a suite's `run`, passing only the keywords it takes.
+
+    `seq_lens` and `presets` are passed only when given; a suite that takes no
+    `seq_lens` has its rows filtered by length here (rows without a length stay).
+    """
+    given = {"quick": quick, "device": device, "seq_lens": seq_lens, "presets": presets}
     kwargs = {
-        k: v for k, v in {"quick": quick, "device": device}.items() if takes_any or k in params
+        k: (list(v) if k in ("seq_lens", "presets") else v)
+        for k, v in given.items()
+        if (v is not None or k in ("quick", "device")) and takes_keyword(run, k)
     }
-    rows = run(**kwargs)
-    return [dict(r) for r in (rows or [])]
+    rows = [dict(r) for r in (run(**kwargs) or [])]
+    if seq_lens is not None and "seq_lens" not in kwargs:
+        wanted = set(seq_lens)
+        rows = [r for r in rows if _seq_len(r) is None or _seq_len(r) in wanted]
+    return rows
+
+
+def table_sweep(quick: bool) -> tuple[int, ...]:
+    """Lengths a TABLE_SWEEP_SUITES suite sweeps (see `benchmarks.shapes`)."""
+    from benchmarks import shapes
+
+    return shapes.seq_lens(quick=quick, scaling=True)
+
+
+def check_filters(
+    names: Sequence[str],
+    registry: Mapping[str, str | Callable[..., Any]],
+    *,
+    quick: bool,
+    seq_lens: Sequence[int] | None,
+    presets: Sequence[str] | None,
+) -> None:
+    """ValueError naming the offending value when a filter cannot be honoured."""
+    for n in seq_lens or ():
+        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+            raise ValueError(f"a sequence length must be a positive integer, got {n!r}")
+    if seq_lens:
+        for name in names:
+            if name not in TABLE_SWEEP_SUITES:
+                continue
+            try:
+                if takes_keyword(load_suite(name, registry), "seq_lens"):
+                    continue
+            except SuiteUnavailable:
+                continue  # its row reads skipped whatever the lengths
+            allowed = table_sweep(quick)
+            outside = [n for n in seq_lens if n not in allowed]
+            if outside:
+                raise ValueError(
+                    f"--seq-len {outside[0]} is not in the {name} suite's "
+                    f"{'quick ' if quick else ''}sweep; choose from "
+                    f"{', '.join(map(str, allowed))}"
+                )
+    if presets:
+        try:
+            from stretto.engine import PRESETS
+        except ImportError:  # the model suites report themselves skipped
+            return
+        for preset in presets:
+            if preset not in PRESETS:
+                raise ValueError(
+                    f"unknown preset {preset!r}; choose from {', '.join(sorted(PRESETS))}"
+                )
+
+
+def run_filters(
+    names: Sequence[str],
+    registry: Mapping[str, Any],
+    seq_lens: Sequence[int] | None,
+    presets: Sequence[str] | None,
+) -> dict[str, list]:
+    """What restricted this run: a subset of suites, lengths, presets (empty: none)."""
+    filters: dict[str, list] = {}
+    if list(names) != list(registry):
+        filters["suites"] = list(names)
+    if seq_lens:
+        filters["seq_len"] = sorted(set(seq_lens))
+    if presets:
+        filters["preset"] = list(dict.fromkeys(presets))
+    return filters
 
 
 @dataclass
@@ -300,6 +398,8 @@ def run_suites(
     device: str,
     env: Mapping[str, Any],
     registry: Mapping[str, str | Callable[..., Any]] = SUITES,
+    seq_lens: Sequence[int] | None = None,
+    presets: Sequence[str] | None = None,
     log=None,
 ) -> list[dict[str, Any]]:
     """Run each suite in turn; a missing or failing suite becomes a row, never a gap."""
@@ -309,7 +409,13 @@ def run_suites(
         start = time.perf_counter()
         log(f"[benchmarks] {name}: running ({'quick' if quick else 'full'}, {device})")
         try:
-            suite_rows = call_suite(load_suite(name, registry), quick=quick, device=device)
+            suite_rows = call_suite(
+                load_suite(name, registry),
+                quick=quick,
+                device=device,
+                seq_lens=seq_lens,
+                presets=presets,
+            )
             if not suite_rows:
                 suite_rows = [skipped_row(name, "skipped: the suite returned no rows")]
         except SuiteUnavailable as exc:
@@ -341,12 +447,17 @@ def run_benchmarks(
     results_root: Path = RESULTS_ROOT,
     update_readme: bool | None = None,
     plots: bool = True,
+    seq_lens: Sequence[int] | None = None,
+    presets: Sequence[str] | None = None,
     log=None,
 ) -> RunResult:
     """Run suites and write results.{csv,json,md} and plots into one folder.
 
-    `update_readme` (default: when the folder lies under `results_root`) rewrites this
-    device's section of `results_root/README.md`, keeping the other devices' sections.
+    `seq_lens` and `presets` restrict the suites that sweep lengths and presets (see
+    the module docstring); they are checked before anything runs and recorded in the
+    run's `meta["filters"]`. `update_readme` (default: when the folder lies under
+    `results_root`) rewrites this device's section of `results_root/README.md`,
+    keeping the other devices' sections.
     """
     from benchmarks import report
 
@@ -354,13 +465,24 @@ def run_benchmarks(
     for name in names:
         if name not in registry:
             raise ValueError(f"unknown suite {name!r}; known: {', '.join(registry)}")
+    check_filters(names, registry, quick=quick, seq_lens=seq_lens, presets=presets)
     device = resolve_device(device)
     env = environment(device)
-    meta = dict(env, suites=names, quick=quick)
+    filters = run_filters(names, registry, seq_lens, presets)
+    meta = dict(env, suites=names, quick=quick, filters=filters)
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(env, results_root)
     rows: list[dict[str, Any]] = []
     for name in names:
-        rows += run_suites([name], quick=quick, device=device, env=env, registry=registry, log=log)
+        rows += run_suites(
+            [name],
+            quick=quick,
+            device=device,
+            env=env,
+            registry=registry,
+            seq_lens=seq_lens,
+            presets=presets,
+            log=log,
+        )
         # Tables after every suite: a run stopped by a time limit keeps what it measured.
         report.write_run(out_dir, meta, rows, plots=False)
     report.write_run(out_dir, meta, rows, plots=plots)

@@ -8,15 +8,26 @@ at -inf (so every case generates exactly its token count):
 - `cached-constrained`: the same with the grammar mask (the default of `generate`).
 - `full-forward`: re-runs the whole forward pass for every new token, the baseline the
   generation issue compares against (run up to FULL_FORWARD_MAX_TOKENS).
-Peak memory is the CUDA allocator's peak above the model (GPU) or the peak RSS of a
-fresh child process (CPU). When `stretto.engine` has no `generate`, every row reads
+Each case runs its generation exactly once, after a warm-up generation of
+WARMUP_TOKENS tokens with the same provider and preset. GPU: timed in process, peak
+memory is the CUDA allocator's peak above the model. CPU: one fresh child process per
+case builds the model, warms up, resets its RSS high-water mark and runs the measured
+generation once, reporting both its wall time and its peak RSS above the model (so
+the hour-long no-cache base case is not run a second time for its memory; the child
+gives up after CPU_CASE_TIMEOUT_S). That child keeps glibc's default allocator, as a
+user's process would (see `benchmarks.timing.peak_rss_in_child`); its warm-up is short,
+so little of the warm-up's memory can be reused by the measured generation.
+Presets: `small` and `base` (quick: `small` on CUDA, `tiny` on a CPU) or those of
+`--preset`; generated lengths: 2048 and 8192 (quick: 256) or those of `--seq-len`,
+any positive length. When `stretto.engine` has no `generate`, every row reads
 "skipped: generation not implemented"; no number is ever filled in.
 """
 
 from __future__ import annotations
 
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from benchmarks import shapes
@@ -26,6 +37,10 @@ from benchmarks.timing import peak_rss_in_child, synchronize
 SUITE = "generate"
 PROVIDERS = ("cached", "cached-constrained", "full-forward")
 FULL_FORWARD_MAX_TOKENS = 2048  # quadratic in the generated length beyond this
+WARMUP_TOKENS = 8  # the warm-up generation before each measured one
+# One CPU case runs in one child; the no-cache base baseline at 2048 tokens alone takes
+# tens of minutes on two cores.
+CPU_CASE_TIMEOUT_S = 3600.0
 
 
 def generation_unavailable() -> str | None:
@@ -81,68 +96,99 @@ def build_case(provider: str, preset: str, tokens: int, device: str) -> Callable
     return run
 
 
-def _cases(quick: bool, device: str) -> list[tuple[str, int]]:
+def _cases(
+    quick: bool, device: str, seq_lens: Sequence[int] | None, presets: Sequence[str] | None
+) -> list[tuple[str, int]]:
     if quick:
-        preset = "small" if device.startswith("cuda") else "tiny"
-        return [(preset, n) for n in shapes.QUICK_GENERATE_LENGTHS]
-    return [(p, n) for p in ("small", "base") for n in shapes.GENERATE_LENGTHS]
+        default_presets = ("small",) if device.startswith("cuda") else ("tiny",)
+        default_lens = shapes.QUICK_GENERATE_LENGTHS
+    else:
+        default_presets, default_lens = ("small", "base"), shapes.GENERATE_LENGTHS
+    return [(p, n) for p in (presets or default_presets) for n in (seq_lens or default_lens)]
 
 
 def _measure(provider: str, preset: str, tokens: int, device: str) -> dict[str, Any]:
     kwargs = {"provider": provider, "preset": preset, "tokens": tokens, "device": device}
-    run = build_case(**kwargs)
-    build_case(provider, preset, 8, device)()  # warm-up: lazy initialisation, kernels
-    result: dict[str, Any] = {}
-    if device.startswith("cuda"):
-        import torch
+    if not device.startswith("cuda"):
+        return _measure_cpu(kwargs)
+    import torch
 
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
+    run = build_case(**kwargs)
+    build_case(provider, preset, WARMUP_TOKENS, device)()  # lazy initialisation, kernels
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
     start = time.perf_counter()
     run()
     synchronize(device)
     elapsed_ms = (time.perf_counter() - start) * 1e3
-    if device.startswith("cuda"):
-        result["peak_mem_mb"] = (torch.cuda.max_memory_allocated() - before) / 2**20
-    else:
-        mem = peak_rss_in_child(build_case, kwargs)
-        if "error" in mem:
-            result["extra"] = {"memory_error": mem["error"]}
-        else:
-            result["peak_mem_mb"] = mem["peak_mem_mb"]
-            result["extra"] = {k: v for k, v in mem.items() if k != "peak_mem_mb"}
+    result: dict[str, Any] = {
+        "peak_mem_mb": (torch.cuda.max_memory_allocated() - before) / 2**20,
+    }
+    return _with_time(result, elapsed_ms, tokens)
+
+
+def _measure_cpu(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Time and peak RSS of the same single generation, in one fresh child process."""
+    probe = peak_rss_in_child(
+        build_case,
+        kwargs,
+        warmup_kwargs=dict(kwargs, tokens=WARMUP_TOKENS),
+        timed=True,
+        timeout_s=CPU_CASE_TIMEOUT_S,
+    )
+    if "error" in probe:
+        raise RuntimeError(f"in the child process: {probe['error']}")
+    elapsed_ms = probe.pop("elapsed_ms")
+    result: dict[str, Any] = {"peak_mem_mb": probe.pop("peak_mem_mb"), "extra": probe}
+    return _with_time(result, elapsed_ms, kwargs["tokens"])
+
+
+def _with_time(result: dict[str, Any], elapsed_ms: float, tokens: int) -> dict[str, Any]:
     # One timed generation per case: p20 and p80 equal the single sample.
     result.update(median_ms=elapsed_ms, p20_ms=elapsed_ms, p80_ms=elapsed_ms)
     result["tokens_per_s"] = tokens / (elapsed_ms / 1e3)
     return result
 
 
-def run(*, quick: bool, device: str) -> list[dict[str, Any]]:
+def run(
+    *,
+    quick: bool,
+    device: str,
+    seq_lens: Sequence[int] | None = None,
+    presets: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Rows for every (preset, generated length, provider); see the module docstring."""
     reason = generation_unavailable()
     if reason:
         return [skipped_row(SUITE, reason, provider=p, mode="generate") for p in PROVIDERS]
     rows: list[dict[str, Any]] = []
     dtype = "float32"
-    for preset, tokens in _cases(quick, device):
-        for provider in PROVIDERS:
-            what = {
-                "suite": SUITE,
-                "provider": provider,
-                "mode": "generate",
-                "shape": f"{preset}-B1-T{tokens}",
-                "seq_len": tokens,
-                "dtype": dtype,
-            }
-            if provider == "full-forward" and tokens > FULL_FORWARD_MAX_TOKENS:
-                reason = f"no-cache baseline is run up to {FULL_FORWARD_MAX_TOKENS} tokens only"
-                rows.append(skipped_row(SUITE, reason, **what))
-                continue
-            try:
-                measured = _measure(provider, preset, tokens, device)
-            except Exception as exc:  # one failing case is a row, the others still run
-                rows.append(dict(what, status=f"error: {type(exc).__name__}: {exc}"))
-                continue
-            extra = measured.pop("extra", {})
-            rows.append(dict(what, **measured, extra=dict(extra, preset=preset)))
+    cases = [(p, n, v) for p, n in _cases(quick, device, seq_lens, presets) for v in PROVIDERS]
+    for i, (preset, tokens, provider) in enumerate(cases, 1):
+        what = {
+            "suite": SUITE,
+            "provider": provider,
+            "mode": "generate",
+            "shape": f"{preset}-B1-T{tokens}",
+            "seq_len": tokens,
+            "dtype": dtype,
+        }
+        if provider == "full-forward" and tokens > FULL_FORWARD_MAX_TOKENS:
+            reason = f"no-cache baseline is run up to {FULL_FORWARD_MAX_TOKENS} tokens only"
+            rows.append(skipped_row(SUITE, reason, **what))
+            continue
+        progress(f"[generate] {i}/{len(cases)}: {provider}, preset {preset}, {tokens} tokens")
+        try:
+            measured = _measure(provider, preset, tokens, device)
+        except Exception as exc:  # one failing case is a row, the others still run
+            rows.append(dict(what, status=f"error: {type(exc).__name__}: {exc}"))
+            continue
+        extra = measured.pop("extra", {})
+        rows.append(dict(what, **measured, extra=dict(extra, preset=preset)))
     return rows
+
+
+def progress(message: str) -> None:
+    """One line on stderr, so that a long run shows where it is."""
+    print(message, file=sys.stderr, flush=True)

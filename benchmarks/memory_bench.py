@@ -9,13 +9,14 @@ Model providers: `MusicModel` loss forward+backward with `attention="wha"` and w
 CUDA: `max_memory_allocated` above the inputs, in process. CPU: peak RSS of a fresh
 child process per case, above its size before the case. Each provider's rows also
 carry `mem_growth_exponent`, the slope of log(memory) against log(N) over its measured
-lengths (about 1 for linear growth, about 2 for quadratic).
+lengths (about 1 for linear growth, about 2 for quadratic). `seq_lens` (`--seq-len`)
+replaces the sweep of both parts with the given lengths, any positive ones.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from benchmarks import shapes
@@ -224,11 +225,14 @@ def _add_growth(rows: list[dict[str, Any]]) -> None:
                 r["extra"]["mem_growth_exponent"] = round(slope, 3)
 
 
-def run(*, quick: bool, device: str) -> list[dict[str, Any]]:
+def run(*, quick: bool, device: str, seq_lens: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """Rows per provider and length; `seq_lens` (any positive lengths) replaces the sweep."""
     dtype = shapes.dtype_name(device)
     lens = list(shapes.seq_lens(quick=quick, scaling=True))
     if quick and not device.startswith("cuda"):
         lens.append(QUICK_CPU_MAX_SEQ)
+    if seq_lens:
+        lens = sorted(set(seq_lens))
     rows: list[dict[str, Any]] = []
 
     for provider in ATTENTION_PROVIDERS:
@@ -257,7 +261,8 @@ def run(*, quick: bool, device: str) -> list[dict[str, Any]]:
             extra = {"window": shape.window, "block": shape.block}
             rows.append(_row(provider, "fwd+bwd", shape.label, n, dtype, result, extra))
 
-    model_lens = [n for n in lens if n <= max(shapes.SEQ_LENS)] if quick else lens
+    short = quick and not seq_lens  # asked-for lengths all run
+    model_lens = [n for n in lens if n <= max(shapes.SEQ_LENS)] if short else lens
     # base on a GPU; on a CPU small, or tiny in a quick run (one child per case adds up)
     preset = "base" if device.startswith("cuda") else ("tiny" if quick else "small")
     reason = _model_unavailable()

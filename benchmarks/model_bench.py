@@ -1,26 +1,43 @@
 """The model: train-step and forward tokens/s per mode, WHA against dense SDPA attention.
 
 For each mode (transformer, vae, vae_gan) and length (512, 1024, 2048), the `base`
-preset runs once with windowed hierarchical attention (`attention="wha"`, the
-model's own) and once with full SDPA attention (`attention="dense"`, everything else
-identical). Phases: `train` is one `Trainer.train_step` (loss, backward, clipping,
-AdamW; vae_gan adds the discriminator step), `forward` is `model(ids)` under
-inference mode. GPU: CUDA-event timings (bf16 autocast) and peak CUDA memory. CPU:
-float32, both attentions interleaved in one process so their ratio is the result;
-peak resident memory from a spawned child per case (full runs only).
+preset runs with windowed hierarchical attention (`attention="wha"`, the model's own),
+with full SDPA attention (`attention="dense"`, everything else identical), and with no
+attention at all (`no-attention`, the ceiling, below). Phases: `train` is one
+`Trainer.train_step` (loss, backward, clipping, AdamW; vae_gan adds the discriminator
+step), `forward` is `model(ids)` under inference mode. GPU: CUDA-event timings (bf16
+autocast) and peak CUDA memory. CPU: float32, the three providers interleaved in one
+process so their ratios are the result; peak resident memory from a spawned child per
+case (full runs only).
+
+The ceiling: `no-attention` is the dense model with its attention operation replaced,
+during each timed call only, by a stand-in that returns `v` unchanged (same shape and
+dtype, no work): the q/k/v and output projections, rotary, MLP, norms, head, loss,
+backward and optimizer all still run. It is patched here, at the one call the engine's
+`Attention.forward` makes for dense attention (`stretto.engine.model._dense_attention`),
+and restored after each call; the engine has no such option. No attention
+implementation can make the step faster than this row, so it bounds what WHA can gain
+over dense SDPA at this model size, where projections and MLP dominate.
 
 Rows: `mode` is the phase (`train-step` or `fwd`), `provider` the attention and model
-mode (`wha-transformer`, `dense-vae`, ...), and `shape` names the model mode too
-(`vae-B4-N2048`), so the report's "vs best" column compares WHA with dense for the
-same model and phase only, and plots draw one line per attention and model. `extra`
-carries the preset, the batch size and, when both attentions were measured in this
-run, `speedup_vs_dense` (dense median / WHA median). A quick run uses the `tiny`
-preset at 512 only.
+mode (`wha-transformer`, `dense-vae`, `no-attention-vae_gan`, ...), and `shape` names
+the model mode and preset (`vae-base-B4-N2048`), so the report's "vs best" column
+compares the providers of one model and phase only (the ceiling reads 1.00x when
+measured), and plots draw one line per provider. `extra` carries the preset, the batch
+size and, when dense was measured in this run, `speedup_vs_dense` (dense median / this
+median) on the WHA and ceiling rows, `ceiling_speedup_vs_dense` on the WHA row, and
+`ceiling` on the ceiling row.
+
+Filters: `presets` (default `base`; a quick run `tiny`) and `seq_lens` (default 512,
+1024, 2048; a quick run 512), any positive length. Each case prints one progress line
+to stderr.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from benchmarks import shapes
@@ -35,7 +52,10 @@ from benchmarks.timing import (
 
 SUITE = "model"
 MODES = ("transformer", "vae", "vae_gan")
-ATTENTIONS = ("wha", "dense")
+ATTENTIONS = ("wha", "dense", "none")
+PROVIDER = {"wha": "wha", "dense": "dense", "none": "no-attention"}
+CEILING_NOTE = "ceiling: attention replaced by a no-op; no attention implementation is faster"
+MEMORY_CHILD_TIMEOUT_S = 1800.0  # a base vae_gan train step at 2048, twice, on two cores
 PHASES = ("train", "forward")
 ROW_MODE = {"train": "train-step", "forward": "fwd"}
 
@@ -43,7 +63,19 @@ ROW_MODE = {"train": "train-step", "forward": "fwd"}
 def build_case(
     attention: str, mode: str, phase: str, preset: str, batch: int, seq_len: int, device: str
 ) -> Callable[[], Any]:
-    """A model of `preset`/`mode` with `attention`, and the callable running one `phase`."""
+    """A model of `preset`/`mode` with `attention`, and the callable running one `phase`.
+
+    `attention` is "wha", "dense" or "none" (the dense model with the attention
+    operation replaced by `_attention_stand_in` during each call).
+    """
+    if attention == "none":
+        run = build_case("dense", mode, phase, preset, batch, seq_len, device)
+
+        def without_attention() -> None:
+            with _no_attention():
+                run()
+
+        return without_attention
     import torch
 
     from stretto.engine import ModelConfig, MusicModel, TrainConfig, Trainer
@@ -87,6 +119,25 @@ def build_case(
     return forward
 
 
+def _attention_stand_in(q, k, v, causal, key_padding_mask):
+    """Takes the place of the engine's dense attention: `v` itself, `[B, H, N, D]`."""
+    return v
+
+
+@contextlib.contextmanager
+def _no_attention() -> Iterator[None]:
+    """The engine's dense attention call is the stand-in while inside (one process,
+    cases run one at a time, so the WHA and dense cases never see it)."""
+    from stretto.engine import model as engine_model
+
+    saved = engine_model._dense_attention
+    engine_model._dense_attention = _attention_stand_in
+    try:
+        yield
+    finally:
+        engine_model._dense_attention = saved
+
+
 def _unavailable() -> str | None:
     try:
         from stretto.engine import ModelConfig, MusicModel, Trainer  # noqa: F401
@@ -96,31 +147,45 @@ def _unavailable() -> str | None:
     return None
 
 
-def run(*, quick: bool, device: str) -> list[dict]:
-    """Rows for every mode x length x phase x attention (see the module docstring)."""
-    preset = "tiny" if quick else "base"
-    lens = (512,) if quick else shapes.SEQ_LENS
+def run(
+    *,
+    quick: bool,
+    device: str,
+    seq_lens: Sequence[int] | None = None,
+    presets: Sequence[str] | None = None,
+) -> list[dict]:
+    """Rows for every preset x mode x length x phase x provider (see the module docstring)."""
+    presets = list(presets or (("tiny",) if quick else ("base",)))
+    lens = list(seq_lens or ((512,) if quick else shapes.SEQ_LENS))
     cuda = device.startswith("cuda")
     dtype = shapes.dtype_name(device)
     reason = _unavailable()
     rows: list[dict] = []
-    for mode in MODES:
-        for n in lens:
-            batch = shapes.batch_size(device, n, kind="model")
-            shape = f"{mode}-B{batch}-N{n}"
-            for phase in PHASES:
-                what = {"mode": ROW_MODE[phase], "shape": shape, "seq_len": n, "dtype": dtype}
-                if reason:
-                    rows += [
-                        skipped_row(SUITE, reason, provider=f"{a}-{mode}", **what)
-                        for a in ATTENTIONS
-                    ]
-                    continue
-                rows += _measure_pair(mode, phase, preset, batch, n, device, cuda, quick, what)
+    cases = [(p, m, n, ph) for p in presets for m in MODES for n in lens for ph in PHASES]
+    for i, (preset, mode, n, phase) in enumerate(cases, 1):
+        batch = shapes.batch_size(device, n, kind="model")
+        shape = f"{mode}-{preset}-B{batch}-N{n}"
+        what = {"mode": ROW_MODE[phase], "shape": shape, "seq_len": n, "dtype": dtype}
+        if reason:
+            rows += [
+                skipped_row(SUITE, reason, provider=f"{PROVIDER[a]}-{mode}", **what)
+                for a in ATTENTIONS
+            ]
+            continue
+        progress(
+            f"[model] {i}/{len(cases)}: wha, dense, no-attention; {mode} {ROW_MODE[phase]}, "
+            f"preset {preset}, batch {batch}, {n} tokens"
+        )
+        rows += _measure_case(mode, phase, preset, batch, n, device, cuda, quick, what)
     return rows
 
 
-def _measure_pair(mode, phase, preset, batch, n, device, cuda, quick, what) -> list[dict]:
+def progress(message: str) -> None:
+    """One line on stderr, so that a long run shows where it is."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def _measure_case(mode, phase, preset, batch, n, device, cuda, quick, what) -> list[dict]:
     import torch
 
     args = {"mode": mode, "phase": phase, "preset": preset, "batch": batch, "seq_len": n}
@@ -147,13 +212,15 @@ def _measure_pair(mode, phase, preset, batch, n, device, cuda, quick, what) -> l
         if not quick:
             for attention in cases:
                 memory[attention] = peak_rss_in_child(
-                    build_case, {"attention": attention, "device": device, **args}
+                    build_case,
+                    {"attention": attention, "device": device, **args},
+                    timeout_s=MEMORY_CHILD_TIMEOUT_S,
                 )
     cases.clear()
 
     rows = []
     for attention in ATTENTIONS:
-        row = {"suite": SUITE, "provider": f"{attention}-{mode}", **what}
+        row = {"suite": SUITE, "provider": f"{PROVIDER[attention]}-{mode}", **what}
         extra = {"preset": preset, "batch": batch, "model_mode": mode, "attention": attention}
         if attention in errors or attention not in timings:
             row["status"] = errors.get(attention, "error: not measured")
@@ -169,8 +236,14 @@ def _measure_pair(mode, phase, preset, batch, n, device, cuda, quick, what) -> l
             extra.update({k: v for k, v in mem.items() if k != "peak_mem_mb"})
         elif "error" in mem:
             extra["memory_error"] = mem["error"]
-        if attention == "wha" and "dense" in timings:
+        if attention == "none":
+            extra["ceiling"] = CEILING_NOTE
+        if attention != "dense" and "dense" in timings:
             extra["speedup_vs_dense"] = timings["dense"].median_ms / t.median_ms
+        if attention == "wha" and "dense" in timings and "none" in timings:
+            extra["ceiling_speedup_vs_dense"] = (
+                timings["dense"].median_ms / timings["none"].median_ms
+            )
         row["extra"] = extra
         row["status"] = "ok"
         rows.append(row)

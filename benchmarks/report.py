@@ -117,11 +117,15 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
 def environment_line(meta: Mapping[str, Any]) -> str:
     commit = str(meta.get("commit", "unknown"))
     dirty = " (uncommitted changes)" if meta.get("commit_dirty") else ""
-    run = "quick" if meta.get("quick") else "full"
+    run = ("quick" if meta.get("quick") else "full") + " run"
+    filters = meta.get("filters") or {}
+    if filters:
+        parts = [f"{key} {', '.join(map(str, values))}" for key, values in filters.items()]
+        run = f"{run}, filtered: {'; '.join(parts)}"
     return (
         f"Device: **{meta.get('device')}** · torch {meta.get('torch')} · "
         f"triton {meta.get('triton') or 'absent'} · stretto {meta.get('stretto')} · "
-        f"commit `{commit[:12]}`{dirty} · {meta.get('date')} · {run} run"
+        f"commit `{commit[:12]}`{dirty} · {meta.get('date')} · {run}"
     )
 
 
@@ -183,7 +187,8 @@ README_HEAD = """# Committed benchmark runs
 
 One folder per device (`<device>/<YYYY-MM-DD>-<commit>/`), each run with results.csv,
 results.json, results.md and PNG plots. Below: the latest run per device, written by
-`python -m benchmarks` (or `python -m benchmarks.report RUN_DIR --readme`).
+`python -m benchmarks` (or `python -m benchmarks.report RUN_DIR --readme`). A run
+restricted by suite, `--seq-len` or `--preset` says so after "full run"/"quick run".
 """
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import itertools
 import math
 import multiprocessing
-import os
 import queue as queue_module
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -171,16 +170,47 @@ def _reset_peak_rss() -> bool:
     return True
 
 
-def _child_peak_rss(build: Callable[..., Callable[[], Any]], kwargs: dict, queue) -> None:
+# glibc's mallopt parameter number of M_MMAP_THRESHOLD (malloc.h).
+_M_MMAP_THRESHOLD = -3
+_FIXED_MMAP_THRESHOLD = 65536
+
+
+def _fix_mmap_threshold() -> bool:
+    """Have glibc serve blocks above 64 KiB by mmap and unmap them when freed, so
+    memory a warm-up freed is not still resident when the measured call starts."""
+    try:
+        import ctypes
+
+        return bool(ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, _FIXED_MMAP_THRESHOLD))
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
+def _child_peak_rss(
+    build: Callable[..., Callable[[], Any]],
+    kwargs: dict,
+    warmup_kwargs: dict | None,
+    fixed_mmap: bool,
+    queue,
+) -> None:
     try:
         import gc
 
-        run = build(**kwargs)
-        run()  # warm-up: lazy initialisation is not the case's memory
+        if fixed_mmap:
+            _fix_mmap_threshold()
+        if warmup_kwargs is None:
+            run = build(**kwargs)
+            run()  # warm-up: lazy initialisation is not the case's memory
+        else:
+            build(**warmup_kwargs)()  # a cheaper case warms the same code paths
+            gc.collect()
+            run = build(**kwargs)
         gc.collect()
         before_kb = _status_kb("VmRSS")
         reset = _reset_peak_rss()
+        start = time.perf_counter()
         run()
+        elapsed_ms = (time.perf_counter() - start) * 1e3
         hwm_kb = _status_kb("VmHWM")
         if before_kb is None or hwm_kb is None:
             import resource
@@ -195,6 +225,7 @@ def _child_peak_rss(build: Callable[..., Callable[[], Any]], kwargs: dict, queue
                 "peak_rss_mb": hwm_kb / 1024,
                 "rss_before_mb": before_kb / 1024,
                 "peak_reset": reset,
+                "elapsed_ms": elapsed_ms,
             }
         )
     except BaseException as exc:  # reported to the parent as the case's status
@@ -216,30 +247,39 @@ def _child_context():
 
 
 def peak_rss_in_child(
-    build: Callable[..., Callable[[], Any]], kwargs: dict | None = None, *, timeout_s: float = 300
+    build: Callable[..., Callable[[], Any]],
+    kwargs: dict | None = None,
+    *,
+    timeout_s: float = 300,
+    warmup_kwargs: dict | None = None,
+    timed: bool = False,
 ) -> dict[str, Any]:
     """Peak resident memory of one case, measured in a fresh child process.
 
     `build(**kwargs)` runs in the child (so it must be a module-level function) and
-    returns the callable to measure; the child runs it once to warm up, then resets the
-    high-water mark and runs it again. Returns `peak_mem_mb` (peak RSS above the RSS
-    just before the measured call, i.e. above the inputs and the interpreter),
-    `peak_rss_mb` and `rss_before_mb`, or `error` with the reason.
+    returns the callable to measure. The child warms up, by running that callable once
+    or, with `warmup_kwargs`, by running `build(**warmup_kwargs)()` (a cheaper case on
+    the same code paths, so a long case runs exactly once), then resets the high-water
+    mark and runs the measured callable once. Returns `peak_mem_mb` (peak RSS above the
+    RSS just before the measured call, i.e. above the inputs and the interpreter),
+    `peak_rss_mb` and `rss_before_mb`, with `timed` also `elapsed_ms` (wall time of
+    that one measured call), or `error` with the reason. `timeout_s` bounds the whole
+    child, warm-up included.
+
+    Untimed, glibc returns freed blocks above 64 KiB to the system at once, so nothing
+    the warm-up freed is still resident. Timed, the allocator keeps its defaults (that
+    setting would slow the timed call); memory the warm-up freed and glibc kept may then
+    be reused by the measured call without raising the peak, which is why a timed child
+    should warm up on a small case (`warmup_kwargs`).
     """
     ctx = _child_context()
     queue = ctx.Queue()
-    # A fixed mmap threshold makes glibc return freed large blocks to the system, so
-    # the warm-up's memory is not still resident when the measured call starts.
-    saved = os.environ.get("MALLOC_MMAP_THRESHOLD_")
-    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
-    try:
-        proc = ctx.Process(target=_child_peak_rss, args=(build, dict(kwargs or {}), queue))
-        proc.start()
-    finally:
-        if saved is None:
-            os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
-        else:
-            os.environ["MALLOC_MMAP_THRESHOLD_"] = saved
+    # Untimed, the child fixes glibc's mmap threshold (see _fix_mmap_threshold); timed,
+    # it keeps the default allocator: an mmap and page faults for every large block
+    # made the tiny preset's no-cache generation about 5x slower on two cores.
+    args = (build, dict(kwargs or {}), warmup_kwargs, not timed, queue)
+    proc = ctx.Process(target=_child_peak_rss, args=args)
+    proc.start()
     deadline = time.monotonic() + timeout_s
     result: dict[str, Any] | None = None
     while result is None:
@@ -257,4 +297,6 @@ def peak_rss_in_child(
     if proc.is_alive():
         proc.kill()
         proc.join()
+    if not timed:
+        result.pop("elapsed_ms", None)
     return result

@@ -19,6 +19,8 @@ examples:
   stretto bench --quick --device cpu       every suite, short sweep, on the CPU
   stretto bench attention memory           two suites, on CUDA when present
   stretto bench --out /tmp/bench-run       write the run somewhere else
+  stretto bench model --preset base --seq-len 2048
+                                           one preset at one length (a filtered run)
 
 Results: benchmarks/results/<device>/<YYYY-MM-DD>-<commit>/ (results.csv, results.json,
 results.md, PNG plots). Needs a source checkout (git clone + pip install -e .):
@@ -40,6 +42,10 @@ def benchmarks_command(args: argparse.Namespace) -> list[str]:
         cmd += ["--out", str(Path(args.out).resolve())]
     if args.no_plots:
         cmd.append("--no-plots")
+    for n in args.seq_len or ():
+        cmd += ["--seq-len", str(n)]
+    for name in args.preset or ():
+        cmd += ["--preset", name]
     return cmd
 
 
@@ -90,3 +96,30 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", default=None, help="results folder (default: under benchmarks/results/)"
     )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument(
+        "--seq-len",
+        type=_positive_int,
+        action="append",
+        metavar="N",
+        help="repeatable: only these sequence lengths in the model, memory and generate "
+        "suites (any length; generate: the generated length) and the attention suite "
+        "(lengths of its sweep only)",
+    )
+    parser.add_argument(
+        "--preset",
+        action="append",
+        metavar="NAME",
+        help="repeatable: model presets of the model and generate suites (tiny, small, "
+        "base; default: model base, generate small and base; --quick: tiny, or small for "
+        "generate on CUDA)",
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive length, got {value}")
+    return value

@@ -248,3 +248,147 @@ def test_stretto_bench_offers_the_runners_suites():
     from stretto.engine import bench_command
 
     assert tuple(SUITES) == bench_command.SUITES
+
+
+# -- filters: --seq-len and --preset -----------------------------------------------
+
+
+def suite_with_filters(*, quick, device, seq_lens=None, presets=None):
+    return [
+        {"provider": p, "mode": "fwd", "shape": f"{p}-N{n}", "seq_len": n, "median_ms": 1.0}
+        for p in (presets or ["tiny"])
+        for n in (seq_lens or [512])
+    ]
+
+
+def table_suite(*, quick, device):
+    """Like the attention suite: sweeps the shape table and takes no `seq_lens`."""
+    rows = [
+        {"provider": "p", "mode": "fwd", "shape": f"N{n}", "median_ms": 1.0} for n in (512, 1024)
+    ]
+    return rows + [core.skipped_row("attention", "peer absent", provider="q")]
+
+
+FILTER_REGISTRY = {"filtered": suite_with_filters, "attention": table_suite}
+
+
+@pytest.mark.parametrize(
+    "argv, seq_len, preset",
+    [
+        pytest.param([], None, None, id="none"),
+        pytest.param(["--seq-len", "2048"], [2048], None, id="one-length"),
+        pytest.param(
+            ["--seq-len", "512", "--seq-len", "77", "--preset", "base", "--preset", "small"],
+            [512, 77],
+            ["base", "small"],
+            id="repeated",
+        ),
+    ],
+)
+def test_filters_are_parsed_by_both_entry_points(argv, seq_len, preset):
+    from benchmarks.__main__ import build_parser
+    from stretto.engine import bench_command, cli
+
+    args = build_parser().parse_args(["model", *argv])
+    assert (args.seq_len, args.preset) == (seq_len, preset)
+    bench_args = cli.build_parser().parse_args(["bench", "model", *argv])
+    assert bench_command.benchmarks_command(bench_args)[1:] == ["-m", "benchmarks", "model", *argv]
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "2k", "1.5"])
+def test_a_length_that_is_not_positive_is_refused(value, capsys):
+    from benchmarks.__main__ import build_parser
+
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["--seq-len", value])
+    assert exc.value.code == 2
+    assert "--seq-len" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "names, kwargs, message",
+    [
+        pytest.param(
+            ["filtered"],
+            {"presets": ["huge"]},
+            "unknown preset 'huge'; choose from base, small, tiny",
+            id="preset",
+        ),
+        pytest.param(
+            ["attention"],
+            {"seq_lens": [300]},
+            "--seq-len 300 is not in the attention suite's quick sweep; "
+            "choose from 512, 1024, 2048",
+            id="outside-table-sweep",
+        ),
+        pytest.param(["filtered"], {"seq_lens": [0]}, "positive integer, got 0", id="zero"),
+    ],
+)
+def test_filters_that_cannot_be_honoured_are_refused_before_running(
+    tmp_path, fake_env, names, kwargs, message
+):
+    with pytest.raises(ValueError, match=message):
+        core.run_benchmarks(
+            names, quick=True, registry=FILTER_REGISTRY, results_root=tmp_path, **kwargs
+        )
+    assert not any(tmp_path.iterdir())
+
+
+def test_main_reports_an_unknown_preset_as_a_usage_error(capsys):
+    from benchmarks.__main__ import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["model", "--preset", "huge", "--no-readme"])
+    assert exc.value.code == 2
+    assert "unknown preset 'huge'" in capsys.readouterr().err
+
+
+def test_filters_reach_the_suites_and_the_run_metadata(tmp_path, fake_env):
+    result = core.run_benchmarks(
+        ["filtered", "attention"],
+        quick=True,
+        registry=FILTER_REGISTRY,
+        results_root=tmp_path,
+        seq_lens=[2048, 1024],
+        presets=["small"],
+        plots=False,
+        log=lambda msg: None,
+    )
+    got = {(r["suite"], r["provider"], r["seq_len"]) for r in result.rows}
+    assert got == {
+        ("filtered", "small", 1024),
+        ("filtered", "small", 2048),
+        ("attention", "p", 1024),  # 512 dropped by the runner
+        ("attention", "q", None),  # a row without a length stays
+    }
+    assert result.meta["filters"] == {"seq_len": [1024, 2048], "preset": ["small"]}
+    md = (result.out_dir / "results.md").read_text()
+    assert "quick run, filtered: seq_len 1024, 2048; preset small" in md
+    meta, _ = report.read_json(result.out_dir / "results.json")
+    assert meta["filters"]["seq_len"] == [1024, 2048]
+
+
+@pytest.mark.parametrize(
+    "filters, line",
+    [
+        pytest.param({}, "· full run", id="none"),
+        pytest.param({"suites": ["model"]}, "· full run, filtered: suites model", id="suites"),
+        pytest.param(
+            {"suites": ["model"], "seq_len": [2048], "preset": ["base"]},
+            "· full run, filtered: suites model; seq_len 2048; preset base",
+            id="all",
+        ),
+    ],
+)
+def test_environment_line_names_the_filters(filters, line):
+    text = report.environment_line(dict(ENV, quick=False, filters=filters))
+    assert text.endswith(line)
+
+
+def test_timed_child_warms_up_on_another_case():
+    probe = peak_rss_in_child(
+        allocate_mb, {"size_mb": 160}, warmup_kwargs={"size_mb": 1}, timed=True, timeout_s=60
+    )
+    assert 150 < probe["peak_mem_mb"] < 260, probe
+    assert probe["elapsed_ms"] > 0
+    assert "elapsed_ms" not in peak_rss_in_child(allocate_mb, {"size_mb": 1}, timeout_s=60)

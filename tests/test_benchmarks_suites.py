@@ -1,0 +1,92 @@
+"""The model and generate suites under the runner's filters, on the tiny preset.
+
+Short lengths keep these fast; they check which cases run and what each row carries
+(the ceiling provider, the generate child's time and memory), never a timing value.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+# benchmarks/ is not installed: import it from the checkout this test file sits in.
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import core, generate_bench, model_bench  # noqa: E402
+
+pytest.importorskip("stretto.engine.model")
+
+
+@pytest.fixture
+def one_model_mode(monkeypatch):
+    """The transformer mode only: the vae modes run the same code per provider."""
+    monkeypatch.setattr(model_bench, "MODES", ("transformer",))
+
+
+def test_filtered_model_run_has_only_the_asked_cases_and_the_ceiling(tmp_path, one_model_mode):
+    result = core.run_benchmarks(
+        ["model"],
+        quick=True,
+        device="cpu",
+        out_dir=tmp_path,
+        update_readme=False,
+        plots=False,
+        seq_lens=[33],
+        presets=["tiny"],
+        log=lambda msg: None,
+    )
+    assert not result.errors, result.errors
+    rows = result.rows
+    assert {(r["seq_len"], r["extra"]["preset"]) for r in rows} == {(33, "tiny")}
+    assert {r["provider"] for r in rows} == {
+        "wha-transformer",
+        "dense-transformer",
+        "no-attention-transformer",
+    }
+    assert all(core.is_measured(r) and r["median_ms"] > 0 for r in rows)
+    for r in rows:
+        if r["provider"] == "wha-transformer":
+            assert {"speedup_vs_dense", "ceiling_speedup_vs_dense"} <= set(r["extra"])
+        if r["provider"] == "no-attention-transformer":
+            assert r["extra"]["ceiling"].startswith("ceiling")
+            assert "speedup_vs_dense" in r["extra"]
+    assert result.meta["filters"] == {"suites": ["model"], "seq_len": [33], "preset": ["tiny"]}
+
+
+@pytest.mark.parametrize("phase", ["forward", "train"])
+def test_ceiling_replaces_every_attention_call_and_restores_it(monkeypatch, phase):
+    from stretto.engine import PRESETS
+    from stretto.engine import model as engine_model
+
+    dense = engine_model._dense_attention
+    seen = []
+
+    def counting(q, k, v, causal, key_padding_mask):
+        seen.append(tuple(v.shape))
+        return v
+
+    monkeypatch.setattr(model_bench, "_attention_stand_in", counting)
+    run = model_bench.build_case("none", "transformer", phase, "tiny", 1, 17, "cpu")
+    run()
+    tiny = PRESETS["tiny"]
+    heads, head_dim = tiny["n_heads"], tiny["d_model"] // tiny["n_heads"]
+    assert seen == [(1, heads, 17, head_dim)] * tiny["n_layers"]  # one forward per call
+    assert engine_model._dense_attention is dense
+
+
+def test_generate_times_and_measures_each_case_in_one_child(monkeypatch):
+    # every provider takes the same path through the child; one keeps the test short
+    monkeypatch.setattr(generate_bench, "PROVIDERS", ("cached",))
+    rows = generate_bench.run(quick=True, device="cpu", seq_lens=[9], presets=["tiny"])
+    assert [(r["provider"], r["seq_len"], r["extra"]["preset"]) for r in rows] == [
+        ("cached", 9, "tiny")
+    ]
+    for r in rows:
+        assert "status" not in r, r
+        assert r["median_ms"] > 0 and r["median_ms"] == r["p20_ms"] == r["p80_ms"]
+        assert r["peak_mem_mb"] >= 0 and r["extra"]["peak_reset"] is True
+        assert r["tokens_per_s"] == pytest.approx(r["seq_len"] / (r["median_ms"] / 1e3))
