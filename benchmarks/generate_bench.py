@@ -178,7 +178,7 @@ def run(
         }
         if provider == "full-forward" and tokens > FULL_FORWARD_MAX_TOKENS:
             reason = f"no-cache baseline is run up to {FULL_FORWARD_MAX_TOKENS} tokens only"
-            rows.append(skipped_row(SUITE, reason, **what))
+            rows.append(skipped_row(reason=reason, **what))
             continue
         progress(f"[generate] {i}/{len(cases)}: {provider}, preset {preset}, {tokens} tokens")
         try:
