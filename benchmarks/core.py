@@ -371,7 +371,7 @@ def run_filters(
 ) -> dict[str, list]:
     """What restricted this run: a subset of suites, lengths, presets (empty: none)."""
     filters: dict[str, list] = {}
-    if list(names) != list(registry):
+    if set(names) != set(registry):  # every suite, in any order, is no filter
         filters["suites"] = list(names)
     if seq_lens:
         filters["seq_len"] = sorted(set(seq_lens))

@@ -392,3 +392,9 @@ def test_timed_child_warms_up_on_another_case():
     assert 150 < probe["peak_mem_mb"] < 260, probe
     assert probe["elapsed_ms"] > 0
     assert "elapsed_ms" not in peak_rss_in_child(allocate_mb, {"size_mb": 1}, timeout_s=60)
+
+
+def test_naming_every_suite_in_another_order_is_not_a_filter():
+    every = list(reversed(core.SUITES))
+    assert core.run_filters(every, core.SUITES, None, None) == {}
+    assert core.run_filters(every[:1], core.SUITES, None, None) == {"suites": every[:1]}

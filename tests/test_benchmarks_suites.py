@@ -90,3 +90,17 @@ def test_generate_times_and_measures_each_case_in_one_child(monkeypatch):
         assert r["median_ms"] > 0 and r["median_ms"] == r["p20_ms"] == r["p80_ms"]
         assert r["peak_mem_mb"] >= 0 and r["extra"]["peak_reset"] is True
         assert r["tokens_per_s"] == pytest.approx(r["seq_len"] / (r["median_ms"] / 1e3))
+
+
+def test_generate_skips_the_no_cache_baseline_past_its_limit(monkeypatch):
+    # a full run asks for 8192 tokens, past FULL_FORWARD_MAX_TOKENS: a skipped row, and
+    # the cases before and after it are still measured
+    monkeypatch.setattr(generate_bench, "PROVIDERS", ("full-forward", "cached"))
+    monkeypatch.setattr(generate_bench, "FULL_FORWARD_MAX_TOKENS", 4)
+    rows = generate_bench.run(quick=True, device="cpu", seq_lens=[5], presets=["tiny"])
+    by_provider = {r["provider"]: r for r in rows}
+    assert by_provider.keys() == {"full-forward", "cached"}
+    skipped = by_provider["full-forward"]
+    assert skipped["suite"] == "generate" and skipped["seq_len"] == 5
+    assert skipped["status"] == "skipped: no-cache baseline is run up to 4 tokens only"
+    assert "status" not in by_provider["cached"] and by_provider["cached"]["median_ms"] > 0
