@@ -185,37 +185,37 @@ class HierarchicalKVCache:
         i = self.length - 1
         scale = self.head_dim**-0.5 if scale is None else float(scale)
         cd = compute_dtype(self.dtype)
-        ring = self.k_ring.shape[2]
-        q = q_t.to(cd)
-        slot_used = torch.arange(ring, device=self.device) < min(self.length, ring)
-        vis_loc = (self.real_ring & slot_used)[:, None, :]  # [B, 1, W]
-        s_loc = scale * torch.einsum("bhd,bhwd->bhw", q, self.k_ring.to(cd))
-        s_loc = s_loc.masked_fill(~vis_loc, float("-inf"))
+        neg_inf = float("-inf")
+        # Until the ring is full, its used slots are exactly 0 .. length-1: slice them
+        # (every op here runs once per token and layer, so fewer and smaller ops count).
+        used = min(self.length, self.k_ring.shape[2])
+        q = q_t.to(cd).unsqueeze(-1)  # [B, H, D, 1]
+        k_loc, v_loc = self.k_ring[:, :, :used].to(cd), self.v_ring[:, :, :used].to(cd)
+        s_loc = torch.matmul(k_loc, q).squeeze(-1).mul_(scale)  # [B, H, W]
+        s_loc.masked_fill_(~self.real_ring[:, None, :used], neg_inf)
         m = s_loc.amax(-1)  # [B, H]
-        s_sum = None
-        if self.block is not None:
-            # Blocks j with (j+1)*block - 1 <= i - window are complete and out of reach.
-            visible_blocks = max(0, (i - self.window + 1) // self.block)
-            nb = self.block_count.shape[1]
-            count = self.block_count
-            sees = (torch.arange(nb, device=self.device) < visible_blocks) & (count > 0)
-            denom = count.clamp(min=1)[:, None, :, None]
+        s_sum = v_sum = None
+        # Blocks j with (j+1)*block - 1 <= i - window are complete and out of reach.
+        seen = 0 if self.block is None else max(0, (i - self.window + 1) // self.block)
+        if seen:
+            count = self.block_count[:, None, :seen, None]  # [B, 1, NB, 1]
             # Summaries round to the cache dtype, as the pooled k_sum/v_sum of the full op.
-            k_sum = (self.k_block_sum / denom).to(self.dtype).to(cd)  # [B, H, NB, D]
-            v_sum = (self.v_block_sum / denom).to(self.dtype).to(cd)
-            s_sum = scale * torch.einsum("bhd,bhjd->bhj", q, k_sum)
-            s_sum = s_sum.masked_fill(~sees[:, None, :], float("-inf"))
+            per = count.clamp(min=1)
+            k_sum = (self.k_block_sum[:, :, :seen] / per).to(self.dtype).to(cd)
+            v_sum = (self.v_block_sum[:, :, :seen] / per).to(self.dtype).to(cd)
+            s_sum = torch.matmul(k_sum, q).squeeze(-1).mul_(scale)  # [B, H, NB]
+            s_sum.masked_fill_(count[..., 0] == 0, neg_inf)  # blocks of padding only
             m = torch.maximum(m, s_sum.amax(-1))
-        m = torch.where(torch.isfinite(m), m, torch.zeros((), dtype=cd, device=self.device))
-        p = torch.exp(s_loc - m[..., None])
-        acc = torch.einsum("bhw,bhwd->bhd", p, self.v_ring.to(cd))
+        m = torch.where(torch.isfinite(m), m, 0.0).unsqueeze(-1)  # rows that see nothing: 0
+        p = s_loc.sub_(m).exp_()
+        acc = torch.matmul(p.unsqueeze(-2), v_loc).squeeze(-2)  # [B, H, D]
         denom = p.sum(-1)
         if s_sum is not None:
-            p_s = torch.exp(s_sum - m[..., None])
-            acc = acc + torch.einsum("bhj,bhjd->bhd", p_s, v_sum)
-            denom = denom + p_s.sum(-1)
-        denom = torch.where(denom > 0, denom, torch.ones((), dtype=cd, device=self.device))
-        return (acc / denom[..., None]).to(self.dtype)
+            p_s = s_sum.sub_(m).exp_()
+            acc.add_(torch.matmul(p_s.unsqueeze(-2), v_sum).squeeze(-2))
+            denom.add_(p_s.sum(-1))
+        denom = torch.where(denom > 0, denom, 1.0)
+        return acc.div_(denom.unsqueeze(-1)).to(self.dtype)
 
 
 def hierarchical_attention_decode(
