@@ -79,6 +79,11 @@ def skipped_row(suite: str, reason: str, **what: Any) -> dict[str, Any]:
     return row
 
 
+def progress(message: str) -> None:
+    """One line on stderr, so that a long run shows where it is."""
+    print(message, file=sys.stderr, flush=True)
+
+
 def is_measured(row: Mapping[str, Any]) -> bool:
     return str(row.get("status", "ok")) == "ok"
 
@@ -403,7 +408,7 @@ def run_suites(
     log=None,
 ) -> list[dict[str, Any]]:
     """Run each suite in turn; a missing or failing suite becomes a row, never a gap."""
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    log = log or progress
     rows: list[dict[str, Any]] = []
     for name in names:
         start = time.perf_counter()

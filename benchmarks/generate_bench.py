@@ -25,13 +25,12 @@ any positive length. When `stretto.engine` has no `generate`, every row reads
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from benchmarks import shapes
-from benchmarks.core import skipped_row
+from benchmarks.core import progress, skipped_row
 from benchmarks.timing import peak_rss_in_child, synchronize
 
 SUITE = "generate"
@@ -189,8 +188,3 @@ def run(
         extra = measured.pop("extra", {})
         rows.append(dict(what, **measured, extra=dict(extra, preset=preset)))
     return rows
-
-
-def progress(message: str) -> None:
-    """One line on stderr, so that a long run shows where it is."""
-    print(message, file=sys.stderr, flush=True)

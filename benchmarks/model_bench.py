@@ -36,12 +36,11 @@ to stderr.
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from benchmarks import shapes
-from benchmarks.core import skipped_row
+from benchmarks.core import progress, skipped_row
 from benchmarks.timing import (
     bench_cpu,
     bench_cuda,
@@ -178,11 +177,6 @@ def run(
         )
         rows += _measure_case(mode, phase, preset, batch, n, device, cuda, quick, what)
     return rows
-
-
-def progress(message: str) -> None:
-    """One line on stderr, so that a long run shows where it is."""
-    print(message, file=sys.stderr, flush=True)
 
 
 def _measure_case(mode, phase, preset, batch, n, device, cuda, quick, what) -> list[dict]:
