@@ -8,8 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks.core import RESULTS_ROOT, SUITES, run_benchmarks
-from stretto.engine.bench_command import add_run_arguments
+from benchmarks.core import run_benchmarks
+from benchmarks.schema import RESULTS_ROOT, SUITES
 
 EPILOG = """\
 examples:
@@ -76,6 +76,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     for row in result.errors:
         print(f"error in suite {row['suite']}: {row['status']}", file=sys.stderr)
     return 1 if result.errors else 0
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments `stretto bench` and `python -m benchmarks` share."""
+    parser.add_argument(
+        "suites",
+        nargs="*",
+        metavar="SUITE",
+        help=f"suites to run (default: all): {', '.join(SUITES)}",
+    )
+    parser.add_argument("--quick", action="store_true", help="short sweep, fewer repeats")
+    parser.add_argument(
+        "--device",
+        choices=("cuda", "cpu"),
+        default=None,
+        help="where to run (default: cuda when torch sees one, else cpu)",
+    )
+    parser.add_argument(
+        "--out", default=None, help="results folder (default: under benchmarks/results/)"
+    )
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument(
+        "--seq-len",
+        type=_positive_int,
+        action="append",
+        metavar="N",
+        help="repeatable: only these sequence lengths in the model, memory and generate "
+        "suites (any length; generate: the generated length) and the attention suite "
+        "(lengths of its sweep only)",
+    )
+    parser.add_argument(
+        "--preset",
+        action="append",
+        metavar="NAME",
+        help="repeatable: model presets of the model and generate suites (tiny, small, "
+        "base; default: model base, generate small and base; --quick: tiny, or small for "
+        "generate on CUDA)",
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive length, got {value}")
+    return value
 
 
 if __name__ == "__main__":

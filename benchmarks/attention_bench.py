@@ -53,7 +53,7 @@ def visible_pairs(n: int, window: int, block: int | None, causal: bool) -> int:
     """Number of visible (query, key-or-summary) pairs of one head, no padding."""
     import torch
 
-    from stretto.kernels.hierarchical_attention import reference as ref
+    from stretto.kernels.wha import reference as ref
 
     i = torch.arange(n, dtype=torch.int64)
     if causal:
@@ -78,7 +78,7 @@ def _pool(x, block: int):
 
 
 def _summary_visible(n: int, window: int, block: int, causal: bool, device):
-    from stretto.kernels.hierarchical_attention import reference as ref
+    from stretto.kernels.wha import reference as ref
 
     return ref.summary_visibility(n, window, block, causal, device)  # [N, NB]
 
@@ -153,7 +153,7 @@ def _sdpa_dense_mask(shape: shapes.AttentionShape, device: str):
     import torch
     import torch.nn.functional as F
 
-    from stretto.kernels.hierarchical_attention import reference as ref
+    from stretto.kernels.wha import reference as ref
 
     n, window, block = shape.seq_len, shape.window, shape.block
     mask = ref.local_visibility(n, window, shape.causal, device)  # [N, N]

@@ -26,7 +26,6 @@ import os
 import platform
 import re
 import subprocess
-import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -34,58 +33,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-RESULTS_ROOT = REPO_ROOT / "benchmarks" / "results"
-
-# Suite name -> module; run in this order when no suite is named.
-SUITES: dict[str, str] = {
-    "tokenizer": "benchmarks.tokenizer_bench",
-    "attention": "benchmarks.attention_bench",
-    "model": "benchmarks.model_bench",
-    "generate": "benchmarks.generate_bench",
-    "memory": "benchmarks.memory_bench",
-}
-
-# Suites that sweep `shapes.seq_lens(quick=..., scaling=True)`; when their `run` takes no
-# `seq_lens`, the runner filters their rows by length instead.
-TABLE_SWEEP_SUITES = ("attention",)
-
-MEASURED_FIELDS = ("median_ms", "p20_ms", "p80_ms", "peak_mem_mb", "tokens_per_s", "tflops")
-ENV_FIELDS = ("device", "torch", "triton", "stretto", "commit", "date")
-ROW_FIELDS = (
-    ("suite", "provider", "mode", "shape", "seq_len", "dtype")
-    + MEASURED_FIELDS
-    + ("status",)
-    + ENV_FIELDS
-    + ("extra",)
+from benchmarks import report
+from benchmarks.schema import (
+    ENV_FIELDS,
+    MEASURED_FIELDS,
+    REPO_ROOT,
+    RESULTS_ROOT,
+    ROW_FIELDS,
+    SUITES,
+    TABLE_SWEEP_SUITES,
+    SuiteUnavailable,
+    is_measured,
+    progress,
+    skipped_row,
 )
 
 _SEQ_KEYS = ("seq_len", "N", "T", "L")  # in a shape dict; `extra` is read for seq_len only
 _SEQ_IN_LABEL = re.compile(r"(?:^|[-_ ,x])(?:N|L|T|seq|seq_len|len)=?(\d+)(?=$|[-_ ,x])")
-
-
-class SuiteUnavailable(Exception):
-    """A suite, or something it needs, is not there; its rows read "skipped: <reason>"."""
-
-
-# -- rows -----------------------------------------------------------------------------
-
-
-def skipped_row(suite: str, reason: str, **what: Any) -> dict[str, Any]:
-    """A row saying that a case was not measured, and why."""
-    row = {"suite": suite, "provider": "-", "mode": "-", "shape": "-", "dtype": "-"}
-    row.update(what)
-    row["status"] = reason if reason.startswith("skipped:") else f"skipped: {reason}"
-    return row
-
-
-def progress(message: str) -> None:
-    """One line on stderr, so that a long run shows where it is."""
-    print(message, file=sys.stderr, flush=True)
-
-
-def is_measured(row: Mapping[str, Any]) -> bool:
-    return str(row.get("status", "ok")) == "ok"
 
 
 def _shape_label(shape: Any) -> str:
@@ -464,8 +428,6 @@ def run_benchmarks(
     `results_root`) rewrites this device's section of `results_root/README.md`,
     keeping the other devices' sections.
     """
-    from benchmarks import report
-
     names = list(names or registry)
     for name in names:
         if name not in registry:

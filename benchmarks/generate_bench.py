@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from benchmarks import shapes
-from benchmarks.core import progress, skipped_row
+from benchmarks.schema import progress, skipped_row
 from benchmarks.timing import peak_rss_in_child, synchronize
 
 SUITE = "generate"

@@ -13,9 +13,10 @@ case (full runs only).
 The ceiling: `no-attention` is the dense model with its attention operation replaced,
 during each timed call only, by a stand-in that returns `v` unchanged (same shape and
 dtype, no work): the q/k/v and output projections, rotary, MLP, norms, head, loss,
-backward and optimizer all still run. It is patched here, at the one call the engine's
-`Attention.forward` makes for dense attention (`stretto.engine.model._dense_attention`),
-and restored after each call; the engine has no such option. No attention
+backward and optimizer all still run. It is patched here, at the one call that
+`HierarchicalAttention` makes for dense attention
+(`stretto.kernels.wha.module.dense_attention`), and restored after each call; the
+engine has no such option. No attention
 implementation can make the step faster than this row, so it bounds what WHA can gain
 over dense SDPA at this model size, where projections and MLP dominate.
 
@@ -40,7 +41,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from benchmarks import shapes
-from benchmarks.core import progress, skipped_row
+from benchmarks.schema import progress, skipped_row
 from benchmarks.timing import (
     bench_cpu,
     bench_cuda,
@@ -118,7 +119,7 @@ def build_case(
     return forward
 
 
-def _attention_stand_in(q, k, v, causal, key_padding_mask):
+def _attention_stand_in(q, k, v, *, causal, key_padding_mask=None):
     """Takes the place of the engine's dense attention: `v` itself, `[B, H, N, D]`."""
     return v
 
@@ -127,14 +128,14 @@ def _attention_stand_in(q, k, v, causal, key_padding_mask):
 def _no_attention() -> Iterator[None]:
     """The engine's dense attention call is the stand-in while inside (one process,
     cases run one at a time, so the WHA and dense cases never see it)."""
-    from stretto.engine import model as engine_model
+    from stretto.kernels.wha import module as attention_module
 
-    saved = engine_model._dense_attention
-    engine_model._dense_attention = _attention_stand_in
+    saved = attention_module.dense_attention
+    attention_module.dense_attention = _attention_stand_in
     try:
         yield
     finally:
-        engine_model._dense_attention = saved
+        attention_module.dense_attention = saved
 
 
 def _unavailable() -> str | None:

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.core import is_measured
+from benchmarks.schema import is_measured
 
 METRICS = (("median_ms", "time", "median time (ms)"), ("peak_mem_mb", "memory", "peak memory (MB)"))
 

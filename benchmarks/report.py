@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.core import RESULTS_ROOT, ROW_FIELDS, is_measured
+from benchmarks.schema import RESULTS_ROOT, ROW_FIELDS, is_measured
 
 CSV_NAME, JSON_NAME, MD_NAME = "results.csv", "results.json", "results.md"
 

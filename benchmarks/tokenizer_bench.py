@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.core import skipped_row
+from benchmarks.schema import skipped_row
 from benchmarks.timing import bench_cpu, peak_rss_in_child, quantile
 
 SUITE = "tokenizer"

@@ -1,33 +1,33 @@
-"""Stretto's model, training, checkpoints, generation and command line.
+"""Stretto's engine: the music model in three modes, its losses, training, checkpoints
+and generation.
 
-Public names are imported on first use, so `stretto --help` does not pay for torch.
+The library is this package's top-level modules; the applications built on it live in
+`stretto.engine.cli` (the `stretto` command, the demo) and `stretto.engine.audit`, and
+the library never imports them.
 """
 
-from __future__ import annotations
+from .checkpoint import Checkpoint, save_checkpoint
+from .config import MODES, PRESETS, ModelConfig
+from .generate import generate, sample
+from .grammar import Grammar, Violation, validate
+from .model import MusicModel, load_checkpoint
+from .objectives import TrainingObjective
+from .train import TrainConfig, Trainer
 
-import importlib
-
-_EXPORTS = {
-    "ModelConfig": ".config",
-    "PRESETS": ".config",
-    "MusicModel": ".model",
-    "Checkpoint": ".checkpoint",
-    "save_checkpoint": ".checkpoint",
-    "load_checkpoint": ".checkpoint",
-    "Trainer": ".train",
-    "TrainConfig": ".train",
-    "Grammar": ".grammar",
-    "validate": ".grammar",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__ = [
+    "MODES",
+    "PRESETS",
+    "Checkpoint",
+    "Grammar",
+    "ModelConfig",
+    "MusicModel",
+    "TrainConfig",
+    "Trainer",
+    "TrainingObjective",
+    "Violation",
+    "generate",
+    "load_checkpoint",
+    "sample",
+    "save_checkpoint",
+    "validate",
+]

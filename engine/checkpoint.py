@@ -1,5 +1,6 @@
-"""Checkpoints: config, vocabulary signature, weights, optimizer states and step in one
-file, written atomically (a temporary file in the same folder, then `os.replace`).
+"""Checkpoint files: config, vocabulary signature, weights, optimizer states and step in
+one file, written atomically (a temporary file in the same folder, then `os.replace`).
+`stretto.engine.load_checkpoint` (model.py) rebuilds the model from one.
 
 Loading compares the stored vocabulary signature with the running `Vocabulary` and,
 when asked, the stored config with an expected one, and names the field that differs
@@ -18,7 +19,7 @@ from typing import Any
 
 import torch
 
-from stretto.tokenizer import Vocabulary
+from stretto.tokenizer.vocabulary import Vocabulary
 
 from .config import ModelConfig
 
@@ -29,7 +30,7 @@ FORMAT = "stretto-checkpoint-v1"
 class Checkpoint:
     """What `load_checkpoint` returns: the rebuilt model plus the training state."""
 
-    model: Any  # MusicModel (not imported at module level: model imports this module)
+    model: Any  # a MusicModel (model.py builds it; this module knows only the file)
     step: int
     optimizers: dict[str, dict] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
@@ -131,25 +132,3 @@ def check_compatible(
                 + "; ".join(f"{d} (expected != checkpoint)" for d in diffs)
             )
     return saved
-
-
-def load_checkpoint(
-    path: str | Path,
-    *,
-    vocab: Vocabulary | None = None,
-    config: ModelConfig | None = None,
-    map_location="cpu",
-) -> Checkpoint:
-    """Rebuild the model from `path` and return it with its step and optimizer states."""
-    from .model import MusicModel
-
-    payload = read_checkpoint(path, map_location)
-    saved = check_compatible(payload, vocab=vocab, config=config)
-    model = MusicModel(saved)
-    model.load_state_dict(payload["model"])
-    return Checkpoint(
-        model=model,
-        step=int(payload["step"]),
-        optimizers=payload.get("optimizers", {}),
-        extra=payload.get("extra", {}),
-    )

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stretto.tokenizer import Vocabulary
+from stretto.tokenizer.vocabulary import Vocabulary
 
 MODES = ("transformer", "vae", "vae_gan")
 ATTENTIONS = ("wha", "dense")

@@ -21,6 +21,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from .layers import Block
+from .objectives import TrainingObjective
+
 STRATEGIES = ("ddp", "fsdp")
 
 
@@ -84,9 +87,13 @@ def setup(launch: Launch, device: str | torch.device | None, timeout_s: float) -
     return device
 
 
-def wrap(model: nn.Module, strategy: str, device: torch.device, *, gan: bool) -> nn.Module:
-    """DDP: a wrapper module around `model`; FSDP2: `model` itself, sharded in place
-    (each transformer block one unit, the rest in the root unit).
+def wrap(
+    objective: TrainingObjective, strategy: str, device: torch.device, *, gan: bool
+) -> nn.Module:
+    """DDP: a wrapper module around `objective`; FSDP2: `objective` itself, its model
+    sharded in place (each transformer block one unit, the rest in the model's root
+    unit, with `loss` and `discriminator_loss` registered as forward methods so the
+    root unit gathers its parameters for them).
 
     vae_gan runs two forwards per step through one module, the discriminator's touching
     no generator parameter, so DDP must look for unused parameters there.
@@ -97,25 +104,28 @@ def wrap(model: nn.Module, strategy: str, device: torch.device, *, gan: bool) ->
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [device.index] if device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=gan)
-    from torch.distributed.fsdp import fully_shard
+        return DistributedDataParallel(objective, device_ids=ids, find_unused_parameters=gan)
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
+    model = objective.model
     # fully_shard does not broadcast: start every rank from rank 0's weights.
     with torch.no_grad():
         for tensor in itertools.chain(model.parameters(), model.buffers()):
             dist.broadcast(tensor, src=0)
-    from .model import Block
-
     for module in model.modules():
         if isinstance(module, Block):
             fully_shard(module)
     fully_shard(model)
-    return model
+    for method in ("loss", "discriminator_loss"):
+        register_fsdp_forward_method(model, method)
+    return objective
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The user's model inside a DDP wrapper (FSDP2 shards in place: itself)."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+def unwrap(module: nn.Module) -> nn.Module:
+    """The plain model inside a DDP wrapper and a `TrainingObjective`."""
+    if isinstance(module, nn.parallel.DistributedDataParallel):
+        module = module.module
+    return module.model if isinstance(module, TrainingObjective) else module
 
 
 def full_model_state(model: nn.Module, strategy: str | None) -> dict[str, torch.Tensor] | None:
@@ -128,7 +138,7 @@ def full_model_state(model: nn.Module, strategy: str | None) -> dict[str, torch.
         )
 
         state = get_model_state_dict(
-            model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+            unwrap(model), options=StateDictOptions(full_state_dict=True, cpu_offload=True)
         )
         return state if dist.get_rank() == 0 else None
     if dist.is_initialized() and dist.get_rank() != 0:
@@ -149,7 +159,7 @@ def full_optimizer_state(model: nn.Module, optimizer, strategy: str | None) -> d
     )
 
     state = get_optimizer_state_dict(
-        model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        unwrap(model), optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
     if dist.get_rank() != 0:
         return None
@@ -184,6 +194,7 @@ def load_full_state(model: nn.Module, optimizers: dict, payload: dict, strategy:
     )
 
     options = StateDictOptions(full_state_dict=True)
+    model = unwrap(model)
     set_model_state_dict(model, payload["model"], options=options)
     names = {id(p): n for n, p in model.named_parameters()}  # tied: the first name
     for key, optimizer in optimizers.items():

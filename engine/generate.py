@@ -1,6 +1,7 @@
-"""Autoregressive generation: prefill once, then one token at a time through a bounded
-per-layer `HierarchicalKVCache`, with sampling (temperature, top-k, top-p) and the
-grammar mask of `stretto.engine.grammar` kept on the device.
+"""Autoregressive generation: prefill once, then one token at a time through the model's
+own decoder forward with one bounded `HierarchicalKVCache` per block, with sampling
+(temperature, top-k, top-p) and the grammar mask of `stretto.engine.grammar` kept on
+the device.
 
 Memory: each decoder layer holds a ring of the last `window` keys/values
 (`[B, H, window, D]`) plus running block sums (`[B, H, ceil(L / block), D]`, L = prompt +
@@ -20,106 +21,18 @@ With `config.attention == "dense"` (the benchmark baseline) the cache keeps ever
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-import torch.nn.functional as F
 
-from stretto.kernels import HierarchicalKVCache, hierarchical_attention
+from stretto.tokenizer.vocabulary import Vocabulary
 
-from .grammar import DEFAULT_MAX_NOTE_STEPS, Grammar
+from .grammar import DEFAULT_MAX_NOTE_STEPS, Grammar, validate
+
+if TYPE_CHECKING:  # annotations only: model.py imports this module
+    from .model import MusicModel
 
 STOP_CHECK_EVERY = 32  # steps between the host syncs that ask "has every sequence ended?"
-
-
-class CachedDecoder:
-    """The causal decoder of a `MusicModel` with one `HierarchicalKVCache` per layer.
-
-    `prefill(ids, z)` -> logits `[B, N, V]` for the prompt; `step(tokens)` -> logits
-    `[B, V]` for the next position. Runs the model's own modules (no dropout); the
-    results equal `model.decode` at the same positions.
-    """
-
-    def __init__(self, model, batch: int, max_length: int):
-        c = model.config
-        self.model, self.batch, self.max_length = model, batch, max_length
-        p = next(model.parameters())
-        self.dtype, self.device = p.dtype, p.device
-        stack = model.decoder
-        head_dim = c.d_model // c.n_heads
-        window, block = (c.window, c.block) if c.attention == "wha" else (max_length, None)
-        self.caches = [
-            HierarchicalKVCache(
-                batch,
-                c.n_heads,
-                head_dim,
-                window=window,
-                block=block,
-                max_length=max_length,
-                dtype=self.dtype,
-                device=self.device,
-            )
-            for _ in stack.blocks
-        ]
-        # The next position as a device tensor, advanced in place: the rotary angles of
-        # each step are computed from it, with no table of L rows and no host copy.
-        self.position = torch.zeros(1, dtype=torch.long, device=self.device)
-        self.length = 0
-        self.conds: list[torch.Tensor | None] = [None] * len(stack.blocks)
-
-    def _set_z(self, z):
-        stack = self.model.decoder
-        if stack.cond is not None:
-            self.conds = [proj(z)[:, None, :] for proj in stack.cond]  # [B, 1, C] each
-
-    def prefill(self, ids: torch.Tensor, z=None) -> torch.Tensor:
-        """ids `[B, N]` (no PAD) -> logits `[B, N, V]`."""
-        b, n = ids.shape
-        if self.length:
-            raise ValueError("prefill needs a fresh decoder")
-        if n > self.max_length:
-            raise ValueError(f"prompt of {n} tokens exceeds the decoder's {self.max_length}")
-        self._set_z(z)
-        model, c = self.model, self.model.config
-        cos, sin = model.decoder.rotary(torch.arange(n, device=self.device))  # [N, D/2]
-        x = model.embed(ids)  # [B, N, C]
-        for block, cache, cond in zip(model.decoder.blocks, self.caches, self.conds, strict=True):
-            if cond is not None:
-                x = x + cond
-            attn = block.attn
-            q, k, v = attn.project_qkv(block.attn_norm(x), cos, sin)  # [B, H, N, D] each
-            if c.attention == "wha":
-                o = hierarchical_attention(
-                    q, k, v, window=c.window, block=c.block, causal=True, backend=attn.backend
-                )
-            else:
-                o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            cache.prefill(k, v)
-            x = x + attn.out(o.transpose(1, 2).reshape(b, n, c.d_model))  # [B, N, C]
-            x = x + block.mlp(block.mlp_norm(x))
-        self.length = n
-        self.position.fill_(n)
-        return model.head(model.decoder.norm(x))  # [B, N, V]
-
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens `[B]` at the next position -> logits `[B, V]`."""
-        pos = self.length
-        if pos >= self.max_length:
-            raise ValueError(f"the decoder is full ({self.max_length} tokens)")
-        model, c = self.model, self.model.config
-        b = tokens.shape[0]
-        cos, sin = model.decoder.rotary(self.position)  # [1, D/2] each
-        x = model.embed(tokens[:, None])  # [B, 1, C]
-        for block, cache, cond in zip(model.decoder.blocks, self.caches, self.conds, strict=True):
-            if cond is not None:
-                x = x + cond
-            attn = block.attn
-            q, k, v = attn.project_qkv(block.attn_norm(x), cos, sin)  # [B, H, 1, D] each
-            cache.append(k[:, :, 0], v[:, :, 0])
-            o = cache.attend(q[:, :, 0])  # [B, H, D]
-            x = x + attn.out(o.reshape(b, 1, c.d_model))
-            x = x + block.mlp(block.mlp_norm(x))
-        self.length = pos + 1
-        self.position += 1
-        return model.head(model.decoder.norm(x))[:, 0]  # [B, V]
 
 
 # -- sampling ----------------------------------------------------------------------------
@@ -193,9 +106,7 @@ def _prompt(model, prompt, batch_size: int, device) -> torch.Tensor:
     return prompt.to(device=device, dtype=torch.long).expand(batch_size, -1)
 
 
-def _vocab(model):
-    from stretto.tokenizer import Vocabulary
-
+def _vocab(model: MusicModel) -> Vocabulary:
     v = Vocabulary()
     if v.signature != model.config.vocab_signature:
         raise ValueError("the model was built for another vocabulary than this tokenizer's")
@@ -253,6 +164,7 @@ def generate(
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     check_sampling(temperature, top_k, top_p)
+    sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
     vocab = _vocab(model)
     p = next(model.parameters())
     device, dtype = p.device, p.dtype
@@ -268,11 +180,8 @@ def generate(
     batch_size = _batch(batch_size, prompt, z)
     z = _latent(model, z, batch_size, generator, device, dtype)
     ids = _prompt(model, prompt, batch_size, device)
-    b, n = ids.shape
     grammar = Grammar(vocab, max_note_steps=max_note_steps) if constrained else None
     if grammar is not None:
-        from .grammar import validate
-
         for row in sorted({tuple(r) for r in ids.tolist()}):
             problems = validate(row, max_note_steps=max_note_steps, vocab=vocab)
             if problems:
@@ -285,8 +194,21 @@ def generate(
     if max_new_tokens == 0:
         return ids.clone()
 
-    decoder = CachedDecoder(model, b, n + max_new_tokens)
-    logits = decoder.prefill(ids, z)[:, -1]  # [B, V]
+    was_training = model.training
+    model.eval()  # no dropout while sampling
+    try:
+        return _sample_loop(model, ids, z, grammar, vocab, max_new_tokens, generator, sampling)
+    finally:
+        model.train(was_training)
+
+
+def _sample_loop(model, ids, z, grammar, vocab, max_new_tokens, generator, sampling):
+    """Prefill `ids` `[B, N]` through the decoder with fresh caches, then sample."""
+    b, n = ids.shape
+    device = ids.device
+    cache = model.new_cache(b, n + max_new_tokens)
+    # Prompts hold no PAD (checked), so no padding mask: every token is real.
+    logits = model._decode(ids, None, z, None, cache)[:, -1]  # [B, V]
     ended = (ids == vocab.END).any(1)  # [B]
     state = None
     if grammar is not None:
@@ -300,9 +222,7 @@ def generate(
     for i in range(max_new_tokens):
         if grammar is not None:
             logits = logits.float().masked_fill(~grammar.allowed(state), float("-inf"))
-        token = sample(
-            logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
-        )
+        token = sample(logits, generator=generator, **sampling)
         token = torch.where(ended, vocab.PAD, token)
         out[:, i] = token
         if grammar is not None:
@@ -313,7 +233,7 @@ def generate(
         if (i + 1) % STOP_CHECK_EVERY == 0 and bool(ended.all()):
             steps = i + 1
             break
-        logits = decoder.step(token)
+        logits = model._decode(token[:, None], None, z, None, cache)[:, 0]
     out = out[:, :steps]
     # Columns after the last END of every row are padding only: trim them.
     is_end = out == vocab.END

@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 import torch
 
-from stretto.tokenizer import Vocabulary
+from stretto.tokenizer.vocabulary import Vocabulary
 
 DEFAULT_MAX_NOTE_STEPS = 512  # 8 s of 15.625 ms steps
 RULES = (

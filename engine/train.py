@@ -29,8 +29,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from . import distributed
-from .checkpoint import save_checkpoint
+from .checkpoint import check_compatible, read_checkpoint, save_checkpoint
 from .model import MusicModel
+from .objectives import TrainingObjective
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -120,10 +121,11 @@ class Trainer:
     `log.jsonl`, `loss.png`, `config.json`, `train_config.json` and checkpoints
     `last.pt` (every `checkpoint_every` steps and at the end).
 
-    Under torchrun every rank builds the same model and Trainer; `self.model` stays the
-    plain model and `self.module` is what the loss goes through (the DDP wrapper, or the
-    model sharded in place by FSDP2). `save` and `resume` must then be called on every
-    rank. `close()` leaves the process group this Trainer joined.
+    `self.model` stays the plain model; `self.module` is what the losses go through: a
+    `TrainingObjective` over the model, inside DDP under torchrun (FSDP2 shards the
+    model in place). Under torchrun every rank builds the same model and Trainer, and
+    `save` and `resume` must be called on every rank. `close()` leaves the process
+    group this Trainer joined.
     """
 
     def __init__(
@@ -149,10 +151,11 @@ class Trainer:
         self.model = model.to(self.device)
         self.gan = model.discriminator is not None
         self.strategy = cfg.strategy if self.launch is not None else None
+        objective = TrainingObjective(model)
         self.module = (
-            model
+            objective
             if self.launch is None
-            else distributed.wrap(model, cfg.strategy, self.device, gan=self.gan)
+            else distributed.wrap(objective, cfg.strategy, self.device, gan=self.gan)
         )
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.progress = (sys.stderr.isatty() if progress is None else progress) and self.is_main
@@ -269,7 +272,7 @@ class Trainer:
         if self.strategy == "ddp" and not last:
             return self.module.no_sync()
         if self.strategy == "fsdp":
-            self.module.set_requires_gradient_sync(last)
+            self.model.set_requires_gradient_sync(last)
         return contextlib.nullcontext()
 
     # Losses go through the module's __call__ so that a DDP/FSDP wrapper sees them.
@@ -418,8 +421,6 @@ class Trainer:
 
     def resume(self, path: str | Path) -> None:
         """Load weights, optimizer states and step from a checkpoint of this model."""
-        from .checkpoint import check_compatible, read_checkpoint
-
         payload = read_checkpoint(path, map_location=self.device)
         check_compatible(payload, config=self.model.config)
         if self.launch is None:

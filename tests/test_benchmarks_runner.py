@@ -227,27 +227,31 @@ def test_peak_rss_of_a_child_process():
     assert 150 < big["peak_mem_mb"] < 260, big
 
 
-def test_stretto_bench_runs_the_runner_from_the_checkout(tmp_path, monkeypatch, capsys):
-    from stretto.engine import bench_command, cli
+def test_stretto_bench_runs_the_runner_from_the_checkout(tmp_path, monkeypatch, capfd):
+    from stretto.engine import cli
+    from stretto.engine.cli import bench as bench_command
 
-    args = cli.build_parser().parse_args(["bench", "memory", "--quick", "--device", "cpu"])
-    cmd = bench_command.benchmarks_command(args)
+    cmd = bench_command.benchmarks_command(["memory", "--quick", "--device", "cpu"])
     assert cmd[1:] == ["-m", "benchmarks", "memory", "--quick", "--device", "cpu"]
     assert (bench_command.repo_root() / "benchmarks" / "__main__.py").is_file()
+    # the runner itself names an unknown suite (a usage error: exit 2)
+    assert cli.main(["bench", "nope"]) == 2
+    assert "unknown suite 'nope'" in capfd.readouterr().err
     monkeypatch.setattr(bench_command, "repo_root", lambda: tmp_path)  # as in a wheel install
     assert cli.main(["bench", "--quick"]) == 1
-    assert "no benchmarks/ folder" in capsys.readouterr().err
-    assert cli.main(["bench", "nope"]) == 1
-    assert "unknown suite 'nope'" in capsys.readouterr().err
+    assert "no benchmarks/ folder" in capfd.readouterr().err
 
 
-def test_stretto_bench_offers_the_runners_suites():
-    """`stretto bench` validates suite names from its own list (benchmarks/ is not
-    installed); it must be the runner's registry, in the same order."""
-    from benchmarks.core import SUITES
-    from stretto.engine import bench_command
+def test_stretto_bench_help_is_the_runners(capfd):
+    """Every argument reaches the runner, --help included: its suite list is the one
+    `stretto bench` offers (there is no second list to keep in sync)."""
+    from benchmarks.schema import SUITES
+    from stretto.engine import cli
 
-    assert tuple(SUITES) == bench_command.SUITES
+    assert cli.main(["bench", "--help"]) == 0
+    out = capfd.readouterr().out
+    assert out.startswith("usage: python -m benchmarks")
+    assert ", ".join(SUITES) in " ".join(out.split())
 
 
 # -- filters: --seq-len and --preset -----------------------------------------------
@@ -287,12 +291,12 @@ FILTER_REGISTRY = {"filtered": suite_with_filters, "attention": table_suite}
 )
 def test_filters_are_parsed_by_both_entry_points(argv, seq_len, preset):
     from benchmarks.__main__ import build_parser
-    from stretto.engine import bench_command, cli
+    from stretto.engine.cli import bench as bench_command
 
     args = build_parser().parse_args(["model", *argv])
     assert (args.seq_len, args.preset) == (seq_len, preset)
-    bench_args = cli.build_parser().parse_args(["bench", "model", *argv])
-    assert bench_command.benchmarks_command(bench_args)[1:] == ["-m", "benchmarks", "model", *argv]
+    command = bench_command.benchmarks_command(["model", *argv])
+    assert command[1:] == ["-m", "benchmarks", "model", *argv]
 
 
 @pytest.mark.parametrize("value", ["0", "-5", "2k", "1.5"])

@@ -60,12 +60,12 @@ def test_filtered_model_run_has_only_the_asked_cases_and_the_ceiling(tmp_path, o
 @pytest.mark.parametrize("phase", ["forward", "train"])
 def test_ceiling_replaces_every_attention_call_and_restores_it(monkeypatch, phase):
     from stretto.engine import PRESETS
-    from stretto.engine import model as engine_model
+    from stretto.kernels.wha import module as attention_module
 
-    dense = engine_model._dense_attention
+    dense = attention_module.dense_attention
     seen = []
 
-    def counting(q, k, v, causal, key_padding_mask):
+    def counting(q, k, v, *, causal, key_padding_mask=None):
         seen.append(tuple(v.shape))
         return v
 
@@ -75,7 +75,7 @@ def test_ceiling_replaces_every_attention_call_and_restores_it(monkeypatch, phas
     tiny = PRESETS["tiny"]
     heads, head_dim = tiny["n_heads"], tiny["d_model"] // tiny["n_heads"]
     assert seen == [(1, heads, 17, head_dim)] * tiny["n_layers"]  # one forward per call
-    assert engine_model._dense_attention is dense
+    assert attention_module.dense_attention is dense
 
 
 def test_generate_times_and_measures_each_case_in_one_child(monkeypatch):

@@ -2,7 +2,7 @@
 
 from .config import TokenizerConfig
 from .corpus import CorpusReport, build_corpus, merge_corpora
-from .dataset import TokenDataset
+from .dataset import TokenDataset, split_files
 from .midi import MidiError, MidiTokenizer
 from .vocabulary import Vocabulary
 
@@ -15,4 +15,5 @@ __all__ = [
     "Vocabulary",
     "build_corpus",
     "merge_corpora",
+    "split_files",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,10 @@ class TokenDataset(Dataset):
     `stride <= seq_len - max_prefix - (longest instant)`, every id of every file lies in
     some window; the default `stride = seq_len // 2` satisfies this on real music.
 
+    Files: `files` (indices into the corpus manifest's file list, e.g. one side of
+    `split_files`) restricts the windows to those files; `self.files` holds the indices
+    kept and `self.sources` their source names, in the same order.
+
     Memory: the shards are memory-mapped (opened lazily, per DataLoader worker) and the
     index holds three int64 numbers per file, never one per window.
     """
@@ -43,6 +48,7 @@ class TokenDataset(Dataset):
         *,
         stride: int | None = None,
         max_prefix: int | None = None,
+        files: Sequence[int] | None = None,
     ):
         if seq_len < 2:
             raise ValueError(f"seq_len={seq_len} must be at least 2")
@@ -59,10 +65,19 @@ class TokenDataset(Dataset):
         self.pad = Vocabulary().PAD
         self._shard_paths = [self.corpus_dir / s["tokens"] for s in manifest["shards"]]
         offsets = [np.load(self.corpus_dir / s["offsets"]) for s in manifest["shards"]]
-        files = manifest["files"]
+        every = manifest["files"]
+        if files is None:
+            files = range(len(every))
+        self.files = [int(f) for f in files]
+        bad = [f for f in self.files if not 0 <= f < len(every)]
+        if bad:
+            raise ValueError(f"file index {bad[0]} is outside the corpus's 0..{len(every) - 1}")
+        files = [every[f] for f in self.files]
         self.file_shard = np.array([f["shard"] for f in files], dtype=np.int64)
-        self.file_start = np.array([offsets[f["shard"]][f["index"]] for f in files], dtype=np.int64)
-        self.file_len = np.array([f["num_tokens"] for f in files], dtype=np.int64)
+        self.file_start = np.array(
+            [offsets[f["shard"]][f["index"]] for f in files], dtype=np.int64
+        ).reshape(-1)
+        self.file_len = np.array([f["num_tokens"] for f in files], dtype=np.int64).reshape(-1)
         self.sources = [f["source"] for f in files]
         per_file = -(-self.file_len // stride)  # ceil
         self.cum_windows = np.concatenate([[0], np.cumsum(per_file)]).astype(np.int64)
@@ -107,3 +122,24 @@ class TokenDataset(Dataset):
         state = self.__dict__.copy()
         state["_shards"] = None  # each DataLoader worker maps the shards itself
         return state
+
+
+def split_files(
+    corpus_dir: str | os.PathLike, *, val_fraction: float = 0.1, seed: int = 0
+) -> tuple[list[int], list[int]]:
+    """(train, validation) file indices of a corpus: held-out data is held out by file.
+
+    Windows of one file overlap and share its material, so a split by window leaks;
+    this one never puts two windows of a file on different sides. The validation side
+    has `round(val_fraction * files)` files, at least one when the corpus has two or
+    more files and `val_fraction > 0`; which files is a permutation drawn from `seed`,
+    so a run's split is reproducible. Both lists are sorted.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction={val_fraction} is outside [0, 1)")
+    n = len(read_manifest(Path(corpus_dir))["files"])
+    if n == 0:
+        raise ValueError(f"the corpus {corpus_dir} holds no file")
+    n_val = 0 if n < 2 or val_fraction == 0 else min(n - 1, max(1, round(val_fraction * n)))
+    order = np.random.default_rng(seed).permutation(n)
+    return sorted(int(f) for f in order[n_val:]), sorted(int(f) for f in order[:n_val])

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from stretto.engine import ModelConfig, MusicModel, cli
-from stretto.engine import audit as A
+from stretto.engine.audit import checks as A
+from stretto.engine.audit import runner as R
 from stretto.tokenizer import Vocabulary, build_corpus
 
 FAST = {"lengths": (512,), "sample": 2, "learning_steps": 3, "generate_tokens": 32}
@@ -30,7 +31,7 @@ def corpus(midi_corpus, tmp_path_factory):
 def main(argv: list[str]) -> int:
     """`stretto` with only the audit registered, so other commands' state cannot matter."""
     saved = cli.COMMAND_MODULES
-    cli.COMMAND_MODULES = ("stretto.engine.audit_command",)
+    cli.COMMAND_MODULES = ("stretto.engine.cli.audit",)
     try:
         return cli.main(argv)
     finally:
@@ -69,9 +70,9 @@ def test_audit_on_a_midi_folder_tokenizes_it(midi_corpus, tmp_path):
     folder = tmp_path / "midi"
     folder.mkdir()
     shutil.copy(midi_corpus[0], folder)
-    cfg = A.AuditConfig(corpus=folder, modes=("transformer",), lengths=(64,), sample=2)
-    rows = A.run_audit(cfg)
-    assert A.issues(rows) == 0, A.format_table(rows)
+    cfg = R.AuditConfig(corpus=folder, modes=("transformer",), lengths=(64,), sample=2)
+    rows = R.run_audit(cfg)
+    assert R.issues(rows) == 0, R.format_table(rows)
 
 
 def test_checkpoint_with_another_vocabulary_is_reported(corpus, tmp_path, capsys):
@@ -107,10 +108,10 @@ def test_checkpoint_with_another_vocabulary_is_reported(corpus, tmp_path, capsys
 @pytest.mark.parametrize("mode", ["transformer", "vae", "vae_gan"])
 def test_attention_that_sees_the_future_is_reported(corpus, make_model, mode):
     model = leaking(make_model(mode))
-    cfg = A.AuditConfig(corpus=corpus, modes=(mode,), **FAST)
-    rows = A.run_audit(cfg, models={mode: model})
+    cfg = R.AuditConfig(corpus=corpus, modes=(mode,), **FAST)
+    rows = R.run_audit(cfg, models={mode: model})
     bad = failures(rows, "causality")
-    assert len(bad) == 1 and "sees the future" in bad[0].detail, A.format_table(rows)
+    assert len(bad) == 1 and "sees the future" in bad[0].detail, R.format_table(rows)
     assert bad[0].mode == mode
 
 
@@ -167,7 +168,7 @@ def test_a_model_that_does_not_learn_is_reported(corpus, make_model):
 
 def test_kernel_check_reports_a_wrong_backend(monkeypatch):
     assert A.check_kernels("cpu").ok
-    from stretto.kernels.hierarchical_attention import interface
+    from stretto.kernels.wha import interface
 
     real = interface.op.attention_core
 
@@ -179,18 +180,12 @@ def test_kernel_check_reports_a_wrong_backend(monkeypatch):
     assert not row.ok and "exceeds" in row.detail
 
 
-def test_missing_generation_is_a_failure_not_a_skip(make_model, monkeypatch):
-    monkeypatch.setattr(A, "generation_api", lambda: (None, None, "not available in this build"))
-    row = A.check_generation(make_model("transformer"))
-    assert not row.ok and row.detail == "not available in this build"
-
-
 def test_table_ends_with_the_issue_count():
     rows = [
         A.Finding("kernels", "-", "-", "ok", "fine"),
         A.Finding("data ids", "-", "-", "FAIL", "x"),
     ]
-    text = A.format_table(rows)
+    text = R.format_table(rows)
     assert text.splitlines()[-1] == "1 issue"
     assert text.splitlines()[0].split()[:5] == ["check", "mode", "length", "result", "detail"]
 
@@ -198,7 +193,7 @@ def test_table_ends_with_the_issue_count():
 # -- the demo (the full job is too slow for the suite; `make demo` runs it) ------------
 def test_demo_help_has_an_example(capsys):
     saved = cli.COMMAND_MODULES
-    cli.COMMAND_MODULES = ("stretto.engine.demo",)
+    cli.COMMAND_MODULES = ("stretto.engine.cli.demo",)
     try:
         with pytest.raises(SystemExit):
             cli.main(["demo", "--help"])
@@ -213,7 +208,7 @@ def test_demo_refuses_an_existing_output_folder(tmp_path, capsys):
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     saved = cli.COMMAND_MODULES
-    cli.COMMAND_MODULES = ("stretto.engine.demo",)
+    cli.COMMAND_MODULES = ("stretto.engine.cli.demo",)
     try:
         assert cli.main(["demo", "--out", str(out)]) == 1
     finally:
@@ -225,7 +220,7 @@ def test_demo_refuses_an_existing_output_folder(tmp_path, capsys):
 
 def test_demo_corpus_renders_music21_chorales_once(tmp_path):
     pytest.importorskip("music21", reason="music21 is the `demo` extra (make demo installs it)")
-    from stretto.engine.demo_corpus import render_corpus
+    from stretto.engine.cli.demo_corpus import render_corpus
     from stretto.tokenizer import MidiTokenizer
 
     paths = render_corpus(tmp_path / "cache", pieces=2, workers=1)

@@ -128,8 +128,8 @@ if __name__ == "__main__":
 import pytest  # noqa: E402
 
 from stretto.engine import MusicModel, TrainConfig, Trainer  # noqa: E402
+from stretto.engine.cli.train import torchrun_command  # noqa: E402
 from stretto.engine.distributed import launch_from_env, rank_batches  # noqa: E402
-from stretto.engine.train_command import torchrun_command  # noqa: E402
 
 STEPS = 3
 CONFIG = {

@@ -6,6 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from stretto.engine import TrainingObjective
+
 MODES = ("transformer", "vae", "vae_gan")
 LENGTHS = (512, 1024, 2048, 777)
 
@@ -190,10 +192,8 @@ def test_rotary_positions_offset_matches_full_sequence(make_model, vocab):
     model = make_model("transformer")
     attn = model.decoder.blocks[0].attn
     x = torch.randn(1, 40, model.config.d_model)
-    cos, sin = model.decoder.rotary(torch.arange(40))
-    q, k, _ = attn.project_qkv(x, cos, sin)
-    cos2, sin2 = model.decoder.rotary(torch.arange(30, 40))
-    q2, k2, _ = attn.project_qkv(x[:, 30:], cos2, sin2)
+    q, k, _ = attn.project(x, torch.arange(40))
+    q2, k2, _ = attn.project(x[:, 30:], torch.arange(30, 40))
     torch.testing.assert_close(q2, q[:, :, 30:])
     torch.testing.assert_close(k2, k[:, :, 30:])
 
@@ -208,14 +208,16 @@ def test_dense_attention_option_runs(make_model, windows, mode):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_losses_through_call_match_the_methods(make_model, windows, mode):
-    """`model(..., objective=...)` (what a DDP wrapper calls) equals loss()/discriminator_loss()."""
+    """`TrainingObjective(model)(..., objective=...)` (what a DDP wrapper calls) equals
+    loss()/discriminator_loss()."""
     model = make_model(mode).eval()  # eval: spectral norm's power iteration stays put
     ids = windows(64)
     batch = {"input_ids": ids, "attention_mask": None}
     torch.manual_seed(1)
     direct = model.loss(batch, step=30)
     torch.manual_seed(1)
-    called = model(ids, objective="generator", step=30)
+    wrapper = TrainingObjective(model)
+    called = wrapper(ids, objective="generator", step=30)
     assert direct.keys() == called.keys()
     for k in direct:
         torch.testing.assert_close(called[k], direct[k])
@@ -223,18 +225,18 @@ def test_losses_through_call_match_the_methods(make_model, windows, mode):
         torch.manual_seed(1)
         d = model.discriminator_loss(batch)
         torch.manual_seed(1)
-        torch.testing.assert_close(model(ids, objective="discriminator")["loss"], d["loss"])
+        torch.testing.assert_close(wrapper(ids, objective="discriminator")["loss"], d["loss"])
     with pytest.raises(ValueError, match="objective='critic'"):
-        model(ids, objective="critic")
+        wrapper(ids, objective="critic")
     with pytest.raises(ValueError, match="a batch is a dict with 'input_ids'"):
         model.loss(ids)
 
 
 def test_bfloat16_model_keeps_float32_rotary_phases(make_model, vocab):
     model = make_model("transformer")
-    cos, sin = model.decoder.rotary(torch.arange(2000, 2048))
+    cos, sin = model.decoder.blocks[0].attn.rotary(torch.arange(2000, 2048))
     half = make_model("transformer").to(torch.bfloat16)
-    cos16, sin16 = half.decoder.rotary(torch.arange(2000, 2048))
+    cos16, sin16 = half.decoder.blocks[0].attn.rotary(torch.arange(2000, 2048))
     assert cos16.dtype == torch.float32
     torch.testing.assert_close(cos16, cos)
     torch.testing.assert_close(sin16, sin)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stretto.engine.generate import CachedDecoder, sample
+from stretto.engine.generate import sample
 from stretto.engine.grammar import validate
 
 MODES = ("transformer", "vae", "vae_gan")
@@ -25,6 +25,16 @@ def _full_logits(model, ids, z):
     return model.decode(ids, torch.ones_like(ids, dtype=torch.bool), z=z)
 
 
+def _cached_logits(model, ids, z, prompt_len):
+    """The same decoder forward with one cache per block: the prompt at once, then one
+    token per call."""
+    cache = model.new_cache(ids.shape[0], ids.shape[1])
+    got = [model.decode(ids[:, :prompt_len], z=z, cache=cache)]
+    for i in range(prompt_len, ids.shape[1]):
+        got.append(model.decode(ids[:, i : i + 1], z=z, cache=cache))
+    return torch.cat(got, dim=1)
+
+
 # tiny preset: window 32, block 16; 161 tokens wrap the 32-slot ring five times and
 # leave 8 complete blocks out of the window's reach.
 @pytest.mark.parametrize(
@@ -41,11 +51,7 @@ def test_cached_logits_equal_full_forward(make_model, windows, mode, prompt_len,
     ids = windows(n)  # [2, N] real music
     z = _z(model, 2)
     full = _full_logits(model, ids, z)  # [2, N, V]
-    decoder = CachedDecoder(model, 2, n)
-    got = [decoder.prefill(ids[:, :prompt_len], z)]
-    for i in range(prompt_len, n):
-        got.append(decoder.step(ids[:, i])[:, None])
-    got = torch.cat(got, dim=1)
+    got = _cached_logits(model, ids, z, prompt_len)
     torch.testing.assert_close(got, full, atol=ATOL_F64, rtol=0)
 
 
@@ -53,26 +59,22 @@ def test_cached_logits_equal_full_forward_float32(make_model, windows):
     model = make_model("transformer").eval()
     ids = windows(130)
     full = _full_logits(model, ids, None)
-    decoder = CachedDecoder(model, 2, 130)
-    got = [decoder.prefill(ids[:, :3])]
-    got += [decoder.step(ids[:, i])[:, None] for i in range(3, 130)]
-    torch.testing.assert_close(torch.cat(got, 1), full, atol=ATOL_F32, rtol=0)
+    got = _cached_logits(model, ids, None, 3)
+    torch.testing.assert_close(got, full, atol=ATOL_F32, rtol=0)
 
 
 def test_dense_attention_model_decodes_exactly(make_model, windows):
     model = make_model("transformer", attention="dense").double().eval()
     ids = windows(70)
     full = _full_logits(model, ids, None)
-    decoder = CachedDecoder(model, 2, 70)
-    got = [decoder.prefill(ids[:, :5])] + [decoder.step(ids[:, i])[:, None] for i in range(5, 70)]
-    torch.testing.assert_close(torch.cat(got, 1), full, atol=ATOL_F64, rtol=0)
+    got = _cached_logits(model, ids, None, 5)
+    torch.testing.assert_close(got, full, atol=ATOL_F64, rtol=0)
 
 
 def test_cache_memory_is_window_plus_block_sums(make_model):
     model = make_model("transformer")
     c = model.config
-    decoder = CachedDecoder(model, 1, 4096)
-    for cache in decoder.caches:
+    for cache in model.new_cache(1, 4096):
         assert cache.k_ring.shape == (1, c.n_heads, c.window, c.d_model // c.n_heads)
         assert cache.k_block_sum.shape[2] == 4096 // c.block
 

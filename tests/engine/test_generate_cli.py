@@ -99,7 +99,7 @@ def test_interpolate_needs_a_vae(checkpoint, midi_corpus, tmp_path, capsys):
 
 
 def test_piano_roll_of_an_empty_piece(tmp_path):
-    from stretto.engine.pianoroll import save_piano_roll
+    from stretto.engine.cli.pianoroll import save_piano_roll
 
     score = MidiTokenizer().decode(np.array([0, 1]))
     path = save_piano_roll(score, tmp_path / "empty.png")

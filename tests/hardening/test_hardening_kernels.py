@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stretto.kernels import hierarchical_attention
-from stretto.kernels.hierarchical_attention import op
 from stretto.kernels.testing import assert_close_to_reference
+from stretto.kernels.wha import op
 
 
 def _run(q, k, v, up, mask, backend, **geometry):

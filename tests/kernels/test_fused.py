@@ -15,12 +15,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stretto.kernels.hierarchical_attention import reference as ref
 from stretto.kernels.testing import assert_close_to_reference
+from stretto.kernels.wha import reference as ref
 
 
 def _fused():
-    from stretto.kernels.hierarchical_attention import fused
+    from stretto.kernels.wha import fused
 
     return fused
 

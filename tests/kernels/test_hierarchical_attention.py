@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from stretto.kernels import hierarchical_attention
-from stretto.kernels.hierarchical_attention import chunked, op
 from stretto.kernels.testing import assert_close_to_reference
+from stretto.kernels.wha import chunked, op
 
 # (B, H, N, D, window, block, causal, padding)
 CASES = [

@@ -8,7 +8,7 @@ import pytest
 import torch
 from attention_cases import padding_mask
 
-from stretto.kernels.hierarchical_attention.reference import hierarchical_attention_reference
+from stretto.kernels.wha.reference import hierarchical_attention_reference
 
 
 def _naive(q, k, v, *, window, block, causal, real, scale):

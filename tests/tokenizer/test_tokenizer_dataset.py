@@ -138,3 +138,31 @@ def test_dataloader_workers_map_shards_themselves(corpus_dir):
     batch = next(iter(loader))
     assert batch["input_ids"].shape == (4, 256)
     torch.testing.assert_close(batch["input_ids"][1], ds[1]["input_ids"])
+
+
+# -- held out by file ---------------------------------------------------------------
+def test_split_files_holds_out_whole_files(corpus_dir):
+    from stretto.tokenizer import split_files
+
+    train, val = split_files(corpus_dir, val_fraction=0.25, seed=3)
+    n = len(TokenDataset(corpus_dir, 256).sources)
+    assert sorted(train + val) == list(range(n)) and not set(train) & set(val)
+    assert len(val) == max(1, round(0.25 * n))
+    assert split_files(corpus_dir, val_fraction=0.25, seed=3) == (train, val)  # reproducible
+    tr, va = TokenDataset(corpus_dir, 256, files=train), TokenDataset(corpus_dir, 256, files=val)
+    assert set(tr.sources).isdisjoint(va.sources)
+    full = TokenDataset(corpus_dir, 256)
+    assert len(tr) + len(va) == len(full)
+    # the windows of a restricted dataset are the windows of those files, unchanged
+    f = val[0]
+    first = sum(int(-(-full.file_len[i] // full.stride)) for i in range(f))
+    torch.testing.assert_close(va[0]["input_ids"], full[first]["input_ids"])
+
+
+def test_split_files_rejects_bad_fractions_and_indices(corpus_dir):
+    from stretto.tokenizer import split_files
+
+    with pytest.raises(ValueError, match="val_fraction=1.5"):
+        split_files(corpus_dir, val_fraction=1.5)
+    with pytest.raises(ValueError, match="file index 10000 is outside"):
+        TokenDataset(corpus_dir, 256, files=[10000])

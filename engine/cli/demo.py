@@ -17,6 +17,27 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from stretto.engine import (
+    ModelConfig,
+    MusicModel,
+    TrainConfig,
+    Trainer,
+    load_checkpoint,
+    validate,
+)
+from stretto.engine.audit import AuditConfig, format_table, issues, run_audit, write_json
+from stretto.engine.cli.demo_corpus import (
+    DEFAULT_CACHE,
+    DEFAULT_PIECES,
+    music21_version,
+    render_corpus,
+)
+from stretto.engine.cli.pianoroll import save_piano_roll
+from stretto.tokenizer import MidiTokenizer, TokenDataset, Vocabulary
+from stretto.tokenizer.corpus import MANIFEST, build_corpus
+
 DESCRIPTION = """\
 The main job, end to end on a real MIDI corpus:
   1. the corpus: $STRETTO_CORPUS (a MIDI folder or a `stretto tokenize` folder), else
@@ -81,7 +102,6 @@ def _corpus_source(args: argparse.Namespace, log: _Log) -> tuple[Path, str]:
         if not folder.is_dir():
             raise ValueError(f"$STRETTO_CORPUS={env} is not a folder")
         return folder, f"$STRETTO_CORPUS ({folder})"
-    from .demo_corpus import music21_version, render_corpus
 
     paths = render_corpus(args.cache, pieces=args.pieces, workers=args.workers, log=log)
     return Path(args.cache), (
@@ -100,7 +120,6 @@ def _prepare_out(out: Path, force: bool) -> None:
 
 
 def _tokenize(source: Path, out: Path, workers: int, log: _Log) -> tuple[Path, str]:
-    from stretto.tokenizer.corpus import MANIFEST, build_corpus
 
     if (source / MANIFEST).is_file():
         log(f"corpus: {source} is already tokenized; using it in place")
@@ -114,13 +133,6 @@ def _tokenize(source: Path, out: Path, workers: int, log: _Log) -> tuple[Path, s
 
 def _train(mode: str, corpus: Path, plan: DemoPlan, out: Path, log: _Log) -> dict:
     """Train one mode for about `plan.train_seconds`; returns its summary row."""
-    import torch
-
-    from stretto.tokenizer import TokenDataset, Vocabulary
-
-    from .config import ModelConfig
-    from .model import MusicModel
-    from .train import TrainConfig, Trainer
 
     dataset = TokenDataset(corpus, plan.seq_len)
     n_val = min(64, len(dataset) // 10)
@@ -182,16 +194,6 @@ def _train(mode: str, corpus: Path, plan: DemoPlan, out: Path, log: _Log) -> dic
 
 
 def _generate(mode: str, plan: DemoPlan, out: Path, log: _Log) -> dict:
-    from .audit import generation_api
-
-    generate, validate, reason = generation_api()
-    if generate is None:
-        log(f"generation: {reason}; skipped for {mode}")
-        return {"mode": mode, "skipped": reason}
-    from stretto.tokenizer import MidiTokenizer
-
-    from .checkpoint import load_checkpoint
-    from .pianoroll import save_piano_roll
 
     model = load_checkpoint(out / mode / "last.pt").model.to(plan.device).eval()
     tokens = min(plan.generate_tokens, model.config.max_seq_len - 1)
@@ -219,7 +221,6 @@ def _generate(mode: str, plan: DemoPlan, out: Path, log: _Log) -> dict:
 
 
 def _audit(corpus: Path, plan: DemoPlan, out: Path, log: _Log) -> tuple[int, Path, Path]:
-    from .audit import AuditConfig, format_table, issues, run_audit, write_json
 
     cfg = AuditConfig(
         corpus=corpus,
@@ -240,7 +241,6 @@ def _audit(corpus: Path, plan: DemoPlan, out: Path, log: _Log) -> tuple[int, Pat
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     log = _Log()
     out = Path(args.out)
@@ -283,10 +283,7 @@ def _summary_text(summary: dict, out: Path) -> str:
             f"loss {t['first_loss']:.3f} -> {t['last_loss']:.3f}; log.jsonl, loss.png beside it)"
         )
     for g in summary["generate"]:
-        if "skipped" in g:
-            lines.append(f"  {g['mode']:<12} generation skipped: {g['skipped']}")
-        else:
-            lines.append(f"  {g['mode']:<12} {g['midi']}  {g['png']}  ({g['notes']} notes)")
+        lines.append(f"  {g['mode']:<12} {g['midi']}  {g['png']}  ({g['notes']} notes)")
     a = summary["audit"]
     lines.append(f"  audit        {a['table']}  {a['json']}  ({a['issues']} issues)")
     lines.append(f"  summary      {out / 'summary.json'}")
@@ -294,7 +291,6 @@ def _summary_text(summary: dict, out: Path) -> str:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from .demo_corpus import DEFAULT_CACHE, DEFAULT_PIECES
 
     p = subparsers.add_parser(
         "demo",

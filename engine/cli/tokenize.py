@@ -6,6 +6,9 @@ import argparse
 import os
 import sys
 
+from stretto.tokenizer import MidiTokenizer
+from stretto.tokenizer.corpus import build_corpus, merge_corpora, parse_shard
+
 TOKENIZE_EXAMPLE = """example:
   stretto tokenize data/midi data/tokens --workers 2
   (run it again after adding files: what is already there is skipped)
@@ -68,7 +71,6 @@ def register(subparsers) -> None:
 
 
 def run_tokenize(args: argparse.Namespace) -> int:
-    from .corpus import build_corpus, merge_corpora, parse_shard
 
     if args.merge:
         if args.shard is not None:
@@ -86,7 +88,6 @@ def run_tokenize(args: argparse.Namespace) -> int:
 
 
 def run_tokens(args: argparse.Namespace) -> int:
-    from .midi import MidiTokenizer
 
     tok = MidiTokenizer()
     ids = tok.encode(args.file)

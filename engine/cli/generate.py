@@ -6,6 +6,12 @@ import argparse
 import os
 from pathlib import Path
 
+import torch
+
+from stretto.engine import load_checkpoint
+from stretto.engine.cli.pianoroll import save_piano_roll
+from stretto.tokenizer import MidiTokenizer, Vocabulary
+
 GENERATE_DESCRIPTION = """\
 Generate a piece with the model in CHECKPOINT and write it as a MIDI file.
 
@@ -33,7 +39,6 @@ example:
 
 
 def _device(name: str | None) -> str:
-    import torch
 
     if name is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -43,7 +48,6 @@ def _device(name: str | None) -> str:
 
 
 def _load(path: str, device: str):
-    from .checkpoint import load_checkpoint
 
     if not Path(path).is_file():
         raise ValueError(f"no checkpoint at {path}")
@@ -59,9 +63,6 @@ def _free(paths: list[Path], force: bool) -> None:
 
 
 def _encode(path: str, max_tokens: int):
-    import torch
-
-    from stretto.tokenizer import MidiTokenizer, Vocabulary
 
     ids = MidiTokenizer().encode(path)
     if len(ids) and int(ids[-1]) == Vocabulary().END:
@@ -82,9 +83,6 @@ def _sampling(args) -> dict:
 
 def _write(ids, out: Path, png: Path | None, title: str) -> int:
     """Write ids as MIDI (and a piano roll); returns the number of notes."""
-    from stretto.tokenizer import MidiTokenizer
-
-    from .pianoroll import save_piano_roll
 
     tok = MidiTokenizer()
     array = ids.cpu().numpy()
@@ -116,7 +114,6 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_interpolate(args: argparse.Namespace) -> int:
-    import torch
 
     if args.steps < 2:
         raise ValueError(f"--steps must be >= 2, got {args.steps}")

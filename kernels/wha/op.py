@@ -34,7 +34,7 @@ BACKENDS = ("torch", "triton")
 
 def fused_module():
     """The fused Triton launchers, imported on first use (triton may be missing)."""
-    return importlib.import_module("stretto.kernels.hierarchical_attention.fused")
+    return importlib.import_module("stretto.kernels.wha.fused")
 
 
 # Evaluated once at trace time under torch.compile (an import is not traceable).

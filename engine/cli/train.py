@@ -5,6 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
+import torch.distributed as dist
+
+from stretto.engine import ModelConfig, MusicModel, TrainConfig, Trainer
+from stretto.engine.distributed import launch_from_env, setup
+from stretto.tokenizer import TokenDataset, Vocabulary
+from stretto.tokenizer.corpus import MANIFEST, build_corpus
+
 DESCRIPTION = """\
 Train a Stretto model on CORPUS_DIR and write RUN_DIR/{last.pt, log.jsonl, loss.png,
 config.json, train_config.json}.
@@ -40,7 +48,6 @@ def torchrun_command(nproc: int = 8, nnodes: int = 1, train_args: str = "...") -
 
 
 def _split(dataset, seed: int):
-    import torch
     from torch.utils.data import Subset
 
     n = len(dataset)
@@ -51,7 +58,6 @@ def _split(dataset, seed: int):
 
 
 def _corpus(folder: Path, out: Path, workers: int | None) -> Path:
-    from stretto.tokenizer.corpus import MANIFEST, build_corpus
 
     if (folder / MANIFEST).is_file():
         return folder
@@ -60,14 +66,10 @@ def _corpus(folder: Path, out: Path, workers: int | None) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .distributed import launch_from_env
 
     launch = launch_from_env()
     if launch is None:
         return _run(args, None)
-    import torch.distributed as dist
-
-    from .distributed import setup
 
     joined = not dist.is_initialized()
     setup(launch, args.device, args.dist_timeout)
@@ -101,7 +103,6 @@ def _run(args: argparse.Namespace, launch) -> int:
         corpus = _prepare(args)
     else:
         # Rank 0 checks RUN_DIR and tokenizes; the others wait and share its answer.
-        import torch.distributed as dist
 
         answer: list = [None]
         if launch.is_main:
@@ -114,12 +115,6 @@ def _run(args: argparse.Namespace, launch) -> int:
         if status == "error":
             raise ValueError(text if launch.is_main else f"rank 0: {text}")
         corpus = Path(text)
-
-    from stretto.tokenizer import TokenDataset, Vocabulary
-
-    from .config import ModelConfig
-    from .model import MusicModel
-    from .train import TrainConfig, Trainer
 
     dataset = TokenDataset(corpus, args.seq_len)
     if len(dataset) == 0:
@@ -144,7 +139,6 @@ def _run(args: argparse.Namespace, launch) -> int:
         strategy="fsdp" if args.fsdp else "ddp",
         dist_timeout_s=args.dist_timeout,
     )
-    import torch
 
     torch.manual_seed(args.seed)
     model = MusicModel(config)

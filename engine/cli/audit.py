@@ -6,6 +6,12 @@ import argparse
 import os
 import sys
 
+import torch
+
+from stretto.engine import MODES
+from stretto.engine.audit import AuditConfig, format_table, issues, run_audit, write_json
+from stretto.engine.cli import CliError
+
 DESCRIPTION = """\
 Run every integration check end to end on real files and print one table
 (check, mode, length, result, detail) and a final line `N issues`. The exit code is 0
@@ -44,7 +50,6 @@ def _csv(kind, choices=None):
 
 
 def run(args: argparse.Namespace) -> int:
-    from stretto.engine.cli import CliError
 
     corpus = args.corpus or os.environ.get("STRETTO_CORPUS")
     if not corpus:
@@ -54,10 +59,6 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"corpus folder {corpus} does not exist")
     if args.json and os.path.exists(args.json) and not args.force:
         raise CliError(f"{args.json} already exists; pass --force to replace it")
-
-    import torch
-
-    from .audit import AuditConfig, format_table, issues, run_audit, write_json
 
     cfg = AuditConfig(
         corpus=corpus,
@@ -96,7 +97,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from .config import MODES
 
     p = subparsers.add_parser(
         "audit",

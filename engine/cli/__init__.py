@@ -1,8 +1,8 @@
 """The `stretto` command line.
 
-Subcommands live beside the part they drive, in modules that expose
-`register(subparsers)`; each registered parser sets `func` to a callable taking the
-parsed arguments and returning an exit code. Errors reach the user as one line
+Every subcommand is a module of this package exposing `register(subparsers)`; each
+registered parser sets `func` to a callable taking the parsed arguments and returning
+an exit code. Errors reach the user as one line
 (`stretto CMD: error: ...`) unless `--debug` asks for the traceback.
 """
 
@@ -16,12 +16,12 @@ from importlib import metadata
 
 # Modules that add subcommands, in the order they appear in `stretto --help`.
 COMMAND_MODULES: tuple[str, ...] = (
-    "stretto.engine.demo",
-    "stretto.engine.bench_command",
-    "stretto.tokenizer.commands",
-    "stretto.engine.train_command",
-    "stretto.engine.audit_command",
-    "stretto.engine.generate_command",
+    "stretto.engine.cli.demo",
+    "stretto.engine.cli.bench",
+    "stretto.engine.cli.tokenize",
+    "stretto.engine.cli.train",
+    "stretto.engine.cli.audit",
+    "stretto.engine.cli.generate",
 )
 
 
@@ -53,8 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # `stretto [--debug] bench ARGS...`: the benchmark runner parses ARGS itself, options
+    # included, which argparse cannot leave alone inside a subcommand.
+    at = 1 if argv[:1] == ["--debug"] else 0
+    if argv[at : at + 1] == ["bench"]:
+        args = parser.parse_args([*argv[: at + 1]])
+        args.args = argv[at + 1 :]
+    else:
+        args = parser.parse_args(argv)
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()

@@ -1,0 +1,7 @@
+"""`python -m stretto.engine.cli`: the `stretto` command."""
+
+import sys
+
+from stretto.engine.cli import main
+
+sys.exit(main())

@@ -1,0 +1,88 @@
+"""The import contracts of pyproject.toml ([tool.importlinter]) hold, and they can fail.
+
+`stretto` is a namespace over three root folders that an editable install maps with an
+import hook, which import-linter cannot walk; so the check runs on a folder of links
+laid out as the installed namespace (`stretto/kernels -> kernels/`, ...).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def lint_imports(root: Path, links: Path) -> subprocess.CompletedProcess:
+    """Run `lint-imports` on the checkout at `root` through a namespace of links."""
+    config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    namespace = links / "stretto"
+    namespace.mkdir(parents=True)
+    for name, folder in config["package-dir"].items():
+        (namespace / name.split(".")[-1]).symlink_to(root / folder, target_is_directory=True)
+    env = dict(os.environ, PYTHONPATH=f"{links}{os.pathsep}{root}")
+    exe = Path(sys.executable).with_name("lint-imports")
+    return subprocess.run(
+        [str(exe), "--config", str(root / "pyproject.toml"), "--no-cache"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_import_contracts_are_kept(tmp_path):
+    out = lint_imports(REPO, tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "BROKEN" not in out.stdout and " 0 broken" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "module, line, contract",
+    [
+        pytest.param(
+            "kernels/rotary.py",
+            "import stretto.tokenizer.vocabulary",
+            "kernels and tokenizer import nothing of each other",
+            id="kernels-imports-tokenizer",
+        ),
+        pytest.param(
+            "engine/model.py",
+            "import stretto.engine.audit",
+            "the library never imports them",
+            id="library-imports-audit",
+        ),
+        pytest.param(
+            "engine/generate.py",
+            "import stretto.tokenizer.midi",
+            "the engine library uses the tokenizer's vocabulary only",
+            id="library-imports-midi",
+        ),
+        pytest.param(
+            "benchmarks/schema.py",
+            "import benchmarks.core",
+            "no import cycles",
+            id="benchmarks-cycle",
+        ),
+    ],
+)
+def test_a_planted_import_breaks_its_contract(tmp_path, module, line, contract):
+    copy = tmp_path / "repo"
+    shutil.copytree(
+        REPO,
+        copy,
+        ignore=shutil.ignore_patterns(".git", ".venv", "runs", "data", "results", "__pycache__"),
+    )
+    path = copy / module
+    path.write_text(path.read_text() + f"\n{line}  # planted\n")
+    out = lint_imports(copy, tmp_path / "links")
+    assert out.returncode != 0
+    broken = out.stdout.split("Broken contracts", 1)[-1]
+    assert contract in broken, out.stdout
