@@ -57,7 +57,7 @@ class Block(nn.Module):
         self,
         x: torch.Tensor,
         key_padding_mask: torch.Tensor | None,
-        positions: torch.Tensor,
+        positions: torch.Tensor | None = None,
         cache: HierarchicalKVCache | None = None,
     ) -> torch.Tensor:
         h = self.attn(self.attn_norm(x), key_padding_mask, cache=cache, positions=positions)
@@ -68,10 +68,11 @@ class Block(nn.Module):
 class Stack(nn.Module):
     """Blocks, then a final norm; optional per-block additive conditioning from a vector.
 
-    `forward(x, key_padding_mask, positions, cond=None, caches=None, features=None)`:
-    x `[B, N, C]`; `cond` `[B, cond_dim]`; `caches` one `HierarchicalKVCache` per block
-    (see `HierarchicalAttention.forward`); `features`, when a list, receives every
-    block's output.
+    `forward(x, key_padding_mask, positions=None, cond=None, caches=None, features=None)`:
+    x `[B, N, C]`; `positions` `[N]` absolute positions (default: 0..N-1, or each
+    cache's length onwards); `cond` `[B, cond_dim]`; `caches` one `HierarchicalKVCache`
+    per block (see `HierarchicalAttention.forward`); `features`, when a list, receives
+    every block's output.
     """
 
     def __init__(
@@ -104,7 +105,7 @@ class Stack(nn.Module):
         self,
         x: torch.Tensor,
         key_padding_mask: torch.Tensor | None,
-        positions: torch.Tensor,
+        positions: torch.Tensor | None = None,
         cond: torch.Tensor | None = None,
         caches: list[HierarchicalKVCache] | None = None,
         features: list[torch.Tensor] | None = None,
@@ -141,9 +142,8 @@ class Discriminator(nn.Module):
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """soft_tokens `[B, N, V]`, mask `[B, N]` bool -> (scores `[B]`, pooled features)."""
         x = soft_tokens.to(self.embed.dtype) @ self.embed  # [B, N, C]
-        positions = torch.arange(x.shape[1], device=x.device)
         features: list[torch.Tensor] = []
-        h = self.stack(x, mask, positions, features=features)
+        h = self.stack(x, mask, features=features)
         pooled = [masked_mean(f, mask) for f in features]  # each [B, C]
         # The pooled features have RMS 1 (final norm), so a unit-spectral-norm head could
         # score sqrt(C) at init and saturate the hinge margins before training starts.

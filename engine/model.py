@@ -157,8 +157,7 @@ class MusicModel(nn.Module):
     def _encode(self, input_ids: torch.Tensor, mask: torch.Tensor):
         assert self.encoder is not None
         x = self.embed(input_ids)  # [B, N, C]
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        h = self.encoder(x, mask, positions)
+        h = self.encoder(x, mask)
         mu, logvar = self.to_stats(masked_mean(h, mask)).chunk(2, dim=-1)  # [B, L] each
         return mu, logvar.clamp(-30.0, 20.0)
 
@@ -191,9 +190,6 @@ class MusicModel(nn.Module):
 
     def _decode(self, input_ids, mask, z, positions, cache=None) -> torch.Tensor:
         self.check_latent(z, input_ids.shape[0])
-        if positions is None:
-            offset = 0 if cache is None else cache[0].length
-            positions = torch.arange(offset, offset + input_ids.shape[1], device=input_ids.device)
         x = self.embed(input_ids)  # [B, N, C]
         h = self.decoder(x, mask, positions, cond=z, caches=cache)
         return self.head(h)  # [B, N, V]
