@@ -33,6 +33,7 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # Arbitrary bytes into MidiTokenizer.encode for FUZZ_SECONDS, seeded from ../shared/midi;
 # findings land in tests/data/fuzz/ (replayed by make test). Not part of make test.

@@ -34,14 +34,30 @@ class ModelConfig:
     `window`, `block` (None = plain sliding window) and `attention_backend`;
     `attention="dense"` is full SDPA attention, kept only as a benchmark baseline.
 
-    Losses: reconstruction cross-entropy (PAD ignored); vae adds `beta(step) x KL`
-    where KL is summed over latent dimensions, each dimension's batch-mean KL floored
-    at `free_bits` nats; `beta(step)` follows `beta_schedule` up to `beta_max` over
-    `beta_warmup_steps` (cyclical: restarts every `beta_cycle_steps`). vae_gan adds
-    `adv_weight x` the generator's adversarial loss (`gan_loss`) and
-    `feature_matching_weight x` an L1 distance between the discriminator's mean
-    features on real and fake sequences; fakes are Gumbel-softmax soft tokens at
-    temperature `gumbel_temperature`.
+    Losses (see `stretto.engine.objectives`). transformer: next-token cross-entropy per
+    target token (PAD ignored). vae: the ELBO in one unit, nats per target token:
+    `(sum of the sequences' token NLLs + beta(step) x sum of their KL penalties) /
+    target tokens`, where a sequence's KL penalty is its KL summed over the
+    `latent_dim` dimensions, each dimension's batch-mean KL floored at `free_bits` nats
+    (free bits per dimension: a dimension below the floor costs the floor, so the
+    encoder has `latent_dim x free_bits` nats per sequence to spend for free).
+    `beta(step)` follows `beta_schedule` up to `beta_max` over `beta_warmup_steps`
+    (cyclical: restarts every `beta_cycle_steps`). z conditions every decoder block
+    through adaptive norms (scale and shift of both pre-norms, from z). Two aids
+    against posterior collapse: `word_dropout` replaces that fraction of the decoder's
+    input tokens with UNK while training (the targets stay), and `bow_weight` weighs an
+    auxiliary bag-of-words loss, the NLL of the window's target tokens under one
+    distribution predicted from z alone.
+
+    vae_gan adds a discriminator that reads hard one-hot sequences: reals are the first
+    `gan_prefix + gan_span` tokens of a window, fakes the same `gan_prefix` real tokens
+    followed by `gan_span` tokens the generator sampled free-running (straight-through
+    Gumbel at a temperature annealed from `gumbel_tau_start` to `gumbel_tau_end` over
+    `gumbel_anneal_steps`). The discriminator trains from step 0; the generator's
+    adversarial term (`gan_loss`) turns on at `adv_start_step`, weighted adaptively
+    by the ratio of the reconstruction's and the adversarial term's gradient norms at
+    the last decoder block, clipped to `adv_weight_max`; `feature_matching_weight`
+    weighs an L1 distance between the discriminator's mean features on reals and fakes.
     """
 
     vocab_size: int
@@ -74,10 +90,17 @@ class ModelConfig:
     beta_max: float = 1.0
     beta_warmup_steps: int = 2000
     beta_cycle_steps: int = 0
-    free_bits: float = 0.05
+    free_bits: float = 0.5
+    word_dropout: float = 0.5
+    bow_weight: float = 0.0
     gan_loss: str = "hinge"
-    gumbel_temperature: float = 1.0
-    adv_weight: float = 0.1
+    gan_prefix: int = 32
+    gan_span: int = 64
+    gumbel_tau_start: float = 1.0
+    gumbel_tau_end: float = 0.5
+    gumbel_anneal_steps: int = 2000
+    adv_start_step: int = 500
+    adv_weight_max: float = 0.1
     feature_matching_weight: float = 1.0
     preset: str = field(default="custom", compare=False)
 
@@ -129,13 +152,41 @@ class ModelConfig:
             "beta_schedule='cyclical' needs beta_cycle_steps > 0",
         )
         need(self.free_bits >= 0, f"free_bits={self.free_bits} must be >= 0")
-        need(self.gumbel_temperature > 0, "gumbel_temperature must be > 0")
-        need(self.adv_weight >= 0 and self.feature_matching_weight >= 0, "weights must be >= 0")
+        need(0.0 <= self.word_dropout < 1.0, f"word_dropout={self.word_dropout} not in [0, 1)")
+        need(self.bow_weight >= 0, f"bow_weight={self.bow_weight} must be >= 0")
+        need(
+            self.gumbel_tau_start > 0 and self.gumbel_tau_end > 0,
+            "gumbel_tau_start and gumbel_tau_end must be > 0",
+        )
+        for name in ("gumbel_anneal_steps", "adv_start_step"):
+            need(_is_int(getattr(self, name)) and getattr(self, name) >= 0, f"{name} must be >= 0")
+        need(
+            self.adv_weight_max >= 0 and self.feature_matching_weight >= 0,
+            "adv_weight_max and feature_matching_weight must be >= 0",
+        )
+        if self.mode == "vae_gan":
+            need(
+                _is_int(self.gan_prefix) and self.gan_prefix >= 1,
+                f"gan_prefix={self.gan_prefix} must be >= 1",
+            )
+            need(_is_int(self.gan_span) and self.gan_span >= 1, f"gan_span={self.gan_span} >= 1")
+            need(
+                self.gan_prefix + self.gan_span <= self.max_seq_len,
+                f"gan_prefix + gan_span = {self.gan_prefix + self.gan_span} exceeds "
+                f"max_seq_len={self.max_seq_len}",
+            )
 
     # -- derived -------------------------------------------------------------------------
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    def gumbel_tau(self, step: int) -> float:
+        """The straight-through Gumbel temperature at optimizer step `step` (vae_gan)."""
+        if self.gumbel_anneal_steps == 0:
+            return self.gumbel_tau_end
+        f = min(1.0, max(step, 0) / self.gumbel_anneal_steps)
+        return self.gumbel_tau_start + f * (self.gumbel_tau_end - self.gumbel_tau_start)
 
     def beta(self, step: int) -> float:
         """The KL weight at optimizer step `step`."""
@@ -235,6 +286,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "disc_d_model": 32,
         "disc_n_heads": 2,
         "beta_warmup_steps": 100,
+        "gan_prefix": 16,
+        "gan_span": 32,
+        "gumbel_anneal_steps": 200,
+        "adv_start_step": 250,
     },
     "small": {
         "d_model": 256,

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .layers import Block
 from .objectives import TrainingObjective
@@ -210,63 +208,6 @@ def load_full_state(model: nn.Module, optimizers: dict, payload: dict, strategy:
             ],
         }
         set_optimizer_state_dict(model, optimizer, by_name, options=options)
-
-
-def rank_batches(
-    data,
-    *,
-    batch_size: int,
-    shuffle: bool,
-    seed: int,
-    num_workers: int,
-    rank: int,
-    world_size: int,
-) -> Iterator[dict]:
-    """This rank's batches.
-
-    A map-style `Dataset`: a `DistributedSampler` gives each rank a disjoint slice of
-    the windows, reshuffled every epoch from the shared `seed` (training: endless,
-    epochs of equal length on every rank; evaluation: one pass, the last slice padded
-    by repeats so every rank runs the same number of forwards). An iterable of ready
-    batches: each is a global batch and this rank takes its contiguous share of the
-    rows, so the world trains on exactly the batches a single process would.
-    """
-    if isinstance(data, Dataset) and hasattr(data, "__len__"):
-        if len(data) < world_size:
-            raise ValueError(f"the dataset has {len(data)} windows for {world_size} ranks")
-        sampler = DistributedSampler(
-            data,
-            num_replicas=world_size,
-            rank=rank,
-            shuffle=shuffle,
-            seed=seed,
-            drop_last=shuffle and len(data) >= world_size * batch_size,
-        )
-        loader = DataLoader(
-            data,
-            batch_size=batch_size,
-            sampler=sampler,
-            drop_last=shuffle and len(sampler) >= batch_size,
-            num_workers=num_workers,
-        )
-        if not shuffle:
-            yield from loader
-            return
-        for epoch in itertools.count():
-            sampler.set_epoch(epoch)
-            yield from loader
-        return
-    source = itertools.cycle(data) if shuffle else iter(data)
-    for batch in source:
-        yield {k: _share(v, rank, world_size) for k, v in batch.items()}
-
-
-def _share(tensor: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
-    if tensor.shape[0] % world_size:
-        raise ValueError(
-            f"a ready batch of {tensor.shape[0]} rows does not split over {world_size} ranks"
-        )
-    return tensor.chunk(world_size)[rank]
 
 
 def all_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:

@@ -54,12 +54,15 @@ def sample(
     top_k: int | None = None,
     top_p: float | None = None,
     generator: torch.Generator | None = None,
+    shared_noise: bool = False,
 ) -> torch.Tensor:
     """logits `[B, V]` (masked entries -inf) -> token ids `[B]`, on the device.
 
     temperature 0 is greedy (argmax); top_k keeps the k largest (k > V keeps all);
     top_p keeps the smallest set whose probability reaches p (1.0 keeps all). Sampling
-    is an exponential race (argmax of p / E, E ~ Exp(1)), so no host sync.
+    is an exponential race (argmax of p / E, E ~ Exp(1)), so no host sync. With
+    `shared_noise` every row races against the same draw of E (rows whose
+    distributions agree pick the same token: what an interpolation compares).
     """
     logits = logits.float()
     if temperature == 0:
@@ -75,7 +78,8 @@ def sample(
         drop[:, 0] = False
         logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
     probs = logits.softmax(-1)
-    race = torch.empty_like(probs).exponential_(1.0, generator=generator)
+    shape = (1, probs.shape[-1]) if shared_noise else probs.shape
+    race = torch.empty(shape, device=probs.device).exponential_(1.0, generator=generator)
     return (probs / race).argmax(-1)
 
 
@@ -155,6 +159,7 @@ def generate(
     z=None,
     constrained: bool = True,
     max_note_steps: int = DEFAULT_MAX_NOTE_STEPS,
+    shared_noise: bool = False,
 ) -> torch.Tensor:
     """See `MusicModel.generate`."""
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool):
@@ -164,7 +169,12 @@ def generate(
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     check_sampling(temperature, top_k, top_p)
-    sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
+    sampling = {
+        "temperature": temperature,
+        "top_k": top_k,
+        "top_p": top_p,
+        "shared_noise": shared_noise,
+    }
     vocab = _vocab(model)
     p = next(model.parameters())
     device, dtype = p.device, p.dtype
@@ -241,3 +251,52 @@ def _sample_loop(model, ids, z, grammar, vocab, max_new_tokens, generator, sampl
     length = torch.where(is_end.any(1), first_end, steps)
     length = torch.where((ids == vocab.END).any(1), 0, length)
     return torch.cat([ids, out[:, : int(length.max())]], dim=1)
+
+
+# -- interpolation -------------------------------------------------------------------------
+def slerp(a: torch.Tensor, b: torch.Tensor, steps: int) -> torch.Tensor:
+    """`steps` points `[steps, L]` on the great circle from `a` to `b` (`[L]` each),
+    endpoints included; their norms are interpolated linearly. Latents drawn from a
+    Gaussian prior have nearly equal norms, so the straight line's midpoints (shorter
+    than both ends) are untypical; the arc is not."""
+    if steps < 2:
+        raise ValueError(f"steps must be >= 2, got {steps}")
+    t = torch.linspace(0, 1, steps, device=a.device, dtype=torch.float64)[:, None]  # [K, 1]
+    a64, b64 = a.double(), b.double()
+    na, nb = a64.norm(), b64.norm()
+    ua, ub = a64 / na.clamp(min=1e-12), b64 / nb.clamp(min=1e-12)
+    omega = torch.arccos((ua * ub).sum().clamp(-1.0, 1.0))
+    if float(omega) < 1e-6:  # parallel: the arc is the line
+        direction = (1 - t) * ua + t * ub
+    else:
+        direction = (torch.sin((1 - t) * omega) * ua + torch.sin(t * omega) * ub) / omega.sin()
+    return (direction * ((1 - t) * na + t * nb)).to(a.dtype)
+
+
+@torch.no_grad()
+def interpolate(
+    model: MusicModel,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    *,
+    steps: int,
+    max_new_tokens: int,
+    seed: int | None = 0,
+    **sampling,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generate along the arc between two windows' latent means (vae modes).
+
+    `a`, `b`: token ids `[N]` of two windows (encode them at the length the encoder was
+    trained on). Returns (z `[steps, L]`, ids `[steps, T]`): `slerp` from mu(a) to
+    mu(b), every point decoded with the same sampling noise at each step (one draw per
+    step shared by all rows), so the pieces differ only by z.
+    """
+    if model.encoder is None:
+        raise ValueError(f"mode {model.config.mode!r} has no latent space (vae modes only)")
+    device = next(model.parameters()).device
+    mus = [model.encode(torch.as_tensor(x, device=device).long()[None])[0][0] for x in (a, b)]
+    z = slerp(mus[0], mus[1], steps)
+    ids = generate(
+        model, None, max_new_tokens=max_new_tokens, z=z, seed=seed, shared_noise=True, **sampling
+    )
+    return z, ids

@@ -17,6 +17,10 @@ from stretto.kernels import HierarchicalAttention, HierarchicalKVCache
 
 from .config import ModelConfig
 
+# One epsilon for every dtype (nn.RMSNorm's default is the dtype's own machine epsilon,
+# which makes a float64 copy of the model a different function from the float32 one).
+NORM_EPS = 1e-6
+
 
 class SwiGLU(nn.Module):
     """down(silu(gate(x)) * up(x)), gate and up in one projection."""
@@ -32,13 +36,25 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm: x + attn(norm(x)), then x + mlp(norm(x)).
+
+    With `cond_dim`, both norms are adaptive: a vector `cond` `[B, cond_dim]` gives a
+    scale and a shift per norm (`norm(x) * (1 + scale) + shift`), so the condition
+    reaches every position of every block through the normalized stream itself.
+    """
 
     def __init__(
-        self, d_model: int, n_heads: int, d_ff: int, config: ModelConfig, *, causal: bool
+        self,
+        d_model: int,
+        n_heads: int,
+        d_ff: int,
+        config: ModelConfig,
+        *,
+        causal: bool,
+        cond_dim: int | None = None,
     ) -> None:
         super().__init__()
-        self.attn_norm = nn.RMSNorm(d_model)
+        self.attn_norm = nn.RMSNorm(d_model, eps=NORM_EPS)
         self.attn = HierarchicalAttention(
             d_model,
             n_heads,
@@ -49,9 +65,10 @@ class Block(nn.Module):
             rope_base=config.rope_base,
             dense=config.attention == "dense",
         )
-        self.mlp_norm = nn.RMSNorm(d_model)
+        self.mlp_norm = nn.RMSNorm(d_model, eps=NORM_EPS)
         self.mlp = SwiGLU(d_model, d_ff)
         self.drop = nn.Dropout(config.dropout)
+        self.modulation = None if cond_dim is None else nn.Linear(cond_dim, 4 * d_model)
 
     def forward(
         self,
@@ -59,14 +76,23 @@ class Block(nn.Module):
         key_padding_mask: torch.Tensor | None,
         positions: torch.Tensor | None = None,
         cache: HierarchicalKVCache | None = None,
+        cond: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        h = self.attn(self.attn_norm(x), key_padding_mask, cache=cache, positions=positions)
+        h_attn = self.attn_norm(x)
+        if self.modulation is not None:
+            mod = self.modulation(cond)[:, None, :]  # [B, 1, 4C]
+            scale1, shift1, scale2, shift2 = mod.chunk(4, dim=-1)  # [B, 1, C] each
+            h_attn = h_attn * (1 + scale1) + shift1
+        h = self.attn(h_attn, key_padding_mask, cache=cache, positions=positions)
         x = x + self.drop(h)
-        return x + self.drop(self.mlp(self.mlp_norm(x)))
+        h_mlp = self.mlp_norm(x)
+        if self.modulation is not None:
+            h_mlp = h_mlp * (1 + scale2) + shift2
+        return x + self.drop(self.mlp(h_mlp))
 
 
 class Stack(nn.Module):
-    """Blocks, then a final norm; optional per-block additive conditioning from a vector.
+    """Blocks, then a final norm; optional conditioning of every block on a vector.
 
     `forward(x, key_padding_mask, positions=None, cond=None, caches=None, features=None)`:
     x `[B, N, C]`; `positions` `[N]` absolute positions (default: 0..N-1, or each
@@ -88,14 +114,10 @@ class Stack(nn.Module):
     ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
-            Block(d_model, n_heads, d_ff, config, causal=causal) for _ in range(n_layers)
+            Block(d_model, n_heads, d_ff, config, causal=causal, cond_dim=cond_dim)
+            for _ in range(n_layers)
         )
-        self.cond = (
-            None
-            if cond_dim is None
-            else nn.ModuleList(nn.Linear(cond_dim, d_model) for _ in range(n_layers))
-        )
-        self.norm = nn.RMSNorm(d_model)
+        self.norm = nn.RMSNorm(d_model, eps=NORM_EPS)
 
     def new_caches(self, batch: int, max_length: int) -> list[HierarchicalKVCache]:
         """One empty decoding cache per block."""
@@ -111,9 +133,7 @@ class Stack(nn.Module):
         features: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         for i, block in enumerate(self.blocks):
-            if self.cond is not None:
-                x = x + self.cond[i](cond)[:, None, :]  # [B, 1, C] broadcast over N
-            x = block(x, key_padding_mask, positions, None if caches is None else caches[i])
+            x = block(x, key_padding_mask, positions, None if caches is None else caches[i], cond)
             if features is not None:
                 features.append(x)
         return self.norm(x)
@@ -134,7 +154,9 @@ class Discriminator(nn.Module):
         for module in self.stack.modules():
             if isinstance(module, nn.Linear):
                 spectral_norm(module)
-        self.head = spectral_norm(nn.Linear(d, 1, bias=False))  # a bias cancels out
+        # no bias: under the hinge loss its gradient is the share of active real margins
+        # minus that of fake ones, zero whenever the game is undecided
+        self.head = spectral_norm(nn.Linear(d, 1, bias=False))
         self.score_scale = d**-0.5
 
     def forward(

@@ -29,6 +29,10 @@ from .generate import generate
 from .layers import Discriminator, Stack, masked_mean
 
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8)
+# Initial std of the z -> (scale, shift) projections, times 1/sqrt(latent_dim): large
+# enough that z moves the decoder from the first step (measured in the README's vae
+# section), small enough that an untrained z does not swamp the token stream.
+MODULATION_INIT_STD = 0.5
 
 
 class MusicModel(nn.Module):
@@ -63,6 +67,10 @@ class MusicModel(nn.Module):
         if is_vae:
             self.encoder = Stack(c.encoder_layers, c.d_model, c.n_heads, c.d_ff, c, causal=False)
             self.to_stats = nn.Linear(c.d_model, 2 * c.latent_dim)  # -> [mu ; logvar]
+        # vae: the auxiliary bag-of-words head, one token distribution from z alone
+        self.bow_head = (
+            nn.Linear(c.latent_dim, c.vocab_size) if is_vae and c.bow_weight > 0 else None
+        )
         self.discriminator = Discriminator(c) if c.mode == "vae_gan" else None
         self._init_weights()
 
@@ -73,8 +81,8 @@ class MusicModel(nn.Module):
                 continue  # spectral norm keeps its own scale
             if p.dim() == 2:
                 std = 0.02 * (depth_scale if name.endswith(("out.weight", "down.weight")) else 1)
-                if ".cond." in name:  # z ~ N(0, I): keep its first push near embedding scale
-                    std = 0.02 / math.sqrt(self.config.latent_dim)
+                if ".modulation." in name:  # z ~ N(0, I): scale and shift start near 0
+                    std = MODULATION_INIT_STD / math.sqrt(self.config.latent_dim)
                 nn.init.normal_(p, std=std)
             elif name.endswith("bias"):
                 nn.init.zeros_(p)
@@ -214,9 +222,9 @@ class MusicModel(nn.Module):
         """The mode's generator loss: {"loss", "recon", ...}; see `objectives.generator_loss`."""
         return objectives.generator_loss(self, batch, step=step)
 
-    def discriminator_loss(self, batch: dict) -> dict[str, torch.Tensor]:
+    def discriminator_loss(self, batch: dict, *, step: int = 0) -> dict[str, torch.Tensor]:
         """vae_gan: the discriminator's loss; see `objectives.discriminator_loss`."""
-        return objectives.discriminator_loss(self, batch)
+        return objectives.discriminator_loss(self, batch, step=step)
 
     # -- generation ---------------------------------------------------------------------
     def generate(

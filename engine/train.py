@@ -1,10 +1,13 @@
 """`Trainer`: a small training loop for users without their own.
 
 AdamW with linear warmup then cosine decay, gradient clipping, bf16/fp16 autocast on
-CUDA (fp16 with a gradient scaler), gradient accumulation, vae_gan's two-step update
-(generator, then discriminator on detached fakes, each with its own optimizer),
-periodic validation loss, atomic checkpoints, and a loss log (`log.jsonl`) with a PNG
-loss curve (`loss.png`). The progress bar shows only when stderr is a terminal.
+CUDA (fp16 with a gradient scaler), gradient accumulation weighted by target tokens,
+vae_gan's two-step update (generator, then discriminator on sampled fakes, each with its
+own optimizer), held-out measurements every `eval_every` steps (`evaluation.measure`:
+NLL, and the latent's and the discriminator's health), atomic checkpoints that resume
+bit for bit (optimizers, scalers, every RNG, the data position), and a log
+(`log.jsonl`) with a PNG of the curves (`loss.png`). The progress bar shows only when
+stderr is a terminal.
 
 Launched by `torchrun` (RANK, WORLD_SIZE and LOCAL_RANK set), the same loop trains data
 parallel: DistributedDataParallel by default, FSDP2 (`fully_shard`) with
@@ -19,19 +22,24 @@ import contextlib
 import itertools
 import json
 import math
+import random
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from . import distributed
+from . import distributed, evaluation
 from .checkpoint import check_compatible, read_checkpoint, save_checkpoint
+from .data import BatchStream
 from .model import MusicModel
-from .objectives import TrainingObjective
+from .objectives import TrainingObjective, target_tokens
+from .plots import plot_training
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -41,6 +49,9 @@ class TrainConfig:
     """Optimisation settings. `steps` counts optimizer steps; each takes `grad_accum`
     micro-batches of `batch_size` windows (per rank in a distributed run, whose global
     batch is `batch_size * grad_accum * world_size`).
+
+    Validation every `eval_every` steps reads `eval_batches x batch_size` windows spread
+    evenly over the validation data (the same windows every time).
 
     Distributed runs only: `strategy` is "ddp" (replicated weights) or "fsdp" (FSDP2,
     weights, gradients and optimizer states sharded over the ranks); `dist_timeout_s`
@@ -117,9 +128,11 @@ class Trainer:
     """Train a `MusicModel` on batches of {"input_ids", "attention_mask"}.
 
     `train_data` / `val_data`: a map-style `Dataset` of such dicts (batched and
-    shuffled here) or any iterable of ready batches (cycled). With `out_dir`, writes
-    `log.jsonl`, `loss.png`, `config.json`, `train_config.json` and checkpoints
-    `last.pt` (every `checkpoint_every` steps and at the end).
+    shuffled here, see `stretto.engine.data`) or an iterable of ready batches (cycled).
+    Validation data should hold files the training never sees
+    (`stretto.tokenizer.split_files`). With `out_dir`, writes `log.jsonl`, `loss.png`,
+    `config.json`, `train_config.json` and checkpoints `last.pt` (every
+    `checkpoint_every` steps and at the end); `resume(path)` continues a run from one.
 
     `self.model` stays the plain model; `self.module` is what the losses go through: a
     `TrainingObjective` over the model, inside DDP under torchrun (FSDP2 shards the
@@ -131,14 +144,14 @@ class Trainer:
     def __init__(
         self,
         model: MusicModel,
-        train_data,
-        val_data=None,
+        train_data: Any,
+        val_data: Any = None,
         config: TrainConfig | None = None,
         *,
         out_dir: str | Path | None = None,
         device: str | torch.device | None = None,
         progress: bool | None = None,
-    ):
+    ) -> None:
         self.config = cfg = config or TrainConfig()
         self.launch = distributed.launch_from_env()
         self._joined = False
@@ -147,7 +160,9 @@ class Trainer:
         else:
             self._joined = not torch.distributed.is_initialized()
             self.device = distributed.setup(self.launch, device, cfg.dist_timeout_s)
-        self.is_main = self.launch is None or self.launch.is_main
+        self.rank = self.launch.rank if self.launch else 0
+        self.world_size = self.launch.world_size if self.launch else 1
+        self.is_main = self.rank == 0
         self.model = model.to(self.device)
         self.gan = model.discriminator is not None
         self.strategy = cfg.strategy if self.launch is not None else None
@@ -160,7 +175,18 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.progress = (sys.stderr.isatty() if progress is None else progress) and self.is_main
         self.train_data, self.val_data = train_data, val_data
+        self.batches = BatchStream(
+            train_data,
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            seed=cfg.seed,
+            num_workers=cfg.num_workers,
+            rank=self.rank,
+            world_size=self.world_size,
+        )
+        self._val: tuple[list[dict], list[int] | None] | None = None
         self.step = 0
+        self._resumed = False
         self.history: list[dict] = []
 
         fused = self.device.type == "cuda"
@@ -198,39 +224,10 @@ class Trainer:
             return torch.bfloat16
         return torch.float16
 
-    def _autocast(self):
+    def _autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
-    # -- data -----------------------------------------------------------------------------
-    def _batches(self, data, *, shuffle: bool) -> Iterator[dict]:
-        if self.launch is not None:
-            return distributed.rank_batches(
-                data,
-                batch_size=self.config.batch_size,
-                shuffle=shuffle,
-                seed=self.config.seed,
-                num_workers=self.config.num_workers,
-                rank=self.launch.rank,
-                world_size=self.launch.world_size,
-            )
-        if isinstance(data, Dataset) and hasattr(data, "__len__"):
-            if len(data) == 0:
-                raise ValueError("the dataset has no windows")
-            gen = torch.Generator().manual_seed(self.config.seed)
-            loader = DataLoader(
-                data,
-                batch_size=self.config.batch_size,
-                shuffle=shuffle,
-                generator=gen,
-                drop_last=shuffle and len(data) >= self.config.batch_size,
-                num_workers=self.config.num_workers,
-            )
-            return (
-                itertools.chain.from_iterable(itertools.repeat(loader)) if shuffle else iter(loader)
-            )
-        return itertools.cycle(data) if shuffle else iter(data)
 
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
@@ -244,30 +241,37 @@ class Trainer:
                 group["lr"] = self.base_lr[name] * f
         return self.base_lr["generator"] * f
 
-    def _update(self, name: str, params: list, micro: list[dict], loss_fn) -> dict[str, float]:
+    def _update(
+        self, name: str, params: list, micro: list[dict], loss_fn, weights: list[float]
+    ) -> dict[str, float]:
+        """Backward of `sum_m weights[m] x loss(micro[m])`, then one optimizer step.
+
+        The logged terms are the same weighted mean (weights normalized on this rank).
+        """
         opt, scaler = self.optimizers[name], self.scalers[name]
         opt.zero_grad(set_to_none=True)
+        norm = sum(weights) or 1.0
         totals: dict[str, float] = {}
-        for i, batch in enumerate(micro):
+        for i, (batch, w) in enumerate(zip(micro, weights, strict=True)):
             with self._gradient_sync(i == len(micro) - 1):
                 with self._autocast():
                     out = loss_fn(batch)
-                scaler.scale(out["loss"] / len(micro)).backward()
+                scaler.scale(out["loss"] * w).backward()
             for k, v in out.items():
-                totals[k] = totals.get(k, 0.0) + float(v.detach()) / len(micro)
+                totals[k] = totals.get(k, 0.0) + float(v.detach()) * w / norm
         if self.launch is not None:
             totals = distributed.all_mean(totals, self.device)
         if self.config.grad_clip > 0:
             scaler.unscale_(opt)
-            norm = torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
-            if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor
-                norm = norm.full_tensor()
-            totals["grad_norm"] = float(norm)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+            if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
+                grad_norm = grad_norm.full_tensor()
+            totals["grad_norm"] = float(grad_norm)
         scaler.step(opt)
         scaler.update()
         return totals
 
-    def _gradient_sync(self, last: bool):
+    def _gradient_sync(self, last: bool) -> contextlib.AbstractContextManager:
         """Gradients are reduced across ranks on the last micro-batch only."""
         if self.strategy == "ddp" and not last:
             return self.module.no_sync()
@@ -282,64 +286,101 @@ class Trainer:
 
     def _discriminator_loss(self, batch: dict) -> dict:
         ids, mask = batch["input_ids"], batch.get("attention_mask")
-        return self.module(ids, mask, objective="discriminator")
+        return self.module(ids, mask, objective="discriminator", step=self.step)
+
+    def _token_weights(self, micro: list[dict]) -> list[float]:
+        """Each micro-batch's share of the step's target tokens (over every rank), times
+        the world size that DDP's gradient averaging divides by: the step's gradient is
+        then that of the mean loss per target token of the whole global batch."""
+        counts = [target_tokens(b, self.model.config.pad_id) for b in micro]
+        total = float(sum(counts))
+        if self.launch is not None:
+            total = distributed.all_mean({"t": total}, self.device)["t"] * self.world_size
+        return [n * self.world_size / max(total, 1.0) for n in counts]
 
     def train_step(self, micro_batches: list[dict]) -> dict[str, float]:
-        """One optimizer step over `grad_accum` micro-batches; returns averaged terms."""
+        """One optimizer step over `grad_accum` micro-batches; returns the logged terms."""
         self.module.train()
         lr = self._set_lr()
         micro = [self._to_device(b) for b in micro_batches]
         gen_params = self.model.generator_parameters()
-        row = self._update("generator", gen_params, micro, self._generator_loss)
+        weights = self._token_weights(micro)
+        row = self._update("generator", gen_params, micro, self._generator_loss, weights)
         if self.gan:
-            # The generator's backward also left gradients on the discriminator; its
-            # own update starts from zeroed gradients (zero_grad in _update).
             d = self._update(
                 "discriminator",
                 self.model.discriminator_parameters(),
                 micro,
                 self._discriminator_loss,
+                [1.0 / len(micro)] * len(micro),
             )
             row.update({f"disc_{k}": v for k, v in d.items()})
         row["lr"] = lr
         self.step += 1
         return row
 
+    # -- validation --------------------------------------------------------------------------
+    def _validation(self) -> tuple[list[dict], list[int] | None]:
+        if self._val is None:
+            cfg = self.config
+            if isinstance(self.val_data, Dataset) and hasattr(self.val_data, "__len__"):
+                self._val = evaluation.held_out_batches(
+                    self.val_data, windows=cfg.eval_batches * cfg.batch_size,
+                    batch_size=cfg.batch_size,
+                )  # fmt: skip
+            else:
+                self._val = (list(itertools.islice(self.val_data, cfg.eval_batches)), None)
+        return self._val
+
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        """Mean loss terms over up to `eval_batches` validation batches."""
+    def evaluate(self) -> dict[str, Any]:
+        """The generator's loss terms (token-weighted means) and `evaluation.measure`'s
+        held-out measurements over the validation windows; {} without validation data.
+
+        Every rank measures the same windows, so the numbers agree across ranks.
+        """
         if self.val_data is None:
+            return {}
+        batches, files = self._validation()
+        if not batches:
             return {}
         self.module.eval()
         sums: dict[str, float] = {}
-        n = 0
-        for batch in itertools.islice(
-            self._batches(self.val_data, shuffle=False), self.config.eval_batches
-        ):
+        tokens = 0.0
+        for batch in batches:
+            batch = self._to_device(batch)
+            n = float(target_tokens(batch, self.model.config.pad_id))
             with self._autocast():
-                out = self._generator_loss(self._to_device(batch))
+                out = self._generator_loss(batch)
             for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            n += 1
+                sums[k] = sums.get(k, 0.0) + float(v.detach()) * n
+            tokens += n
+        row: dict[str, Any] = {k: v / max(tokens, 1.0) for k, v in sums.items()}
+        unshard = self.strategy == "fsdp"
+        if unshard:  # the root unit's weights, which no forward hook gathers here
+            self.model.unshard()
+        try:
+            with self._autocast():
+                row.update(evaluation.measure(self.model, batches, files, step=self.step))
+        finally:
+            if unshard:
+                self.model.reshard()
         self.module.train()
-        means = {k: v / max(n, 1) for k, v in sums.items()}
-        if self.launch is not None:  # every rank ran as many batches: mean of means
-            means = distributed.all_mean(means, self.device)
-        return means
+        return row
 
     # -- the loop ----------------------------------------------------------------------------
     def fit(self) -> list[dict]:
-        """Train for `config.steps` optimizer steps; returns the logged rows."""
+        """Train until `config.steps` optimizer steps; returns the rows logged by this call."""
         cfg = self.config
-        # Ranks draw different dropout masks and VAE samples, as different batches would.
-        torch.manual_seed(cfg.seed + (self.launch.rank if self.launch else 0))
+        if not self._resumed:
+            # Ranks draw different dropout masks and vae samples, as different batches would.
+            torch.manual_seed(cfg.seed + self.rank)
         if self.out_dir is not None and self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self.model.config.save_json(self.out_dir / "config.json")
             (self.out_dir / "train_config.json").write_text(
                 json.dumps(asdict(cfg), indent=2) + "\n"
             )
-        batches = self._batches(self.train_data, shuffle=True)
         bar = None
         if self.progress:
             from tqdm import tqdm
@@ -347,12 +388,12 @@ class Trainer:
             bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step")
         start = time.perf_counter()
         try:
-            self._loop(batches, bar, start)
+            self._loop(bar, start)
         except RuntimeError as exc:
             if self.launch is None:
                 raise
             raise RuntimeError(
-                f"rank {self.launch.rank} of {self.launch.world_size} stopped at step "
+                f"rank {self.rank} of {self.world_size} stopped at step "
                 f"{self.step}: {type(exc).__name__}: {exc} (when another rank died, this is "
                 f"the collective that noticed it, within dist_timeout_s={cfg.dist_timeout_s:g})"
             ) from exc
@@ -362,13 +403,13 @@ class Trainer:
         if self.out_dir is not None:
             self.save(self.out_dir / "last.pt")
             if self.is_main:
-                plot_losses(self.history, self.out_dir / "loss.png")
+                self.plot()
         return self.history
 
-    def _loop(self, batches: Iterator[dict], bar, start: float) -> None:
+    def _loop(self, bar, start: float) -> None:
         cfg = self.config
         while self.step < cfg.steps:
-            row = self.train_step([next(batches) for _ in range(cfg.grad_accum)])
+            row = self.train_step([next(self.batches) for _ in range(cfg.grad_accum)])
             step = self.step
             if step % cfg.log_every == 0 or step == cfg.steps:
                 self._log({"step": step, "split": "train", **row}, start)
@@ -381,7 +422,8 @@ class Trainer:
             if (
                 self.out_dir is not None
                 and cfg.checkpoint_every
-                and (step % cfg.checkpoint_every == 0)
+                and step % cfg.checkpoint_every == 0
+                and step < cfg.steps
             ):
                 self.save(self.out_dir / "last.pt")
             if bar is not None:
@@ -395,11 +437,27 @@ class Trainer:
             with (self.out_dir / "log.jsonl").open("a") as f:
                 f.write(json.dumps(row) + "\n")
 
+    def plot(self) -> Path | None:
+        """Draw `loss.png` from the whole `log.jsonl` (a resumed run included)."""
+        if self.out_dir is None:
+            return None
+        log = self.out_dir / "log.jsonl"
+        rows = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+        return plot_training(rows or self.history, self.out_dir / "loss.png")
+
     # -- checkpoints --------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {
+            "data": self.batches.state_dict(),
+            "scalers": {name: s.state_dict() for name, s in self.scalers.items()},
+            "rng": rng_state(),
+        }
+
     def save(self, path: str | Path) -> None:
-        """Write a checkpoint of the plain model; in a distributed run every rank calls
-        this (FSDP gathers the shards), rank 0 writes, and all wait for the file."""
-        extra = {"train_config": asdict(self.config)}
+        """Write a checkpoint of the plain model and everything `resume` needs; in a
+        distributed run every rank calls this (FSDP gathers the shards), rank 0 writes,
+        and all wait for the file."""
+        extra = {"train_config": asdict(self.config), "trainer": self._state()}
         if self.launch is None:
             self.model.save(path, optimizers=self.optimizers, step=self.step, extra=extra)
             return
@@ -420,7 +478,10 @@ class Trainer:
             self._joined = False
 
     def resume(self, path: str | Path) -> None:
-        """Load weights, optimizer states and step from a checkpoint of this model."""
+        """Continue from a checkpoint of this model: weights, optimizer and scaler states,
+        step, data position and (single process) every RNG, so that N steps, a save, a
+        resume and M more steps train exactly as N + M steps in one run. A distributed
+        run re-seeds each rank from (seed, rank, step): rank 0 writes the one file."""
         payload = read_checkpoint(path, map_location=self.device)
         check_compatible(payload, config=self.model.config)
         if self.launch is None:
@@ -431,6 +492,17 @@ class Trainer:
         else:
             distributed.load_full_state(self.module, self.optimizers, payload, self.strategy)
         self.step = int(payload["step"])
+        trainer = payload.get("extra", {}).get("trainer")
+        if trainer is not None:
+            self.batches.load_state_dict(trainer["data"])
+            for name, state in trainer["scalers"].items():
+                if name in self.scalers:
+                    self.scalers[name].load_state_dict(state)
+            if self.launch is None:
+                set_rng_state(trainer["rng"])
+            else:
+                torch.manual_seed(self.config.seed + self.rank + 1_000_003 * self.step)
+        self._resumed = True
 
 
 class _Snapshot:
@@ -444,30 +516,23 @@ class _Snapshot:
         return self._state
 
 
-def plot_losses(history: list[dict], path: str | Path) -> None:
-    """Draw train (and validation) loss against step into a PNG (matplotlib, Agg)."""
-    # A bare Figure with the Agg canvas: no pyplot, so the caller's backend is untouched.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+def rng_state() -> dict[str, Any]:
+    """Every RNG a training step draws from: torch (CPU and CUDA), numpy, Python."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "python": random.getstate(),
+    }
 
-    fig = Figure(figsize=(7, 4))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for split, style in (("train", "-"), ("val", "o-")):
-        rows = [r for r in history if r["split"] == split and "loss" in r]
-        if rows:
-            ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], style, label=split)
-        rows = [r for r in history if r["split"] == split and "disc_loss" in r]
-        if rows:
-            ax.plot(
-                [r["step"] for r in rows],
-                [r["disc_loss"] for r in rows],
-                "--",
-                label="discriminator",
-            )
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` captured."""
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))

@@ -2,12 +2,14 @@
 
 from .config import TokenizerConfig
 from .corpus import CorpusReport, build_corpus, merge_corpora
-from .dataset import TokenDataset, split_files
+from .dataset import TokenDataset
 from .midi import MidiError, MidiTokenizer
+from .split import FileSplit, split_files
 from .vocabulary import Vocabulary
 
 __all__ = [
     "CorpusReport",
+    "FileSplit",
     "MidiError",
     "MidiTokenizer",
     "TokenDataset",

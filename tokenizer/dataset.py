@@ -86,6 +86,20 @@ class TokenDataset(Dataset):
     def __len__(self) -> int:
         return int(self.cum_windows[-1])
 
+    def file_of(self, index: int) -> int:
+        """The manifest index of the file window `index` comes from."""
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"window {index} is outside 0..{len(self) - 1}")
+        f = int(np.searchsorted(self.cum_windows, index % len(self), side="right") - 1)
+        return self.files[f]
+
+    def token_counts(self) -> np.ndarray:
+        """How often each id occurs in this dataset's files: int64 `[vocabulary size]`."""
+        counts = np.zeros(Vocabulary().size, dtype=np.int64)
+        for f in range(len(self.files)):
+            counts += np.bincount(self.file_ids(f), minlength=counts.size)
+        return counts
+
     def file_ids(self, f: int) -> np.ndarray:
         """The uint16 ids of file `f` (a view into its memory-mapped shard)."""
         if self._shards is None:
@@ -122,24 +136,3 @@ class TokenDataset(Dataset):
         state = self.__dict__.copy()
         state["_shards"] = None  # each DataLoader worker maps the shards itself
         return state
-
-
-def split_files(
-    corpus_dir: str | os.PathLike, *, val_fraction: float = 0.1, seed: int = 0
-) -> tuple[list[int], list[int]]:
-    """(train, validation) file indices of a corpus: held-out data is held out by file.
-
-    Windows of one file overlap and share its material, so a split by window leaks;
-    this one never puts two windows of a file on different sides. The validation side
-    has `round(val_fraction * files)` files, at least one when the corpus has two or
-    more files and `val_fraction > 0`; which files is a permutation drawn from `seed`,
-    so a run's split is reproducible. Both lists are sorted.
-    """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction={val_fraction} is outside [0, 1)")
-    n = len(read_manifest(Path(corpus_dir))["files"])
-    if n == 0:
-        raise ValueError(f"the corpus {corpus_dir} holds no file")
-    n_val = 0 if n < 2 or val_fraction == 0 else min(n - 1, max(1, round(val_fraction * n)))
-    order = np.random.default_rng(seed).permutation(n)
-    return sorted(int(f) for f in order[n_val:]), sorted(int(f) for f in order[:n_val])

@@ -17,12 +17,15 @@ Run every integration check end to end on real files and print one table
 (check, mode, length, result, detail) and a final line `N issues`. The exit code is 0
 only when N is 0.
 
-Checks: vocabulary consistency (tokenizer, corpus manifest, model configs, checkpoints;
-embedding and head rows), data (the corpus's ids in range; a sample of windows of each
-length: shape, dtype, decode to MIDI), per mode and length a train step (forward, loss,
-backward, finite losses and gradients) with its measured peak memory and tokens/s,
-causality and learning per mode, generation per mode (valid grammar, decodes to MIDI
-with notes), and the active attention backend against the float64 reference.
+Checks, each of which fails when what it checks is broken: vocabulary signatures
+(corpus manifest, checkpoints), data (the corpus's ids in range; a sample of windows of
+each length: shape, dtype, decode to MIDI), the active attention backend against the
+float64 reference; per mode a train step at each length (finite losses and gradients),
+memory that grows linearly with the length, causality, a fresh copy that can fit one
+batch, and cached decoding equal to the full forward. Models loaded from checkpoints
+(trained) are also measured on the held-out files of their run (its split.json, else a
+tenth of CORPUS's files): held-out NLL below the unigram baseline, the vae's latent gap
+and active units, the vae_gan discriminator's accuracy on real and sampled spans.
 
 CORPUS is a `stretto tokenize` folder (with manifest.json) or a folder of MIDI files,
 tokenized first into a temporary folder. Models are fresh PRESET models, or the

@@ -35,7 +35,8 @@ from stretto.engine.cli.demo_corpus import (
     render_corpus,
 )
 from stretto.engine.cli.pianoroll import save_piano_roll
-from stretto.tokenizer import MidiTokenizer, TokenDataset, Vocabulary
+from stretto.engine.cli.runs import write_run
+from stretto.tokenizer import FileSplit, MidiTokenizer, Vocabulary
 from stretto.tokenizer.corpus import MANIFEST, build_corpus
 
 DESCRIPTION = """\
@@ -44,22 +45,29 @@ The main job, end to end on a real MIDI corpus:
      Bach chorales from music21's bundled corpus rendered to MIDI once and cached in
      data/demo-corpus/ (music21 is the `demo` extra; `make demo` installs it)
   2. tokenize it into OUT/corpus
-  3. train each mode (transformer, vae, vae_gan) for --train-seconds of wall-clock time
-     (tiny preset, windows of 512 on a CPU; small preset, windows of 1024 on CUDA)
+  3. train each mode (transformer, vae, vae_gan) for a fixed number of steps (tiny
+     preset, windows of 512 on a CPU; small preset, windows of 1024 on CUDA), holding
+     out a tenth of the files (OUT/<mode>/split.json names them)
   4. generate a piece per mode: OUT/<mode>/generated.mid and generated.png
   5. run `stretto audit` on the corpus and the three checkpoints: OUT/audit.txt, .json
   6. print a summary of every path written (also OUT/summary.json)
-OUT (default runs/demo) must not exist unless --force, which replaces it. On two CPU
-cores the whole job takes about ten minutes. The exit code is the audit's: 0 only when
-it found no issue."""
+OUT (default runs/demo) must not exist unless --force, which replaces it. Training runs
+fixed step counts from fixed seeds, so the models and the audit's verdict do not depend
+on how busy the machine is. On two CPU cores the whole job takes about ten minutes. The
+exit code is the audit's: 0 only when it found no issue."""
 
 EPILOG = """\
 examples:
   stretto demo                                  default corpus, outputs in runs/demo
-  stretto demo --force --train-seconds 30       a quicker run over the previous one
+  stretto demo --force --steps 200              a quicker run over the previous one
   STRETTO_CORPUS=~/midi stretto demo --out runs/my-demo"""
 
 MODES = ("transformer", "vae", "vae_gan")
+
+
+# Optimizer steps per mode: on two CPU cores each mode trains for one to two minutes.
+CPU_STEPS = {"transformer": 600, "vae": 600, "vae_gan": 500}
+CUDA_STEPS = {"transformer": 2000, "vae": 2000, "vae_gan": 1500}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,16 +79,17 @@ class DemoPlan:
     seq_len: int
     batch_size: int
     lr: float
-    train_seconds: float
-    max_steps: int
+    steps: dict[str, int]
     generate_tokens: int
     audit_lengths: tuple[int, ...] = (512, 1024, 2048)
 
     @classmethod
-    def for_device(cls, device: str, train_seconds: float | None) -> DemoPlan:
+    def for_device(cls, device: str, steps: int | None = None) -> DemoPlan:
         if device == "cuda":
-            return cls("cuda", "small", 1024, 16, 3e-4, train_seconds or 150.0, 5000, 2047)
-        return cls("cpu", "tiny", 512, 4, 1e-3, train_seconds or 90.0, 2000, 1024)
+            per_mode = {m: steps or n for m, n in CUDA_STEPS.items()}
+            return cls("cuda", "small", 1024, 16, 3e-4, per_mode, 2047)
+        per_mode = {m: steps or n for m, n in CPU_STEPS.items()}
+        return cls("cpu", "tiny", 512, 4, 1e-3, per_mode, 1024)
 
 
 class _Log:
@@ -132,65 +141,63 @@ def _tokenize(source: Path, out: Path, workers: int, log: _Log) -> tuple[Path, s
 
 
 def _train(mode: str, corpus: Path, plan: DemoPlan, out: Path, log: _Log) -> dict:
-    """Train one mode for about `plan.train_seconds`; returns its summary row."""
-
-    dataset = TokenDataset(corpus, plan.seq_len)
-    n_val = min(64, len(dataset) // 10)
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0)).tolist()
-    train_set = torch.utils.data.Subset(dataset, order[n_val:])
-    val_set = torch.utils.data.Subset(dataset, order[:n_val]) if n_val else None
+    """Train one mode for its fixed number of steps; returns its summary row."""
+    split = FileSplit.make(corpus)
+    train_set, val_set = split.datasets(plan.seq_len, val_stride=plan.seq_len // 4)
+    run_dir = out / mode
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_run(run_dir, split, plan.seq_len)
+    steps = plan.steps[mode]
     torch.manual_seed(0)
     model = MusicModel(ModelConfig.from_vocab(Vocabulary(), mode=mode, preset=plan.preset))
     config = TrainConfig(
-        steps=plan.max_steps,
+        steps=steps,
         batch_size=plan.batch_size,
         lr=plan.lr,
         warmup_steps=10,
-        eval_every=0,
-        eval_batches=4,
+        eval_every=max(1, steps // 4),
+        eval_batches=8,
         checkpoint_every=0,
         log_every=5,
     )
-    run_dir = out / mode
-    trainer = Trainer(model, train_set, val_set, config, out_dir=run_dir, device=plan.device)
-    # Time-boxed: three real training steps (kept) after a warm-up one decide how many fit
-    # in the budget; `fit` then runs the rest with its logging, plot and checkpoint.
-    loader = iter(
-        torch.utils.data.DataLoader(
-            train_set, batch_size=plan.batch_size, shuffle=True, drop_last=True
-        )
+    log(
+        f"training {mode}: {len(train_set)} windows of {plan.seq_len} from "
+        f"{len(split.train)} files ({len(split.validation)} held out), batch "
+        f"{plan.batch_size}, {steps} steps, {plan.preset} preset"
     )
     start = time.perf_counter()
-    first = trainer.train_step([next(loader)])  # also pays one-time warm-up costs
-    timed = time.perf_counter()
-    for _ in range(3):
-        trainer.train_step([next(loader)])
-    per_step = (time.perf_counter() - timed) / 3
-    steps = int(max(6, min(plan.max_steps, plan.train_seconds / per_step)))
-    trainer.config = dataclasses.replace(config, steps=steps, eval_every=steps)
-    log(
-        f"training {mode}: {len(train_set)} windows of {plan.seq_len}, batch "
-        f"{plan.batch_size}, {steps} steps (~{per_step:.2f} s each, {plan.preset} preset)"
-    )
+    trainer = Trainer(model, train_set, val_set, config, out_dir=run_dir, device=plan.device)
     history = trainer.fit()
     train_rows = [r for r in history if r["split"] == "train"]
-    val_rows = [r for r in history if r["split"] == "val"]
+    val = [r for r in history if r["split"] == "val"][-1] if val_set is not None else {}
     row = {
         "mode": mode,
         "steps": trainer.step,
         "seconds": round(time.perf_counter() - start, 1),
-        "first_loss": round(first["loss"], 4),
-        "last_loss": train_rows[-1]["loss"] if train_rows else None,
-        "val_loss": val_rows[-1]["loss"] if val_rows else None,
+        "first_loss": train_rows[0]["loss"],
+        "last_loss": train_rows[-1]["loss"],
         "checkpoint": str(run_dir / "last.pt"),
         "files": sorted(str(p) for p in run_dir.iterdir()),
+        "validation": {
+            k: val[k]
+            for k in ("nll", "latent_gap", "active_units", "kl", "acc_real", "acc_fake")
+            if k in val
+        },
     }
-    log(
-        f"trained {mode}: loss {row['first_loss']:.3f} -> {row['last_loss']:.3f}"
-        + (f", validation {row['val_loss']:.3f}" if row["val_loss"] is not None else "")
-        + f" in {row['seconds']:.0f} s"
-    )
+    log(f"trained {mode} in {row['seconds']:.0f} s: " + _measured(row))
     return row
+
+
+def _measured(row: dict) -> str:
+    v = row["validation"]
+    text = f"loss {row['first_loss']:.3f} -> {row['last_loss']:.3f}"
+    if "nll" in v:
+        text += f"; held-out NLL {v['nll']:.3f} nats/token"
+    if "latent_gap" in v:
+        text += f", latent gap {v['latent_gap']:.3f}, {v['active_units']} active units"
+    if "acc_real" in v:
+        text += f", discriminator accuracy {v['acc_real']:.2f} real / {v['acc_fake']:.2f} fake"
+    return text
 
 
 def _generate(mode: str, plan: DemoPlan, out: Path, log: _Log) -> dict:
@@ -240,18 +247,28 @@ def _audit(corpus: Path, plan: DemoPlan, out: Path, log: _Log) -> tuple[int, Pat
     return issues(rows), text, js
 
 
+def _env_steps() -> int | None:
+    text = os.environ.get("STRETTO_DEMO_STEPS")
+    if not text:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"$STRETTO_DEMO_STEPS={text!r} is not a positive whole number")
+    return int(text)
+
+
 def run(args: argparse.Namespace) -> int:
 
     log = _Log()
     out = Path(args.out)
     _prepare_out(out, args.force)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    plan = DemoPlan.for_device(device, args.train_seconds)
+    plan = DemoPlan.for_device(device, args.steps or _env_steps())
     if args.threads:
         torch.set_num_threads(args.threads)
+    steps = ", ".join(f"{m} {n}" for m, n in plan.steps.items())
     log(
         f"stretto demo on {device}: {plan.preset} preset, windows of {plan.seq_len}, "
-        f"about {plan.train_seconds:.0f} s of training per mode; outputs in {out}"
+        f"steps: {steps}; outputs in {out}"
     )
     source, described = _corpus_source(args, log)
     log(f"corpus: {described}")
@@ -279,8 +296,8 @@ def _summary_text(summary: dict, out: Path) -> str:
     lines.append(f"  corpus       {summary['corpus']['tokens']}")
     for t in summary["train"]:
         lines.append(
-            f"  {t['mode']:<12} {t['checkpoint']}  ({t['steps']} steps, "
-            f"loss {t['first_loss']:.3f} -> {t['last_loss']:.3f}; log.jsonl, loss.png beside it)"
+            f"  {t['mode']:<12} {t['checkpoint']}  ({t['steps']} steps; log.jsonl, loss.png "
+            f"and split.json beside it)"
         )
     for g in summary["generate"]:
         lines.append(f"  {g['mode']:<12} {g['midi']}  {g['png']}  ({g['notes']} notes)")
@@ -302,10 +319,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.add_argument(
-        "--train-seconds",
-        type=float,
+        "--steps",
+        type=int,
         default=None,
-        help="training time per mode (default 90 on a CPU, 150 on CUDA)",
+        help="optimizer steps per mode (default: "
+        + ", ".join(f"{m} {n}" for m, n in CPU_STEPS.items())
+        + " on a CPU; $STRETTO_DEMO_STEPS also sets it)",
     )
     p.add_argument(
         "--pieces",

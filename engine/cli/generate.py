@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import torch
 
 from stretto.engine import load_checkpoint
 from stretto.engine.cli.pianoroll import save_piano_roll
+from stretto.engine.cli.runs import RUN
+from stretto.engine.generate import interpolate
 from stretto.tokenizer import MidiTokenizer, Vocabulary
 
 GENERATE_DESCRIPTION = """\
@@ -26,11 +29,13 @@ example:
 """
 
 INTERPOLATE_DESCRIPTION = """\
-Encode A.mid and B.mid with a vae (or vae_gan) checkpoint, walk the straight line
-between their latent means in --steps points (A first, B last) and generate one MIDI
-file per point into OUT_DIR (interp_00.mid, interp_01.mid, ...; with --png a piano roll
-beside each). Each piece is read up to the model's max_seq_len tokens. Every point uses
-the same --seed, so the pieces differ only by z. Existing files are never replaced
+Encode A.mid and B.mid with a vae (or vae_gan) checkpoint, walk the arc (spherical
+interpolation) between their latent means in --steps points (A first, B last) and
+generate one MIDI file per point into OUT_DIR (interp_00.mid, interp_01.mid, ...; with
+--png a piano roll beside each). Each piece is encoded from its first --window tokens,
+the window length the encoder was trained on (read from the run's run.json beside the
+checkpoint when --window is not given). Every point is sampled with the same noise at
+each step (--seed), so the pieces differ only by z. Existing files are never replaced
 unless --force is given.
 
 example:
@@ -130,21 +135,29 @@ def run_interpolate(args: argparse.Namespace) -> int:
             f"interpolate needs a vae or vae_gan checkpoint; {args.checkpoint} is "
             f"{model.config.mode!r} mode (it has no latent space)"
         )
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        mus = []
-        for piece in (args.a, args.b):
-            ids = _encode(piece, model.config.max_seq_len).to(device)[None]  # [1, N]
-            mus.append(model.encode(ids)[0][0])  # [L]
-    alpha = torch.linspace(0, 1, args.steps, device=device)[:, None]  # [K, 1]
-    z = (1 - alpha) * mus[0] + alpha * mus[1]  # [K, L]
-    out = model.generate(None, max_new_tokens=args.tokens, z=z, **_sampling(args))
+    window = args.window or _trained_length(Path(args.checkpoint))
+    pieces = [_encode(piece, window) for piece in (args.a, args.b)]
+    _, out = interpolate(
+        model, *pieces, steps=args.steps, max_new_tokens=args.tokens, **_sampling(args)
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     for k, ids in enumerate(out):
         png = pngs[k] if pngs else None
-        notes = _write(ids, mids[k], png, title=f"{names[k]}: alpha {float(alpha[k]):.2f}")
-        print(f"wrote {mids[k]} (alpha {float(alpha[k]):.2f}, {notes} notes)")
+        t = k / (args.steps - 1)
+        notes = _write(ids, mids[k], png, title=f"{names[k]}: t {t:.2f}")
+        print(f"wrote {mids[k]} (t {t:.2f}, {notes} notes)")
     return 0
+
+
+def _trained_length(checkpoint: Path) -> int:
+    """The window length of the run a checkpoint comes from (its run.json)."""
+    run = checkpoint.parent / RUN
+    if not run.is_file():
+        raise ValueError(
+            f"no {RUN} beside {checkpoint}: pass --window N, the window length the "
+            "encoder was trained on"
+        )
+    return int(json.loads(run.read_text())["seq_len"])
 
 
 def _sampling_arguments(p: argparse.ArgumentParser) -> None:
@@ -190,7 +203,13 @@ def register(subparsers) -> None:
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a vae or vae_gan checkpoint")
     p.add_argument("a", metavar="A.mid", help="the first end of the line")
     p.add_argument("b", metavar="B.mid", help="the other end")
-    p.add_argument("--steps", type=int, default=5, help="points on the line (default 5)")
+    p.add_argument("--steps", type=int, default=5, help="points on the arc (default 5)")
+    p.add_argument(
+        "--window",
+        type=int,
+        default=None,
+        help="tokens of each piece to encode (default: the run's training window length)",
+    )
     p.add_argument("--out", required=True, metavar="OUT_DIR", help="folder for the files")
     p.add_argument("--png", action="store_true", help="also draw a piano roll per file")
     _sampling_arguments(p)

@@ -129,7 +129,8 @@ import pytest  # noqa: E402
 
 from stretto.engine import MusicModel, TrainConfig, Trainer  # noqa: E402
 from stretto.engine.cli.train import torchrun_command  # noqa: E402
-from stretto.engine.distributed import launch_from_env, rank_batches  # noqa: E402
+from stretto.engine.data import rank_batches  # noqa: E402
+from stretto.engine.distributed import launch_from_env  # noqa: E402
 
 STEPS = 3
 CONFIG = {
@@ -216,8 +217,12 @@ def test_two_ranks_train_like_one_process(
     got = [r for r in ranks[0]["history"] if r["split"] == "train"]
     assert [r["step"] for r in got] == list(range(1, STEPS + 1))
     for step, (a, b) in enumerate(zip(got, ref, strict=True), start=1):
-        for key in ("loss", "disc_loss") if mode == "vae_gan" else ("loss",):
-            assert a[key] == pytest.approx(b[key], rel=tol, abs=1e-5), f"{key} at step {step}"
+        assert a["loss"] == pytest.approx(b["loss"], rel=tol, abs=1e-5), f"loss at step {step}"
+        if mode == "vae_gan":
+            # the discriminator scores fakes each rank samples with its own noise: on two
+            # windows per rank that is a coarser estimate than the generator's loss
+            d = pytest.approx(b["disc_loss"], rel=4 * tol)
+            assert a["disc_loss"] == d, f"disc_loss at step {step}"
 
     # rank 0 wrote the files, and its checkpoint loads in a plain process
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
@@ -377,7 +382,7 @@ def test_stretto_train_under_torchrun(midi_corpus, tmp_path):
         env.pop(name, None)
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S)
     assert r.returncode == 0, r.stderr[-4000:]
-    assert r.stdout.count("trained transformer (tiny) x 2 ranks (ddp) for 2 steps") == 1
+    assert r.stdout.count("trained transformer (tiny) x 2 ranks (ddp) to step 2") == 1
     rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2]
     assert MusicModel.load(tmp_path / "run" / "last.pt").config.mode == "transformer"

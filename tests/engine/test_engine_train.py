@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 
 import pytest
 import torch
@@ -118,3 +119,181 @@ def test_train_command_on_real_midi(midi_corpus, tmp_path, capsys):
     assert stretto([*args, "--force"]) == 0
     rows = (run / "log.jsonl").read_text().splitlines()
     assert len(rows) == 3, "--force must replace the old log, not append to it"
+
+
+# -- resume, token weighting, optional plotting ------------------------------------------
+class _Windows(torch.utils.data.Dataset):
+    """A map-style dataset of real windows, with padding in some of them."""
+
+    def __init__(self, windows, n: int = 10, length: int = 64):
+        self.items = []
+        for i in range(n):
+            ids = windows(length, start=length * (i // 2))[i % 2].clone()
+            mask = torch.ones(length, dtype=torch.bool)
+            if i % 3 == 0:
+                mask[length // 2 :] = False
+                ids[length // 2 :] = 2  # PAD
+            self.items.append({"input_ids": ids, "attention_mask": mask})
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+@pytest.mark.parametrize("mode", ["transformer", "vae", "vae_gan"])
+def test_resume_continues_bit_for_bit(make_model, windows, tmp_path, monkeypatch, mode):
+    """2 steps, a checkpoint, a resume and 2 more steps train exactly as 4 steps do:
+    same weights bit for bit (fp32 on the CPU), so the optimizer states, every RNG
+    (dropout, the vae's noise, word dropout, Gumbel noise) and the data position all
+    came back."""
+    data = _Windows(windows)
+    config = TrainConfig(
+        steps=4, batch_size=3, lr=3e-3, warmup_steps=2, eval_every=0, checkpoint_every=2,
+        log_every=1,
+    )  # fmt: skip
+    overrides = {"dropout": 0.1, "word_dropout": 0.2, "adv_start_step": 0}
+    overrides = {k: v for k, v in overrides.items() if mode != "transformer" or k == "dropout"}
+    torch.manual_seed(5)
+    whole = Trainer(make_model(mode, **overrides), data, config=config, out_dir=tmp_path / "a")
+    saved = whole.save
+
+    def keep_step_two(path):
+        saved(path)
+        if whole.step == 2:
+            shutil.copy(path, tmp_path / "step2.pt")
+
+    monkeypatch.setattr(whole, "save", keep_step_two)
+    whole.fit()
+    torch.manual_seed(123)  # whatever state the process is in, resume restores its own
+    resumed = Trainer(make_model(mode, **overrides), data, config=config, out_dir=tmp_path / "b")
+    resumed.resume(tmp_path / "step2.pt")
+    assert resumed.step == 2
+    resumed.fit()
+    assert resumed.step == 4
+    theirs = resumed.model.state_dict()
+    for name, a in whole.model.state_dict().items():
+        assert torch.equal(a, theirs[name]), name
+
+
+def test_a_resume_without_the_rng_drifts(make_model, windows, tmp_path, monkeypatch):
+    """The same check with the RNG left out of the checkpoint fails: the test above can."""
+    from stretto.engine import train as train_module
+
+    data = _Windows(windows)
+    config = TrainConfig(steps=3, batch_size=3, eval_every=0, checkpoint_every=1, log_every=1)
+    torch.manual_seed(5)
+    whole = Trainer(make_model("vae"), data, config=config)
+    torch.manual_seed(0)
+    for _ in range(1):
+        whole.train_step([next(whole.batches)])
+    whole.save(tmp_path / "one.pt")
+    whole.fit()
+    monkeypatch.setattr(train_module, "set_rng_state", lambda state: None)
+    torch.manual_seed(99)
+    resumed = Trainer(make_model("vae"), data, config=config)
+    resumed.resume(tmp_path / "one.pt")
+    resumed.fit()
+    differ = [
+        n for n, a in whole.model.state_dict().items()
+        if not torch.equal(a, resumed.model.state_dict()[n])
+    ]  # fmt: skip
+    assert differ, "a resume that loses the RNG state must not reproduce the run"
+
+
+def test_gradient_accumulation_weighs_micro_batches_by_target_tokens(make_model, windows):
+    """Micro-batches with different amounts of padding give the gradient of one batch
+    holding them all: the mean NLL per target token of the whole step."""
+    data = _Windows(windows, n=4)
+    rows = [data[i] for i in range(4)]  # rows 0 and 3 are half padding
+    full = {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+    micro = [{k: v[:1] for k, v in full.items()}, {k: v[1:] for k, v in full.items()}]
+    grads = []
+    for batches, accum in ((micro, 2), ([full], 1)):
+        config = TrainConfig(steps=1, grad_accum=accum, grad_clip=0.0, lr=1e-9)
+        torch.manual_seed(0)
+        trainer = Trainer(make_model("transformer"), batches, config=config, device="cpu")
+        trainer.train_step(batches)
+        grads.append([p.grad.clone() for p in trainer.model.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    # equal weights per micro-batch would not match: the rows hold 31 and 63+63+31 targets
+    assert abs(31 / 188 - 1 / 2) > 0.3
+
+
+def test_training_writes_its_outputs_without_matplotlib(
+    make_model, fixed_batch, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)
+    config = TrainConfig(steps=2, eval_every=0, log_every=1)
+    Trainer(make_model("transformer"), [fixed_batch], config=config, out_dir=tmp_path).fit()
+    assert (tmp_path / "log.jsonl").is_file() and (tmp_path / "last.pt").is_file()
+    assert not (tmp_path / "loss.png").exists()
+    assert "matplotlib is not installed" in capsys.readouterr().err
+
+
+# -- stretto train: the split by file, --set, --config, --resume ---------------------------
+def _tiny_run(midi_corpus, tmp_path, *extra):
+    midi = tmp_path / "midi"
+    midi.mkdir(exist_ok=True)
+    for path in midi_corpus[:4]:
+        shutil.copy(path, midi / path.name)
+    run = tmp_path / "run"
+    args = ["train", str(midi), "--mode", "vae", "--seq-len", "64", "--preset", "tiny",
+            "--steps", "2", "--batch-size", "2", "--eval-every", "2", "--log-every", "1",
+            "--out", str(run), *extra]  # fmt: skip
+    return args, run
+
+
+def test_train_command_holds_out_whole_files(midi_corpus, tmp_path, capsys):
+    args, run = _tiny_run(midi_corpus, tmp_path)
+    assert stretto(args) == 0
+    split = json.loads((run / "split.json").read_text())
+    assert len(split["validation"]) == 1 and len(split["train"]) == 3
+    assert not set(split["train"]) & set(split["validation"])
+    out = capsys.readouterr().out
+    assert "validation on 1 held-out files: NLL" in out and "latent gap" in out
+
+
+def test_set_overrides_any_field_and_names_bad_ones(midi_corpus, tmp_path, capsys):
+    args, run = _tiny_run(midi_corpus, tmp_path, "--set", "window=8", "--set", "weight_decay=0")
+    assert stretto([*args, "--set", "dropout=0.2"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert (config["window"], config["dropout"]) == (8, 0.2)
+    assert json.loads((run / "train_config.json").read_text())["weight_decay"] == 0.0
+    capsys.readouterr()
+    for bad, message in (
+        ("windw=8", "--set windw: no such setting; ModelConfig and TrainConfig fields are"),
+        ("window=big", "--set window=big: window takes int"),
+        ("tie_embeddings=maybe", "tie_embeddings takes true or false"),
+        ("block=3", None),
+    ):
+        code = stretto([*args, "--force", "--set", bad])
+        err = capsys.readouterr().err
+        if message is None:
+            assert code == 0
+            continue
+        assert code == 1 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_resume_continues_a_run_and_config_reruns_it(midi_corpus, tmp_path, capsys):
+    args, run = _tiny_run(midi_corpus, tmp_path)
+    assert stretto(args) == 0
+    assert stretto(["train", "--resume", str(run), "--steps", "4"]) == 0
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2, 3, 4]
+    assert MusicModel.load(run / "last.pt").config.mode == "vae"
+    capsys.readouterr()
+    assert stretto(["train", "--resume", str(run)]) == 1  # already at its last step
+    assert "pass --steps N" in capsys.readouterr().err
+
+    again = tmp_path / "again"
+    config = str(run / "train_config.json")
+    assert stretto(["train", "--config", config, "--out", str(again)]) == 0
+    assert (again / "config.json").read_text() == (run / "config.json").read_text()
+    assert (
+        json.loads((again / "split.json").read_text())["validation"]
+        == json.loads((run / "split.json").read_text())["validation"]
+    )

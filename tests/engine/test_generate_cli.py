@@ -81,6 +81,9 @@ def test_interpolate_writes_steps(checkpoint, midi_corpus, tmp_path, capsys):
     out = tmp_path / "interp"
     a, b = (str(p) for p in midi_corpus[:2])
     args = ["interpolate", str(ck), a, b, "--steps", "3", "--out", str(out), "--tokens", "120"]
+    assert main(args) == 1  # no run.json beside the checkpoint: the window must be given
+    assert "pass --window N" in capsys.readouterr().err
+    args += ["--window", "256"]
     assert main([*args, "--png"]) == 0
     mids = sorted(out.glob("*.mid"))
     assert [p.name for p in mids] == ["interp_00.mid", "interp_01.mid", "interp_02.mid"]
