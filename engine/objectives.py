@@ -20,6 +20,7 @@ hook `forward`, so the loss must be computed inside a module's `__call__`.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from stretto.tokenizer.vocabulary import Vocabulary
+
+from .grammar import Grammar
 
 if TYPE_CHECKING:  # annotations only: model.py imports this module
     from .model import MusicModel
@@ -159,25 +162,37 @@ def rollout(
 
     Returns (tokens `[B, P + K]`: the first `gan_prefix` real tokens then `gan_span`
     sampled ones, each conditioned on the sampled tokens before it; the Gumbel noise
-    `[B, K, V]` that chose them, so a differentiable forward can rebuild the samples).
-    Sampling is argmax(logits + Gumbel noise), unconstrained: the model's own
-    distribution, which is what the discriminator should judge.
+    `[B, K, V]` that chose them, -inf on the tokens the grammar forbade there, so that
+    a differentiable forward can rebuild the samples). Sampling is argmax(logits +
+    Gumbel noise) under the grammar mask, as `generate` samples by default: the fakes
+    are grammatical, and the discriminator has to judge the music.
     """
     c = model.config
     p, k = c.gan_prefix, c.gan_span
     b = ids.shape[0]
+    grammar = _grammar()
+    state = grammar.initial_state(b, ids.device)
+    for t in range(p):
+        grammar.advance(state, ids[:, t])
     cache = model.new_cache(b, p + k)
     logits = model._decode(ids[:, :p], None, z, None, cache)[:, -1].float()  # [B, V]
     noise = torch.empty(b, k, c.vocab_size, device=ids.device)
     out = [ids[:, :p]]
     for t in range(k):
         g = -torch.empty_like(logits).exponential_().log()  # Gumbel(0, 1)
+        g = g.masked_fill(~grammar.allowed(state), float("-inf"))
         noise[:, t] = g
         token = (logits + g).argmax(-1)  # [B]
+        grammar.advance(state, token)
         out.append(token[:, None])
         if t + 1 < k:
             logits = model._decode(token[:, None], None, z, None, cache)[:, 0].float()
     return torch.cat(out, dim=1), noise
+
+
+@functools.cache
+def _grammar() -> Grammar:
+    return Grammar(Vocabulary())
 
 
 def straight_through_fakes(

@@ -42,6 +42,9 @@ from .objectives import TrainingObjective, target_tokens
 from .plots import plot_training
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# The discriminator's balance controller: log-factor change per unit of accuracy error,
+# and the smallest factor (a discriminator far ahead nearly stops, never freezes).
+BALANCE_GAIN, BALANCE_FLOOR = 0.5, 1e-3
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,11 @@ class TrainConfig:
     """Optimisation settings. `steps` counts optimizer steps; each takes `grad_accum`
     micro-batches of `batch_size` windows (per rank in a distributed run, whose global
     batch is `batch_size * grad_accum * world_size`).
+
+    vae_gan: the discriminator's learning rate is `disc_lr` times a balance factor in
+    (0, 1] that an integral controller moves after every step, down when the
+    discriminator's accuracy on the batch is above `disc_target_accuracy` and up when
+    it is below, so that it does not win the game outright (1 disables the controller).
 
     Validation every `eval_every` steps reads `eval_batches x batch_size` windows spread
     evenly over the validation data (the same windows every time).
@@ -62,7 +70,8 @@ class TrainConfig:
     batch_size: int = 8
     grad_accum: int = 1
     lr: float = 3e-4
-    disc_lr: float = 1e-4
+    disc_lr: float = 3e-4
+    disc_target_accuracy: float = 0.75
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     warmup_steps: int = 100
@@ -87,6 +96,10 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig: {name}={getattr(self, name)} must be >= 0")
         if self.lr <= 0 or self.disc_lr <= 0:
             raise ValueError("TrainConfig: learning rates must be > 0")
+        if not 0.5 < self.disc_target_accuracy <= 1:
+            raise ValueError(
+                f"TrainConfig: disc_target_accuracy={self.disc_target_accuracy} not in (0.5, 1]"
+            )
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"TrainConfig: min_lr_ratio={self.min_lr_ratio} not in [0, 1]")
         if self.precision not in PRECISIONS:
@@ -206,6 +219,7 @@ class Trainer:
                 fused=fused,
             )
         self.base_lr = {"generator": cfg.lr, "discriminator": cfg.disc_lr}
+        self.disc_balance = 1.0  # the discriminator's learning-rate factor (vae_gan)
 
         self.amp_dtype = self._amp_dtype(cfg.precision)
         scale = self.amp_dtype == torch.float16
@@ -237,8 +251,9 @@ class Trainer:
         cfg = self.config
         f = lr_factor(self.step, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
         for name, opt in self.optimizers.items():
+            balance = self.disc_balance if name == "discriminator" else 1.0
             for group in opt.param_groups:
-                group["lr"] = self.base_lr[name] * f
+                group["lr"] = self.base_lr[name] * f * balance
         return self.base_lr["generator"] * f
 
     def _update(
@@ -315,9 +330,20 @@ class Trainer:
                 [1.0 / len(micro)] * len(micro),
             )
             row.update({f"disc_{k}": v for k, v in d.items()})
+            row["disc_balance"] = self.disc_balance
+            self._balance(d)
         row["lr"] = lr
         self.step += 1
         return row
+
+    def _balance(self, d: dict[str, float]) -> None:
+        """Move the discriminator's learning-rate factor toward its target accuracy."""
+        target = self.config.disc_target_accuracy
+        if target >= 1.0 or "acc_real" not in d:
+            return
+        accuracy = (d["acc_real"] + d["acc_fake"]) / 2
+        factor = self.disc_balance * math.exp(BALANCE_GAIN * (target - accuracy))
+        self.disc_balance = min(1.0, max(BALANCE_FLOOR, factor))
 
     # -- validation --------------------------------------------------------------------------
     def _validation(self) -> tuple[list[dict], list[int] | None]:
@@ -450,6 +476,7 @@ class Trainer:
         return {
             "data": self.batches.state_dict(),
             "scalers": {name: s.state_dict() for name, s in self.scalers.items()},
+            "disc_balance": self.disc_balance,
             "rng": rng_state(),
         }
 
@@ -498,6 +525,7 @@ class Trainer:
             for name, state in trainer["scalers"].items():
                 if name in self.scalers:
                     self.scalers[name].load_state_dict(state)
+            self.disc_balance = float(trainer.get("disc_balance", 1.0))
             if self.launch is None:
                 set_rng_state(trainer["rng"])
             else:
