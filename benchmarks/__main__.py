@@ -1,5 +1,5 @@
 """`python -m benchmarks [SUITE ...] [--quick] [--device cuda|cpu] [--out DIR]
-[--seq-len N ...] [--preset NAME ...]`."""
+[--seq-len N ...] [--preset NAME ...] [--corpus DIR] [--steps N] [--seconds S]`."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ examples:
   python -m benchmarks --out /tmp/run            write the run somewhere else
   python -m benchmarks model --device cpu --preset base --seq-len 512 --seq-len 1024
                                                  a filtered run: these presets/lengths
+  python -m benchmarks quality --corpus DIR      held-out likelihood per attention and
+                                                 generated music against held-out music
 
 --seq-len N (repeatable) keeps only these lengths: the model, memory and generate
 suites run any positive length (generate: generated tokens); the attention suite runs
@@ -25,6 +27,9 @@ its sweep and keeps those lengths, so a length outside its sweep is an error.
 --preset NAME (repeatable) picks the model and generate suites' presets (an engine
 preset: tiny, small, base; default: model base, generate small and base; quick runs
 tiny on a CPU). The filters are written beside "full run"/"quick run" in results.md.
+The quality suite trains on a corpus (--corpus DIR, MIDI files; default: the demo's
+chorales, which need music21) for a budget (--steps N per training run, or --seconds
+S per attention variant; default: its full or --quick budget), one --preset (tiny).
 
 Results go to benchmarks/results/<device>/<YYYY-MM-DD>-<commit>/ (results.csv,
 results.json, results.md, PNG plots) and that device's section of
@@ -69,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             update_readme=False if args.no_readme else None,
             seq_lens=args.seq_len,
             presets=args.preset,
+            options={"corpus": args.corpus, "steps": args.steps, "seconds": args.seconds},
         )
     except ValueError as exc:
         parser.error(str(exc))
@@ -114,6 +120,27 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "base; default: model base, generate small and base; --quick: tiny, or small for "
         "generate on CUDA)",
     )
+    parser.add_argument(
+        "--corpus",
+        metavar="DIR",
+        default=None,
+        help="quality suite: a folder of MIDI files (or a built token corpus) to train and "
+        "score on (default: the demo's chorales, which need music21)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="quality suite: optimizer steps per training run (default: 300; --quick 60)",
+    )
+    parser.add_argument(
+        "--seconds",
+        type=_positive_float,
+        default=None,
+        metavar="S",
+        help="quality suite: stop each attention variant after S seconds of training",
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -123,6 +150,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive length, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value}")
     return value
 
 

@@ -8,7 +8,10 @@ in TABLE_SWEEP_SUITES that takes no `seq_lens` (attention) runs its whole sweep 
 shape table and the runner keeps the rows of the requested lengths; a length outside
 that sweep is an error before anything runs. A run's filters (suites, lengths,
 presets) are recorded in its metadata and printed beside "quick run"/"full run", so a
-partial run never reads as a full one.
+partial run never reads as a full one. Suite options (`SUITE_OPTIONS`: the quality
+suite's corpus and training budget) reach only the suites whose `run` names them, and
+are recorded in the metadata too; a suite whose `run` takes `out_dir` is given the
+run's folder, for files beside the tables (the quality suite's `split.json`).
 
 Each row names what was measured (suite, provider, mode, shape, dtype) and what was
 found (median_ms, p20_ms, p80_ms, peak_mem_mb, optional tokens_per_s, tflops, extra);
@@ -40,6 +43,7 @@ from benchmarks.schema import (
     REPO_ROOT,
     RESULTS_ROOT,
     ROW_FIELDS,
+    SUITE_OPTIONS,
     SUITES,
     TABLE_SWEEP_SUITES,
     SuiteUnavailable,
@@ -265,13 +269,16 @@ def call_suite(
     device: str,
     seq_lens: Sequence[int] | None = None,
     presets: Sequence[str] | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Call a suite's `run`, passing only the keywords it takes.
 
-    `seq_lens` and `presets` are passed only when given; a suite that takes no
-    `seq_lens` has its rows filtered by length here (rows without a length stay).
+    `seq_lens`, `presets` and each of `options` (SUITE_OPTIONS, `out_dir`) are passed
+    only when given; a suite that takes no `seq_lens` has its rows filtered by length
+    here (rows without a length stay).
     """
     given = {"quick": quick, "device": device, "seq_lens": seq_lens, "presets": presets}
+    given.update(options or {})
     kwargs = {
         k: (list(v) if k in ("seq_lens", "presets") else v)
         for k, v in given.items()
@@ -298,8 +305,26 @@ def check_filters(
     quick: bool,
     seq_lens: Sequence[int] | None,
     presets: Sequence[str] | None,
+    options: Mapping[str, Any] | None = None,
 ) -> None:
     """ValueError naming the offending value when a filter cannot be honoured."""
+    for key, value in (options or {}).items():
+        if key not in SUITE_OPTIONS:
+            raise ValueError(f"unknown suite option {key!r}; known: {', '.join(SUITE_OPTIONS)}")
+        if value is None:
+            continue
+        takers = []
+        for name in names:
+            try:
+                if takes_keyword(load_suite(name, registry), key):
+                    takers.append(name)
+            except SuiteUnavailable:
+                continue
+        if not takers:
+            raise ValueError(
+                f"--{key} is an option of a suite this run does not include "
+                f"({', '.join(names)})"
+            )
     for n in seq_lens or ():
         if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
             raise ValueError(f"a sequence length must be a positive integer, got {n!r}")
@@ -369,6 +394,7 @@ def run_suites(
     registry: Mapping[str, str | Callable[..., Any]] = SUITES,
     seq_lens: Sequence[int] | None = None,
     presets: Sequence[str] | None = None,
+    options: Mapping[str, Any] | None = None,
     log=None,
 ) -> list[dict[str, Any]]:
     """Run each suite in turn; a missing or failing suite becomes a row, never a gap."""
@@ -384,6 +410,7 @@ def run_suites(
                 device=device,
                 seq_lens=seq_lens,
                 presets=presets,
+                options=options,
             )
             if not suite_rows:
                 suite_rows = [skipped_row(name, "skipped: the suite returned no rows")]
@@ -418,13 +445,15 @@ def run_benchmarks(
     plots: bool = True,
     seq_lens: Sequence[int] | None = None,
     presets: Sequence[str] | None = None,
+    options: Mapping[str, Any] | None = None,
     log=None,
 ) -> RunResult:
     """Run suites and write results.{csv,json,md} and plots into one folder.
 
     `seq_lens` and `presets` restrict the suites that sweep lengths and presets (see
     the module docstring); they are checked before anything runs and recorded in the
-    run's `meta["filters"]`. `update_readme` (default: when the folder lies under
+    run's `meta["filters"]`. `options` (SUITE_OPTIONS) go to the suites that take them
+    and are recorded in `meta["options"]`. `update_readme` (default: when the folder lies under
     `results_root`) rewrites this device's section of `results_root/README.md`,
     keeping the other devices' sections.
     """
@@ -432,11 +461,16 @@ def run_benchmarks(
     for name in names:
         if name not in registry:
             raise ValueError(f"unknown suite {name!r}; known: {', '.join(registry)}")
-    check_filters(names, registry, quick=quick, seq_lens=seq_lens, presets=presets)
+    options = {k: v for k, v in (options or {}).items() if v is not None}
+    check_filters(
+        names, registry, quick=quick, seq_lens=seq_lens, presets=presets, options=options
+    )
     device = resolve_device(device)
     env = environment(device)
     filters = run_filters(names, registry, seq_lens, presets)
     meta = dict(env, suites=names, quick=quick, filters=filters)
+    if options:
+        meta["options"] = dict(options)
     out_dir = Path(out_dir) if out_dir is not None else default_out_dir(env, results_root)
     rows: list[dict[str, Any]] = []
     for name in names:
@@ -448,6 +482,7 @@ def run_benchmarks(
             registry=registry,
             seq_lens=seq_lens,
             presets=presets,
+            options=dict(options, out_dir=out_dir),
             log=log,
         )
         # Tables after every suite: a run stopped by a time limit keeps what it measured.

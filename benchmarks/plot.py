@@ -1,4 +1,5 @@
-"""Plots of a run: time and memory against sequence length, one line per provider.
+"""Plots of a run: time and memory against sequence length, one line per provider, and
+the quality suite's own figures (`benchmarks.quality_plot`).
 
 `python -m benchmarks.plot RUN_DIR` draws them from RUN_DIR/results.json (or
 results.csv). Only measured rows with a sequence length are drawn, and only cases measured at two
@@ -109,6 +110,10 @@ def plot_rows(
             fig.savefig(path, dpi=110)
             plt.close(fig)
             written.append(path)
+    if any(row.get("suite") == "quality" for row in rows):
+        from benchmarks.quality_plot import plot_quality
+
+        written += plot_quality(rows, out_dir, title_suffix=title_suffix)
     return written
 
 

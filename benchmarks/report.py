@@ -122,6 +122,9 @@ def environment_line(meta: Mapping[str, Any]) -> str:
     if filters:
         parts = [f"{key} {', '.join(map(str, values))}" for key, values in filters.items()]
         run = f"{run}, filtered: {'; '.join(parts)}"
+    options = meta.get("options") or {}
+    if options:
+        run = f"{run}, options: {'; '.join(f'{k} {v}' for k, v in options.items())}"
     return (
         f"Device: **{meta.get('device')}** · torch {meta.get('torch')} · "
         f"triton {meta.get('triton') or 'absent'} · stretto {meta.get('stretto')} · "
@@ -151,6 +154,10 @@ def render_markdown(
         markdown_table(rows),
         "",
     ]
+    if any(row.get("suite") == "quality" for row in rows):
+        from benchmarks.quality_report import quality_markdown
+
+        parts += [quality_markdown(rows), ""]
     for name in plots:
         parts += [f"![{Path(name).stem}]({name})", ""]
     return "\n".join(parts)
@@ -202,7 +209,12 @@ def _section_markers(slug: str) -> tuple[str, str]:
 def update_results_readme(
     readme: Path, run_dir: Path, meta: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]
 ) -> None:
-    """Put this run's table under its device's section; other devices' sections stay."""
+    """Put this run's table under its device's section; other devices' sections stay.
+
+    The quality suite's rows have a section of their own per device
+    (`<device-slug> quality`), so a quality run and a speed run do not replace each
+    other's tables.
+    """
     readme = Path(readme)
     slug = str(meta.get("device_slug") or "unknown")
     try:
@@ -210,28 +222,52 @@ def update_results_readme(
     except ValueError:  # another drive
         rel = Path(run_dir)
     plots = sorted(p.name for p in Path(run_dir).glob("*.png"))
-    begin, end = _section_markers(slug)
-    body = [
+    quality = [r for r in rows if r.get("suite") == "quality"]
+    speed = [r for r in rows if r.get("suite") != "quality"]
+    text = readme.read_text(encoding="utf-8") if readme.is_file() else README_HEAD
+    text = text.replace(NO_RUNS_YET + "\n", "")
+    if speed or not quality:
+        shown = [p for p in plots if not p.startswith("quality-")]
+        body = [markdown_table(speed)]
+        text = _put_section(text, slug, f"{meta.get('device')}", meta, rel, body, shown)
+    if quality:
+        from benchmarks.quality_report import quality_markdown
+
+        shown = [p for p in plots if p.startswith("quality-")]
+        body = [quality_markdown(quality, heading="###")]
+        title = f"{meta.get('device')}: quality"
+        text = _put_section(text, f"{slug} quality", title, meta, rel, body, shown)
+    readme.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(readme, text)
+
+
+def _put_section(
+    text: str,
+    key: str,
+    title: str,
+    meta: Mapping[str, Any],
+    rel: Path,
+    body: list[str],
+    plots: Sequence[str],
+) -> str:
+    """`text` with the section between `key`'s markers replaced (or appended)."""
+    begin, end = _section_markers(key)
+    lines = [
         begin,
-        f"## {meta.get('device')}",
+        f"## {title}",
         "",
         environment_line(meta) + f" · run folder [`{rel.as_posix()}`]({rel.as_posix()}/)",
         "",
-        markdown_table(rows),
+        *body,
         "",
     ]
-    body += [f"![{Path(p).stem}]({(rel / p).as_posix()})" for p in plots]
-    body += ["", end]
-    section = "\n".join(body)
-    text = readme.read_text(encoding="utf-8") if readme.is_file() else README_HEAD
-    text = text.replace(NO_RUNS_YET + "\n", "")
+    lines += [f"![{Path(p).stem}]({(rel / p).as_posix()})" for p in plots]
+    lines += ["", end]
+    section = "\n".join(lines)
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
     if pattern.search(text):
-        text = pattern.sub(lambda _: section, text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    readme.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(readme, text)
+        return pattern.sub(lambda _: section, text)
+    return text.rstrip("\n") + "\n\n" + section + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,7 +19,12 @@ SUITES: dict[str, str] = {
     "model": "benchmarks.model_bench",
     "generate": "benchmarks.generate_bench",
     "memory": "benchmarks.memory_bench",
+    "quality": "benchmarks.quality_bench",
 }
+
+# Settings only some suites take (`run(..., corpus=...)`): the runner passes each one
+# to the suites whose `run` names it, and refuses one that no suite of the run takes.
+SUITE_OPTIONS = ("corpus", "steps", "seconds")
 
 # Suites that sweep `shapes.seq_lens(quick=..., scaling=True)`; when their `run` takes no
 # `seq_lens`, the runner filters their rows by length instead.

@@ -1,0 +1,554 @@
+"""Quality: what windowed hierarchical attention costs in modelling music, and what the
+trained models generate, on files the training never saw.
+
+The corpus (`--corpus DIR`, a folder of MIDI files or a built token corpus; default:
+the demo's 48 Bach chorales, which need music21) is tokenized and split by file
+(`FileSplit.make(val_fraction=0.1, seed=0)`; the run writes `split.json` beside its
+results). Everything below trains on the training files and is scored on windows of
+the validation files.
+
+1. Likelihood (`quality_likelihood`). One transformer-mode model of the preset (default
+   `tiny`), trained from the same seed on the same batches with three attentions: WHA
+   with the preset's window and block, WHA without summaries (`block=None`, sliding
+   window) and dense causal SDPA, interleaved step by step so their step times are
+   measured side by side. For each length and seed, held-out NLL per token, bits per
+   token, NLL per second of music, NLL per position bucket and past the window; at
+   equal steps (the budget's last step) and at equal wall-clock (each variant's curve,
+   linear between evaluations, read at the training time the fastest variant took for
+   the whole budget). Baselines on the same targets: unigram and bigram models of the
+   training tokens. Rows: `mode="held-out-nll"`, one per (length, variant or baseline);
+   median_ms/p20/p80 are the variant's training step times over every seed, extra
+   holds the NLLs (median over seeds, each seed's value, the curves).
+2. Generated music (`quality_music`). Each mode (transformer, vae, vae_gan) of the
+   preset with WHA is trained with `Trainer` for the budget's steps on windows of the
+   generation length; it samples as many pieces as half A of the held-out set has
+   (temperature 1, from START, `constrained=True`, the default of `generate`), and as
+   many again without the grammar mask for the `validity` statistic. The unigram
+   model samples the same way (one token at a time under the same grammar mask, and
+   without it for `validity`). Every set is compared with half B of the held-out
+   pieces (windows of the generation length from the other half of the validation
+   files); half A against half B is the reference distance, real against real. Rows:
+   `mode="generated-vs-held-out"`, one per source; extra holds each statistic's
+   summary, its distance to half B, the reference distance, and whether it is closer
+   than the unigram model's samples.
+
+Budget: `FULL` (default; about 15-25 minutes on a 2-core CPU) and `QUICK` (`--quick`,
+under 5), or `--steps N` (training steps per run) and `--seconds S` (a cap on each
+variant's training time), `--seq-len N` (lengths) and `--preset NAME`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.schema import REPO_ROOT, SuiteUnavailable, progress
+
+SUITE = "quality"
+MODES = ("transformer", "vae", "vae_gan")
+DEMO_CORPUS_CACHE = REPO_ROOT / "data" / "demo-corpus"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What one run trains, scores and samples."""
+
+    preset: str = "tiny"
+    seq_lens: tuple[int, ...] = (512, 1024, 2048)
+    seeds: tuple[int, ...] = (0, 1)
+    steps: int = 300  # optimizer steps per training run
+    seconds: float | None = None  # cap on each attention variant's training time
+    evals: int = 6  # held-out evaluations per run (plus step 0)
+    tokens_per_batch: int = 4096  # batch = tokens_per_batch // length windows
+    eval_windows: int = 48  # held-out windows per length
+    lr: float = 2e-3
+    warmup_steps: int = 30
+    generation_length: int = 512  # tokens per generated and held-out piece
+    pieces: int = 24  # held-out pieces per half, and pieces sampled per source
+    val_fraction: float = 0.1
+    split_seed: int = 0
+
+
+FULL = Budget()
+QUICK = Budget(
+    seq_lens=(512, 1024),
+    steps=60,
+    evals=3,
+    eval_windows=16,
+    warmup_steps=10,
+    generation_length=256,
+    pieces=8,
+)
+
+
+def run(
+    *,
+    quick: bool,
+    device: str,
+    seq_lens: Sequence[int] | None = None,
+    presets: Sequence[str] | None = None,
+    corpus: str | None = None,
+    steps: int | None = None,
+    seconds: float | None = None,
+    out_dir: Path | None = None,
+) -> list[dict[str, Any]]:
+    """Rows of both parts (see the module docstring)."""
+    budget = QUICK if quick else FULL
+    changes: dict[str, Any] = {}
+    if seq_lens:
+        changes["seq_lens"] = tuple(sorted(set(seq_lens)))
+    if presets:
+        if len(presets) > 1:
+            raise ValueError(f"the quality suite runs one preset, got {list(presets)}")
+        changes["preset"] = presets[0]
+    if steps is not None:
+        changes["steps"] = steps
+    if seconds is not None:
+        changes["seconds"] = seconds
+    budget = dataclasses.replace(budget, **changes)
+    midi = Path(corpus) if corpus else demo_corpus()
+    with tempfile.TemporaryDirectory(prefix="stretto-quality-") as tmp:
+        tokens = token_corpus(midi, Path(tmp) / "corpus")
+        return QualityRun(budget, tokens, midi, device, out_dir).rows()
+
+
+def demo_corpus() -> Path:
+    """The demo's chorales rendered to MIDI under data/ (needs music21)."""
+    try:
+        from stretto.engine.cli.demo_corpus import music21_version, render_corpus
+    except ImportError as exc:
+        raise SuiteUnavailable(f"stretto.engine is not importable ({exc})") from exc
+    if music21_version() is None:
+        raise SuiteUnavailable(
+            "the default corpus (the demo's chorales) needs music21: "
+            "pip install -e '.[demo]', or pass --corpus DIR"
+        )
+    render_corpus(DEMO_CORPUS_CACHE, log=progress)
+    return DEMO_CORPUS_CACHE
+
+
+def token_corpus(source: Path, scratch: Path) -> Path:
+    """`source` itself when it is a token corpus (holds manifest.json), else its MIDI
+    files tokenized into `scratch`."""
+    from stretto.tokenizer import build_corpus
+
+    if (source / "manifest.json").is_file():
+        return source
+    if not source.is_dir():
+        raise ValueError(f"--corpus {source} is not a folder")
+    report = build_corpus(source, scratch, workers=2, progress=False)
+    if report.files < 2:
+        raise ValueError(f"{source}: {report.files} usable MIDI files, at least 2 are needed")
+    progress(f"[quality] corpus: {report.summary().splitlines()[0]}")
+    return scratch
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return float(statistics.median(kept)) if kept else None
+
+
+def _spread(values: Sequence[float | None]) -> list[float] | None:
+    kept = [v for v in values if v is not None]
+    return [min(kept), max(kept)] if kept else None
+
+
+def _grammar_tools():
+    """(validate, Grammar): from the tokenizer where they live there, else the engine."""
+    import stretto.engine
+    import stretto.tokenizer
+
+    validate = getattr(stretto.tokenizer, "validate", None) or stretto.engine.validate
+    grammar = getattr(stretto.tokenizer, "Grammar", None) or stretto.engine.Grammar
+    return validate, grammar
+
+
+class QualityRun:
+    def __init__(
+        self, budget: Budget, corpus: Path, source: Path, device: str, out_dir: Path | None
+    ) -> None:
+        from stretto.tokenizer import FileSplit, Vocabulary
+
+        self.budget, self.corpus, self.source, self.device = budget, corpus, source, device
+        self.vocab = Vocabulary()
+        self.split = FileSplit.make(
+            corpus, val_fraction=budget.val_fraction, seed=budget.split_seed
+        )
+        if not self.split.validation:
+            raise ValueError(f"{source}: too few files for a held-out split")
+        if out_dir is not None:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            self.split.write(Path(out_dir) / "split.json")
+        self.what = {
+            "corpus": str(source),
+            "train_files": len(self.split.train),
+            "validation_files": len(self.split.validation),
+            "preset": budget.preset,
+        }
+
+    def rows(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        baselines = self._baselines()
+        for n in self.budget.seq_lens:
+            rows += self._likelihood(n, baselines)
+        rows += self._music(baselines)
+        return rows
+
+    # -- part 1 ---------------------------------------------------------------------------
+    def _baselines(self):
+        from benchmarks.quality_likelihood import NGramBaselines
+        from stretto.tokenizer import TokenDataset
+
+        train = TokenDataset(self.corpus, 64, files=self.split.train)  # for its files only
+        files = [train.file_ids(f) for f in range(len(train.files))]
+        return NGramBaselines.fit(files, self.vocab.size)
+
+    def _config(self, mode: str, seq_len: int, **overrides):
+        from stretto.engine import ModelConfig
+
+        return ModelConfig.from_vocab(
+            self.vocab,
+            mode=mode,
+            preset=self.budget.preset,
+            max_seq_len=max(seq_len, 2048),
+            **overrides,
+        )
+
+    def _trainer(self, model, batch: int, seed: int, steps: int):
+        from stretto.engine import TrainConfig, Trainer
+
+        b = self.budget
+        config = TrainConfig(
+            steps=steps,
+            batch_size=batch,
+            lr=b.lr,
+            warmup_steps=b.warmup_steps,
+            min_lr_ratio=1.0,  # constant after warmup: a curve can be read at any step
+            eval_every=0,
+            checkpoint_every=0,
+            seed=seed,
+        )
+        return Trainer(model, [], config=config, device=self.device, progress=False)
+
+    def _likelihood(self, n: int, baselines) -> list[dict[str, Any]]:
+        import numpy as np
+        import torch
+
+        from benchmarks.quality_likelihood import (
+            VARIANTS,
+            model_token_nll,
+            score_batches,
+            train_variants,
+        )
+        from stretto.engine import MusicModel
+        from stretto.engine.data import BatchStream
+        from stretto.engine.evaluation import held_out_batches
+
+        b = self.budget
+        batch = max(1, b.tokens_per_batch // n)
+        train, val = self.split.datasets(n, val_stride=n)
+        held, _ = held_out_batches(val, windows=b.eval_windows, batch_size=max(batch, 8))
+        pad = self.vocab.PAD
+        configs = {name: self._config("transformer", n, **o) for name, o in VARIANTS.items()}
+        window, block = configs["wha"].window, configs["wha"].block
+        shape = f"{b.preset}-B{batch}-N{n}"
+        per_seed: dict[str, list] = {name: [] for name in VARIANTS}
+        for seed in b.seeds:
+            progress(
+                f"[quality] likelihood: {n} tokens, seed {seed}, {b.steps} steps of "
+                f"{', '.join(VARIANTS)} side by side (window {window}, block {block})"
+            )
+            trainers = {}
+            for name, config in configs.items():
+                torch.manual_seed(seed)  # the same initial weights for every variant
+                trainers[name] = self._trainer(MusicModel(config), batch, seed, b.steps)
+            stream = BatchStream(train, batch_size=batch, shuffle=True, seed=seed)
+            curves = train_variants(
+                trainers,
+                iter(stream),
+                steps=b.steps,
+                evals=b.evals,
+                evaluate=lambda model: score_batches(model_token_nll(model), held, pad),
+                seconds=b.seconds,
+                log=progress,
+            )
+            budget_s = min(c.seconds[-1] for c in curves.values())
+            common = min(c.steps[-1] for c in curves.values())
+            for name, curve in curves.items():
+                per_seed[name].append(
+                    {
+                        "seed": seed,
+                        "score": curve.final.summary(window),
+                        "final_step": curve.steps[-1],
+                        "nll_equal_steps": curve.at_step(common),
+                        "equal_steps": common,
+                        "nll_equal_time": curve.at_time(budget_s),
+                        "equal_time_s": budget_s,
+                        "steps_at_equal_time": float(np.interp(budget_s, curve.seconds, curve.steps)),
+                        "curve": {
+                            "step": curve.steps,
+                            "seconds": [round(s, 3) for s in curve.seconds],
+                            "nll": [round(v, 5) for v in curve.nll],
+                        },
+                        "step_times": curve.step_times,
+                    }
+                )
+        rows = []
+        base = {
+            "suite": SUITE,
+            "mode": "held-out-nll",
+            "shape": shape,
+            "seq_len": n,
+            "dtype": "float32",
+        }
+        for name, runs in per_seed.items():
+            times_ms = np.array([t for r in runs for t in r["step_times"]]) * 1e3
+            median = float(np.median(times_ms))
+            rows.append(
+                dict(
+                    base,
+                    provider=name,
+                    median_ms=median,
+                    p20_ms=float(np.percentile(times_ms, 20)),
+                    p80_ms=float(np.percentile(times_ms, 80)),
+                    tokens_per_s=batch * n / (median / 1e3),
+                    extra=self._likelihood_extra(name, configs[name], runs, batch, len(held)),
+                )
+            )
+        for name, fn in (("unigram", baselines.unigram_nll), ("bigram", baselines.bigram_nll)):
+            score = score_batches(fn, held, pad).summary(window)
+            extra = dict(self.what, kind="baseline", **score)
+            extra["nll_equal_steps"] = extra["nll_equal_time"] = score["nll"]
+            if name == "bigram":
+                extra["alpha"] = baselines.alpha
+            extra["training_tokens"] = baselines.training_tokens
+            rows.append(dict(base, provider=name, extra=extra))
+        return rows
+
+    def _likelihood_extra(self, name, config, runs, batch, held_batches) -> dict[str, Any]:
+        scores = [r["score"] for r in runs]
+        extra: dict[str, Any] = dict(
+            self.what,
+            kind="attention",
+            attention=config.attention,
+            window=config.window,
+            block=config.block,
+            batch=batch,
+            steps=self.budget.steps,
+            seconds_cap=self.budget.seconds,
+            lr=self.budget.lr,
+            seeds=[r["seed"] for r in runs],
+            eval_tokens=scores[0]["tokens"],
+        )
+        for key in ("nll", "bits", "nll_per_second", "past_window"):
+            values = [s[key] for s in scores]
+            extra[key] = _median(values)
+            extra[f"{key}_seeds"] = values
+        extra["nll_spread"] = _spread([s["nll"] for s in scores])
+        labels = list(scores[0]["buckets"])
+        extra["buckets"] = {k: _median([s["buckets"][k] for s in scores]) for k in labels}
+        extra["buckets_seeds"] = [s["buckets"] for s in scores]
+        for key in ("nll_equal_steps", "nll_equal_time"):
+            values = [r[key] for r in runs]
+            extra[key] = _median(values)
+            extra[f"{key}_seeds"] = values
+        extra["equal_steps"] = [r["equal_steps"] for r in runs]
+        extra["equal_time_s"] = [round(r["equal_time_s"], 3) for r in runs]
+        extra["steps_at_equal_time"] = [round(r["steps_at_equal_time"], 1) for r in runs]
+        extra["final_step"] = [r["final_step"] for r in runs]
+        extra["curves"] = [dict(r["curve"], seed=r["seed"]) for r in runs]
+        return extra
+
+    # -- part 2 ---------------------------------------------------------------------------
+    def _held_out_pieces(self, length: int) -> tuple[list[list[int]], list[list[int]]]:
+        """Windows of `length` tokens from each half of the validation files (split by
+        file), up to `pieces` per half, spread over the half's windows."""
+        import numpy as np
+
+        from stretto.engine.evaluation import spread
+        from stretto.tokenizer import TokenDataset
+
+        files = list(self.split.validation)
+        order = np.random.default_rng(self.budget.split_seed).permutation(len(files))
+        half = max(1, len(files) // 2)
+        halves = [sorted(files[i] for i in order[:half]), sorted(files[i] for i in order[half:])]
+        if not halves[1]:
+            raise ValueError("the held-out set needs two files to be split in halves")
+        out = []
+        for part in halves:
+            ds = TokenDataset(self.corpus, length, files=part, stride=length)
+            pieces = []
+            for i in spread(len(ds), self.budget.pieces):
+                item = ds[i]
+                n_real = int(item["attention_mask"].sum())
+                pieces.append(item["input_ids"][:n_real].tolist())
+            out.append(pieces)
+        return out[0], out[1]
+
+    def _music(self, baselines) -> list[dict[str, Any]]:
+        from benchmarks import quality_music as qm
+        from stretto.tokenizer import MidiTokenizer
+
+        b = self.budget
+        length = b.generation_length
+        validate, grammar_cls = _grammar_tools()
+        grammar = grammar_cls(self.vocab)
+        tokenizer = MidiTokenizer()
+        real_a, real_b = self._held_out_pieces(length)
+        count = len(real_a)
+        progress(
+            f"[quality] music: {count} + {len(real_b)} held-out pieces of {length} tokens, "
+            f"{count} samples per source"
+        )
+
+        def piece_set(masked: list[list[int]], free: list[list[int]]):
+            stats = [qm.piece_statistics(tokenizer.decode(ids)) for ids in masked]
+            return qm.PieceSet.of(stats, [qm.token_validity(ids, validate) for ids in free])
+
+        sets: dict[str, Any] = {}
+        info: dict[str, dict[str, Any]] = {}
+        sets["held-out-B"] = piece_set(real_b, real_b)
+        sets["held-out-A"] = piece_set(real_a, real_a)
+        info["held-out-A"] = info["held-out-B"] = {"kind": "held-out"}
+        for mode in MODES:
+            masked, free, extra = self._sample_mode(mode, length, count)
+            sets[mode] = piece_set(masked, free)
+            info[mode] = extra
+        start = time.perf_counter()
+        masked = _strip(self._unigram_samples(baselines, count, length, grammar), self.vocab)
+        free = _strip(self._unigram_samples(baselines, count, length, None), self.vocab)
+        elapsed = time.perf_counter() - start
+        sets["unigram"] = piece_set(masked, free)
+        info["unigram"] = {"kind": "baseline", "sample_s": elapsed}
+
+        reference = sets["held-out-B"]
+        distances = {
+            name: {stat: qm.distance(s, reference, stat) for stat in qm.STATISTICS}
+            for name, s in sets.items()
+        }
+        real = distances["held-out-A"]
+        uni = distances["unigram"]
+        rows = []
+        for name, s in sets.items():
+            extra = dict(self.what, **info[name])
+            extra["summary"] = s.summary()
+            extra["distance"] = distances[name]
+            extra["reference_distance"] = {k: v["distance"] for k, v in real.items()}
+            if name in MODES:
+                extra["closer_than_unigram"] = {
+                    k: _less(distances[name][k]["distance"], uni[k]["distance"])
+                    for k in qm.STATISTICS
+                }
+                extra["as_close_as_real"] = {
+                    k: _less(distances[name][k]["distance"], real[k]["distance"], strict=False)
+                    for k in qm.STATISTICS
+                }
+            row = {
+                "suite": SUITE,
+                "provider": name,
+                "mode": "generated-vs-held-out",
+                "shape": f"{b.preset}-T{length}-P{s.pieces}",
+                "seq_len": length,
+                "dtype": "float32",
+                "extra": extra,
+            }
+            seconds = info[name].get("sample_s")
+            if seconds:
+                row.update(
+                    median_ms=seconds * 1e3,
+                    p20_ms=seconds * 1e3,
+                    p80_ms=seconds * 1e3,
+                    tokens_per_s=2 * count * length / seconds,
+                )
+            rows.append(row)
+        return rows
+
+    def _sample_mode(self, mode: str, length: int, count: int):
+        import torch
+
+        from stretto.engine import MusicModel
+        from stretto.engine.data import BatchStream
+        from stretto.engine.evaluation import held_out_batches, measure
+
+        b = self.budget
+        seed = b.seeds[0]
+        batch = max(1, b.tokens_per_batch // length)
+        train, val = self.split.datasets(length, val_stride=length)
+        progress(f"[quality] music: training {mode} for {b.steps} steps on {length} tokens")
+        torch.manual_seed(seed)
+        trainer = self._trainer(MusicModel(self._config(mode, length)), batch, seed, b.steps)
+        stream = iter(BatchStream(train, batch_size=batch, shuffle=True, seed=seed))
+        start = time.perf_counter()
+        for _ in range(b.steps):
+            trainer.train_step([next(stream)])
+        train_s = time.perf_counter() - start
+        model = trainer.model.eval()
+        held, files = held_out_batches(val, windows=b.eval_windows, batch_size=8)
+        measured = measure(model, held, files, step=b.steps)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            masked = model.generate(
+                max_new_tokens=length - 1, batch_size=count, seed=seed, constrained=True
+            )
+            free = model.generate(
+                max_new_tokens=length - 1, batch_size=count, seed=seed, constrained=False
+            )
+        sample_s = time.perf_counter() - start
+        extra = {
+            "kind": "model",
+            "model_mode": mode,
+            "steps": b.steps,
+            "train_s": train_s,
+            "sample_s": sample_s,
+            "held_out": {k: v for k, v in measured.items() if k != "kl_dims"},
+        }
+        return _strip(masked.tolist(), self.vocab), _strip(free.tolist(), self.vocab), extra
+
+    def _unigram_samples(self, baselines, count: int, length: int, grammar) -> list[list[int]]:
+        """`count` sequences of `length` tokens from START, i.i.d. from the training
+        unigram distribution, under `grammar`'s mask when given."""
+        import torch
+
+        from stretto.engine import sample
+
+        generator = torch.Generator().manual_seed(self.budget.seeds[0])
+        v = self.vocab
+        ids = torch.full((count, 1), v.START, dtype=torch.long)
+        log_p = baselines.unigram_log_p.float()
+        state = None
+        if grammar is not None:
+            state = grammar.initial_state(count, "cpu")
+            grammar.advance(state, ids[:, 0])
+        out = [ids[:, 0]]
+        for _ in range(length - 1):
+            logits = log_p.expand(count, -1)
+            if state is not None:
+                logits = logits.masked_fill(~grammar.allowed(state), float("-inf"))
+            token = sample(logits, generator=generator)
+            if state is not None:
+                grammar.advance(state, token)
+            out.append(token)
+        return torch.stack(out, 1).tolist()
+
+
+def _strip(sequences: list[list[int]], vocab) -> list[list[int]]:
+    """Sequences without the PAD that follows END in a batch."""
+    out = []
+    for ids in sequences:
+        end = len(ids)
+        while end > 1 and ids[end - 1] == vocab.PAD:
+            end -= 1
+        out.append(ids[:end])
+    return out
+
+
+def _less(a: float | None, b: float | None, *, strict: bool = True) -> bool | None:
+    if a is None or b is None:
+        return None
+    return a < b if strict else a <= b
