@@ -92,6 +92,7 @@ class ModelConfig:
     beta_cycle_steps: int = 0
     free_bits: float = 0.5
     word_dropout: float = 0.5
+    word_dropout_rows: float = 1.0
     bow_weight: float = 0.0
     gan_loss: str = "hinge"
     gan_prefix: int = 32
@@ -153,6 +154,10 @@ class ModelConfig:
         )
         need(self.free_bits >= 0, f"free_bits={self.free_bits} must be >= 0")
         need(0.0 <= self.word_dropout < 1.0, f"word_dropout={self.word_dropout} not in [0, 1)")
+        need(
+            0.0 <= self.word_dropout_rows <= 1.0,
+            f"word_dropout_rows={self.word_dropout_rows} not in [0, 1]",
+        )
         need(self.bow_weight >= 0, f"bow_weight={self.bow_weight} must be >= 0")
         need(
             self.gumbel_tau_start > 0 and self.gumbel_tau_end > 0,

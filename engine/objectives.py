@@ -88,11 +88,15 @@ def kl_per_dimension(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).float()
 
 
-def word_dropout(ids: torch.Tensor, mask: torch.Tensor, rate: float) -> torch.Tensor:
-    """`ids` with a `rate` fraction of the real tokens after the first replaced by UNK."""
-    if rate <= 0:
+def word_dropout(
+    ids: torch.Tensor, mask: torch.Tensor, rate: float, rows: float = 1.0
+) -> torch.Tensor:
+    """`ids` with a `rate` fraction of the real tokens after the first replaced by UNK, in
+    a `rows` share of the sequences (the others keep every token)."""
+    if rate <= 0 or rows <= 0:
         return ids
     drop = (torch.rand(ids.shape, device=ids.device) < rate) & mask
+    drop &= torch.rand(ids.shape[0], 1, device=ids.device) < rows
     drop[:, 0] = False
     return ids.masked_fill(drop, UNK)
 
@@ -114,7 +118,9 @@ def generator_loss(model: MusicModel, batch: dict, *, step: int = 0) -> dict[str
 
     mu, logvar = model._encode(ids, mask)
     z = model.reparameterize(mu, logvar)
-    dec_ids = word_dropout(ids, mask, c.word_dropout) if model.training else ids
+    dec_ids = (
+        word_dropout(ids, mask, c.word_dropout, c.word_dropout_rows) if model.training else ids
+    )
     logits = model._decode(dec_ids, mask, z, None)
     nll, count = sequence_nll(logits, ids, mask, c.pad_id)
     tokens = count.sum().clamp(min=1)
