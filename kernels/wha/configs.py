@@ -106,8 +106,9 @@ _set("dkv", "16bit", SMALL, _c(64, 64, 16, 4, 2), _c(64, 128, 16, 8, 2), _c(32, 
      _c(64, 64, 16, 4, 3))  # fmt: skip
 _set("dkv", "16bit", LARGE, _c(64, 64, 16, 8, 2), _c(32, 64, 16, 4, 2), _c(64, 128, 16, 8, 2),
      _c(32, 64, 16, 4, 3))  # fmt: skip
-_set("dsum", "16bit", SMALL + LARGE, _c(64, 16, 16, 4, 2), _c(32, 16, 16, 4, 2),
+_set("dsum", "16bit", (32, 64, 128), _c(64, 16, 16, 4, 2), _c(32, 16, 16, 4, 2),
      _c(128, 16, 16, 4, 2), _c(64, 16, 32, 4, 2))  # fmt: skip
+_set("dsum", "16bit", (16,), _c(32, 16, 16, 4, 2), _c(64, 16, 16, 4, 1))  # 64 spills (3.6)
 # -- fp32 on TF32 tensor cores: operands twice as large, so half the tiles --
 _set("fwd", "tf32", SMALL, _c(64, 64, 16, 4, 2), _c(64, 32, 16, 4, 2), _c(128, 32, 16, 8, 2))
 _set("fwd", "tf32", LARGE, _c(64, 32, 16, 4, 2), _c(32, 32, 16, 4, 2), _c(64, 32, 16, 8, 2))
@@ -117,22 +118,28 @@ _set("dkv", "tf32", SMALL, _c(32, 64, 16, 4, 2), _c(32, 32, 16, 4, 2), _c(64, 64
 _set("dkv", "tf32", LARGE, _c(32, 32, 16, 4, 2), _c(32, 64, 16, 8, 2), _c(32, 32, 16, 4, 1))
 _set("dsum", "tf32", SMALL + LARGE, _c(32, 16, 16, 4, 2), _c(64, 16, 16, 4, 2))
 # -- fp32 "ieee": FMA dots keep whole tiles in registers; small tiles do not spill --
-_set("fwd", "ieee", SMALL, _c(32, 32, 16, 4, 1), _c(32, 16, 16, 4, 1), _c(16, 32, 16, 4, 1))
-_set("fwd", "ieee", LARGE, _c(16, 32, 16, 4, 1), _c(16, 16, 16, 4, 1))
-_set("dq", "ieee", SMALL, _c(32, 16, 16, 4, 1), _c(16, 32, 16, 4, 1), _c(16, 16, 16, 4, 1))
-_set("dq", "ieee", LARGE, _c(16, 16, 16, 4, 1), _c(16, 16, 16, 2, 1))
+_set("fwd", "ieee", (16, 32), _c(32, 32, 16, 4, 1), _c(32, 16, 16, 4, 1), _c(16, 32, 16, 4, 1))
+_set("fwd", "ieee", (64,), _c(16, 32, 16, 4, 1), _c(32, 32, 16, 4, 1), _c(16, 16, 16, 4, 1))
+_set("fwd", "ieee", LARGE, _c(16, 16, 16, 4, 1), _c(16, 32, 16, 8, 1))
+_set("dq", "ieee", (16, 32), _c(16, 32, 16, 4, 1), _c(16, 16, 16, 4, 1))
+_set("dq", "ieee", (64,), _c(32, 16, 16, 4, 1), _c(16, 32, 16, 4, 1), _c(16, 16, 16, 4, 1))
+_set("dq", "ieee", LARGE, _c(16, 16, 16, 8, 1), _c(16, 16, 16, 4, 1))
 _set("dkv", "ieee", SMALL, _c(16, 32, 16, 4, 1), _c(16, 16, 16, 4, 1), _c(32, 16, 16, 4, 1))
 _set("dkv", "ieee", LARGE, _c(16, 16, 16, 4, 1), _c(16, 16, 16, 2, 1))
 _set("dsum", "ieee", SMALL + LARGE, _c(16, 16, 16, 4, 1), _c(32, 16, 16, 4, 1))
 
 
-# Before Hopper (mma.sync instead of wgmma) some 16-bit tiles spill: these replace the
-# sm_90 candidates on devices of compute capability below 9.0 (checked on sm_80).
+# Before Hopper (mma.sync instead of wgmma) some tiles spill: these replace the sm_90
+# candidates on devices of compute capability below 9.0 (checked on sm_80).
 _PRE_HOPPER: dict[tuple[str, str, int], tuple[TileConfig, ...]] = {}
 for _bucket in SMALL:
-    _PRE_HOPPER[("dq", "16bit", _bucket)] = (_c(64, 32, 16, 4, 2), _c(32, 64, 16, 4, 2))
+    _PRE_HOPPER[("dq", "16bit", _bucket)] = (_c(32, 64, 16, 4, 2), _c(64, 32, 16, 8, 2))
     _PRE_HOPPER[("dkv", "16bit", _bucket)] = (_c(64, 32, 16, 8, 2), _c(64, 32, 16, 4, 2))
+    _PRE_HOPPER[("fwd", "tf32", _bucket)] = (_c(64, 32, 16, 4, 2), _c(32, 32, 16, 4, 2))
+    _PRE_HOPPER[("dkv", "tf32", _bucket)] = (_c(32, 32, 16, 4, 2), _c(32, 32, 16, 4, 1))
+    _PRE_HOPPER[("dkv", "ieee", _bucket)] = (_c(16, 16, 16, 4, 1), _c(16, 16, 16, 2, 1))
 _PRE_HOPPER[("fwd", "16bit", 128)] = (_c(128, 32, 16, 8, 2), _c(64, 32, 16, 4, 2))
+_PRE_HOPPER[("dkv", "16bit", 128)] = (_c(64, 32, 16, 8, 2), _c(32, 64, 16, 8, 2))
 
 
 def head_dim_bucket(head_dim: int) -> int:
