@@ -218,7 +218,8 @@ class ModelConfig:
         fixed = {"vocab_size", "pad_id", "vocab_signature"} & overrides.keys()
         if fixed:
             raise ValueError(f"{sorted(fixed)} come from the Vocabulary and cannot be overridden")
-        values = dict(PRESETS[preset])
+        values = dict(MODE_DEFAULTS.get(mode, {}))
+        values.update(PRESETS[preset])
         values.update(values.pop(f"{mode}_overrides", {}))
         for other in MODES:
             values.pop(f"{other}_overrides", None)
@@ -274,6 +275,12 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+# Per mode, before the preset: vae_gan keeps word dropout to half of the sequences, so
+# that the decoder is also trained on whole inputs, the regime its free-running samples
+# (and the adversarial term) live in; with dropout on every sequence the adversarial
+# term pulls that regime away from the data (held-out NLL 3.6 -> 4.6 in 250 steps).
+MODE_DEFAULTS: dict[str, dict[str, Any]] = {"vae_gan": {"word_dropout_rows": 0.5}}
+
 # Per preset: the shared shape, then per-mode overrides (the vae splits its depth
 # between encoder and decoder).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -294,7 +301,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "gan_prefix": 16,
         "gan_span": 32,
         "gumbel_anneal_steps": 200,
-        "adv_start_step": 250,
+        "adv_start_step": 300,
     },
     "small": {
         "d_model": 256,

@@ -240,6 +240,8 @@ class MusicModel(nn.Module):
         z=None,
         constrained: bool = True,
         max_note_steps: int = 512,
+        shared_noise: bool = False,
+        compile_step: bool = False,
     ) -> torch.Tensor:
         """Sample continuations; returns LongTensor `[B, N + T]` (prompt, then new tokens).
 
@@ -252,7 +254,9 @@ class MusicModel(nn.Module):
         (larger than the vocabulary keeps all), `top_p` (1.0 keeps all); `seed` makes it
         reproducible on one device. `constrained` masks the logits with the grammar of
         `stretto.engine.grammar` (notes at most `max_note_steps` x 15.625 ms), so the
-        output passes `validate`; the prompt must then pass it too.
+        output passes `validate`; the prompt must then pass it too. `shared_noise`: every
+        row samples with the same random draw at each step. `compile_step`: the one-token
+        step is compiled once (on CUDA, replayed as one CUDA graph per token).
         """
         return generate(
             self,
@@ -266,6 +270,8 @@ class MusicModel(nn.Module):
             z=z,
             constrained=constrained,
             max_note_steps=max_note_steps,
+            shared_noise=shared_noise,
+            compile_step=compile_step,
         )
 
     # -- checkpoints --------------------------------------------------------------------

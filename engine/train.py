@@ -71,7 +71,7 @@ class TrainConfig:
     grad_accum: int = 1
     lr: float = 3e-4
     disc_lr: float = 3e-4
-    disc_target_accuracy: float = 0.75
+    disc_target_accuracy: float = 0.8
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     warmup_steps: int = 100

@@ -66,7 +66,7 @@ MODES = ("transformer", "vae", "vae_gan")
 
 
 # Optimizer steps per mode: on two CPU cores each mode trains for one to two minutes.
-CPU_STEPS = {"transformer": 600, "vae": 600, "vae_gan": 500}
+CPU_STEPS = {"transformer": 600, "vae": 600, "vae_gan": 700}
 CUDA_STEPS = {"transformer": 2000, "vae": 2000, "vae_gan": 1500}
 
 
@@ -154,6 +154,7 @@ def _train(mode: str, corpus: Path, plan: DemoPlan, out: Path, log: _Log) -> dic
         steps=steps,
         batch_size=plan.batch_size,
         lr=plan.lr,
+        disc_lr=plan.lr,
         warmup_steps=10,
         eval_every=max(1, steps // 4),
         eval_batches=8,
