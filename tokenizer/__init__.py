@@ -3,6 +3,7 @@
 from .config import TokenizerConfig
 from .corpus import CorpusReport, build_corpus, merge_corpora
 from .dataset import TokenDataset, split_files
+from .grammar import Violation, validate
 from .midi import MidiError, MidiTokenizer
 from .vocabulary import Vocabulary
 
@@ -12,8 +13,10 @@ __all__ = [
     "MidiTokenizer",
     "TokenDataset",
     "TokenizerConfig",
+    "Violation",
     "Vocabulary",
     "build_corpus",
     "merge_corpora",
     "split_files",
+    "validate",
 ]

@@ -1,5 +1,5 @@
 """Windows over a file's ids: instant boundaries, and the state prefix that lets a window
-decode on its own."""
+decode on its own (the state of the token-state machine, `_state`, written as ids)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import numpy as np
 
 from ._ids import (
     INSTRUMENT0,
-    NOTE_OFF0,
     NOTE_ON0,
     NUM_PITCHES,
     SHIFT0,
@@ -17,6 +16,7 @@ from ._ids import (
     TEMPO0,
     VELOCITY0,
 )
+from ._state import INST, NOTE_ID, NOTE_POS, NOTE_VEL, TEMPO, VEL, advance, new_state
 from .vocabulary import NUM_INSTRUMENTS
 
 
@@ -39,32 +39,10 @@ def state_prefix(ids, start, max_len):
     out = np.empty(max(max_len, 0), dtype=np.int16)
     if start <= 0:
         return out[:0]
-    tempo = -1
-    inst = -1
-    vel = -1
-    sustain = np.zeros(NUM_INSTRUMENTS, dtype=np.int8)
-    open_vel = np.full((NUM_INSTRUMENTS, NUM_PITCHES), -1, dtype=np.int16)
-    open_age = np.zeros((NUM_INSTRUMENTS, NUM_PITCHES), dtype=np.int64)
+    s, sustain, notes = new_state()
     for pos in range(start):
-        t = ids[pos]
-        if t < NOTE_ON0:
-            continue
-        if t < NOTE_OFF0:
-            i = max(inst, 0)
-            open_vel[i, t - NOTE_ON0] = max(vel, 0)
-            open_age[i, t - NOTE_ON0] = pos
-        elif t < SHIFT0:
-            open_vel[max(inst, 0), t - NOTE_OFF0] = -1
-        elif t < VELOCITY0:
-            pass
-        elif t < SUSTAIN_ON:
-            vel = t - VELOCITY0
-        elif t < TEMPO0:
-            sustain[max(inst, 0)] = 1 if t == SUSTAIN_ON else 0
-        elif t < INSTRUMENT0:
-            tempo = t - TEMPO0
-        else:
-            inst = t - INSTRUMENT0
+        advance(s, sustain, notes, ids[pos])
+    tempo, inst, vel = s[TEMPO], s[INST], s[VEL]
     # the state tokens that must fit whatever else is dropped
     reserve = 1 + (1 if tempo >= 0 else 0) + (1 if inst >= 0 else 0) + (1 if vel >= 0 else 0)
     if max_len < reserve:
@@ -85,25 +63,10 @@ def state_prefix(ids, start, max_len):
             n += 2
             budget -= 2
             e_inst = i
-    # sounding notes, oldest first
-    n_open = 0
-    for i in range(NUM_INSTRUMENTS):
-        for p in range(NUM_PITCHES):
-            if open_vel[i, p] >= 0:
-                n_open += 1
-    keys = np.empty(n_open, dtype=np.int64)
-    k = 0
-    for i in range(NUM_INSTRUMENTS):
-        for p in range(NUM_PITCHES):
-            if open_vel[i, p] >= 0:
-                keys[k] = open_age[i, p] * (NUM_INSTRUMENTS * NUM_PITCHES) + i * NUM_PITCHES + p
-                k += 1
-    keys.sort()
-    for k in range(n_open):
-        cell = keys[k] % (NUM_INSTRUMENTS * NUM_PITCHES)
+    for cell in _sounding_oldest_first(notes):
         i = cell // NUM_PITCHES
         p = cell % NUM_PITCHES
-        v = open_vel[i, p]
+        v = max(notes[i, p, NOTE_VEL], 0)
         need = 1 + (1 if i != e_inst else 0) + (1 if v != e_vel else 0)
         if need > budget:
             break
@@ -125,6 +88,27 @@ def state_prefix(ids, start, max_len):
         out[n] = VELOCITY0 + vel
         n += 1
     return out[:n].copy()
+
+
+@numba.njit(cache=True, nogil=True)
+def _sounding_oldest_first(notes):
+    """The sounding (instrument, pitch) cells as `i * 88 + p`, oldest NOTE_ON first."""
+    n_open = 0
+    for i in range(NUM_INSTRUMENTS):
+        for p in range(NUM_PITCHES):
+            if notes[i, p, NOTE_ID] >= 0:
+                n_open += 1
+    keys = np.empty(n_open, dtype=np.int64)
+    k = 0
+    for i in range(NUM_INSTRUMENTS):
+        for p in range(NUM_PITCHES):
+            if notes[i, p, NOTE_ID] >= 0:
+                keys[k] = (
+                    notes[i, p, NOTE_POS] * (NUM_INSTRUMENTS * NUM_PITCHES) + i * NUM_PITCHES + p
+                )
+                k += 1
+    keys.sort()
+    return keys % (NUM_INSTRUMENTS * NUM_PITCHES)
 
 
 @numba.njit(cache=True, nogil=True)

@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stretto.engine import MusicModel, validate
+from stretto.engine import MusicModel
 from stretto.engine.checkpoint import check_compatible, read_checkpoint
 from stretto.kernels import hierarchical_attention
 from stretto.kernels.testing import assert_close_to_reference, poisoned_outputs
 from stretto.kernels.wha import op
-from stretto.tokenizer import MidiTokenizer, TokenDataset, Vocabulary
+from stretto.tokenizer import MidiTokenizer, TokenDataset, Vocabulary, validate
 from stretto.tokenizer.corpus import read_manifest
 
 OK, FAIL = "ok", "FAIL"

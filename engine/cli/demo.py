@@ -25,7 +25,6 @@ from stretto.engine import (
     TrainConfig,
     Trainer,
     load_checkpoint,
-    validate,
 )
 from stretto.engine.audit import AuditConfig, format_table, issues, run_audit, write_json
 from stretto.engine.cli.demo_corpus import (
@@ -35,7 +34,7 @@ from stretto.engine.cli.demo_corpus import (
     render_corpus,
 )
 from stretto.engine.cli.pianoroll import save_piano_roll
-from stretto.tokenizer import MidiTokenizer, TokenDataset, Vocabulary
+from stretto.tokenizer import MidiTokenizer, TokenDataset, Vocabulary, validate
 from stretto.tokenizer.corpus import MANIFEST, build_corpus
 
 DESCRIPTION = """\
