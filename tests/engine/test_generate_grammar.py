@@ -1,5 +1,6 @@
-"""The grammar: `validate` on hand-made bad sequences, the mask agrees with it, and
-constrained sampling only produces valid pieces that decode to notes."""
+"""The grammar's mask (`Grammar`): it agrees with `stretto.tokenizer.validate` rule by
+rule and token by token, and constrained sampling only produces valid pieces that
+decode to notes. `validate` itself is tested in tests/tokenizer/test_grammar.py."""
 
 from __future__ import annotations
 
@@ -14,58 +15,6 @@ V = Vocabulary()
 S, E, PAD = V.START, V.END, V.PAD
 I0, VEL, ON60, OFF60 = V.instrument(0), V.velocity(64), V.note_on(60), V.note_off(60)
 SHIFT = V.time_shift  # steps -> id
-
-
-def _bad(rule, position, *ids):
-    return pytest.param(list(ids), position, rule, id=f"{rule}-at-{position}")
-
-
-BAD = [
-    _bad("start", 0, I0, VEL, ON60),
-    _bad("special", 2, S, I0, PAD, VEL, ON60),
-    _bad("special", 1, S, V.UNK),
-    _bad("special", 3, S, I0, VEL, S),
-    _bad("after_end", 5, S, I0, VEL, ON60, E, ON60),
-    _bad("instrument_first", 2, S, VEL, ON60),
-    _bad("instrument_first", 1, S, V.SUSTAIN_ON),
-    _bad("instrument_first", 1, S, OFF60),
-    _bad("velocity_first", 2, S, I0, ON60),
-    _bad("orphan_note_off", 4, S, I0, VEL, ON60, OFF60 + 1),
-    # the note sounds in instrument 0, the NOTE_OFF acts on instrument 1
-    _bad("orphan_note_off", 5, S, I0, VEL, ON60, V.instrument(1), OFF60),
-    _bad("orphan_note_off", 6, S, I0, VEL, ON60, SHIFT(4), OFF60, OFF60),
-    _bad("note_too_long", 6, S, I0, VEL, ON60, SHIFT(8), SHIFT(8), SHIFT(1)),
-    _bad("empty_end", 3, S, I0, VEL, E),
-]
-
-
-@pytest.mark.parametrize("ids,position,rule", BAD)
-def test_validate_catches_each_rule(ids, position, rule):
-    found = validate(ids, max_note_steps=16)
-    assert [(v.position, v.rule) for v in found] == [(position, rule)]
-    assert found[0].token == ids[position]
-
-
-def test_every_rule_has_a_bad_example():
-    assert {p.values[2] for p in BAD} == set(RULES)
-
-
-@pytest.mark.parametrize(
-    "ids",
-    [
-        pytest.param([S], id="start-only"),
-        pytest.param([S, I0, VEL, ON60, SHIFT(16), OFF60, E], id="one-note"),
-        pytest.param([S, I0, VEL, ON60, SHIFT(16), E, PAD, PAD], id="open-note-at-end-padded"),
-        pytest.param([S, V.tempo(120), I0, V.SUSTAIN_ON, VEL, ON60, ON60], id="restrike"),
-    ],
-)
-def test_validate_accepts(ids):
-    assert validate(ids, max_note_steps=16) == []
-
-
-def test_validate_rejects_out_of_range():
-    with pytest.raises(ValueError, match="774"):
-        validate([S, 774])
 
 
 def test_real_music_is_valid_and_allowed_by_the_mask(windows):

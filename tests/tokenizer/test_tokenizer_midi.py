@@ -4,15 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from midi_reference import (
-    STEP,
-    TIME_EPS,
-    assert_round_trip,
-    corpus_names,
-    smf,
-    sorted_notes,
-    sustain_instruments,
-)
 from symusic import (
     ControlChange,
     KeySignature,
@@ -30,6 +21,16 @@ from stretto.tokenizer import MidiError, MidiTokenizer, TokenizerConfig, Vocabul
 from stretto.tokenizer._buffer import score_layout
 from stretto.tokenizer._sort import stable_sort
 from stretto.tokenizer.vocabulary import tempo_bin
+
+from .midi_reference import (
+    STEP,
+    TIME_EPS,
+    assert_round_trip,
+    corpus_names,
+    smf,
+    sorted_notes,
+    sustain_instruments,
+)
 
 DEV_NAMES = corpus_names("STRETTO_TEST_CORPUS", "dev")
 MALFORMED_NAMES = corpus_names("STRETTO_TEST_MALFORMED", "malformed")

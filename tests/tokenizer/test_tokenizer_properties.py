@@ -7,9 +7,6 @@ point after one decode, and decode is total on in-range ids.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -18,8 +15,7 @@ from symusic import ControlChange, Note, Score, Tempo, Track
 
 from stretto.tokenizer import MidiError, MidiTokenizer, Vocabulary
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tokenizer"))
-from midi_reference import assert_round_trip, sustain_instruments  # noqa: E402
+from .midi_reference import assert_round_trip, sustain_instruments
 
 V = Vocabulary()
 TOK = MidiTokenizer()
