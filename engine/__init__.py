@@ -9,7 +9,7 @@ the library never imports them.
 from .checkpoint import Checkpoint, save_checkpoint
 from .config import MODES, PRESETS, ModelConfig
 from .generate import generate, sample
-from .grammar import Grammar, Violation, validate
+from .grammar import Grammar
 from .model import MusicModel, load_checkpoint
 from .objectives import TrainingObjective
 from .train import TrainConfig, Trainer
@@ -24,10 +24,8 @@ __all__ = [
     "TrainConfig",
     "Trainer",
     "TrainingObjective",
-    "Violation",
     "generate",
     "load_checkpoint",
     "sample",
     "save_checkpoint",
-    "validate",
 ]

@@ -27,7 +27,7 @@ import torch
 
 from stretto.tokenizer.vocabulary import Vocabulary
 
-from .grammar import DEFAULT_MAX_NOTE_STEPS, Grammar, validate
+from .grammar import DEFAULT_MAX_NOTE_STEPS, GRAMMAR_RULES, Grammar, GrammarState
 
 if TYPE_CHECKING:  # annotations only: model.py imports this module
     from .model import MusicModel
@@ -192,17 +192,10 @@ def generate(
     batch_size = _batch(batch_size, prompt, z)
     z = _latent(model, z, batch_size, generator, device, dtype)
     ids = _prompt(model, prompt, batch_size, device)
-    grammar = Grammar(vocab, max_note_steps=max_note_steps) if constrained else None
-    if grammar is not None:
-        for row in sorted({tuple(r) for r in ids.tolist()}):
-            problems = validate(row, max_note_steps=max_note_steps, vocab=vocab)
-            if problems:
-                first = problems[0]
-                raise ValueError(
-                    f"the prompt breaks the grammar at position {first.position} "
-                    f"({first.rule}: {first.message}); pass constrained=False to continue "
-                    f"it anyway"
-                )
+    grammar = state = None
+    if constrained:
+        grammar = Grammar(vocab, max_note_steps=max_note_steps)
+        state = _read_prompt(grammar, ids, vocab)
     if max_new_tokens == 0:
         return ids.clone()
 
@@ -210,7 +203,16 @@ def generate(
     model.eval()  # no dropout while sampling
     try:
         return _sample_loop(
-            model, ids, z, grammar, vocab, max_new_tokens, generator, sampling, compile_step
+            model,
+            ids,
+            z,
+            grammar,
+            state,
+            vocab,
+            max_new_tokens,
+            generator,
+            sampling,
+            compile_step,
         )
     finally:
         model.train(was_training)
@@ -244,8 +246,31 @@ class DecodeStep:
         return self._fn(tokens)
 
 
-def _sample_loop(model, ids, z, grammar, vocab, max_new_tokens, generator, sampling, compile_step):
-    """Prefill `ids` `[B, N]` through the decoder with fresh caches, then sample."""
+def _read_prompt(grammar: Grammar, ids: torch.Tensor, vocab: Vocabulary) -> GrammarState:
+    """The grammar state after the prompt `ids` `[B, N]`, or ValueError at the first
+    token the grammar does not allow. On the host: N tiny steps, no device launches."""
+    host = ids.cpu()
+    b, n = host.shape
+    state = grammar.initial_state(b, "cpu")
+    for pos in range(n):
+        rule = grammar.broken_rule(state, host[:, pos])  # [B]
+        if bool((rule >= 0).any()):
+            row = int((rule >= 0).nonzero()[0, 0])
+            where = f"position {pos}" + (f" of row {row}" if b > 1 else "")
+            token = vocab.describe(int(host[row, pos]))
+            raise ValueError(
+                f"the prompt breaks the grammar at {where} ({GRAMMAR_RULES[int(rule[row])]}: "
+                f"{token} is not allowed there); pass constrained=False to continue it anyway"
+            )
+        grammar.advance(state, host[:, pos])
+    return grammar.to(state, ids.device)
+
+
+def _sample_loop(
+    model, ids, z, grammar, state, vocab, max_new_tokens, generator, sampling, compile_step
+):
+    """Prefill `ids` `[B, N]` through the decoder with fresh caches, then sample (under
+    the grammar from `state`, the state after the prompt, when `grammar` is given)."""
     b, n = ids.shape
     device = ids.device
     cache = model.new_cache(b, n + max_new_tokens)
@@ -253,13 +278,6 @@ def _sample_loop(model, ids, z, grammar, vocab, max_new_tokens, generator, sampl
     logits = model._decode(ids, None, z, None, cache)[:, -1]  # [B, V]
     step = DecodeStep(model, cache, z, compile=compile_step)
     ended = (ids == vocab.END).any(1)  # [B]
-    state = None
-    if grammar is not None:
-        state = grammar.initial_state(b, "cpu")
-        host_ids = ids.cpu()
-        for t in range(n):  # on the host: n tiny steps, no kernel launches on the device
-            grammar.advance(state, host_ids[:, t])
-        state = grammar.to(state, device)
     out = torch.full((b, max_new_tokens), vocab.PAD, dtype=torch.long, device=device)
     steps = max_new_tokens
     for i in range(max_new_tokens):

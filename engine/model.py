@@ -254,9 +254,11 @@ class MusicModel(nn.Module):
         (larger than the vocabulary keeps all), `top_p` (1.0 keeps all); `seed` makes it
         reproducible on one device. `constrained` masks the logits with the grammar of
         `stretto.engine.grammar` (notes at most `max_note_steps` x 15.625 ms), so the
-        output passes `validate`; the prompt must then pass it too. `shared_noise`: every
-        row samples with the same random draw at each step. `compile_step`: the one-token
-        step is compiled once (on CUDA, replayed as one CUDA graph per token).
+        output passes `stretto.tokenizer.validate`; the prompt must then keep the
+        grammar too (else ValueError naming the position, the rule and the token).
+        `shared_noise`: every row samples with the same random draw at each step.
+        `compile_step`: the one-token step is compiled once (on CUDA, replayed as one
+        CUDA graph per token).
         """
         return generate(
             self,

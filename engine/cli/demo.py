@@ -25,7 +25,6 @@ from stretto.engine import (
     TrainConfig,
     Trainer,
     load_checkpoint,
-    validate,
 )
 from stretto.engine.audit import AuditConfig, format_table, issues, run_audit, write_json
 from stretto.engine.cli.demo_corpus import (
@@ -36,7 +35,7 @@ from stretto.engine.cli.demo_corpus import (
 )
 from stretto.engine.cli.pianoroll import save_piano_roll
 from stretto.engine.cli.runs import write_run
-from stretto.tokenizer import FileSplit, MidiTokenizer, Vocabulary
+from stretto.tokenizer import FileSplit, MidiTokenizer, Vocabulary, validate
 from stretto.tokenizer.corpus import MANIFEST, build_corpus
 
 DESCRIPTION = """\

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from stretto.engine.generate import sample
-from stretto.engine.grammar import validate
+from stretto.tokenizer import validate
 
 MODES = ("transformer", "vae", "vae_gan")
 # float64 logits of the cached path against the full forward: both are the same
@@ -188,8 +188,13 @@ def test_model_of_another_vocabulary(make_model, vocab):
 def test_prompt_breaking_the_grammar(make_model, vocab):
     model = make_model("transformer")
     prompt = torch.tensor([vocab.START, vocab.instrument(0), vocab.note_off(60)])
-    with pytest.raises(ValueError, match="orphan_note_off"):
+    with pytest.raises(ValueError, match=r"at position 2 \(orphan_note_off: NOTE_OFF\(60\) "):
         model.generate(prompt, max_new_tokens=3)
+    rows = torch.tensor([[vocab.START, vocab.instrument(0)], [vocab.START, vocab.END]])
+    with pytest.raises(ValueError, match=r"position 1 of row 1 \(empty_end: END is not allowed"):
+        model.generate(rows, max_new_tokens=0)
+    with pytest.raises(ValueError, match=r"position 0 \(start: INSTRUMENT\(0\) "):
+        model.generate(prompt[1:], max_new_tokens=3)
     out = model.generate(prompt, max_new_tokens=3, constrained=False, seed=0)
     assert torch.equal(out[0, :3], prompt)
 

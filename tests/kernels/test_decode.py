@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from attention_cases import CASES as ALL_CASES
-from attention_cases import case_id, padding_mask
 
 from stretto.kernels import (
     HierarchicalKVCache,
@@ -14,6 +12,8 @@ from stretto.kernels import (
 )
 from stretto.kernels.testing import assert_close_to_reference
 from stretto.kernels.wha.module import HierarchicalAttention
+from tests.kernels.attention_cases import CASES as ALL_CASES
+from tests.kernels.attention_cases import case_id, padding_mask
 
 # The causal cases of the shared table: N spans several ring lengths, so the ring wraps.
 CASES = [c for c in ALL_CASES if c.causal]

@@ -13,11 +13,11 @@ import contextlib
 
 import pytest
 import torch
-from attention_cases import CASES, Case, case_id, padding_mask
 
 from stretto.kernels.testing import assert_close_to_reference
 from stretto.kernels.wha import configs, op
 from stretto.kernels.wha import reference as ref
+from tests.kernels.attention_cases import CASES, Case, case_id, padding_mask
 
 
 def _fused():

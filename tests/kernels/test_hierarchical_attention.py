@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from attention_cases import CASES, Case, case_id, padding_mask
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -17,6 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from stretto.kernels import hierarchical_attention
 from stretto.kernels.testing import assert_close_to_reference
 from stretto.kernels.wha import chunked, op
+from tests.kernels.attention_cases import CASES, Case, case_id, padding_mask
 
 # The subset run in float32 and bfloat16 (bfloat16 matmuls are slow on CPU).
 LOW_PRECISION = [CASES[0], CASES[3], CASES[7], CASES[9], CASES[11]]
