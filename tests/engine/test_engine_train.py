@@ -303,7 +303,7 @@ def test_discriminator_balance_follows_its_accuracy(make_model, fixed_batch):
     """The discriminator's learning-rate factor falls while it wins and recovers when it
     loses, within (0, 1]; 1.0 as the target turns the controller off."""
     trainer = Trainer(make_model("vae_gan"), [fixed_batch], config=TrainConfig(steps=1))
-    for _ in range(20):
+    for _ in range(40):
         trainer._balance({"acc_real": 1.0, "acc_fake": 1.0})
     low = trainer.disc_balance
     assert 0 < low < 0.1
