@@ -31,7 +31,8 @@ def _batch(model: MusicModel, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
 def next_token_loss(
     logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, pad_id: int
 ) -> torch.Tensor:
-    """Mean next-token CE: logits[:, i] against ids[:, i+1]; PAD / masked targets ignored."""
+    """Mean next-token CE: logits[:, i] against ids[:, i+1]; PAD / masked targets ignored,
+    and so are -100 targets (`ids` may be labels in the Hugging Face convention)."""
     targets = ids[:, 1:].masked_fill(~mask[:, 1:] | (ids[:, 1:] == pad_id), -100)
     return F.cross_entropy(
         logits[:, :-1].reshape(-1, logits.shape[-1]).float(),  # [B*(N-1), V]
@@ -43,22 +44,42 @@ def next_token_loss(
 def generator_loss(model: MusicModel, batch: dict, *, step: int = 0) -> dict[str, torch.Tensor]:
     """Generator loss: {"loss", "recon", ...}; vae adds "kl", "kl_penalty", "beta";
     vae_gan adds "adv" and "feature_matching". `step` drives the beta schedule."""
-    c = model.config
     ids, mask = _batch(model, batch)
+    return generator_terms(model, ids, mask, step=step)[0]
+
+
+def generator_terms(
+    model: MusicModel,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    step: int | None,
+    labels: torch.Tensor | None = None,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """`generator_loss`'s terms and the logits `[B, N, V]` they were computed from, for
+    checked ids and mask `[B, N]`.
+
+    `labels` `[B, N]` replaces `ids` as the reconstruction targets (-100 ignored, shifted
+    here; PAD and padded positions ignored as always). `step=None` weighs the KL with
+    `beta_max`, the schedule's full weight, for callers that count no steps.
+    """
+    c = model.config
     if ids.shape[1] < 2:
         raise ValueError("the loss needs sequences of at least 2 tokens")
+    targets = ids if labels is None else labels
     if model.encoder is None:
-        recon = next_token_loss(model._decode(ids, mask, None, None), ids, mask, c.pad_id)
-        return {"loss": recon, "recon": recon}
+        logits = model._decode(ids, mask, None, None)
+        recon = next_token_loss(logits, targets, mask, c.pad_id)
+        return {"loss": recon, "recon": recon}, logits
 
     mu, logvar = model._encode(ids, mask)
     z = model.reparameterize(mu, logvar)
     logits = model._decode(ids, mask, z, None)
-    recon = next_token_loss(logits, ids, mask, c.pad_id)
+    recon = next_token_loss(logits, targets, mask, c.pad_id)
     kl_dims = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).float().mean(0)  # [L]
     kl = kl_dims.sum()
     kl_penalty = kl_dims.clamp(min=c.free_bits).sum()
-    beta = c.beta(step)
+    beta = c.beta_max if step is None else c.beta(step)
     out = {
         "recon": recon,
         "kl": kl.detach(),
@@ -71,7 +92,7 @@ def generator_loss(model: MusicModel, batch: dict, *, step: int = 0) -> dict[str
         total = total + c.adv_weight * out["adv"]
         total = total + c.feature_matching_weight * out["feature_matching"]
     out["loss"] = total
-    return out
+    return out, logits
 
 
 def soft_fakes(model: MusicModel, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
