@@ -249,3 +249,84 @@ def test_broken_folders_are_clear_errors(vocab, tmp_path):
     (tmp_path / "config.json").unlink()
     with pytest.raises(FileNotFoundError, match="has no config.json"):
         MusicModel.from_pretrained(tmp_path)
+
+
+# -- transformers' Trainer -------------------------------------------------------------------
+def _training_args(out_dir, steps: int, **overrides):
+    transformers = pytest.importorskip("transformers", reason="the `hf` extra")
+    settings = {
+        "output_dir": str(out_dir),
+        "max_steps": steps,
+        "per_device_train_batch_size": 4,
+        "per_device_eval_batch_size": 8,
+        "learning_rate": 3e-3,
+        "warmup_steps": 0,
+        "lr_scheduler_type": "constant",
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "use_cpu": True,
+        "disable_tqdm": True,
+        "log_level": "error",
+        "seed": 0,
+    }
+    settings.update(overrides)
+    return transformers.TrainingArguments(**settings)
+
+
+def test_transformers_trainer_trains_a_music_model(vocab, token_corpus, tmp_path):
+    transformers = pytest.importorskip("transformers", reason="the `hf` extra")
+    from stretto.integrations.transformers import collate_with_labels
+    from stretto.tokenizer import TokenDataset
+
+    data = TokenDataset(token_corpus, 64)
+    held = torch.utils.data.Subset(data, range(16))
+    model = _model(vocab, "transformer")
+    trainer = transformers.Trainer(
+        model=model,
+        args=_training_args(tmp_path, steps=12),
+        train_dataset=data,
+        eval_dataset=held,
+        data_collator=collate_with_labels,
+    )
+    before = trainer.evaluate()["eval_loss"]
+    trainer.train()
+    after = trainer.evaluate()["eval_loss"]
+    losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    assert len(losses) == 12
+    assert after < before - 0.3, f"held-out loss {before:.3f} -> {after:.3f}"
+    # The Trainer's loss is the model's: the same number on a batch it collates.
+    batch = collate_with_labels([data[i] for i in range(4)])
+    model.eval()
+    with torch.no_grad():
+        direct = model.loss(batch)["loss"]
+        torch.testing.assert_close(model(**batch).loss, direct)
+
+
+def test_music_trainer_checkpoints_resume_exactly(vocab, token_corpus, tmp_path):
+    transformers = pytest.importorskip("transformers", reason="the `hf` extra")
+    from stretto.integrations.transformers import MusicTrainer, collate_with_labels
+    from stretto.tokenizer import TokenDataset
+
+    data = TokenDataset(token_corpus, 32)
+
+    def run(resume=None) -> MusicModel:
+        torch.manual_seed(0)
+        model = _model(vocab, "transformer")
+        args = _training_args(tmp_path, steps=4, save_strategy="steps", save_steps=2)
+        trainer = MusicTrainer(
+            model=model, args=args, train_dataset=data, data_collator=collate_with_labels
+        )
+        trainer.train(resume_from_checkpoint=resume)
+        return model
+
+    straight = run()
+    checkpoint = tmp_path / "checkpoint-2"
+    assert {"config.json", "model.safetensors"} <= {p.name for p in checkpoint.iterdir()}
+    assert transformers.trainer_utils.get_last_checkpoint(str(tmp_path)).endswith("checkpoint-4")
+    resumed = run(resume=str(checkpoint))
+    for (name, a), b in zip(
+        straight.state_dict().items(), resumed.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    assert MusicModel.from_pretrained(tmp_path / "checkpoint-4").config == straight.config
