@@ -39,7 +39,7 @@ class MusicModelOutput(dict):
     def logits(self) -> torch.Tensor | None:
         return self.get("logits")
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: str | int | slice):
         if isinstance(key, (int, slice)):
             return self.to_tuple()[key]
         return super().__getitem__(key)

@@ -43,6 +43,7 @@ transformers` inside it is an absolute import of the real package.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import torch
 import transformers
@@ -55,8 +56,6 @@ NAME = "stretto_wha"
 DEFAULT_WINDOW = 256
 DEFAULT_BLOCK = 64
 DEFAULT_BACKEND = "auto"
-
-_UNSET = object()
 
 
 def register() -> str:
@@ -86,11 +85,11 @@ _PLAIN_PATTERNS = (masking_utils.causal_mask_function, masking_utils.bidirection
 
 def wha_padding_mask(
     batch_size: int,
-    q_length: int | None = None,
-    kv_length: int | None = None,
-    q_offset: int | torch.Tensor = _UNSET,
+    q_length: int,
+    kv_length: int,
+    q_offset: int | torch.Tensor = 0,
     kv_offset: int = 0,
-    mask_function=masking_utils.causal_mask_function,
+    mask_function: Callable = masking_utils.causal_mask_function,
     attention_mask: torch.Tensor | None = None,
     **kwargs,
 ) -> torch.Tensor | None:
@@ -117,9 +116,6 @@ def wha_padding_mask(
             f"blocks), but this cache dropped the first {int(kv_offset)}: use a "
             "DynamicCache without sliding-window layers"
         )
-    if q_offset is _UNSET:  # older mask interfaces passed the query positions instead
-        positions = kwargs.get("cache_position")
-        q_offset = 0 if positions is None else positions[0]
     keys = int(q_offset) + int(q_length)  # keys up to and including the last query
     if keys > kv_length:
         raise ValueError(f"{keys} keys expected up to the last query, the cache has {kv_length}")
