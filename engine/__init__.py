@@ -12,6 +12,7 @@ from .generate import generate, sample
 from .grammar import Grammar
 from .model import MusicModel, load_checkpoint
 from .objectives import TrainingObjective
+from .outputs import MusicModelOutput
 from .train import TrainConfig, Trainer
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "Grammar",
     "ModelConfig",
     "MusicModel",
+    "MusicModelOutput",
     "TrainConfig",
     "Trainer",
     "TrainingObjective",

@@ -11,7 +11,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from stretto.tokenizer.vocabulary import Vocabulary
 
@@ -104,6 +104,9 @@ class ModelConfig:
     adv_weight_max: float = 0.1
     feature_matching_weight: float = 1.0
     preset: str = field(default="custom", compare=False)
+    # Not a field: transformers' Trainer sets `model.config.use_cache` on every model it
+    # is given (see `_accept_use_cache` below); decoding caches here are explicit arguments.
+    use_cache: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -269,6 +272,22 @@ class ModelConfig:
             if f.compare and getattr(self, f.name) != getattr(other, f.name):
                 out.append(f"{f.name}: {getattr(self, f.name)!r} != {getattr(other, f.name)!r}")
         return out
+
+
+_frozen_setattr = ModelConfig.__setattr__
+
+
+def _accept_use_cache(self: ModelConfig, name: str, value: Any) -> None:
+    """Frozen, except for the one attribute transformers' Trainer writes on any model's
+    config: `use_cache` is kept on the instance (it is no field, so it changes neither
+    equality nor the JSON) and every other assignment still raises."""
+    if name == "use_cache":
+        object.__setattr__(self, name, value)
+        return
+    _frozen_setattr(self, name, value)
+
+
+ModelConfig.__setattr__ = _accept_use_cache  # dataclass(frozen=True) forbids defining it inside
 
 
 def _is_int(x: Any) -> bool:

@@ -137,6 +137,32 @@ def param_groups(params: Iterable[torch.nn.Parameter], weight_decay: float) -> l
     ]
 
 
+def build_optimizers(
+    model: MusicModel, config: TrainConfig, *, fused: bool = False
+) -> dict[str, torch.optim.Optimizer]:
+    """AdamW per update: {"generator"} (no weight decay on norms, biases and gains), and
+    for vae_gan {"discriminator"} (`disc_lr`, betas (0.5, 0.9), no weight decay).
+
+    The learning rates are the base rates; callers scale them by `lr_factor` per step.
+    """
+    optimizers = {
+        "generator": torch.optim.AdamW(
+            param_groups(model.generator_parameters(), config.weight_decay),
+            lr=config.lr,
+            betas=config.betas,
+            fused=fused,
+        )
+    }
+    if model.discriminator is not None:
+        optimizers["discriminator"] = torch.optim.AdamW(
+            param_groups(model.discriminator_parameters(), 0.0),
+            lr=config.disc_lr,
+            betas=(0.5, 0.9),
+            fused=fused,
+        )
+    return optimizers
+
+
 class Trainer:
     """Train a `MusicModel` on batches of {"input_ids", "attention_mask"}.
 
@@ -202,22 +228,7 @@ class Trainer:
         self._resumed = False
         self.history: list[dict] = []
 
-        fused = self.device.type == "cuda"
-        self.optimizers = {
-            "generator": torch.optim.AdamW(
-                param_groups(model.generator_parameters(), cfg.weight_decay),
-                lr=cfg.lr,
-                betas=cfg.betas,
-                fused=fused,
-            )
-        }
-        if self.gan:
-            self.optimizers["discriminator"] = torch.optim.AdamW(
-                param_groups(model.discriminator_parameters(), 0.0),
-                lr=cfg.disc_lr,
-                betas=(0.5, 0.9),
-                fused=fused,
-            )
+        self.optimizers = build_optimizers(model, cfg, fused=self.device.type == "cuda")
         self.base_lr = {"generator": cfg.lr, "discriminator": cfg.disc_lr}
         self.disc_balance = 1.0  # the discriminator's learning-rate factor (vae_gan)
 

@@ -26,7 +26,9 @@ def test_every_subpackage_is_installed():
     assert found == listed
 
 
-@pytest.mark.parametrize("name", ["stretto.kernels", "stretto.engine", "stretto.tokenizer"])
+@pytest.mark.parametrize(
+    "name", ["stretto.kernels", "stretto.engine", "stretto.tokenizer", "stretto.integrations"]
+)
 def test_namespace_imports(name):
     __import__(name)
 
