@@ -42,6 +42,9 @@ from .objectives import TrainingObjective, target_tokens
 from .plots import plot_training
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Loggers beside log.jsonl (always written with an out_dir): "tensorboard" writes event
+# files to out_dir/tensorboard/ (`pip install stretto[tensorboard]`).
+LOGGERS = ("tensorboard",)
 # The discriminator's balance controller: log-factor change per unit of accuracy error,
 # and the smallest factor (a discriminator far ahead nearly stops, never freezes).
 BALANCE_GAIN, BALANCE_FLOOR = 0.5, 1e-3
@@ -60,6 +63,10 @@ class TrainConfig:
 
     Validation every `eval_every` steps reads `eval_batches x batch_size` windows spread
     evenly over the validation data (the same windows every time).
+
+    `loggers` adds writers beside `log.jsonl` (which an `out_dir` always gets):
+    "tensorboard" logs every row's numbers as scalars `<split>/<name>` (lists such as
+    the KL per latent dimension as histograms) to `out_dir/tensorboard/`.
 
     Distributed runs only: `strategy` is "ddp" (replicated weights) or "fsdp" (FSDP2,
     weights, gradients and optimizer states sharded over the ranks); `dist_timeout_s`
@@ -86,6 +93,7 @@ class TrainConfig:
     num_workers: int = 0
     strategy: str = "ddp"
     dist_timeout_s: float = 600.0
+    loggers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "log_every", "eval_batches"):
@@ -96,6 +104,9 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig: {name}={getattr(self, name)} must be >= 0")
         if self.lr <= 0 or self.disc_lr <= 0:
             raise ValueError("TrainConfig: learning rates must be > 0")
+        unknown = [x for x in self.loggers if x not in LOGGERS]
+        if unknown:
+            raise ValueError(f"TrainConfig: loggers {unknown} not in {LOGGERS}")
         if not 0.5 < self.disc_target_accuracy <= 1:
             raise ValueError(
                 f"TrainConfig: disc_target_accuracy={self.disc_target_accuracy} not in (0.5, 1]"
@@ -227,6 +238,7 @@ class Trainer:
         self.step = 0
         self._resumed = False
         self.history: list[dict] = []
+        self._writer = None  # the TensorBoard writer, opened by fit
 
         self.optimizers = build_optimizers(model, cfg, fused=self.device.type == "cuda")
         self.base_lr = {"generator": cfg.lr, "discriminator": cfg.disc_lr}
@@ -418,6 +430,8 @@ class Trainer:
             (self.out_dir / "train_config.json").write_text(
                 json.dumps(asdict(cfg), indent=2) + "\n"
             )
+        if "tensorboard" in cfg.loggers and self.out_dir is not None and self.is_main:
+            self._writer = _tensorboard_writer(self.out_dir / "tensorboard")
         bar = None
         if self.progress:
             from tqdm import tqdm
@@ -437,6 +451,9 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
         if self.out_dir is not None:
             self.save(self.out_dir / "last.pt")
             if self.is_main:
@@ -473,6 +490,13 @@ class Trainer:
         if self.out_dir is not None and self.is_main:
             with (self.out_dir / "log.jsonl").open("a") as f:
                 f.write(json.dumps(row) + "\n")
+        if self._writer is not None:
+            for key, value in row.items():
+                name = f"{row['split']}/{key}"
+                if isinstance(value, (int, float)) and key != "step":
+                    self._writer.add_scalar(name, value, row["step"])
+                elif isinstance(value, list) and value:
+                    self._writer.add_histogram(name, torch.tensor(value), row["step"])
 
     def plot(self) -> Path | None:
         """Draw `loss.png` from the whole `log.jsonl` (a resumed run included)."""
@@ -575,3 +599,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
+
+
+def _tensorboard_writer(folder: Path):
+    """A TensorBoard `SummaryWriter` in `folder`, or a one-line error naming the extra."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise ValueError(
+            "TrainConfig(loggers=('tensorboard',)) needs the tensorboard package: "
+            "pip install 'stretto[tensorboard]'"
+        ) from exc
+    return SummaryWriter(log_dir=str(folder))

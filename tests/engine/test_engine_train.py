@@ -319,3 +319,21 @@ def test_discriminator_balance_follows_its_accuracy(make_model, fixed_batch):
     assert off.disc_balance == 1.0
     row = trainer.train_step([fixed_batch])
     assert {"disc_balance", "disc_acc_real", "disc_acc_fake", "adv_weight"} <= row.keys()
+
+
+def test_tensorboard_logs_the_rows(make_model, fixed_batch, tmp_path):
+    pytest.importorskip("tensorboard", reason="the tensorboard extra")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = TrainConfig(steps=4, eval_every=2, log_every=1, loggers=("tensorboard",))
+    trainer = Trainer(make_model("vae"), [fixed_batch], [fixed_batch], config, out_dir=tmp_path)
+    history = trainer.fit()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    assert {"train/loss", "train/lr", "train/grad_norm", "val/latent_gap"} <= set(scalars)
+    logged = [e.value for e in events.Scalars("train/loss")]
+    want = [r["loss"] for r in history if r["split"] == "train"]
+    assert logged == pytest.approx(want, rel=1e-6)
+    with pytest.raises(ValueError, match="loggers"):
+        TrainConfig(loggers=("wandb",))

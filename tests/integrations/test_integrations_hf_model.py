@@ -70,7 +70,12 @@ def test_vae_without_step_weighs_the_kl_with_beta_max(vocab):
     torch.manual_seed(3)
     at_step_zero = model(ids, mask, labels=ids, step=0).loss
     torch.testing.assert_close(at_step_zero, terms["recon"])  # linear schedule: beta(0) = 0
-    torch.testing.assert_close(unscheduled, terms["recon"] + 0.5 * terms["kl_penalty"])
+    # one unit, nats per target token: the batch's KL is spread over its targets
+    from stretto.engine.objectives import target_tokens
+
+    per_token = ids.shape[0] / target_tokens({"input_ids": ids, "attention_mask": mask}, 2)
+    kl = 0.5 * terms["kl_penalty"] * per_token
+    torch.testing.assert_close(unscheduled, terms["recon"] + kl)
 
 
 def test_without_labels_the_forward_returns_logits(vocab):
