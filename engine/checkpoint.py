@@ -26,6 +26,7 @@ from typing import IO, Any
 
 import safetensors.torch
 import torch
+from torch import nn
 
 from stretto.tokenizer.vocabulary import Vocabulary
 
@@ -49,7 +50,7 @@ class Checkpoint:
 
 def save_checkpoint(
     path: str | Path,
-    model,
+    model: nn.Module,
     *,
     optimizers: dict[str, Any] | None = None,
     step: int = 0,
@@ -112,7 +113,7 @@ def _remove_stale_temps(path: Path) -> None:
             pass
 
 
-def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """The raw payload of a checkpoint file, with its format checked."""
     path = Path(path)
     if not path.is_file():
@@ -151,7 +152,7 @@ def check_compatible(
 
 
 # -- pretrained folders ----------------------------------------------------------------------
-def save_pretrained(directory: str | Path, model) -> Path:
+def save_pretrained(directory: str | Path, model: nn.Module) -> Path:
     """Write `model` (a MusicModel) as `directory/model.safetensors` + `config.json`.
 
     Weights only (no optimizer state or step): float tensors as they are, on the CPU.

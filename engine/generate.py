@@ -21,6 +21,7 @@ With `config.attention == "dense"` (the benchmark baseline) the cache keeps ever
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -36,7 +37,7 @@ STOP_CHECK_EVERY = 32  # steps between the host syncs that ask "has every sequen
 
 
 # -- sampling ----------------------------------------------------------------------------
-def check_sampling(temperature, top_k, top_p) -> None:
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
     if not isinstance(temperature, (int, float)) or isinstance(temperature, bool):
         raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
     if not temperature >= 0 or temperature == float("inf"):
@@ -147,8 +148,8 @@ def _batch(batch_size: int, prompt, z) -> int:
 
 @torch.no_grad()
 def generate(
-    model,
-    prompt=None,
+    model: MusicModel,
+    prompt: torch.Tensor | Sequence[int] | None = None,
     *,
     max_new_tokens: int,
     temperature: float = 1.0,
@@ -156,7 +157,7 @@ def generate(
     top_p: float | None = None,
     seed: int | None = None,
     batch_size: int = 1,
-    z=None,
+    z: torch.Tensor | None = None,
     constrained: bool = True,
     max_note_steps: int = DEFAULT_MAX_NOTE_STEPS,
     shared_noise: bool = False,

@@ -14,6 +14,7 @@ one token at a time).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -311,7 +312,7 @@ class MusicModel(nn.Module):
     # -- generation ---------------------------------------------------------------------
     def generate(
         self,
-        prompt=None,
+        prompt: torch.Tensor | Sequence[int] | None = None,
         *,
         max_new_tokens: int,
         temperature: float = 1.0,
@@ -319,7 +320,7 @@ class MusicModel(nn.Module):
         top_p: float | None = None,
         seed: int | None = None,
         batch_size: int = 1,
-        z=None,
+        z: torch.Tensor | None = None,
         constrained: bool = True,
         max_note_steps: int = 512,
         shared_noise: bool = False,

@@ -22,7 +22,6 @@ import contextlib
 import itertools
 import json
 import math
-import random
 import sys
 import time
 from collections.abc import Iterable
@@ -30,7 +29,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -40,6 +38,7 @@ from .data import BatchStream
 from .model import MusicModel
 from .objectives import TrainingObjective, target_tokens
 from .plots import plot_training
+from .rng import rng_state, set_rng_state
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Loggers beside log.jsonl (always written with an out_dir): "tensorboard" writes event
@@ -577,28 +576,6 @@ class _Snapshot:
 
     def state_dict(self) -> dict:
         return self._state
-
-
-def rng_state() -> dict[str, Any]:
-    """Every RNG a training step draws from: torch (CPU and CUDA), numpy, Python."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-        "python": random.getstate(),
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what `rng_state` captured."""
-    torch.set_rng_state(state["torch"].cpu())
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
 
 
 def _tensorboard_writer(folder: Path):

@@ -10,10 +10,14 @@ decodes. `stretto.engine.Grammar` is the same rules as a logits mask for samplin
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 import numba
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 from ._ids import NOTE_OFF0, SHIFT0
 from ._state import (
@@ -57,7 +61,10 @@ class Violation(NamedTuple):
 
 
 def validate(
-    ids, *, max_note_steps: int = DEFAULT_MAX_NOTE_STEPS, vocab: Vocabulary | None = None
+    ids: Sequence[int] | np.ndarray | torch.Tensor,
+    *,
+    max_note_steps: int = DEFAULT_MAX_NOTE_STEPS,
+    vocab: Vocabulary | None = None,
 ) -> list[Violation]:
     """Every rule `ids` (a 1-D sequence of in-range ids) breaks, in position order.
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,7 +180,7 @@ class MidiTokenizer:
             raise MidiError(name, f"unreadable MIDI ({_one_line(exc)})") from exc
 
     # -- decoding ----------------------------------------------------------------------
-    def decode(self, ids) -> Score:
+    def decode(self, ids: Sequence[int] | np.ndarray) -> Score:
         """Ids -> symusic.Score (ticks, tpq = config.decode_tpq); total on in-range ids.
 
         One track per instrument in use (drums: `is_drum`, channel 10), a tempo map from
@@ -250,13 +251,13 @@ class MidiTokenizer:
             score.tracks.append(track)
         return score
 
-    def decode_to_file(self, ids, path: str | os.PathLike) -> Path:
+    def decode_to_file(self, ids: Sequence[int] | np.ndarray, path: str | os.PathLike) -> Path:
         """Decode and write a Standard MIDI File at `path` (drums on channel 10)."""
         path = Path(path)
         self.decode(ids).dump_midi(str(path))
         return path
 
-    def tokens(self, ids) -> list[str]:
+    def tokens(self, ids: Sequence[int] | np.ndarray) -> list[str]:
         """Readable tokens: ['START', 'TEMPO(118.7bpm)', 'INSTRUMENT(0)', 'NOTE_ON(60)', ...]."""
         ids = self._check_ids(ids)
         return [self.vocab.describe(int(t)) for t in ids]

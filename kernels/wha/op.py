@@ -45,7 +45,7 @@ def fused_import_error() -> Optional[str]:
     """None when the Triton path can be imported, else the reason it cannot."""
     try:
         fused_module()
-    except ImportError as err:  # no triton, or fused.py not there yet
+    except ImportError as err:  # no triton in this environment
         return f"{type(err).__name__}: {err}"
     return None
 
