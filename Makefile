@@ -14,7 +14,7 @@ ifneq ($(SHARED_CORPUS),)
 export STRETTO_TEST_CORPUS ?= $(SHARED_CORPUS)
 endif
 
-.PHONY: install test demo lint fuzz clean
+.PHONY: install test test-triton36 demo lint fuzz clean
 
 install: $(STAMP)
 
@@ -30,6 +30,27 @@ $(STAMP): pyproject.toml | $(PY)
 
 test: install
 	$(PY) -m pytest -q
+
+# The GPU machines run Triton 3.6: a second venv with the same CPU torch and
+# triton==3.6.0 runs the Hopper/A100 compile check and the kernel tests (interpreter).
+VENV36   := .venv-triton36
+PY36     := $(VENV36)/bin/python
+STAMP36  := $(VENV36)/.stretto-installed
+TRITON36 := triton==3.6.0
+# Triton 3.6's interpreter converts 1-element arrays with int(), which NumPy 2.4 refuses.
+NUMPY36  := "numpy<2.4"
+
+$(PY36):
+	$(PYTHON) -m venv $(VENV36)
+
+$(STAMP36): pyproject.toml | $(PY36)
+	$(PY36) -m pip install --quiet --disable-pip-version-check $(TORCH_PIN) $(TRITON36) $(NUMPY36)
+	$(PY36) -m pip install --quiet --disable-pip-version-check -e ".[dev]" $(TRITON36) $(NUMPY36)
+	@touch $(STAMP36)
+
+test-triton36: $(STAMP36)
+	$(PY36) -c "import triton; assert triton.__version__ == '3.6.0', triton.__version__"
+	$(PY36) -m pytest -q -p no:cacheprovider tests/kernels
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -52,4 +73,4 @@ demo: install $(DEMO_STAMP)
 	$(VENV)/bin/stretto demo --force
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VENV36) build *.egg-info .pytest_cache .ruff_cache

@@ -338,17 +338,7 @@ def run(*, quick: bool, device: str) -> list[dict]:
                     mem = cuda_peak_memory_mb(cases[provider])
                     peak = mem["peak_mem_mb"]
                     extra["peak_total_mb"] = mem["peak_total_mb"]
-                    floor_s = max(
-                        nbytes / ceilings["bandwidth_Bps"], flops / ceilings["bf16_flops"]
-                    )
-                    extra.update(
-                        roofline_floor_ms=floor_s * 1e3,
-                        roofline_fraction=floor_s * 1e3 / t.median_ms,
-                        roofline_bound="memory" if nbytes / ceilings["bandwidth_Bps"]
-                        > flops / ceilings["bf16_flops"] else "compute",
-                        measured_bandwidth_GBps=ceilings["bandwidth_Bps"] / 1e9,
-                        measured_bf16_tflops=ceilings["bf16_flops"] / 1e12,
-                    )  # fmt: skip
+                    extra.update(_roofline(nbytes, flops, t.median_ms, ceilings))
                 else:
                     extra["peak_mem_note"] = "CPU peak memory: see the memory suite"
                 tflops = flops / (t.median_ms * 1e-3) / 1e12 if t.median_ms > 0 else math.nan

@@ -249,7 +249,7 @@ def load_suite(name: str, registry: Mapping[str, str | Callable[..., Any]] = SUI
         missing = getattr(exc, "name", None)
         if missing == target:
             path = target.replace(".", "/") + ".py"
-            raise SuiteUnavailable(f"{path} is not there yet") from exc
+            raise SuiteUnavailable(f"{path} is not there") from exc
         raise SuiteUnavailable(f"{type(exc).__name__}: {exc}") from exc
     run = getattr(module, "run", None)
     if not callable(run):

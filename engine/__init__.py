@@ -9,9 +9,10 @@ the library never imports them.
 from .checkpoint import Checkpoint, save_checkpoint
 from .config import MODES, PRESETS, ModelConfig
 from .generate import generate, sample
-from .grammar import Grammar, Violation, validate
+from .grammar import Grammar
 from .model import MusicModel, load_checkpoint
 from .objectives import TrainingObjective
+from .outputs import MusicModelOutput
 from .train import TrainConfig, Trainer
 
 __all__ = [
@@ -21,13 +22,12 @@ __all__ = [
     "Grammar",
     "ModelConfig",
     "MusicModel",
+    "MusicModelOutput",
     "TrainConfig",
     "Trainer",
     "TrainingObjective",
-    "Violation",
     "generate",
     "load_checkpoint",
     "sample",
     "save_checkpoint",
-    "validate",
 ]

@@ -2,28 +2,40 @@
 one file, written atomically (a temporary file in the same folder, then `os.replace`).
 `stretto.engine.load_checkpoint` (model.py) rebuilds the model from one.
 
-Loading compares the stored vocabulary signature with the running `Vocabulary` and,
-when asked, the stored config with an expected one, and names the field that differs
-instead of failing later inside an embedding.
+A pretrained folder (`save_pretrained` / `read_pretrained`) is the pair the Hugging Face
+ecosystem ships weights in: `model.safetensors` (the weights alone; tied embedding and
+head weights stored once, under `embed.weight`) and `config.json` (the `ModelConfig`
+JSON, vocabulary signature included).
+
+Loading either compares the stored vocabulary signature with the running `Vocabulary`
+and, when asked, the stored config with an expected one, and names the field that
+differs instead of failing later inside an embedding.
 """
 
 from __future__ import annotations
 
 import glob
+import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+import safetensors.torch
 import torch
+from torch import nn
 
 from stretto.tokenizer.vocabulary import Vocabulary
 
 from .config import ModelConfig
 
 FORMAT = "stretto-checkpoint-v1"
+PRETRAINED_FORMAT = "stretto-pretrained-v1"  # in model.safetensors' metadata
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
 
 
 @dataclass
@@ -38,7 +50,7 @@ class Checkpoint:
 
 def save_checkpoint(
     path: str | Path,
-    model,
+    model: nn.Module,
     *,
     optimizers: dict[str, Any] | None = None,
     step: int = 0,
@@ -63,19 +75,24 @@ def save_checkpoint(
         "step": int(step),
         "extra": dict(extra or {}),
     }
+    _write_atomically(path, lambda f: torch.save(payload, f))
+    _remove_stale_temps(path)
+    return path
+
+
+def _write_atomically(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """`write(f)` into a temporary file beside `path`, fsync it, then `os.replace`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _remove_stale_temps(path)
-    return path
 
 
 STALE_TEMP_SECONDS = 15 * 60
@@ -96,7 +113,7 @@ def _remove_stale_temps(path: Path) -> None:
             pass
 
 
-def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """The raw payload of a checkpoint file, with its format checked."""
     path = Path(path)
     if not path.is_file():
@@ -132,3 +149,61 @@ def check_compatible(
                 + "; ".join(f"{d} (expected != checkpoint)" for d in diffs)
             )
     return saved
+
+
+# -- pretrained folders ----------------------------------------------------------------------
+def save_pretrained(directory: str | Path, model: nn.Module) -> Path:
+    """Write `model` (a MusicModel) as `directory/model.safetensors` + `config.json`.
+
+    Weights only (no optimizer state or step): float tensors as they are, on the CPU.
+    With `tie_embeddings` the head's weight is the embedding's and is stored once, under
+    `embed.weight`. Each file is written atomically. Returns the folder.
+    """
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"{directory} exists and is not a folder")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_embeddings:
+        del state["head.weight"]  # the same tensor as embed.weight
+    metadata = {"format": "pt", "stretto": PRETRAINED_FORMAT}
+    blob = safetensors.torch.save(state, metadata=metadata)
+    _write_atomically(directory / WEIGHTS_NAME, lambda f: f.write(blob))
+    text = model.config.to_json() + "\n"
+    _write_atomically(directory / CONFIG_NAME, lambda f: f.write(text.encode()))
+    return directory
+
+
+def read_pretrained(
+    directory: str | Path,
+    *,
+    vocab: Vocabulary | None = None,
+    config: ModelConfig | None = None,
+    map_location: str | torch.device = "cpu",
+) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """The config and state dict of a `save_pretrained` folder, after the same checks as
+    `check_compatible` (vocabulary signature; `config`, when given)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no pretrained model folder at {directory}")
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"{directory} has no {name} (MusicModel.save_pretrained)")
+    try:
+        data = json.loads((directory / CONFIG_NAME).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{directory / CONFIG_NAME} is not readable JSON: {exc}") from exc
+    if not isinstance(data, dict) or "vocab_signature" not in data:
+        raise ValueError(
+            f"{directory / CONFIG_NAME} is not a Stretto model config (no vocab_signature)"
+        )
+    payload = {"vocab_signature": data["vocab_signature"], "config": data}
+    saved = check_compatible(payload, vocab=vocab, config=config)
+    try:
+        state = safetensors.torch.load_file(directory / WEIGHTS_NAME, device=str(map_location))
+    except Exception as exc:  # safetensors raises its own error types for a bad header
+        raise ValueError(
+            f"{directory / WEIGHTS_NAME} is not a readable safetensors file: {exc}"
+        ) from exc
+    if saved.tie_embeddings and "head.weight" not in state and "embed.weight" in state:
+        state["head.weight"] = state["embed.weight"]
+    return saved, state

@@ -21,13 +21,14 @@ With `config.attention == "dense"` (the benchmark baseline) the cache keeps ever
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
 
 from stretto.tokenizer.vocabulary import Vocabulary
 
-from .grammar import DEFAULT_MAX_NOTE_STEPS, Grammar, validate
+from .grammar import DEFAULT_MAX_NOTE_STEPS, GRAMMAR_RULES, Grammar, GrammarState
 
 if TYPE_CHECKING:  # annotations only: model.py imports this module
     from .model import MusicModel
@@ -36,7 +37,7 @@ STOP_CHECK_EVERY = 32  # steps between the host syncs that ask "has every sequen
 
 
 # -- sampling ----------------------------------------------------------------------------
-def check_sampling(temperature, top_k, top_p) -> None:
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
     if not isinstance(temperature, (int, float)) or isinstance(temperature, bool):
         raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
     if not temperature >= 0 or temperature == float("inf"):
@@ -147,8 +148,8 @@ def _batch(batch_size: int, prompt, z) -> int:
 
 @torch.no_grad()
 def generate(
-    model,
-    prompt=None,
+    model: MusicModel,
+    prompt: torch.Tensor | Sequence[int] | None = None,
     *,
     max_new_tokens: int,
     temperature: float = 1.0,
@@ -156,12 +157,14 @@ def generate(
     top_p: float | None = None,
     seed: int | None = None,
     batch_size: int = 1,
-    z=None,
+    z: torch.Tensor | None = None,
     constrained: bool = True,
     max_note_steps: int = DEFAULT_MAX_NOTE_STEPS,
     shared_noise: bool = False,
+    compile_step: bool = False,
 ) -> torch.Tensor:
-    """See `MusicModel.generate`."""
+    """See `MusicModel.generate`; `compile_step` compiles the one-token step once (see
+    `DecodeStep`: one CUDA graph per token on CUDA)."""
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool):
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     if max_new_tokens < 0:
@@ -190,43 +193,92 @@ def generate(
     batch_size = _batch(batch_size, prompt, z)
     z = _latent(model, z, batch_size, generator, device, dtype)
     ids = _prompt(model, prompt, batch_size, device)
-    grammar = Grammar(vocab, max_note_steps=max_note_steps) if constrained else None
-    if grammar is not None:
-        for row in sorted({tuple(r) for r in ids.tolist()}):
-            problems = validate(row, max_note_steps=max_note_steps, vocab=vocab)
-            if problems:
-                first = problems[0]
-                raise ValueError(
-                    f"the prompt breaks the grammar at position {first.position} "
-                    f"({first.rule}: {first.message}); pass constrained=False to continue "
-                    f"it anyway"
-                )
+    grammar = state = None
+    if constrained:
+        grammar = Grammar(vocab, max_note_steps=max_note_steps)
+        state = _read_prompt(grammar, ids, vocab)
     if max_new_tokens == 0:
         return ids.clone()
 
     was_training = model.training
     model.eval()  # no dropout while sampling
     try:
-        return _sample_loop(model, ids, z, grammar, vocab, max_new_tokens, generator, sampling)
+        return _sample_loop(
+            model,
+            ids,
+            z,
+            grammar,
+            state,
+            vocab,
+            max_new_tokens,
+            generator,
+            sampling,
+            compile_step,
+        )
     finally:
         model.train(was_training)
 
 
-def _sample_loop(model, ids, z, grammar, vocab, max_new_tokens, generator, sampling):
-    """Prefill `ids` `[B, N]` through the decoder with fresh caches, then sample."""
+class DecodeStep:
+    """One decoding step of `model` over its caches: token ids `[B]` -> logits `[B, V]`.
+
+    The step has the same shapes at every token (positions live on the device, the
+    cache is attended whole under masks), so `compile=True` compiles it once with
+    `torch.compile(fullgraph=True, dynamic=False)`; on CUDA with
+    `mode="reduce-overhead"`, which replays each token's step as one CUDA graph instead
+    of a few hundred kernel launches. Eager (the default) slices the cache to what is
+    filled, which costs fewer FLOPs early in a piece.
+    """
+
+    def __init__(self, model: MusicModel, cache: list, z: torch.Tensor | None, *, compile=False):
+        self.model, self.cache, self.z = model, cache, z
+        self.compiled = bool(compile)
+        fn = self._step
+        if self.compiled:
+            device = next(model.parameters()).device
+            mode = "reduce-overhead" if device.type == "cuda" else None
+            fn = torch.compile(fn, fullgraph=True, dynamic=False, mode=mode)
+        self._fn = fn
+
+    def _step(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model._decode(tokens[:, None], None, self.z, None, self.cache)[:, 0]
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self._fn(tokens)
+
+
+def _read_prompt(grammar: Grammar, ids: torch.Tensor, vocab: Vocabulary) -> GrammarState:
+    """The grammar state after the prompt `ids` `[B, N]`, or ValueError at the first
+    token the grammar does not allow. On the host: N tiny steps, no device launches."""
+    host = ids.cpu()
+    b, n = host.shape
+    state = grammar.initial_state(b, "cpu")
+    for pos in range(n):
+        rule = grammar.broken_rule(state, host[:, pos])  # [B]
+        if bool((rule >= 0).any()):
+            row = int((rule >= 0).nonzero()[0, 0])
+            where = f"position {pos}" + (f" of row {row}" if b > 1 else "")
+            token = vocab.describe(int(host[row, pos]))
+            raise ValueError(
+                f"the prompt breaks the grammar at {where} ({GRAMMAR_RULES[int(rule[row])]}: "
+                f"{token} is not allowed there); pass constrained=False to continue it anyway"
+            )
+        grammar.advance(state, host[:, pos])
+    return grammar.to(state, ids.device)
+
+
+def _sample_loop(
+    model, ids, z, grammar, state, vocab, max_new_tokens, generator, sampling, compile_step
+):
+    """Prefill `ids` `[B, N]` through the decoder with fresh caches, then sample (under
+    the grammar from `state`, the state after the prompt, when `grammar` is given)."""
     b, n = ids.shape
     device = ids.device
     cache = model.new_cache(b, n + max_new_tokens)
     # Prompts hold no PAD (checked), so no padding mask: every token is real.
     logits = model._decode(ids, None, z, None, cache)[:, -1]  # [B, V]
+    step = DecodeStep(model, cache, z, compile=compile_step)
     ended = (ids == vocab.END).any(1)  # [B]
-    state = None
-    if grammar is not None:
-        state = grammar.initial_state(b, "cpu")
-        host_ids = ids.cpu()
-        for t in range(n):  # on the host: n tiny steps, no kernel launches on the device
-            grammar.advance(state, host_ids[:, t])
-        state = grammar.to(state, device)
     out = torch.full((b, max_new_tokens), vocab.PAD, dtype=torch.long, device=device)
     steps = max_new_tokens
     for i in range(max_new_tokens):
@@ -243,7 +295,7 @@ def _sample_loop(model, ids, z, grammar, vocab, max_new_tokens, generator, sampl
         if (i + 1) % STOP_CHECK_EVERY == 0 and bool(ended.all()):
             steps = i + 1
             break
-        logits = model._decode(token[:, None], None, z, None, cache)[:, 0]
+        logits = step(token)
     out = out[:, :steps]
     # Columns after the last END of every row are padding only: trim them.
     is_end = out == vocab.END

@@ -14,6 +14,7 @@ one token at a time).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -23,10 +24,18 @@ from stretto.kernels import HierarchicalKVCache
 from stretto.tokenizer.vocabulary import Vocabulary
 
 from . import objectives
-from .checkpoint import Checkpoint, check_compatible, read_checkpoint, save_checkpoint
+from .checkpoint import (
+    Checkpoint,
+    check_compatible,
+    read_checkpoint,
+    read_pretrained,
+    save_checkpoint,
+    save_pretrained,
+)
 from .config import ModelConfig
 from .generate import generate
 from .layers import Discriminator, Stack, masked_mean
+from .outputs import MusicModelOutput
 
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8)
 # Initial std of the z -> (scale, shift) projections, times 1/sqrt(latent_dim): large
@@ -44,6 +53,11 @@ class MusicModel(nn.Module):
     (True = real token) defaults to `input_ids != PAD`. In the vae modes z defaults to
     the encoder's sample (training) or its mean (eval). Losses: `loss(batch, step=)` and
     `discriminator_loss(batch)` (see `stretto.engine.objectives`).
+
+    Hugging Face conventions: `model(input_ids, attention_mask, labels)` returns a
+    `MusicModelOutput` with `.loss` and `.logits` (see `forward`);
+    `save_pretrained(dir)` / `MusicModel.from_pretrained(dir)` write and read
+    `model.safetensors` + `config.json`.
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -206,16 +220,85 @@ class MusicModel(nn.Module):
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
         *,
         z: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
         cache: list[HierarchicalKVCache] | None = None,
-    ) -> torch.Tensor:
+        step: int | None = None,
+    ) -> torch.Tensor | MusicModelOutput:
+        """Logits `[B, N, V]`; with `labels`, a `MusicModelOutput` (`.loss`, `.logits`).
+
+        `labels` `[B, N]` follow transformers' causal LMs: token ids, -100 ignored,
+        shifted here (logits[:, i] is scored against labels[:, i + 1]); targets at padded
+        positions (`attention_mask` False) or equal to PAD are ignored too, as in
+        `loss()`. `.loss` is the mode's generator loss, `loss(batch, step=step)["loss"]`
+        with the labels as targets: the transformer's next-token cross-entropy; in the
+        vae modes reconstruction + beta x KL (+ the adversarial terms in vae_gan), with
+        z drawn from the encoder, so the labels must be the input ids wherever they are
+        not -100. `step` drives the beta schedule; None (a trainer that passes no step)
+        takes `beta_max`. vae_gan's discriminator is not trained by this loss: give a
+        single-optimizer trainer `generator_parameters()` only (see
+        `discriminator_loss`). With labels, z, positions and cache are not taken.
+        """
+        if labels is not None:
+            return self._labelled_forward(
+                input_ids, attention_mask, labels, z, positions, cache, step
+            )
+        if step is not None:
+            raise ValueError("step drives the loss's beta schedule: it needs labels")
         mask = self.check_inputs(input_ids, attention_mask)
         if self.encoder is not None and z is None:
             mu, logvar = self._encode(input_ids, mask)
             z = self.reparameterize(mu, logvar) if self.training else mu
         return self._decode(input_ids, mask, z, positions, cache)
+
+    def _labelled_forward(self, input_ids, attention_mask, labels, z, positions, cache, step):
+        given = [
+            n for n, x in (("z", z), ("positions", positions), ("cache", cache)) if x is not None
+        ]
+        if given:
+            raise ValueError(
+                f"with labels the forward computes the training loss over whole windows, "
+                f"drawing z itself: {', '.join(given)} cannot be given too"
+            )
+        mask = self.check_inputs(input_ids, attention_mask)
+        labels = self.check_labels(labels, input_ids)
+        terms, logits = objectives.generator_terms(self, input_ids, mask, step=step, labels=labels)
+        return MusicModelOutput(loss=terms["loss"], logits=logits)
+
+    def check_labels(self, labels: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """Validate `labels` `[B, N]` (ids in the vocabulary or -100) against checked
+        `input_ids`; in the vae modes they must equal the input ids where not -100."""
+        c = self.config
+        if not isinstance(labels, torch.Tensor):
+            raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+        if labels.shape != input_ids.shape:
+            raise ValueError(
+                f"labels has shape {list(labels.shape)}, expected {list(input_ids.shape)} "
+                "like input_ids [B, N]"
+            )
+        if labels.dtype not in _INT_DTYPES:
+            raise ValueError(f"labels must be an integer tensor, got dtype {labels.dtype}")
+        labels = labels.to(input_ids.device)
+        if torch.compiler.is_compiling():
+            return labels
+        bad = (labels != -100) & ((labels < 0) | (labels >= c.vocab_size))
+        if bool(bad.any()):
+            value = int(labels[bad][0])
+            raise ValueError(
+                f"label {value} is neither -100 (ignored) nor a token id in [0, {c.vocab_size})"
+            )
+        if self.encoder is not None:
+            differs = (labels != -100) & (labels != input_ids)
+            if bool(differs.any()):
+                b, i = (int(x) for x in differs.nonzero()[0])
+                raise ValueError(
+                    f"mode {c.mode!r} reconstructs its input: labels must equal input_ids "
+                    f"where not -100, but labels[{b}, {i}] = {int(labels[b, i])} != "
+                    f"input_ids[{b}, {i}] = {int(input_ids[b, i])}"
+                )
+        return labels
 
     # -- losses (see objectives.py) -----------------------------------------------------
     def loss(self, batch: dict, *, step: int = 0) -> dict[str, torch.Tensor]:
@@ -229,7 +312,7 @@ class MusicModel(nn.Module):
     # -- generation ---------------------------------------------------------------------
     def generate(
         self,
-        prompt=None,
+        prompt: torch.Tensor | Sequence[int] | None = None,
         *,
         max_new_tokens: int,
         temperature: float = 1.0,
@@ -237,9 +320,11 @@ class MusicModel(nn.Module):
         top_p: float | None = None,
         seed: int | None = None,
         batch_size: int = 1,
-        z=None,
+        z: torch.Tensor | None = None,
         constrained: bool = True,
         max_note_steps: int = 512,
+        shared_noise: bool = False,
+        compile_step: bool = False,
     ) -> torch.Tensor:
         """Sample continuations; returns LongTensor `[B, N + T]` (prompt, then new tokens).
 
@@ -252,7 +337,11 @@ class MusicModel(nn.Module):
         (larger than the vocabulary keeps all), `top_p` (1.0 keeps all); `seed` makes it
         reproducible on one device. `constrained` masks the logits with the grammar of
         `stretto.engine.grammar` (notes at most `max_note_steps` x 15.625 ms), so the
-        output passes `validate`; the prompt must then pass it too.
+        output passes `stretto.tokenizer.validate`; the prompt must then keep the
+        grammar too (else ValueError naming the position, the rule and the token).
+        `shared_noise`: every row samples with the same random draw at each step.
+        `compile_step`: the one-token step is compiled once (on CUDA, replayed as one
+        CUDA graph per token).
         """
         return generate(
             self,
@@ -266,6 +355,8 @@ class MusicModel(nn.Module):
             z=z,
             constrained=constrained,
             max_note_steps=max_note_steps,
+            shared_noise=shared_noise,
+            compile_step=compile_step,
         )
 
     # -- checkpoints --------------------------------------------------------------------
@@ -294,6 +385,30 @@ class MusicModel(nn.Module):
         vocabulary signature (against `vocab`, default `Vocabulary()`) or its config
         (against `config`, when given) differs."""
         return load_checkpoint(path, vocab=vocab, config=config, map_location=map_location).model
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write `directory/model.safetensors` (weights only; tied weights stored once) and
+        `directory/config.json` (the `ModelConfig`, vocabulary signature included)."""
+        return save_pretrained(directory, self)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | Path,
+        *,
+        vocab: Vocabulary | None = None,
+        config: ModelConfig | None = None,
+        map_location: str | torch.device = "cpu",
+    ) -> MusicModel:
+        """A model from a `save_pretrained` folder (a local path). ValueError naming the
+        field, as for checkpoints, when its vocabulary signature (against `vocab`,
+        default `Vocabulary()`) or its config (against `config`, when given) differs."""
+        saved, state = read_pretrained(
+            directory, vocab=vocab, config=config, map_location=map_location
+        )
+        model = cls(saved)
+        model.load_state_dict(state)
+        return model.to(map_location)
 
 
 def load_checkpoint(

@@ -49,8 +49,9 @@ def _batch(model: MusicModel, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def target_mask(ids: torch.Tensor, mask: torch.Tensor, pad_id: int) -> torch.Tensor:
-    """`[B, N-1]` bool: position i+1 is a target (real and not PAD), predicted at i."""
-    return mask[:, 1:] & (ids[:, 1:] != pad_id)
+    """`[B, N-1]` bool: position i+1 is a target (real, not PAD, not the -100 that
+    Hugging Face labels use for "ignore"), predicted at i."""
+    return mask[:, 1:] & (ids[:, 1:] != pad_id) & (ids[:, 1:] >= 0)
 
 
 def target_tokens(batch: dict, pad_id: int) -> int:
@@ -88,11 +89,15 @@ def kl_per_dimension(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).float()
 
 
-def word_dropout(ids: torch.Tensor, mask: torch.Tensor, rate: float) -> torch.Tensor:
-    """`ids` with a `rate` fraction of the real tokens after the first replaced by UNK."""
-    if rate <= 0:
+def word_dropout(
+    ids: torch.Tensor, mask: torch.Tensor, rate: float, rows: float = 1.0
+) -> torch.Tensor:
+    """`ids` with a `rate` fraction of the real tokens after the first replaced by UNK, in
+    a `rows` share of the sequences (the others keep every token)."""
+    if rate <= 0 or rows <= 0:
         return ids
     drop = (torch.rand(ids.shape, device=ids.device) < rate) & mask
+    drop &= torch.rand(ids.shape[0], 1, device=ids.device) < rows
     drop[:, 0] = False
     return ids.masked_fill(drop, UNK)
 
@@ -106,17 +111,49 @@ def generator_loss(model: MusicModel, batch: dict, *, step: int = 0) -> dict[str
     `adv_start_step` (zeros before). `step` drives the beta, temperature and
     adversarial schedules.
     """
-    c = model.config
     ids, mask = _batch(model, batch)
+    return generator_terms(model, ids, mask, step=step)[0]
+
+
+def schedules_end(model: MusicModel) -> int:
+    """A step past every schedule (beta warm-up, adversarial start, temperature)."""
+    c = model.config
+    return max(c.beta_warmup_steps, c.adv_start_step, c.gumbel_anneal_steps)
+
+
+def generator_terms(
+    model: MusicModel,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    step: int | None,
+    labels: torch.Tensor | None = None,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """`generator_loss`'s terms and the logits `[B, N, V]` they were computed from, for
+    checked ids and mask `[B, N]`.
+
+    `labels` `[B, N]` replaces `ids` as the reconstruction targets (-100 ignored, shifted
+    here; PAD and padded positions ignored as always). `step=None`, for callers that
+    count no steps, is a step past every schedule (`schedules_end`): the KL at
+    `beta_max`, the adversarial term on.
+    """
+    c = model.config
+    if ids.shape[1] < 2:
+        raise ValueError("the loss needs sequences of at least 2 tokens")
+    step = schedules_end(model) if step is None else step
+    targets = ids if labels is None else labels
     if model.encoder is None:
-        recon = next_token_loss(model._decode(ids, mask, None, None), ids, mask, c.pad_id)
-        return {"loss": recon, "recon": recon}
+        logits = model._decode(ids, mask, None, None)
+        recon = next_token_loss(logits, targets, mask, c.pad_id)
+        return {"loss": recon, "recon": recon}, logits
 
     mu, logvar = model._encode(ids, mask)
     z = model.reparameterize(mu, logvar)
-    dec_ids = word_dropout(ids, mask, c.word_dropout) if model.training else ids
+    dec_ids = (
+        word_dropout(ids, mask, c.word_dropout, c.word_dropout_rows) if model.training else ids
+    )
     logits = model._decode(dec_ids, mask, z, None)
-    nll, count = sequence_nll(logits, ids, mask, c.pad_id)
+    nll, count = sequence_nll(logits, targets, mask, c.pad_id)
     tokens = count.sum().clamp(min=1)
     kl_dims = kl_per_dimension(mu, logvar)  # [B, L]
     # free bits per dimension, on the batch mean: a dimension below the floor costs it
@@ -132,14 +169,14 @@ def generator_loss(model: MusicModel, batch: dict, *, step: int = 0) -> dict[str
         "beta": torch.tensor(beta),
     }
     if model.bow_head is not None:
-        out["bow"] = bag_of_words_loss(model, z, ids, mask)
+        out["bow"] = bag_of_words_loss(model, z, targets, mask)
         total = total + c.bow_weight * out["bow"]
     if model.discriminator is not None:
         adv, weight, fm = adversarial_terms(model, ids, mask, z, recon, step)
         out.update(adv=adv, adv_weight=weight, feature_matching=fm)
         total = total + weight * adv + c.feature_matching_weight * fm
     out["loss"] = total
-    return out
+    return out, logits
 
 
 def bag_of_words_loss(

@@ -22,7 +22,6 @@ import contextlib
 import itertools
 import json
 import math
-import random
 import sys
 import time
 from collections.abc import Iterable
@@ -30,7 +29,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -40,8 +38,12 @@ from .data import BatchStream
 from .model import MusicModel
 from .objectives import TrainingObjective, target_tokens
 from .plots import plot_training
+from .rng import rng_state, set_rng_state
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Loggers beside log.jsonl (always written with an out_dir): "tensorboard" writes event
+# files to out_dir/tensorboard/ (`pip install stretto[tensorboard]`).
+LOGGERS = ("tensorboard",)
 # The discriminator's balance controller: log-factor change per unit of accuracy error,
 # and the smallest factor (a discriminator far ahead nearly stops, never freezes).
 BALANCE_GAIN, BALANCE_FLOOR = 0.5, 1e-3
@@ -61,6 +63,10 @@ class TrainConfig:
     Validation every `eval_every` steps reads `eval_batches x batch_size` windows spread
     evenly over the validation data (the same windows every time).
 
+    `loggers` adds writers beside `log.jsonl` (which an `out_dir` always gets):
+    "tensorboard" logs every row's numbers as scalars `<split>/<name>` (lists such as
+    the KL per latent dimension as histograms) to `out_dir/tensorboard/`.
+
     Distributed runs only: `strategy` is "ddp" (replicated weights) or "fsdp" (FSDP2,
     weights, gradients and optimizer states sharded over the ranks); `dist_timeout_s`
     bounds every collective, so a dead rank makes the others fail within it.
@@ -71,7 +77,7 @@ class TrainConfig:
     grad_accum: int = 1
     lr: float = 3e-4
     disc_lr: float = 3e-4
-    disc_target_accuracy: float = 0.75
+    disc_target_accuracy: float = 0.8
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     warmup_steps: int = 100
@@ -86,6 +92,7 @@ class TrainConfig:
     num_workers: int = 0
     strategy: str = "ddp"
     dist_timeout_s: float = 600.0
+    loggers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "log_every", "eval_batches"):
@@ -96,6 +103,9 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig: {name}={getattr(self, name)} must be >= 0")
         if self.lr <= 0 or self.disc_lr <= 0:
             raise ValueError("TrainConfig: learning rates must be > 0")
+        unknown = [x for x in self.loggers if x not in LOGGERS]
+        if unknown:
+            raise ValueError(f"TrainConfig: loggers {unknown} not in {LOGGERS}")
         if not 0.5 < self.disc_target_accuracy <= 1:
             raise ValueError(
                 f"TrainConfig: disc_target_accuracy={self.disc_target_accuracy} not in (0.5, 1]"
@@ -135,6 +145,32 @@ def param_groups(params: Iterable[torch.nn.Parameter], weight_decay: float) -> l
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+
+
+def build_optimizers(
+    model: MusicModel, config: TrainConfig, *, fused: bool = False
+) -> dict[str, torch.optim.Optimizer]:
+    """AdamW per update: {"generator"} (no weight decay on norms, biases and gains), and
+    for vae_gan {"discriminator"} (`disc_lr`, betas (0.5, 0.9), no weight decay).
+
+    The learning rates are the base rates; callers scale them by `lr_factor` per step.
+    """
+    optimizers = {
+        "generator": torch.optim.AdamW(
+            param_groups(model.generator_parameters(), config.weight_decay),
+            lr=config.lr,
+            betas=config.betas,
+            fused=fused,
+        )
+    }
+    if model.discriminator is not None:
+        optimizers["discriminator"] = torch.optim.AdamW(
+            param_groups(model.discriminator_parameters(), 0.0),
+            lr=config.disc_lr,
+            betas=(0.5, 0.9),
+            fused=fused,
+        )
+    return optimizers
 
 
 class Trainer:
@@ -201,23 +237,9 @@ class Trainer:
         self.step = 0
         self._resumed = False
         self.history: list[dict] = []
+        self._writer = None  # the TensorBoard writer, opened by fit
 
-        fused = self.device.type == "cuda"
-        self.optimizers = {
-            "generator": torch.optim.AdamW(
-                param_groups(model.generator_parameters(), cfg.weight_decay),
-                lr=cfg.lr,
-                betas=cfg.betas,
-                fused=fused,
-            )
-        }
-        if self.gan:
-            self.optimizers["discriminator"] = torch.optim.AdamW(
-                param_groups(model.discriminator_parameters(), 0.0),
-                lr=cfg.disc_lr,
-                betas=(0.5, 0.9),
-                fused=fused,
-            )
+        self.optimizers = build_optimizers(model, cfg, fused=self.device.type == "cuda")
         self.base_lr = {"generator": cfg.lr, "discriminator": cfg.disc_lr}
         self.disc_balance = 1.0  # the discriminator's learning-rate factor (vae_gan)
 
@@ -407,6 +429,8 @@ class Trainer:
             (self.out_dir / "train_config.json").write_text(
                 json.dumps(asdict(cfg), indent=2) + "\n"
             )
+        if "tensorboard" in cfg.loggers and self.out_dir is not None and self.is_main:
+            self._writer = _tensorboard_writer(self.out_dir / "tensorboard")
         bar = None
         if self.progress:
             from tqdm import tqdm
@@ -426,6 +450,9 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
         if self.out_dir is not None:
             self.save(self.out_dir / "last.pt")
             if self.is_main:
@@ -462,6 +489,13 @@ class Trainer:
         if self.out_dir is not None and self.is_main:
             with (self.out_dir / "log.jsonl").open("a") as f:
                 f.write(json.dumps(row) + "\n")
+        if self._writer is not None:
+            for key, value in row.items():
+                name = f"{row['split']}/{key}"
+                if isinstance(value, (int, float)) and key != "step":
+                    self._writer.add_scalar(name, value, row["step"])
+                elif isinstance(value, list) and value:
+                    self._writer.add_histogram(name, torch.tensor(value), row["step"])
 
     def plot(self) -> Path | None:
         """Draw `loss.png` from the whole `log.jsonl` (a resumed run included)."""
@@ -544,23 +578,13 @@ class _Snapshot:
         return self._state
 
 
-def rng_state() -> dict[str, Any]:
-    """Every RNG a training step draws from: torch (CPU and CUDA), numpy, Python."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-        "python": random.getstate(),
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what `rng_state` captured."""
-    torch.set_rng_state(state["torch"].cpu())
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
+def _tensorboard_writer(folder: Path):
+    """A TensorBoard `SummaryWriter` in `folder`, or a one-line error naming the extra."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise ValueError(
+            "TrainConfig(loggers=('tensorboard',)) needs the tensorboard package: "
+            "pip install 'stretto[tensorboard]'"
+        ) from exc
+    return SummaryWriter(log_dir=str(folder))

@@ -66,6 +66,18 @@ def test_import_contracts_are_kept(tmp_path):
             id="library-imports-midi",
         ),
         pytest.param(
+            "engine/model.py",
+            "import transformers",
+            "only integrations import them",
+            id="engine-imports-transformers",
+        ),
+        pytest.param(
+            "engine/train.py",
+            "import stretto.integrations.lightning",
+            "the engine sits on kernels and tokenizer",
+            id="engine-imports-integrations",
+        ),
+        pytest.param(
             "benchmarks/schema.py",
             "import benchmarks.core",
             "no import cycles",

@@ -8,19 +8,12 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-# benchmarks/ is not installed: import it from the checkout this test file sits in.
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from benchmarks import core, report  # noqa: E402
-from benchmarks.plot import plot_rows  # noqa: E402
-from benchmarks.timing import bench_cpu, peak_rss_in_child, quantile  # noqa: E402
+from benchmarks import core, report
+from benchmarks.plot import plot_rows
+from benchmarks.timing import bench_cpu, peak_rss_in_child, quantile
 
 ENV = {
     "device": "Fake CPU (2 cores)",

@@ -6,17 +6,9 @@ Short lengths keep these fast; they check which cases run and what each row carr
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-# benchmarks/ is not installed: import it from the checkout this test file sits in.
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from benchmarks import core, generate_bench, model_bench  # noqa: E402
+from benchmarks import core, generate_bench, model_bench
 
 pytest.importorskip("stretto.engine.model")
 

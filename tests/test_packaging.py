@@ -26,7 +26,9 @@ def test_every_subpackage_is_installed():
     assert found == listed
 
 
-@pytest.mark.parametrize("name", ["stretto.kernels", "stretto.engine", "stretto.tokenizer"])
+@pytest.mark.parametrize(
+    "name", ["stretto.kernels", "stretto.engine", "stretto.tokenizer", "stretto.integrations"]
+)
 def test_namespace_imports(name):
     __import__(name)
 
@@ -81,3 +83,24 @@ def test_cli_unknown_command_is_a_usage_error():
     out = _stretto("no-such-command")
     assert out.returncode == 2
     assert "invalid choice" in out.stderr
+
+
+def test_the_kernels_folder_under_another_name_registers_nothing():
+    """With the checkout's root on sys.path the folder is also a top-level `kernels`, a
+    name transformers imports to probe for the Hub's `kernels` package: that import must
+    stay empty, or the custom ops get registered twice and the duplicate's teardown
+    unregisters the real ones."""
+    code = (
+        "import gc, sys; sys.path.insert(0, sys.argv[1]);"
+        "import torch; import stretto.kernels as k; import kernels;"
+        "assert kernels.__all__ == [] and 'kernels.wha.op' not in sys.modules;"
+        "del sys.modules['kernels']; gc.collect();"
+        "q = torch.randn(1, 2, 33, 16, requires_grad=True);"
+        "m = torch.ones(1, 33, dtype=torch.bool); m[0, -3:] = False;"
+        "k.hierarchical_attention(q, q, q, window=8, block=4, key_padding_mask=m).sum().backward();"
+        "print('ok')"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(REPO)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

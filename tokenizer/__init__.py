@@ -3,6 +3,7 @@
 from .config import TokenizerConfig
 from .corpus import CorpusReport, build_corpus, merge_corpora
 from .dataset import TokenDataset
+from .grammar import Violation, validate
 from .midi import MidiError, MidiTokenizer
 from .split import FileSplit, split_files
 from .vocabulary import Vocabulary
@@ -14,8 +15,10 @@ __all__ = [
     "MidiTokenizer",
     "TokenDataset",
     "TokenizerConfig",
+    "Violation",
     "Vocabulary",
     "build_corpus",
     "merge_corpora",
     "split_files",
+    "validate",
 ]

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from . import _codec
+from ._windows import build_window, snap_to_boundary
 from .corpus import check_vocabulary, read_manifest
 from .vocabulary import Vocabulary
 
@@ -116,8 +116,8 @@ class TokenDataset(Dataset):
         f = int(np.searchsorted(self.cum_windows, index, side="right") - 1)
         k = index - int(self.cum_windows[f])
         ids = self.file_ids(f)
-        start = int(_codec.snap_to_boundary(ids, k * self.stride))
-        _, n_real, stop = _codec.build_window(ids, start, self.seq_len, self.max_prefix, self.pad)
+        start = int(snap_to_boundary(ids, k * self.stride))
+        _, n_real, stop = build_window(ids, start, self.seq_len, self.max_prefix, self.pad)
         return f, start, int(stop), int(n_real)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
@@ -127,8 +127,8 @@ class TokenDataset(Dataset):
         f = int(np.searchsorted(self.cum_windows, index, side="right") - 1)
         k = index - int(self.cum_windows[f])
         ids = self.file_ids(f)
-        start = _codec.snap_to_boundary(ids, k * self.stride)
-        window, n_real, _ = _codec.build_window(ids, start, self.seq_len, self.max_prefix, self.pad)
+        start = snap_to_boundary(ids, k * self.stride)
+        window, n_real, _ = build_window(ids, start, self.seq_len, self.max_prefix, self.pad)
         mask = np.arange(self.seq_len) < n_real
         return {"input_ids": torch.from_numpy(window), "attention_mask": torch.from_numpy(mask)}
 

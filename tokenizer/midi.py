@@ -1,13 +1,14 @@
 """`MidiTokenizer`: MIDI (path, bytes or symusic.Score) <-> token ids.
 
 The Python here only moves whole numpy arrays between symusic and the numba kernels
-in `_codec.py`: one step per track, never per note.
+(`_encode`, `_decode`, `_tempo`): one step per track, never per note.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,15 @@ import numpy as np
 from symusic import ControlChange, Note, Score, Tempo, Track
 from symusic.core import ScoreTick
 
-from . import _codec
+from ._decode import (
+    SKIP_AFTER_END,
+    SKIP_ORPHAN_OFF,
+    SKIP_REPLACED_ON,
+    SKIP_SPECIAL,
+    decode_ids,
+)
+from ._encode import encode_state
+from ._tempo import tempo_ticks
 from .config import TokenizerConfig
 from .vocabulary import (
     DRUM_INSTRUMENT,
@@ -71,7 +80,7 @@ class EncodeStats:
 
 @dataclass
 class DecodeStats:
-    """What `decode` skipped: see `_codec.decode_ids`."""
+    """What `decode` skipped: see `_decode.decode_ids`."""
 
     notes: int = 0
     skipped_special: int = 0
@@ -106,10 +115,10 @@ class MidiTokenizer:
         tpq = int(score.ticks_per_quarter)
         if tpq <= 0:
             raise MidiError(name, f"ticks-per-quarter is {tpq}: no time can be computed")
-        # the whole score in one buffer, one call however many tracks (see _codec)
+        # the whole score in one buffer, one call however many tracks (see _buffer)
         state = np.frombuffer(score.__getstate__(), dtype=np.uint8)
         max_step = math.floor(self.config.max_seconds * STEPS_PER_SECOND)
-        ids, start, n_kept, replaced, dropped, last = _codec.encode_state(state, max_step)
+        ids, start, n_kept, replaced, dropped, last = encode_state(state, max_step)
         if start < 0:  # symusic's int32 ticks wrap when delta times add up past 2**31
             raise MidiError(
                 name, f"an event lies at tick {start}: times overflow 32 bits or are negative"
@@ -171,7 +180,7 @@ class MidiTokenizer:
             raise MidiError(name, f"unreadable MIDI ({_one_line(exc)})") from exc
 
     # -- decoding ----------------------------------------------------------------------
-    def decode(self, ids) -> Score:
+    def decode(self, ids: Sequence[int] | np.ndarray) -> Score:
         """Ids -> symusic.Score (ticks, tpq = config.decode_tpq); total on in-range ids.
 
         One track per instrument in use (drums: `is_drum`, channel 10), a tempo map from
@@ -193,13 +202,13 @@ class MidiTokenizer:
             t_bin,
             end_step,
             skipped,
-        ) = _codec.decode_ids(ids, default_bin)
+        ) = decode_ids(ids, default_bin)
         self.last_decode_stats = DecodeStats(
             notes=int(n_inst.size),
-            skipped_special=int(skipped[_codec.SKIP_SPECIAL]),
-            orphan_note_off=int(skipped[_codec.SKIP_ORPHAN_OFF]),
-            replaced_note_on=int(skipped[_codec.SKIP_REPLACED_ON]),
-            after_end=int(skipped[_codec.SKIP_AFTER_END]),
+            skipped_special=int(skipped[SKIP_SPECIAL]),
+            orphan_note_off=int(skipped[SKIP_ORPHAN_OFF]),
+            replaced_note_on=int(skipped[SKIP_REPLACED_ON]),
+            after_end=int(skipped[SKIP_AFTER_END]),
         )
 
         mspq = np.rint(60e6 / np.array([tempo_bpm(b) for b in range(NUM_TEMPOS)])).astype(np.int64)
@@ -242,13 +251,13 @@ class MidiTokenizer:
             score.tracks.append(track)
         return score
 
-    def decode_to_file(self, ids, path: str | os.PathLike) -> Path:
+    def decode_to_file(self, ids: Sequence[int] | np.ndarray, path: str | os.PathLike) -> Path:
         """Decode and write a Standard MIDI File at `path` (drums on channel 10)."""
         path = Path(path)
         self.decode(ids).dump_midi(str(path))
         return path
 
-    def tokens(self, ids) -> list[str]:
+    def tokens(self, ids: Sequence[int] | np.ndarray) -> list[str]:
         """Readable tokens: ['START', 'TEMPO(118.7bpm)', 'INSTRUMENT(0)', 'NOTE_ON(60)', ...]."""
         ids = self._check_ids(ids)
         return [self.vocab.describe(int(t)) for t in ids]
@@ -286,7 +295,7 @@ class _StepTicks:
     def __init__(self, steps: np.ndarray, mspq: np.ndarray, tpq: int):
         self.steps = steps.astype(np.int64)
         self.sec_per_tick = mspq.astype(np.float64) / (1e6 * tpq)
-        self.tick0, self.sec0 = _codec.tempo_ticks(self.steps, self.sec_per_tick)
+        self.tick0, self.sec0 = tempo_ticks(self.steps, self.sec_per_tick)
 
     def __call__(self, steps: np.ndarray) -> np.ndarray:
         seg = np.maximum(np.searchsorted(self.steps, steps, side="right") - 1, 0)

@@ -1,4 +1,4 @@
-"""The fixed 774-id event vocabulary (SPEC, "The vocabulary").
+"""The fixed 774-id event vocabulary (SPEC, "The vocabulary") and the rules of its grammar.
 
 One `Vocabulary` object is the single source of truth: the model takes its size from
 it, and checkpoints and corpora store its `signature`, a hash of the layout below.
@@ -33,6 +33,33 @@ _LAYOUT: tuple[tuple[str, int], ...] = (
     ("INSTRUMENT", NUM_INSTRUMENTS),
 )
 _SPECIALS = ("START", "END", "PAD", "UNK")
+
+# -- the grammar of a piece -------------------------------------------------------------
+# The rules a piece's ids follow, in the order they are checked (at most one is reported
+# per position: the first that fails). Each rule binds some ids (`Vocabulary.
+# grammar_bindings`) under a condition on the state the ids before it leave:
+#   start             every id but START, at the first position
+#   special           START, PAD, UNK, inside the piece (after the first id, before END)
+#   after_end         every id but PAD, after END
+#   instrument_first  NOTE_ON, NOTE_OFF, SUSTAIN_*, before the first INSTRUMENT
+#   velocity_first    NOTE_ON, before the first VELOCITY
+#   orphan_note_off   NOTE_OFF, when its pitch is not sounding in the current instrument
+#   note_too_long     TIME_SHIFT, when it takes a sounding note past `max_note_steps`
+#   empty_end         END, before the first NOTE_ON
+# Two forms check them: `stretto.tokenizer.validate` (numba, over whole sequences, on the
+# tokenizer's token-state machine) and `stretto.engine.Grammar` (torch, a logits mask
+# for sampling); tests hold the two to the same answer on every next id.
+GRAMMAR_RULES: tuple[str, ...] = (
+    "start",
+    "special",
+    "after_end",
+    "instrument_first",
+    "velocity_first",
+    "orphan_note_off",
+    "note_too_long",
+    "empty_end",
+)
+DEFAULT_MAX_NOTE_STEPS = 512  # 8 s of 15.625 ms steps
 
 
 def _family_ranges() -> dict[str, range]:
@@ -185,6 +212,25 @@ class Vocabulary:
             return "INSTRUMENT(drums)" if b == DRUM_INSTRUMENT else f"INSTRUMENT({b})"
         return name
 
+    def grammar_bindings(self) -> tuple[int, ...]:
+        """Per id, the rules that bind it: bit r is set when `GRAMMAR_RULES[r]` does."""
+        bit = {name: 1 << r for r, name in enumerate(GRAMMAR_RULES)}
+        binds = [bit["start"] | bit["after_end"]] * self.size
+        for t in (self.START, self.PAD, self.UNK):
+            binds[t] |= bit["special"]
+        binds[self.START] &= ~bit["start"]
+        binds[self.PAD] &= ~bit["after_end"]
+        for t in self.NOTE_ON:
+            binds[t] |= bit["instrument_first"] | bit["velocity_first"]
+        for t in self.NOTE_OFF:
+            binds[t] |= bit["instrument_first"] | bit["orphan_note_off"]
+        for t in (self.SUSTAIN_ON, self.SUSTAIN_OFF):
+            binds[t] |= bit["instrument_first"]
+        for t in self.TIME_SHIFT:
+            binds[t] |= bit["note_too_long"]
+        binds[self.END] |= bit["empty_end"]
+        return tuple(binds)
+
     def check(self, token: int) -> int:
         """`token` as an int, or ValueError naming it when it is outside [0, size)."""
         t = int(token)
@@ -203,3 +249,12 @@ def tempo_bin(bpm: float) -> int:
 def tempo_bpm(b: int) -> float:
     """The BPM a TEMPO bin decodes to."""
     return TEMPO_MIN_BPM + b * (TEMPO_MAX_BPM - TEMPO_MIN_BPM) / (NUM_TEMPOS - 1)
+
+
+def check_note_steps(max_note_steps: int) -> int:
+    """`max_note_steps` (the longest a note may sound, in grid steps), or ValueError."""
+    if not isinstance(max_note_steps, int) or isinstance(max_note_steps, bool):
+        raise ValueError(f"max_note_steps must be an int >= 1, got {max_note_steps!r}")
+    if max_note_steps < 1:
+        raise ValueError(f"max_note_steps must be >= 1, got {max_note_steps}")
+    return max_note_steps

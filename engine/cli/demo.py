@@ -25,7 +25,6 @@ from stretto.engine import (
     TrainConfig,
     Trainer,
     load_checkpoint,
-    validate,
 )
 from stretto.engine.audit import AuditConfig, format_table, issues, run_audit, write_json
 from stretto.engine.cli.demo_corpus import (
@@ -36,7 +35,7 @@ from stretto.engine.cli.demo_corpus import (
 )
 from stretto.engine.cli.pianoroll import save_piano_roll
 from stretto.engine.cli.runs import write_run
-from stretto.tokenizer import FileSplit, MidiTokenizer, Vocabulary
+from stretto.tokenizer import FileSplit, MidiTokenizer, Vocabulary, validate
 from stretto.tokenizer.corpus import MANIFEST, build_corpus
 
 DESCRIPTION = """\
@@ -66,7 +65,7 @@ MODES = ("transformer", "vae", "vae_gan")
 
 
 # Optimizer steps per mode: on two CPU cores each mode trains for one to two minutes.
-CPU_STEPS = {"transformer": 600, "vae": 600, "vae_gan": 500}
+CPU_STEPS = {"transformer": 600, "vae": 600, "vae_gan": 700}
 CUDA_STEPS = {"transformer": 2000, "vae": 2000, "vae_gan": 1500}
 
 
@@ -154,6 +153,7 @@ def _train(mode: str, corpus: Path, plan: DemoPlan, out: Path, log: _Log) -> dic
         steps=steps,
         batch_size=plan.batch_size,
         lr=plan.lr,
+        disc_lr=plan.lr,
         warmup_steps=10,
         eval_every=max(1, steps // 4),
         eval_batches=8,

@@ -47,6 +47,10 @@ def _convert(name: str, text: str, kind: Any) -> Any:
         return _convert(name, text, inner)
     if typing.get_origin(kind) is tuple:
         parts = [p for p in text.replace("(", "").replace(")", "").split(",") if p.strip()]
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]
+            return tuple(_convert(name, p.strip(), args[0]) for p in parts)
+        if len(parts) != len(args):
+            raise ValueError(f"--set {name}={text}: {name} takes {len(args)} values")
         return tuple(_convert(name, p.strip(), a) for a, p in zip(args, parts, strict=True))
     if kind is bool:
         if text.lower() in ("1", "true", "yes", "on"):

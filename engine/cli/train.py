@@ -152,9 +152,16 @@ def _new_run(args: argparse.Namespace) -> Plan:
         values["warmup_steps"] = min(100, max(values.get("steps", 1000) // 10, 0))
     if args.fsdp:
         values["strategy"] = "fsdp"
+    if args.tensorboard:
+        values["loggers"] = ("tensorboard",)
     values.setdefault("dist_timeout_s", args.dist_timeout)
-    train = TrainConfig(**{k: tuple(v) if k == "betas" else v for k, v in values.items()})
+    train = TrainConfig(**_tuples(values))
     return Plan(out, split, seq_len, model, train, resume=False)
+
+
+def _tuples(values: dict[str, Any]) -> dict[str, Any]:
+    """JSON gives lists where TrainConfig holds tuples (betas, loggers)."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
 
 
 def _logged_run(path: Path) -> dict[str, Any]:
@@ -182,8 +189,7 @@ def _resumed_run(args: argparse.Namespace) -> Plan:
     model = ModelConfig.load_json(out / "config.json")
     values = json.loads((out / "train_config.json").read_text())
     values.update(_explicit(args))
-    values = {k: tuple(v) if k == "betas" else v for k, v in values.items()}
-    return Plan(out, split, seq_len, model, TrainConfig(**values), True)
+    return Plan(out, split, seq_len, model, TrainConfig(**_tuples(values)), True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -298,6 +304,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None, help="DataLoader worker processes (0)")
     p.add_argument("--tokenize-workers", type=int, default=None, help="tokenizer processes")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if present)")
+    p.add_argument("--tensorboard", action="store_true", help="also log to RUN_DIR/tensorboard/")
     p.add_argument(
         "--fsdp",
         action="store_true",

@@ -25,7 +25,6 @@ both backends sit behind one custom op. Inputs are validated upstream.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 # Largest query chunk. Larger chunks waste about C / (C + W) of the band's work on
 # masked keys; smaller ones mean more, tinier matmuls. 64 was fastest for fwd+bwd at
@@ -53,32 +52,76 @@ def lse_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def pool_summaries(
-    k: torch.Tensor,
-    v: torch.Tensor,
-    block: int,
-    key_real: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Block means of the unpadded keys and values, differentiable.
+    k: torch.Tensor, block: int, key_real: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block means of the unpadded rows of `k` `[B, H, N, D]` (fp32 or fp64), no copy of k.
 
-    `[B, H, N, D]` -> k_sum, v_sum `[B, H, NB, D]` (input dtype) and `[B, NB]` bool, True
-    where the block holds at least one real token (a block without one has a zero row).
+    Returns (`[B, H, NB, D]` in k's dtype, inv_count `[B, NB]`: 1 / real tokens of the
+    block, 0 for a block of padding only, which then has a zero row and no summary).
+    Without padding, whole blocks are a view of k summed in place and the last,
+    partial block is summed on its own; with padding, rows are index-added onto their
+    block's slot. Either way nothing of k's size is allocated.
     """
-    b, _, n, _ = k.shape
-    nb = -(-n // block)
-    tail = nb * block - n
-    cd = compute_dtype(k.dtype)
-    real = torch.ones(b, n, device=k.device) if key_real is None else key_real
-    weights = real.to(cd)
-    weights = F.pad(weights, (0, tail)).view(b, nb, block)  # [B, NB, block]
-    counts = weights.sum(-1)  # [B, NB]
-    weights = weights / counts.clamp(min=1)[..., None]
+    b, h, n, d = k.shape
+    full, tail = divmod(n, block)
+    ones = key_real is None
+    if ones:
+        counts = torch.full((full,), float(block), dtype=k.dtype, device=k.device)
+        if tail:
+            counts = torch.cat([counts, counts.new_full((1,), float(tail))])
+        counts = counts.expand(b, -1)
+    else:
+        real = key_real.to(k.dtype)  # [B, N]
+        counts = real[:, : full * block].view(b, full, block).sum(-1)
+        if tail:
+            counts = torch.cat([counts, real[:, full * block :].sum(-1, keepdim=True)], 1)
+    inv_count = torch.where(counts > 0, 1.0 / counts.clamp(min=1), torch.zeros_like(counts))
+    if not ones:
+        # Each real row is added onto its block's sum, padded rows onto a spare slot;
+        # one index_add_ per batch row reads k in place (no masked or padded copy).
+        nb = counts.shape[1]
+        slot = torch.arange(n, device=k.device) // block  # [N]
+        slots = torch.where(key_real, slot, nb)  # [B, N]
+        sums = k.new_zeros(b, h, nb + 1, d)
+        for row in range(b):
+            sums[row].index_add_(1, slots[row], k[row])
+        sums = sums[:, :, :nb].contiguous()  # summary-sized
+    else:
+        parts = []
+        if full:  # whole blocks: a view of k, summed in place
+            parts.append(k[:, :, : full * block].unflatten(2, (full, block)).sum(3))
+        if tail:
+            parts.append(k[:, :, full * block :].sum(2, keepdim=True))
+        sums = parts[0] if len(parts) == 1 else torch.cat(parts, 2)
+    return sums.mul_(inv_count[:, None, :, None]), inv_count
 
-    def mean(x: torch.Tensor) -> torch.Tensor:
-        x = F.pad(x.to(cd), (0, 0, 0, tail))  # [B, H, NB*block, D]
-        x = x.view(b, x.shape[1], nb, block, x.shape[-1])  # [B, H, NB, block, D]
-        return torch.einsum("bhjtd,bjt->bhjd", x, weights).to(k.dtype)
 
-    return mean(k), mean(v), counts > 0
+def unpool_add_(
+    dx: torch.Tensor, dx_sum: torch.Tensor, block: int, key_real, inv_count: torch.Tensor
+) -> torch.Tensor:
+    """Pooling's backward, added in place: dx[t] += dx_sum[t // block] * real_t / count.
+
+    dx `[B, H, N, D]`, dx_sum `[B, H, NB, D]` (one dtype); no `[B, H, N, D]` temporary.
+    """
+    b, h, n, d = dx.shape
+    full, tail = divmod(n, block)
+    g = dx_sum * inv_count[:, None, :, None]  # [B, H, NB, D]
+    real = None if key_real is None else key_real.to(dx.dtype)
+    if full:
+        view = dx[:, :, : full * block].unflatten(2, (full, block))  # [B, H, NB', block, D]
+        gf = g[:, :, :full, None, :]
+        if real is None:
+            view.add_(gf)
+        else:
+            view.addcmul_(gf, real[:, None, : full * block].view(b, 1, full, block, 1))
+    if tail:
+        view = dx[:, :, full * block :]
+        gt = g[:, :, full:]
+        if real is None:
+            view.add_(gt)
+        else:
+            view.addcmul_(gt, real[:, None, full * block :, None])
+    return dx
 
 
 # -- band helpers ---------------------------------------------------------------------
@@ -230,17 +273,16 @@ def chunked_forward(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    k_sum: torch.Tensor | None,
-    v_sum: torch.Tensor | None,
     key_real: torch.Tensor | None,
-    summary_real: torch.Tensor | None,
     *,
     window: int,
     block: int | None,
     causal: bool,
     scale: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention over [local keys ; given summaries] -> (o `[B, H, N, D]`, lse `[B, H, N]`).
+) -> tuple[torch.Tensor, ...]:
+    """Pooling and attention over [local keys ; summaries] -> (o `[B, H, N, D]`,
+    lse `[B, H, N]`, k_sum, v_sum `[B, H, NB, D]` in the input dtype, inv_count
+    `[B, NB]`; the last three empty without `block`).
 
     Scores are kept in the log2 domain (`exp2` runs several times faster than `exp` on
     CPU), so lse is base 2: `log2(sum_j 2^(scale * log2(e) * q . key_j))`. It is -inf
@@ -250,11 +292,14 @@ def chunked_forward(
 
     bsz, h, n, d = q.shape
     cd = compute_dtype(q.dtype)
+    k_, v_ = k.to(cd), v.to(cd)
+    k_sum, v_sum, inv_count = _summaries(k_, v_, block, key_real, k.dtype)
+    summary_real = None if key_real is None or block is None else inv_count > 0
     g = _Geometry(n, window, block, causal, key_real, summary_real, cd, q.device)
     c, nc, npad, length = g.chunk, g.nc, g.npad, g.length
     qs = _pad_seq(q.to(cd) * (scale * LOG2E), 2, 0, npad - n)  # [B, H, Npad, D], log2 units
-    k_b = _head_bands(k.to(cd), g.lo_q, length, c, npad)  # [B*H*nc, L, D]
-    v_b = _head_bands(v.to(cd), g.lo_q, length, c, npad)
+    k_b = _head_bands(k_, g.lo_q, length, c, npad)  # [B*H*nc, L, D]
+    v_b = _head_bands(v_, g.lo_q, length, c, npad)
 
     # -- scores, one softmax over [band ; summaries] without concatenating them --
     p_loc = torch.bmm(qs.view(-1, c, d), k_b.transpose(1, 2))  # [B*H*nc, C, L]
@@ -262,7 +307,7 @@ def chunked_forward(
     m = p_loc.amax(-1)  # [B, H, nc, C]
     p_sum = None
     if block is not None:
-        p_sum = qs @ k_sum.to(cd).transpose(-1, -2)  # [B, H, Npad, NB]
+        p_sum = qs @ k_sum.to(cd).transpose(-1, -2)  # [B, H, Npad, NB] (rounded summaries)
         p_sum = p_sum.view(bsz, h, nc, c, -1).add_(g.bias_s())
         m = torch.maximum(m, p_sum.amax(-1))
     zero = torch.zeros((), dtype=cd, device=q.device)
@@ -284,7 +329,18 @@ def chunked_forward(
     o.copy_(acc[:, :, :n])
     lse = new_output(bsz, h, n, dtype=lse_dtype(q.dtype), device=q.device)
     lse.copy_(lse_pad[:, :, :n])
-    return o, lse
+    return o, lse, k_sum, v_sum, inv_count
+
+
+def _summaries(k_, v_, block, key_real, dtype):
+    """k_sum, v_sum in `dtype` and inv_count, from k_, v_ in the compute dtype."""
+    b, h, _, d = k_.shape
+    if block is None:
+        empty = k_.new_empty(b, h, 0, d, dtype=dtype)
+        return empty, empty.clone(), k_.new_empty(b, 0)
+    k_sum, inv_count = pool_summaries(k_, block, key_real)
+    v_sum, _ = pool_summaries(v_, block, key_real)
+    return k_sum.to(dtype), v_sum.to(dtype), inv_count
 
 
 def chunked_backward(
@@ -292,24 +348,24 @@ def chunked_backward(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    k_sum: torch.Tensor | None,
-    v_sum: torch.Tensor | None,
     key_real: torch.Tensor | None,
-    summary_real: torch.Tensor | None,
     o: torch.Tensor,
     lse: torch.Tensor,
+    k_sum: torch.Tensor,
+    v_sum: torch.Tensor,
+    inv_count: torch.Tensor,
     *,
     window: int,
     block: int | None,
     causal: bool,
     scale: float,
 ) -> tuple[torch.Tensor, ...]:
-    """Gradients (dq, dk, dv, dk_sum, dv_sum) of `chunked_forward`; dk_sum, dv_sum are
-    None when `block` is None."""
+    """Gradients (dq, dk, dv) of `chunked_forward`, dk and dv through the pooling too."""
     from stretto.kernels.testing import new_output
 
     bsz, h, n, d = q.shape
     cd = compute_dtype(q.dtype)
+    summary_real = None if key_real is None or block is None else inv_count > 0
     g = _Geometry(n, window, block, causal, key_real, summary_real, cd, q.device)
     c, nc, npad, length = g.chunk, g.nc, g.npad, g.length
     qs = q.to(cd) * (scale * LOG2E)  # log2-domain scores qs . k; dk = ds^T qs / LOG2E
@@ -346,7 +402,9 @@ def chunked_backward(
     dk = _head_bands_sum(dk_b, q.shape, g.lo_q, c, npad)
     del dk_b
 
-    dk_sum = dv_sum = None
+    dq_out = new_output(bsz, h, n, d, dtype=q.dtype, device=q.device)
+    dk_out = new_output(bsz, h, n, d, dtype=k.dtype, device=q.device)
+    dv_out = new_output(bsz, h, n, d, dtype=v.dtype, device=q.device)
     if block is not None:
         ks, vs = k_sum.to(cd), v_sum.to(cd)  # [B, H, NB, D]
         nb = ks.shape[-2]
@@ -356,15 +414,12 @@ def chunked_backward(
         ds_s.sub_(delta_c).mul_(p_s)
         ds_s, p_s = ds_s.view(bsz, h, npad, nb), p_s.view(bsz, h, npad, nb)
         dq.add_(ds_s @ ks)
-        dk_sum = new_output(*k_sum.shape, dtype=k_sum.dtype, device=q.device)
-        dk_sum.copy_((ds_s.transpose(-1, -2) @ qs_r).div_(LOG2E))
-        dv_sum = new_output(*v_sum.shape, dtype=v_sum.dtype, device=q.device)
-        dv_sum.copy_(p_s.transpose(-1, -2) @ do_r)
-    dq_out = new_output(bsz, h, n, d, dtype=q.dtype, device=q.device)
+        # -- summary grads routed to their blocks' keys (pooling's backward), in the
+        #    log2 units of dk: dk_sum = ds_s^T qs / LOG2E --
+        unpool_add_(dk, ds_s.transpose(-1, -2) @ qs_r, block, key_real, inv_count)
+        unpool_add_(dv, p_s.transpose(-1, -2) @ do_r, block, key_real, inv_count)
     dq_out.copy_(dq[:, :, :n].mul_(scale))
     del dq
-    dk_out = new_output(bsz, h, n, d, dtype=k.dtype, device=q.device)
     dk_out.copy_(dk).div_(LOG2E)
-    dv_out = new_output(bsz, h, n, d, dtype=v.dtype, device=q.device)
     dv_out.copy_(dv)
-    return dq_out, dk_out, dv_out, dk_sum, dv_sum
+    return dq_out, dk_out, dv_out

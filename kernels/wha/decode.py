@@ -1,4 +1,14 @@
-"""One-token decoding against a bounded cache (causal windowed hierarchical attention)."""
+"""One-token decoding against a bounded cache (causal windowed hierarchical attention).
+
+A decode step has the same shapes at every token: the position is a device tensor
+(`cache.pos`), the ring of the last `window` keys is attended whole under a mask of its
+filled slots, and every block summary slot is attended under a mask built on the
+device from the position and the blocks' token counts. So one `torch.compile`
+(`fullgraph=True, dynamic=False`) or one CUDA graph serves every token, and nothing
+syncs with the host. Eager calls also keep a host copy of the length, which lets them
+slice the ring and the summaries to what is filled (fewer FLOPs early on, same
+result) and check `max_length`; a compiled step forgets that copy.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +24,8 @@ class HierarchicalKVCache:
     `block` is set, running per-block sums and real-token counts (`[B, H, NB, D]`,
     `[B, NB]` with `NB = ceil(max_length / block)`) from which the block summaries are
     formed: memory O(window + max_length / block) per layer, never O(max_length) keys.
-    Everything is allocated once; `append`/`attend` never synchronise with the host
-    (positions are Python ints, masks are built on the device).
+    Everything is allocated once; `append`/`attend` never synchronise with the host:
+    the position is `pos`, an int64 device scalar, and masks are built on the device.
 
     Usage::
 
@@ -68,7 +78,9 @@ class HierarchicalKVCache:
         self.batch, self.heads, self.head_dim = batch, heads, head_dim
         self.window, self.block, self.max_length = window, block, max_length
         self.dtype, self.device = dtype, torch.device(device)
-        self.length = 0  # tokens appended so far (a Python int: no host sync)
+        self.pos = torch.zeros((), dtype=torch.long, device=self.device)  # tokens appended
+        # Host copy of pos, kept by eager calls; None after a compiled step wrote pos.
+        self._host_length: int | None = 0
 
         ring = min(window, max_length)  # a window past max_length never fills
         self.k_ring = torch.zeros(batch, heads, ring, head_dim, dtype=dtype, device=self.device)
@@ -83,11 +95,27 @@ class HierarchicalKVCache:
             self.v_block_sum = torch.zeros_like(self.k_block_sum)
             self.block_count = torch.zeros(batch, nb, dtype=cd, device=self.device)  # [B, NB]
 
+    @property
+    def length(self) -> int:
+        """Tokens appended so far (reads `pos` from the device after a compiled step)."""
+        if self._host_length is None:
+            self._host_length = int(self.pos.item())
+        return self._host_length
+
+    def _known_length(self) -> int | None:
+        """The host copy of the length in eager mode; None while tracing (so a compiled
+        step neither reads it nor specialises on it)."""
+        if torch.compiler.is_compiling():
+            self._host_length = None  # pos moves on without the host seeing it
+            return None
+        return self._host_length
+
     # -- writing --
 
     def reset(self) -> None:
         """Forget every token (buffers are kept)."""
-        self.length = 0
+        self.pos.zero_()
+        self._host_length = 0
         self.real_ring.zero_()
         if self.block is not None:
             self.k_block_sum.zero_()
@@ -123,20 +151,22 @@ class HierarchicalKVCache:
         """Add the next token's key and value (`[B, H, D]`); `real` `[B]` bool, True = real."""
         k_t, v_t = self._token("k_t", k_t), self._token("v_t", v_t)
         real = self._real(real)
-        pos = self.length
-        if pos >= self.max_length:
+        known = self._known_length()
+        if known is not None and known >= self.max_length:
             raise ValueError(f"cache is full: max_length={self.max_length} tokens appended")
-        slot = pos % self.k_ring.shape[2]
-        self.k_ring[:, :, slot] = k_t.to(self.dtype)
-        self.v_ring[:, :, slot] = v_t.to(self.dtype)
-        self.real_ring[:, slot] = real
+        slot = (self.pos % self.k_ring.shape[2]).view(1)  # [1], on the device
+        self.k_ring.index_copy_(2, slot, k_t.to(self.dtype)[:, :, None])
+        self.v_ring.index_copy_(2, slot, v_t.to(self.dtype)[:, :, None])
+        self.real_ring.index_copy_(1, slot, real[:, None])
         if self.block is not None:
-            j = pos // self.block
+            j = (self.pos // self.block).view(1)
             w = real.to(self.k_block_sum.dtype)  # [B]
-            self.k_block_sum[:, :, j] += k_t.to(w.dtype) * w[:, None, None]
-            self.v_block_sum[:, :, j] += v_t.to(w.dtype) * w[:, None, None]
-            self.block_count[:, j] += w
-        self.length = pos + 1
+            self.k_block_sum.index_add_(2, j, (k_t.to(w.dtype) * w[:, None, None])[:, :, None])
+            self.v_block_sum.index_add_(2, j, (v_t.to(w.dtype) * w[:, None, None])[:, :, None])
+            self.block_count.index_add_(1, j, w[:, None])
+        self.pos.add_(1)
+        if known is not None:
+            self._host_length = known + 1
 
     def prefill(
         self, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None = None
@@ -172,7 +202,8 @@ class HierarchicalKVCache:
                 x = x.view(self.batch, self.heads, nb, self.block, self.head_dim)
                 sums[:, :, :nb] = torch.einsum("bhjtd,bjt->bhjd", x, w)
             self.block_count[:, :nb] = w.sum(-1)
-        self.length = n
+        self.pos.fill_(n)
+        self._host_length = n
 
     # -- reading --
 
@@ -180,31 +211,40 @@ class HierarchicalKVCache:
         """Output `[B, H, D]` (dtype of the cache) of query `q_t` at the last appended
         position; zeros when it sees nothing."""
         q_t = self._token("q_t", q_t)
-        if self.length == 0:
+        known = self._known_length()
+        if known == 0:
             raise ValueError("attend needs at least one appended token")
-        i = self.length - 1
+        i = self.pos - 1  # the query's position, on the device
         scale = self.head_dim**-0.5 if scale is None else float(scale)
         cd = compute_dtype(self.dtype)
         neg_inf = float("-inf")
-        # Until the ring is full, its used slots are exactly 0 .. length-1: slice them
-        # (every op here runs once per token and layer, so fewer and smaller ops count).
-        used = min(self.length, self.k_ring.shape[2])
+        ring = self.k_ring.shape[2]
+        # Fixed shapes: the whole ring under the mask of its filled slots. Eagerly, with
+        # the length known, slice to the filled slots (the same result, fewer FLOPs).
+        used = ring if known is None else min(known, ring)
         q = q_t.to(cd).unsqueeze(-1)  # [B, H, D, 1]
         k_loc, v_loc = self.k_ring[:, :, :used].to(cd), self.v_ring[:, :, :used].to(cd)
         s_loc = torch.matmul(k_loc, q).squeeze(-1).mul_(scale)  # [B, H, W]
         s_loc.masked_fill_(~self.real_ring[:, None, :used], neg_inf)
         m = s_loc.amax(-1)  # [B, H]
         s_sum = v_sum = None
-        # Blocks j with (j+1)*block - 1 <= i - window are complete and out of reach.
-        seen = 0 if self.block is None else max(0, (i - self.window + 1) // self.block)
-        if seen:
-            count = self.block_count[:, None, :seen, None]  # [B, 1, NB, 1]
+        # Blocks j with (j+1)*block - 1 <= i - window are complete and out of reach:
+        # j < seen. Every slot is attended under that mask (eagerly: the first `seen`).
+        n_blocks = 0
+        if self.block is not None:
+            nb = self.k_block_sum.shape[2]
+            n_blocks = nb if known is None else min(nb, max(0, known - self.window) // self.block)
+        if n_blocks:
+            seen = torch.clamp(i - self.window + 1, min=0) // self.block  # device scalar
+            count = self.block_count[:, :n_blocks]  # [B, NB]
+            slots = torch.arange(n_blocks, device=self.device)
+            visible = (slots < seen) & (count > 0)  # blocks of padding only: no summary
+            per = count.clamp(min=1)[:, None, :, None]
             # Summaries round to the cache dtype, as the pooled k_sum/v_sum of the full op.
-            per = count.clamp(min=1)
-            k_sum = (self.k_block_sum[:, :, :seen] / per).to(self.dtype).to(cd)
-            v_sum = (self.v_block_sum[:, :, :seen] / per).to(self.dtype).to(cd)
+            k_sum = (self.k_block_sum[:, :, :n_blocks] / per).to(self.dtype).to(cd)
+            v_sum = (self.v_block_sum[:, :, :n_blocks] / per).to(self.dtype).to(cd)
             s_sum = torch.matmul(k_sum, q).squeeze(-1).mul_(scale)  # [B, H, NB]
-            s_sum.masked_fill_(count[..., 0] == 0, neg_inf)  # blocks of padding only
+            s_sum.masked_fill_(~visible[:, None, :], neg_inf)
             m = torch.maximum(m, s_sum.amax(-1))
         m = torch.where(torch.isfinite(m), m, 0.0).unsqueeze(-1)  # rows that see nothing: 0
         p = s_loc.sub_(m).exp_()

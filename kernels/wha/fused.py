@@ -1,48 +1,55 @@
-"""Fused Triton kernels for windowed hierarchical attention, forward and backward.
+"""Fused Triton kernels for windowed hierarchical attention: pooling, forward, backward.
 
 Launchers called by the dispatch layer (inputs already validated there):
 
-    fused_forward(q, k, v, k_sum, v_sum, key_real, summary_real, *, window, block,
-                  causal, scale) -> (o, lse)
-    fused_backward(do, q, k, v, k_sum, v_sum, key_real, summary_real, o, lse, *,
-                   window, block, causal, scale) -> (dq, dk, dv, dk_sum, dv_sum)
+    fused_forward(q, k, v, key_real, *, window, block, causal, scale)
+        -> (o, lse, k_sum, v_sum, inv_count)
+    fused_backward(do, q, k, v, key_real, o, lse, k_sum, v_sum, inv_count, *, window,
+                   block, causal, scale) -> (dq, dk, dv)
 
-q, k, v, o, do are `[B, H, N, D]`; k_sum, v_sum are the pooled block means
-`[B, H, NB, D]` (NB = ceil(N / block)), or None when block is None; key_real `[B, N]`
-and summary_real `[B, NB]` are bool (True = real token / block with a real token) or
-None. dk_sum, dv_sum are the gradients with respect to k_sum, v_sum (None without
-summaries): pooling stays outside, and the caller's autograd routes them to k, v.
+q, k, v, o, do are `[B, H, N, D]`; key_real `[B, N]` bool (True = real token) or None.
+With `block`, k_sum, v_sum `[B, H, NB, D]` (NB = ceil(N / block)) are the block means
+in the input dtype and inv_count `[B, NB]` float32 is 1 / (real tokens of the block),
+0 for a block of padding only (it has no summary); without, they are empty
+(`[B, H, 0, D]`, `[B, 0]`). dk, dv include the gradient through the pooling.
 
-`lse` `[B, H, N]` float32 is the row log-sum-exp in base 2 of the scaled scores:
-lse_i = log2(sum_j 2^(scale * log2(e) * q_i . key_j)) over the keys row i sees, i.e.
-the natural-log value times log2(e). Rows that see nothing get lse = +inf (so that
+`lse` `[B, H, N]` float32 is the row log-sum-exp in base 2 of the scaled scores
+(natural-log value times log2(e)); rows that see nothing get lse = +inf (so that
 2^(s - lse) = 0 in the backward) and o = 0.
 
 Precision: fp16 and bf16 operands with fp32 accumulation. fp32 inputs use TF32 tensor
 cores exactly when torch would for its own fp32 matmuls
-(`torch.backends.cuda.matmul.allow_tf32`), otherwise full-precision fp32 ("ieee"), so
-the plain-torch comparison of the tolerance policy is made under the same rule. The
-Triton interpreter always computes in true fp32. Full-precision fp32 dots have no tensor
-core path: compiled for sm_90 they run on FMA units and the autotuner has to settle for
-small tiles, so fp32 is a correctness path; bf16/fp16 are the fast ones.
+(`torch.backends.cuda.matmul.allow_tf32`), otherwise full-precision fp32 ("ieee") FMA
+dots with small tiles. The Triton interpreter always computes in true fp32.
 
-Head dims that are not powers of two are padded to the next one (at least 16) with
-masked loads; padding never reaches memory.
+Launches (one config each, pinned in `configs.py`; `STRETTO_AUTOTUNE=1` tunes):
+- pool: one program per (batch x head, block): fp32 sums of the block's real rows,
+  written once in the input dtype; no padded or upcast copy of k, v.
+- fwd: one program per (batch x head, query tile). It walks the key tiles of its band
+  ([m0 - window + 1, m_last] causal, [m0 - window + 1, m_last + window - 1] otherwise)
+  and the summary tiles it can see, one online softmax over both. Cost per query
+  ~ window + N / block.
+- dq: the same walk; it also computes delta_i = o_i . do_i for its rows.
+- dsum (with summaries): one program per (batch x head, BLOCK_S summaries, split of
+  SPLIT_ROWS query rows) writes partial fp32 gradients of k_sum, v_sum; programs are
+  short, so nothing trails the launch.
+- dkv: one program per (batch x head, key tile) walks the query tiles of its band, then
+  adds the summary gradients of its keys' blocks (sum of the partials, times the
+  pooling weight): pooling's backward costs no launch and no pass over dk, dv.
+Each output element is written by exactly one program: no atomics, deterministic.
 
-Design:
-- forward and dq: one program per (query tile of BLOCK_M rows, batch x head). It walks
-  only the key tiles that intersect the tile's band ([m0 - window + 1, m_last] causal,
-  [m0 - window + 1, m_last + window - 1] otherwise) and the summary tiles the tile can
-  see (blocks entirely before the band, and when non-causal entirely after it), with
-  one online softmax over both. Cost per query ~ window + N / block.
-- dk/dv/dk_sum/dv_sum: one launch; programs [0, n_sum_tiles) own a tile of BLOCK_N
-  summaries and walk the query tiles that can see it, the rest own a tile of BLOCK_N
-  keys and walk the query tiles in its band. Each output element is written by exactly
-  one program: no atomics, so results are deterministic.
+Masks run only on edge tiles: each walk over keys (or, in dsum, over queries) is split
+into tiles that every row of the tile sees whole (no mask; padding is a per-column
+bias) and the edge tiles around them. Summary walks in fwd and dq are short (N / block
+summaries in narrow BLOCK_S tiles) and stay masked, which keeps the code small.
+
+Grid: one axis of B x H x tiles programs (axis 0 allows 2^31 - 1), so B x H is not
+bound by the 65,535 of axes 1 and 2. Launches run under `torch.cuda.device(q.device)`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -51,68 +58,13 @@ import triton.language as tl
 
 from stretto.kernels.testing import new_output
 
-# Triton reads TRITON_INTERPRET when it is first imported; autotuning under the
-# interpreter is far too slow, so it gets one small configuration.
+from . import configs
+
+# Triton reads TRITON_INTERPRET when it is first imported.
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 LOG2E = 1.4426950408889634  # 1/ln(2): exp(x) = 2^(x * LOG2E)
-
-
-# --------------------------------------------------------------------------------------
-# Autotuning
-# --------------------------------------------------------------------------------------
-
-
-def _fwd_configs() -> list[triton.Config]:
-    if _INTERPRET:
-        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1)]
-    return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bm in (64, 128)
-        for bn in (32, 64)
-        for w in (4, 8)
-        for s in (2, 3)
-    ]
-
-
-def _bwd_configs() -> list[triton.Config]:
-    """Shared by the dq kernel (BLOCK_M queries outer) and dk/dv (BLOCK_N keys outer)."""
-    if _INTERPRET:
-        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1)]
-    tiles = [(32, 64), (64, 64), (32, 128), (64, 128), (128, 32), (128, 64)]
-    return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-        for bm, bn in tiles
-        for w in (4, 8)
-        for s in (2, 3)
-    ]
-
-
-# Hopper gives one program at most 227 KB of shared memory; keep headroom for the
-# compiler's own scratch (layout conversions).
-_SMEM_BUDGET = 192 * 1024
-
-
-def _prune(configs, named_args, **kwargs):
-    """Drop tiles larger than the sequence and pipelines whose tiles overflow shared memory."""
-    args = {**named_args, **kwargs}  # positional and keyword launch arguments
-    n_bucket, block_d = args["N_BUCKET"], args["BLOCK_D"]
-    elt = args["Q"].element_size()
-    kept = []
-    for c in configs:
-        bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
-        if max(bm, bn) > max(n_bucket, 32):
-            continue  # a tile larger than the whole sequence only adds masked work
-        # the streamed operands (two tiles per step) times the pipeline depth
-        if c.num_stages * 2 * max(bm, bn) * block_d * elt > _SMEM_BUDGET:
-            continue
-        kept.append(c)
-    return kept or configs[:1]
-
-
-# Keys: head dim, dtype (through the pointers), mode flags and a power-of-two bucket of N,
-# so a new sequence length recompiles/retunes once per bucket, not once per value.
-_FWD_KEY = ["N_BUCKET", "BLOCK_D", "CAUSAL", "HAS_SUM"]
+POOL_ROWS = 32  # rows of a block summed per step of the pooling kernel
 
 
 # --------------------------------------------------------------------------------------
@@ -121,10 +73,36 @@ _FWD_KEY = ["N_BUCKET", "BLOCK_D", "CAUSAL", "HAS_SUM"]
 
 
 @triton.jit
-def _visible(i, t, N, NB, window, block, CAUSAL: tl.constexpr, IS_SUMMARY: tl.constexpr):
+def _load_rows(base, rows, limit, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+               CHECK_ROWS: tl.constexpr):  # fmt: skip
+    """[rows, BLOCK_D] tile of a row-major [*, HEAD_DIM] matrix; zeros outside."""
+    ptrs = base + rows[:, None] * HEAD_DIM + offs_d[None, :]
+    if CHECK_ROWS:
+        mask = rows[:, None] < limit
+        if HEAD_DIM != BLOCK_D:
+            mask = mask & (offs_d[None, :] < HEAD_DIM)
+        x = tl.load(ptrs, mask=mask, other=0.0)
+    elif HEAD_DIM != BLOCK_D:
+        x = tl.load(ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+    else:
+        x = tl.load(ptrs)
+    return x
+
+
+@triton.jit
+def _store_rows(base, rows, limit, offs_d, x, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    ptrs = base + rows[:, None] * HEAD_DIM + offs_d[None, :]
+    mask = rows[:, None] < limit
+    if HEAD_DIM != BLOCK_D:
+        mask = mask & (offs_d[None, :] < HEAD_DIM)
+    tl.store(ptrs, x.to(base.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _visible(i, t, N, window, block, CAUSAL: tl.constexpr, IS_SUMMARY: tl.constexpr):
     """Bool mask (broadcast of i and t): key/summary t is visible to query i.
 
-    Padding (key_real / summary_real) is applied by the caller.
+    Bounds on t and padding are applied by the caller.
     """
     if IS_SUMMARY:
         first = t * block
@@ -133,64 +111,114 @@ def _visible(i, t, N, NB, window, block, CAUSAL: tl.constexpr, IS_SUMMARY: tl.co
         vis = last <= i - window
         if not CAUSAL:
             vis = vis | (first >= i + window)
-        vis = vis & (t < NB)
-    else:
+    elif CAUSAL:
         # -- local band: causal i - window < t <= i; otherwise |i - t| < window --
-        vis = (t <= i) & (t > i - window) if CAUSAL else tl.abs(i - t) < window
-        vis = vis & (t < N)
-    return vis & (i < N)
+        vis = (t <= i) & (t > i - window)
+    else:
+        vis = tl.abs(i - t) < window
+    return vis
 
 
 @triton.jit
-def _col_real(real_ptr, cols, limit, HAS_REAL: tl.constexpr):
-    """[BLOCK] bool: the key/summary at `cols` is real (not padding) and in range."""
-    if HAS_REAL:
-        r = tl.load(real_ptr + cols, mask=cols < limit, other=0)
-        return (r != 0) & (cols < limit)
-    return cols < limit
+def _col_real(key_real_ptr, inv_count_ptr, cols, limit, IS_SUMMARY: tl.constexpr):
+    """[cols] bool: the key is real, or the summary's block holds a real token."""
+    if IS_SUMMARY:
+        inv = tl.load(inv_count_ptr + cols, mask=cols < limit, other=0.0)
+        real = inv > 0.0
+    else:
+        real = tl.load(key_real_ptr + cols, mask=cols < limit, other=0) != 0
+    return real & (cols < limit)
 
 
 @triton.jit
-def _fwd_tiles(
-    acc,
-    m_i,
-    l_i,
-    q,
-    rows,
-    k_base,
-    v_base,
-    real_base,
-    lo,
-    hi,
-    n_cols,
-    N,
-    NB,
-    window,
-    block,
-    qk_scale,
-    offs_d,
-    D,
-    CAUSAL: tl.constexpr,
-    IS_SUMMARY: tl.constexpr,
-    HAS_REAL: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    DOT_PREC: tl.constexpr,
-):
-    """Online softmax of the query tile over key (or summary) tiles [lo, hi)."""
-    start = (lo // BLOCK_N) * BLOCK_N
-    for n0 in range(start, hi, BLOCK_N):
-        cols = n0 + tl.arange(0, BLOCK_N)
-        col_ok = cols < n_cols
-        kv_mask = col_ok[:, None] & (offs_d[None, :] < D)
-        kv_off = cols[:, None] * D + offs_d[None, :]
-        k = tl.load(k_base + kv_off, mask=kv_mask, other=0.0)
-        v = tl.load(v_base + kv_off, mask=kv_mask, other=0.0)
+def _interior(start, end, f_lo, f_hi, TILE: tl.constexpr):
+    """Clamp the tile-aligned range [f_lo, f_hi) of tiles that need no mask into the
+    walk [start, end): the walk is then [start, f_lo) masked, [f_lo, f_hi) unmasked,
+    [f_hi, end) masked."""
+    end_up = (end + TILE - 1) // TILE * TILE
+    f_lo = tl.minimum(tl.maximum(f_lo, start), end_up)
+    f_hi = tl.maximum(tl.minimum(f_hi, end_up), f_lo)
+    return f_lo, f_hi
+
+
+@triton.jit
+def _round_up(x, TILE: tl.constexpr):
+    """x >= 0 rounded up to a multiple of TILE (callers keep x non-negative: integer
+    division truncates on the GPU but floors in the interpreter)."""
+    return (x + TILE - 1) // TILE * TILE
+
+
+# --------------------------------------------------------------------------------------
+# Pooling
+# --------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _pool_kernel(K, V, KEY_REAL, KS, VS, INV_COUNT, H, N, NB, block,
+                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_KEY_REAL: tl.constexpr,
+                 BLOCK_T: tl.constexpr):  # fmt: skip
+    pid = tl.program_id(0)
+    bh = (pid // NB).to(tl.int64)
+    j = pid % NB
+    b = bh // H
+    offs_d = tl.arange(0, BLOCK_D)
+    first = j * block
+    end = tl.minimum(first + block, N)
+    k_base = K + bh * N * HEAD_DIM
+    v_base = V + bh * N * HEAD_DIM
+    acc_k = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
+    acc_v = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
+    count = tl.zeros([BLOCK_T], dtype=tl.float32)
+    for t0 in range(first, end, BLOCK_T):
+        rows = t0 + tl.arange(0, BLOCK_T)
+        if HAS_KEY_REAL:
+            w = _col_real(KEY_REAL + b * N, KEY_REAL, rows, end, False).to(tl.float32)
+        else:
+            w = (rows < end).to(tl.float32)
+        k = _load_rows(k_base, rows, end, offs_d, HEAD_DIM, BLOCK_D, True)
+        v = _load_rows(v_base, rows, end, offs_d, HEAD_DIM, BLOCK_D, True)
+        acc_k += k.to(tl.float32) * w[:, None]
+        acc_v += v.to(tl.float32) * w[:, None]
+        count += w
+    n_real = tl.sum(count, 0)
+    inv = tl.where(n_real > 0.0, 1.0 / tl.maximum(n_real, 1.0), 0.0)
+    out = bh * NB * HEAD_DIM + j * HEAD_DIM + offs_d
+    d_ok = offs_d < HEAD_DIM
+    tl.store(KS + out, (tl.sum(acc_k, 0) * inv).to(KS.dtype.element_ty), mask=d_ok)
+    tl.store(VS + out, (tl.sum(acc_v, 0) * inv).to(VS.dtype.element_ty), mask=d_ok)
+    if bh % H == 0:
+        tl.store(INV_COUNT + b * NB + j, inv)
+
+
+# --------------------------------------------------------------------------------------
+# Forward
+# --------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _fwd_tiles(acc, m_i, l_i, q, rows, k_base, v_base, real_base, inv_base, start, end,
+               n_cols, N, window, block, qk_scale, offs_d,
+               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+               IS_SUMMARY: tl.constexpr, HAS_REAL: tl.constexpr, MASKED: tl.constexpr,
+               TILE: tl.constexpr, DOT_PREC: tl.constexpr):  # fmt: skip
+    """Online softmax of the query tile over key (or summary) tiles [start, end)."""
+    for n0 in range(start, end, TILE):
+        cols = n0 + tl.arange(0, TILE)
+        k = _load_rows(k_base, cols, n_cols, offs_d, HEAD_DIM, BLOCK_D, MASKED)
+        v = _load_rows(v_base, cols, n_cols, offs_d, HEAD_DIM, BLOCK_D, MASKED)
 
         # -- scores in the log2 domain --
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
-        vis = _visible(rows[:, None], cols[None, :], N, NB, window, block, CAUSAL, IS_SUMMARY)
-        vis = vis & _col_real(real_base, cols, n_cols, HAS_REAL)[None, :]
-        qk = tl.where(vis, qk, float("-inf"))
+        if MASKED:
+            vis = _visible(rows[:, None], cols[None, :], N, window, block, CAUSAL, IS_SUMMARY)
+            if HAS_REAL:
+                vis = vis & _col_real(real_base, inv_base, cols, n_cols, IS_SUMMARY)[None, :]
+            else:
+                vis = vis & (cols < n_cols)[None, :]
+            qk = tl.where(vis, qk, float("-inf"))
+        elif HAS_REAL:
+            real = _col_real(real_base, inv_base, cols, n_cols, IS_SUMMARY)
+            qk += tl.where(real, 0.0, float("-inf"))[None, :]
 
         # -- update m_i and l_i --
         m_new = tl.maximum(m_i, tl.max(qk, 1))
@@ -207,163 +235,123 @@ def _fwd_tiles(
     return acc, m_i, l_i
 
 
-# --------------------------------------------------------------------------------------
-# Forward
-# --------------------------------------------------------------------------------------
-
-
-@triton.autotune(
-    configs=_fwd_configs(), key=_FWD_KEY, prune_configs_by={"early_config_prune": _prune}
-)
 @triton.jit
-def _fwd_kernel(
-    Q,
-    K,
-    V,
-    KS,
-    VS,
-    KEY_REAL,
-    SUM_REAL,
-    OUT,
-    LSE,
-    H,
-    N,
-    NB,
-    D,
-    window,
-    block,
-    qk_scale,
-    N_BUCKET,
-    CAUSAL: tl.constexpr,
-    HAS_SUM: tl.constexpr,
-    HAS_KEY_REAL: tl.constexpr,
-    HAS_SUM_REAL: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    DOT_PREC: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-):
-    tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16, "tl.dot needs tiles of at least 16")
-    tl.static_assert(BLOCK_D >= 16, "head dim is padded to at least 16")
+def _fwd_kernel(Q, K, V, KS, VS, KEY_REAL, INV_COUNT, OUT, LSE,
+                H, N, NB, window, block, qk_scale,
+                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+                HAS_SUM: tl.constexpr, HAS_KEY_REAL: tl.constexpr, DOT_PREC: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr):  # fmt: skip
+    tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16 and BLOCK_S >= 16, "tl.dot needs 16")
+    tl.static_assert(BLOCK_D >= 16 and BLOCK_D >= HEAD_DIM, "head dim padded to >= 16")
 
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
-    b = bh // H
+    n_tiles = tl.cdiv(N, BLOCK_M)
+    pid = tl.program_id(0)
     # int64 for the (batch, head) base: B * H * N * D can exceed 2^31; offsets inside one
     # head stay int32 (the launcher checks N * D < 2^31), which saves registers.
-    q_base = Q + bh * N * D
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    bh = (pid // n_tiles).to(tl.int64)
+    # Later tiles see more summaries: start them first.
+    tile = n_tiles - 1 - pid % n_tiles
+    b = bh // H
+    m0 = tile * BLOCK_M
+    rows = m0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    row_ok = rows < N
-    q_off = rows[:, None] * D + offs_d[None, :]
-    q_mask = row_ok[:, None] & (offs_d[None, :] < D)
-    q = tl.load(q_base + q_off, mask=q_mask, other=0.0)
+    q = _load_rows(Q + bh * N * HEAD_DIM, rows, N, offs_d, HEAD_DIM, BLOCK_D, True)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-
-    m0 = pid_m * BLOCK_M
     m_last = tl.minimum(m0 + BLOCK_M, N) - 1
 
-    # -- local band of the tile --
+    # -- local band [lo, hi); the rows of the tile all see key tiles in [f_lo, f_hi) --
     lo = tl.maximum(m0 - window + 1, 0)
     hi = m_last + 1 if CAUSAL else tl.minimum(m_last + window, N)
+    start = lo // BLOCK_N * BLOCK_N
+    f_lo = _round_up(tl.maximum(m_last - window + 1, 0), BLOCK_N)
+    f_end = m0 + 1 if CAUSAL else m0 + window
+    f_hi = tl.minimum(f_end, N) // BLOCK_N * BLOCK_N
+    f_lo, f_hi = _interior(start, hi, f_lo, f_hi, BLOCK_N)
+    k_base = K + bh * N * HEAD_DIM
+    v_base = V + bh * N * HEAD_DIM
+    kr = KEY_REAL + b * N
     acc, m_i, l_i = _fwd_tiles(
-        acc, m_i, l_i, q, rows,
-        K + bh * N * D, V + bh * N * D, KEY_REAL + b * N,
-        lo, hi, N, N, NB, window, block, qk_scale, offs_d, D,
-        CAUSAL, False, HAS_KEY_REAL, BLOCK_N, DOT_PREC,
+        acc, m_i, l_i, q, rows, k_base, v_base, kr, INV_COUNT, start, f_lo, N, N, window,
+        block, qk_scale, offs_d, HEAD_DIM, BLOCK_D, CAUSAL, False, HAS_KEY_REAL, True,
+        BLOCK_N, DOT_PREC,
+    )  # fmt: skip
+    acc, m_i, l_i = _fwd_tiles(
+        acc, m_i, l_i, q, rows, k_base, v_base, kr, INV_COUNT, f_lo, f_hi, N, N, window,
+        block, qk_scale, offs_d, HEAD_DIM, BLOCK_D, CAUSAL, False, HAS_KEY_REAL, False,
+        BLOCK_N, DOT_PREC,
+    )  # fmt: skip
+    acc, m_i, l_i = _fwd_tiles(
+        acc, m_i, l_i, q, rows, k_base, v_base, kr, INV_COUNT, f_hi, hi, N, N, window,
+        block, qk_scale, offs_d, HEAD_DIM, BLOCK_D, CAUSAL, False, HAS_KEY_REAL, True,
+        BLOCK_N, DOT_PREC,
     )  # fmt: skip
 
     if HAS_SUM:
-        ks_base = KS + bh * NB * D
-        vs_base = VS + bh * NB * D
-        sr_base = SUM_REAL + b * NB
-        # -- summaries of blocks wholly before the band: last_j <= m_last - window --
+        # Summary walks are short (N / block summaries, narrow tiles): every tile masked.
+        ks_base = KS + bh * NB * HEAD_DIM
+        vs_base = VS + bh * NB * HEAD_DIM
+        inv = INV_COUNT + b * NB
+        # -- summaries of blocks wholly before the band: last_j <= i - window, i.e.
+        #    j < j_hi for the tile's last row --
         j_hi = tl.minimum(tl.maximum(m_last - window + 1, 0) // block, NB)
         acc, m_i, l_i = _fwd_tiles(
-            acc, m_i, l_i, q, rows, ks_base, vs_base, sr_base,
-            0, j_hi, NB, N, NB, window, block, qk_scale, offs_d, D,
-            CAUSAL, True, HAS_SUM_REAL, BLOCK_N, DOT_PREC,
+            acc, m_i, l_i, q, rows, ks_base, vs_base, kr, inv, 0, j_hi, NB, N, window,
+            block, qk_scale, offs_d, HEAD_DIM, BLOCK_D, CAUSAL, True, HAS_KEY_REAL, True,
+            BLOCK_S, DOT_PREC,
         )  # fmt: skip
         if not CAUSAL:
-            # -- summaries of blocks wholly after the band: first_j >= m0 + window --
+            # -- summaries of blocks wholly after the band: first_j >= i + window --
             j_lo = tl.minimum((m0 + window + block - 1) // block, NB)
-            # start past the first range so no summary tile is visited twice
-            j_lo = tl.maximum(j_lo, (j_hi + BLOCK_N - 1) // BLOCK_N * BLOCK_N)
+            # start past the first walk so no summary tile is visited twice
+            start = tl.maximum(j_lo // BLOCK_S * BLOCK_S, _round_up(j_hi, BLOCK_S))
             acc, m_i, l_i = _fwd_tiles(
-                acc, m_i, l_i, q, rows, ks_base, vs_base, sr_base,
-                j_lo, NB, NB, N, NB, window, block, qk_scale, offs_d, D,
-                CAUSAL, True, HAS_SUM_REAL, BLOCK_N, DOT_PREC,
+                acc, m_i, l_i, q, rows, ks_base, vs_base, kr, inv, start, NB, NB, N,
+                window, block, qk_scale, offs_d, HEAD_DIM, BLOCK_D, CAUSAL, True,
+                HAS_KEY_REAL, True, BLOCK_S, DOT_PREC,
             )  # fmt: skip
 
     # -- epilogue: normalise; rows that saw nothing get o = 0, lse = +inf --
     empty = l_i == 0.0
     o = acc / tl.where(empty, 1.0, l_i)[:, None]
     lse = tl.where(empty, float("inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i)))
-    tl.store(OUT + bh * N * D + q_off, o.to(OUT.dtype.element_ty), mask=q_mask)
-    tl.store(LSE + bh * N + rows, lse, mask=row_ok)
+    _store_rows(OUT + bh * N * HEAD_DIM, rows, N, offs_d, o, HEAD_DIM, BLOCK_D)
+    tl.store(LSE + bh * N + rows, lse, mask=rows < N)
 
 
 # --------------------------------------------------------------------------------------
-# Backward
+# Backward: dq (and delta)
 # --------------------------------------------------------------------------------------
 
 
 @triton.jit
-def _delta_kernel(OUT, DO, DELTA, NROWS, D, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
-    """delta_i = sum_d o_id * do_id in fp32 (the softmax backward's row correction)."""
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask = (rows < NROWS)[:, None] & (offs_d[None, :] < D)
-    off = rows[:, None] * D + offs_d[None, :]
-    o = tl.load(OUT + off, mask=mask, other=0.0).to(tl.float32)
-    do = tl.load(DO + off, mask=mask, other=0.0).to(tl.float32)
-    tl.store(DELTA + rows, tl.sum(o * do, 1), mask=rows < NROWS)
-
-
-@triton.jit
-def _dq_tiles(
-    dq,
-    q,
-    do,
-    lse,
-    delta,
-    rows,
-    k_base,
-    v_base,
-    real_base,
-    lo,
-    hi,
-    n_cols,
-    N,
-    NB,
-    window,
-    block,
-    qk_scale,
-    offs_d,
-    D,
-    CAUSAL: tl.constexpr,
-    IS_SUMMARY: tl.constexpr,
-    HAS_REAL: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    DOT_PREC: tl.constexpr,
-):
-    """dq (unscaled) of the query tile over key (or summary) tiles [lo, hi)."""
-    start = (lo // BLOCK_N) * BLOCK_N
-    for n0 in range(start, hi, BLOCK_N):
-        cols = n0 + tl.arange(0, BLOCK_N)
-        kv_mask = (cols < n_cols)[:, None] & (offs_d[None, :] < D)
-        kv_off = cols[:, None] * D + offs_d[None, :]
-        k = tl.load(k_base + kv_off, mask=kv_mask, other=0.0)
-        v = tl.load(v_base + kv_off, mask=kv_mask, other=0.0)
+def _dq_tiles(dq, q, do, lse, delta, rows, k_base, v_base, real_base, inv_base, start, end,
+              n_cols, N, window, block, qk_scale, offs_d,
+              HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+              IS_SUMMARY: tl.constexpr, HAS_REAL: tl.constexpr, MASKED: tl.constexpr,
+              TILE: tl.constexpr, DOT_PREC: tl.constexpr):  # fmt: skip
+    """dq (unscaled) of the query tile over key (or summary) tiles [start, end)."""
+    for n0 in range(start, end, TILE):
+        cols = n0 + tl.arange(0, TILE)
+        k = _load_rows(k_base, cols, n_cols, offs_d, HEAD_DIM, BLOCK_D, MASKED)
+        v = _load_rows(v_base, cols, n_cols, offs_d, HEAD_DIM, BLOCK_D, MASKED)
 
         # -- recompute probabilities from the saved lse --
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale
-        vis = _visible(rows[:, None], cols[None, :], N, NB, window, block, CAUSAL, IS_SUMMARY)
-        vis = vis & _col_real(real_base, cols, n_cols, HAS_REAL)[None, :]
-        p = tl.where(vis, tl.exp2(qk - lse[:, None]), 0.0)
+        if MASKED:
+            vis = _visible(rows[:, None], cols[None, :], N, window, block, CAUSAL, IS_SUMMARY)
+            if HAS_REAL:
+                vis = vis & _col_real(real_base, inv_base, cols, n_cols, IS_SUMMARY)[None, :]
+            else:
+                vis = vis & (cols < n_cols)[None, :]
+            p = tl.where(vis, tl.exp2(qk - lse[:, None]), 0.0)
+        elif HAS_REAL:
+            real = _col_real(real_base, inv_base, cols, n_cols, IS_SUMMARY)
+            p = tl.exp2(qk - lse[:, None] + tl.where(real, 0.0, float("-inf"))[None, :])
+        else:
+            p = tl.exp2(qk - lse[:, None])
 
         # -- ds = p * (dp - delta) --
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
@@ -372,141 +360,122 @@ def _dq_tiles(
     return dq
 
 
-@triton.autotune(
-    configs=_bwd_configs(), key=_FWD_KEY, prune_configs_by={"early_config_prune": _prune}
-)
 @triton.jit
-def _dq_kernel(
-    Q,
-    K,
-    V,
-    KS,
-    VS,
-    KEY_REAL,
-    SUM_REAL,
-    DO,
-    LSE,
-    DELTA,
-    DQ,
-    H,
-    N,
-    NB,
-    D,
-    window,
-    block,
-    scale,
-    qk_scale,
-    N_BUCKET,
-    CAUSAL: tl.constexpr,
-    HAS_SUM: tl.constexpr,
-    HAS_KEY_REAL: tl.constexpr,
-    HAS_SUM_REAL: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    DOT_PREC: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-):
-    tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16, "tl.dot needs tiles of at least 16")
-    tl.static_assert(BLOCK_D >= 16, "head dim is padded to at least 16")
+def _dq_kernel(Q, K, V, KS, VS, KEY_REAL, INV_COUNT, DO, OUT, LSE, DELTA, DQ,
+               H, N, NB, window, block, scale, qk_scale,
+               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+               HAS_SUM: tl.constexpr, HAS_KEY_REAL: tl.constexpr, DOT_PREC: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr):  # fmt: skip
+    tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16 and BLOCK_S >= 16, "tl.dot needs 16")
+    tl.static_assert(BLOCK_D >= 16 and BLOCK_D >= HEAD_DIM, "head dim padded to >= 16")
 
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
+    n_tiles = tl.cdiv(N, BLOCK_M)
+    pid = tl.program_id(0)
+    bh = (pid // n_tiles).to(tl.int64)
+    tile = n_tiles - 1 - pid % n_tiles
     b = bh // H
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m0 = tile * BLOCK_M
+    rows = m0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     row_ok = rows < N
-    q_off = rows[:, None] * D + offs_d[None, :]
-    q_mask = row_ok[:, None] & (offs_d[None, :] < D)
-    q = tl.load(Q + bh * N * D + q_off, mask=q_mask, other=0.0)
-    do = tl.load(DO + bh * N * D + q_off, mask=q_mask, other=0.0)
+    q = _load_rows(Q + bh * N * HEAD_DIM, rows, N, offs_d, HEAD_DIM, BLOCK_D, True)
+    do = _load_rows(DO + bh * N * HEAD_DIM, rows, N, offs_d, HEAD_DIM, BLOCK_D, True)
+    o = _load_rows(OUT + bh * N * HEAD_DIM, rows, N, offs_d, HEAD_DIM, BLOCK_D, True)
+    # -- delta_i = o_i . do_i in fp32, the softmax backward's row correction (also read
+    #    by the key-major kernels launched after this one) --
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA + bh * N + rows, delta, mask=row_ok)
     # Rows past N load lse = +inf: every p of theirs is 0.
     lse = tl.load(LSE + bh * N + rows, mask=row_ok, other=float("inf"))
-    delta = tl.load(DELTA + bh * N + rows, mask=row_ok, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-
-    m0 = pid_m * BLOCK_M
     m_last = tl.minimum(m0 + BLOCK_M, N) - 1
 
-    # -- local band of the tile --
+    # -- local band; see _fwd_kernel --
     lo = tl.maximum(m0 - window + 1, 0)
     hi = m_last + 1 if CAUSAL else tl.minimum(m_last + window, N)
+    start = lo // BLOCK_N * BLOCK_N
+    f_lo = _round_up(tl.maximum(m_last - window + 1, 0), BLOCK_N)
+    f_end = m0 + 1 if CAUSAL else m0 + window
+    f_hi = tl.minimum(f_end, N) // BLOCK_N * BLOCK_N
+    f_lo, f_hi = _interior(start, hi, f_lo, f_hi, BLOCK_N)
+    k_base = K + bh * N * HEAD_DIM
+    v_base = V + bh * N * HEAD_DIM
+    kr = KEY_REAL + b * N
     dq = _dq_tiles(
-        dq, q, do, lse, delta, rows,
-        K + bh * N * D, V + bh * N * D, KEY_REAL + b * N,
-        lo, hi, N, N, NB, window, block, qk_scale, offs_d, D,
-        CAUSAL, False, HAS_KEY_REAL, BLOCK_N, DOT_PREC,
+        dq, q, do, lse, delta, rows, k_base, v_base, kr, INV_COUNT, start, f_lo, N, N,
+        window, block, qk_scale, offs_d, HEAD_DIM, BLOCK_D, CAUSAL, False, HAS_KEY_REAL,
+        True, BLOCK_N, DOT_PREC,
+    )  # fmt: skip
+    dq = _dq_tiles(
+        dq, q, do, lse, delta, rows, k_base, v_base, kr, INV_COUNT, f_lo, f_hi, N, N,
+        window, block, qk_scale, offs_d, HEAD_DIM, BLOCK_D, CAUSAL, False, HAS_KEY_REAL,
+        False, BLOCK_N, DOT_PREC,
+    )  # fmt: skip
+    dq = _dq_tiles(
+        dq, q, do, lse, delta, rows, k_base, v_base, kr, INV_COUNT, f_hi, hi, N, N,
+        window, block, qk_scale, offs_d, HEAD_DIM, BLOCK_D, CAUSAL, False, HAS_KEY_REAL,
+        True, BLOCK_N, DOT_PREC,
     )  # fmt: skip
 
     if HAS_SUM:
-        ks_base = KS + bh * NB * D
-        vs_base = VS + bh * NB * D
-        sr_base = SUM_REAL + b * NB
         # -- summaries before the band, then (non-causal) after it; see _fwd_kernel --
+        ks_base = KS + bh * NB * HEAD_DIM
+        vs_base = VS + bh * NB * HEAD_DIM
+        inv = INV_COUNT + b * NB
         j_hi = tl.minimum(tl.maximum(m_last - window + 1, 0) // block, NB)
         dq = _dq_tiles(
-            dq, q, do, lse, delta, rows, ks_base, vs_base, sr_base,
-            0, j_hi, NB, N, NB, window, block, qk_scale, offs_d, D,
-            CAUSAL, True, HAS_SUM_REAL, BLOCK_N, DOT_PREC,
+            dq, q, do, lse, delta, rows, ks_base, vs_base, kr, inv, 0, j_hi, NB, N,
+            window, block, qk_scale, offs_d, HEAD_DIM, BLOCK_D, CAUSAL, True,
+            HAS_KEY_REAL, True, BLOCK_S, DOT_PREC,
         )  # fmt: skip
         if not CAUSAL:
             j_lo = tl.minimum((m0 + window + block - 1) // block, NB)
-            j_lo = tl.maximum(j_lo, (j_hi + BLOCK_N - 1) // BLOCK_N * BLOCK_N)
+            start = tl.maximum(j_lo // BLOCK_S * BLOCK_S, _round_up(j_hi, BLOCK_S))
             dq = _dq_tiles(
-                dq, q, do, lse, delta, rows, ks_base, vs_base, sr_base,
-                j_lo, NB, NB, N, NB, window, block, qk_scale, offs_d, D,
-                CAUSAL, True, HAS_SUM_REAL, BLOCK_N, DOT_PREC,
+                dq, q, do, lse, delta, rows, ks_base, vs_base, kr, inv, start, NB, NB, N,
+                window, block, qk_scale, offs_d, HEAD_DIM, BLOCK_D, CAUSAL, True,
+                HAS_KEY_REAL, True, BLOCK_S, DOT_PREC,
             )  # fmt: skip
 
     # s = scale * q.k, so ds/dq carries one factor of scale
-    tl.store(DQ + bh * N * D + q_off, (dq * scale).to(DQ.dtype.element_ty), mask=q_mask)
+    _store_rows(DQ + bh * N * HEAD_DIM, rows, N, offs_d, dq * scale, HEAD_DIM, BLOCK_D)
+
+
+# --------------------------------------------------------------------------------------
+# Backward: key-major kernels (summary gradients, then keys)
+# --------------------------------------------------------------------------------------
 
 
 @triton.jit
-def _dkv_tiles(
-    dk,
-    dv,
-    k,
-    v,
-    cols,
-    col_real,
-    q_base,
-    do_base,
-    lse_base,
-    delta_base,
-    lo,
-    hi,
-    N,
-    NB,
-    window,
-    block,
-    qk_scale,
-    offs_d,
-    D,
-    CAUSAL: tl.constexpr,
-    IS_SUMMARY: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    DOT_PREC: tl.constexpr,
-):
-    """dk (unscaled), dv of a key (or summary) tile over query tiles [lo, hi).
+def _dkv_tiles(dk, dv, k, v, cols, q_base, do_base, lse_base, delta_base, start, end, N,
+               window, block, qk_scale, offs_d,
+               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+               IS_SUMMARY: tl.constexpr, MASKED: tl.constexpr, TILE: tl.constexpr,
+               DOT_PREC: tl.constexpr):  # fmt: skip
+    """dk (unscaled), dv of a key (or summary) tile over query tiles [start, end).
 
-    Works in the transposed layout [BLOCK_N keys, BLOCK_M queries].
+    Works in the transposed layout [keys, TILE queries]. Column padding is left to the
+    caller: a key's p only reaches its own rows of dk and dv, which it zeroes.
     """
-    start = (lo // BLOCK_M) * BLOCK_M
-    for m0 in range(start, hi, BLOCK_M):
-        rows = m0 + tl.arange(0, BLOCK_M)
-        row_ok = rows < N
-        q_off = rows[:, None] * D + offs_d[None, :]
-        q_mask = row_ok[:, None] & (offs_d[None, :] < D)
-        q = tl.load(q_base + q_off, mask=q_mask, other=0.0)
-        do = tl.load(do_base + q_off, mask=q_mask, other=0.0)
-        lse = tl.load(lse_base + rows, mask=row_ok, other=float("inf"))
-        delta = tl.load(delta_base + rows, mask=row_ok, other=0.0)
+    for m0 in range(start, end, TILE):
+        rows = m0 + tl.arange(0, TILE)
+        q = _load_rows(q_base, rows, N, offs_d, HEAD_DIM, BLOCK_D, MASKED)
+        do = _load_rows(do_base, rows, N, offs_d, HEAD_DIM, BLOCK_D, MASKED)
+        if MASKED:
+            # Rows past N load lse = +inf: every p of theirs is 0.
+            lse = tl.load(lse_base + rows, mask=rows < N, other=float("inf"))
+            delta = tl.load(delta_base + rows, mask=rows < N, other=0.0)
+        else:
+            lse = tl.load(lse_base + rows)
+            delta = tl.load(delta_base + rows)
 
         # -- p^T from the saved lse --
         kq = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * qk_scale
-        vis = _visible(rows[None, :], cols[:, None], N, NB, window, block, CAUSAL, IS_SUMMARY)
-        vis = vis & col_real[:, None]
-        p = tl.where(vis, tl.exp2(kq - lse[None, :]), 0.0)
+        if MASKED:
+            vis = _visible(rows[None, :], cols[:, None], N, window, block, CAUSAL, IS_SUMMARY)
+            p = tl.where(vis, tl.exp2(kq - lse[None, :]), 0.0)
+        else:
+            p = tl.exp2(kq - lse[None, :])
 
         # -- dv += p^T do;  ds^T = p^T * (dp^T - delta) ;  dk += ds^T q --
         dv = tl.dot(p.to(do.dtype), do, dv, input_precision=DOT_PREC)
@@ -516,224 +485,341 @@ def _dkv_tiles(
     return dk, dv
 
 
-@triton.autotune(
-    configs=_bwd_configs(), key=_FWD_KEY, prune_configs_by={"early_config_prune": _prune}
-)
 @triton.jit
-def _dkv_kernel(
-    Q,
-    K,
-    V,
-    KS,
-    VS,
-    KEY_REAL,
-    SUM_REAL,
-    DO,
-    LSE,
-    DELTA,
-    DK,
-    DV,
-    DKS,
-    DVS,
-    H,
-    N,
-    NB,
-    D,
-    window,
-    block,
-    scale,
-    qk_scale,
-    N_BUCKET,
-    CAUSAL: tl.constexpr,
-    HAS_SUM: tl.constexpr,
-    HAS_KEY_REAL: tl.constexpr,
-    HAS_SUM_REAL: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    DOT_PREC: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-):
-    tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16, "tl.dot needs tiles of at least 16")
-    tl.static_assert(BLOCK_D >= 16, "head dim is padded to at least 16")
-
+def _dsum_kernel(Q, KS, VS, KEY_REAL, INV_COUNT, DO, LSE, DELTA, DKS_PART, DVS_PART,
+                 BH, H, N, NB, window, block, scale, qk_scale, split_rows,
+                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+                 HAS_KEY_REAL: tl.constexpr, DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr):  # fmt: skip
+    """Partial gradients of BLOCK_S summaries over the query rows of one split."""
+    tl.static_assert(BLOCK_M >= 16 and BLOCK_S >= 16, "tl.dot needs 16")
+    n_splits = tl.cdiv(N, split_rows)
+    per_bh = tl.cdiv(NB, BLOCK_S) * n_splits
     pid = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
+    bh = (pid // per_bh).to(tl.int64)
+    r = pid % per_bh
+    split = r % n_splits
+    j0 = (r // n_splits) * BLOCK_S
     b = bh // H
     offs_d = tl.arange(0, BLOCK_D)
-    q_base = Q + bh * N * D
-    do_base = DO + bh * N * D
+    cols = j0 + tl.arange(0, BLOCK_S)
+    k = _load_rows(KS + bh * NB * HEAD_DIM, cols, NB, offs_d, HEAD_DIM, BLOCK_D, True)
+    v = _load_rows(VS + bh * NB * HEAD_DIM, cols, NB, offs_d, HEAD_DIM, BLOCK_D, True)
+    dk = tl.zeros([BLOCK_S, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_S, BLOCK_D], dtype=tl.float32)
+    q_base = Q + bh * N * HEAD_DIM
+    do_base = DO + bh * N * HEAD_DIM
     lse_base = LSE + bh * N
     delta_base = DELTA + bh * N
-    n_sum_tiles = 0
+
+    r0 = split * split_rows
+    r1 = tl.minimum(r0 + split_rows, N)
+    j_last = tl.minimum(j0 + BLOCK_S, NB) - 1
+    # -- queries past the blocks: i >= last_j + window (some summary of the tile from
+    #    last_j0 + window on, all of them from last_jlast + window on) --
+    last0 = tl.minimum((j0 + 1) * block, N) - 1
+    last_l = tl.minimum((j_last + 1) * block, N) - 1
+    lo = tl.minimum(tl.maximum(r0, last0 + window), r1)
+    start = lo // BLOCK_M * BLOCK_M
+    f_lo = _round_up(tl.minimum(last_l + window, N), BLOCK_M)
+    f_lo, f_hi = _interior(start, r1, f_lo, r1 // BLOCK_M * BLOCK_M, BLOCK_M)
+    dk, dv = _dkv_tiles(
+        dk, dv, k, v, cols, q_base, do_base, lse_base, delta_base, start, f_lo, N, window,
+        block, qk_scale, offs_d, HEAD_DIM, BLOCK_D, CAUSAL, True, True, BLOCK_M, DOT_PREC,
+    )  # fmt: skip
+    dk, dv = _dkv_tiles(
+        dk, dv, k, v, cols, q_base, do_base, lse_base, delta_base, f_lo, f_hi, N, window,
+        block, qk_scale, offs_d, HEAD_DIM, BLOCK_D, CAUSAL, True, False, BLOCK_M, DOT_PREC,
+    )  # fmt: skip
+    dk, dv = _dkv_tiles(
+        dk, dv, k, v, cols, q_base, do_base, lse_base, delta_base, f_hi, r1, N, window,
+        block, qk_scale, offs_d, HEAD_DIM, BLOCK_D, CAUSAL, True, True, BLOCK_M, DOT_PREC,
+    )  # fmt: skip
+    if not CAUSAL:
+        # -- queries before the blocks: i <= first_j - window (all of the tile's up to
+        #    first_j0 - window, some up to first_jlast - window); stop before the first
+        #    walk's first tile so no query tile is visited twice --
+        hi = tl.maximum(j_last * block - window + 1, 0)
+        hi = tl.maximum(tl.minimum(tl.minimum(hi, r1), start), r0)
+        f_hi = tl.minimum(tl.maximum(j0 * block - window + 1, 0), N) // BLOCK_M * BLOCK_M
+        f_lo, f_hi = _interior(r0, hi, r0, f_hi, BLOCK_M)
+        dk, dv = _dkv_tiles(
+            dk, dv, k, v, cols, q_base, do_base, lse_base, delta_base, f_lo, f_hi, N,
+            window, block, qk_scale, offs_d, HEAD_DIM, BLOCK_D, CAUSAL, True, False,
+            BLOCK_M, DOT_PREC,
+        )  # fmt: skip
+        dk, dv = _dkv_tiles(
+            dk, dv, k, v, cols, q_base, do_base, lse_base, delta_base, f_hi, hi, N,
+            window, block, qk_scale, offs_d, HEAD_DIM, BLOCK_D, CAUSAL, True, True,
+            BLOCK_M, DOT_PREC,
+        )  # fmt: skip
+
+    if HAS_KEY_REAL:
+        # a block of padding only has no summary (and p may hold anything there)
+        real = _col_real(KEY_REAL, INV_COUNT + b * NB, cols, NB, True)
+        dk = tl.where(real[:, None], dk, 0.0)
+        dv = tl.where(real[:, None], dv, 0.0)
+    part = (split * BH + bh) * NB * HEAD_DIM
+    _store_rows(DKS_PART + part, cols, NB, offs_d, dk * scale, HEAD_DIM, BLOCK_D)
+    _store_rows(DVS_PART + part, cols, NB, offs_d, dv, HEAD_DIM, BLOCK_D)
+
+
+@triton.jit
+def _dkv_kernel(Q, K, V, KEY_REAL, INV_COUNT, DO, LSE, DELTA, DKS_PART, DVS_PART, DK, DV,
+                BH, H, N, NB, window, block, scale, qk_scale, n_splits,
+                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+                HAS_SUM: tl.constexpr, HAS_KEY_REAL: tl.constexpr, DOT_PREC: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr):  # fmt: skip
+    tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16, "tl.dot needs 16")
+    tl.static_assert(BLOCK_D >= 16 and BLOCK_D >= HEAD_DIM, "head dim padded to >= 16")
+    n_tiles = tl.cdiv(N, BLOCK_N)
+    pid = tl.program_id(0)
+    bh = (pid // n_tiles).to(tl.int64)
+    b = bh // H
+    n0 = (pid % n_tiles) * BLOCK_N
+    cols = n0 + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    k = _load_rows(K + bh * N * HEAD_DIM, cols, N, offs_d, HEAD_DIM, BLOCK_D, True)
+    v = _load_rows(V + bh * N * HEAD_DIM, cols, N, offs_d, HEAD_DIM, BLOCK_D, True)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+
+    # -- the queries in the tile's band [lo, hi); rows of query tiles in [f_lo, f_hi)
+    #    see every key of the tile --
+    n_last = tl.minimum(n0 + BLOCK_N, N) - 1
+    lo = n0 if CAUSAL else tl.maximum(n0 - window + 1, 0)
+    hi = tl.minimum(n_last + window, N)
+    start = lo // BLOCK_M * BLOCK_M
+    f_lo = n0 + BLOCK_N - 1 if CAUSAL else tl.maximum(n0 + BLOCK_N - window, 0)
+    f_lo = _round_up(f_lo, BLOCK_M)
+    f_hi = tl.minimum(n0 + window, N) // BLOCK_M * BLOCK_M
+    f_lo, f_hi = _interior(start, hi, f_lo, f_hi, BLOCK_M)
+    q_base = Q + bh * N * HEAD_DIM
+    do_base = DO + bh * N * HEAD_DIM
+    lse_base = LSE + bh * N
+    delta_base = DELTA + bh * N
+    dk, dv = _dkv_tiles(
+        dk, dv, k, v, cols, q_base, do_base, lse_base, delta_base, start, f_lo, N, window,
+        block, qk_scale, offs_d, HEAD_DIM, BLOCK_D, CAUSAL, False, True, BLOCK_M, DOT_PREC,
+    )  # fmt: skip
+    dk, dv = _dkv_tiles(
+        dk, dv, k, v, cols, q_base, do_base, lse_base, delta_base, f_lo, f_hi, N, window,
+        block, qk_scale, offs_d, HEAD_DIM, BLOCK_D, CAUSAL, False, False, BLOCK_M, DOT_PREC,
+    )  # fmt: skip
+    dk, dv = _dkv_tiles(
+        dk, dv, k, v, cols, q_base, do_base, lse_base, delta_base, f_hi, hi, N, window,
+        block, qk_scale, offs_d, HEAD_DIM, BLOCK_D, CAUSAL, False, True, BLOCK_M, DOT_PREC,
+    )  # fmt: skip
+    dk = dk * scale
+
     if HAS_SUM:
-        n_sum_tiles = tl.cdiv(NB, BLOCK_N)
+        # -- pooling's backward: key t of block j gets the summary gradient of j times
+        #    its weight real_t / count_j (the partials of every split, in order) --
+        col_ok = cols < N
+        j = tl.minimum(cols, N - 1) // block
+        w = tl.load(INV_COUNT + b * NB + j, mask=col_ok, other=0.0)
+        if HAS_KEY_REAL:
+            w = tl.where(_col_real(KEY_REAL + b * N, KEY_REAL, cols, N, False), w, 0.0)
+        g_k = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        g_v = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        for s in range(0, n_splits):
+            part = (s * BH + bh) * NB * HEAD_DIM
+            g_k += _load_rows(DKS_PART + part, j, NB, offs_d, HEAD_DIM, BLOCK_D, True)
+            g_v += _load_rows(DVS_PART + part, j, NB, offs_d, HEAD_DIM, BLOCK_D, True)
+        dk += g_k * w[:, None]
+        dv += g_v * w[:, None]
 
-    if pid < n_sum_tiles:
-        # -- a tile of summaries: every query that sees one of them, i.e. those at or past
-        #    last_j0 + window, and (non-causal) those at or before first_jend - window --
-        j0 = pid * BLOCK_N
-        cols = j0 + tl.arange(0, BLOCK_N)
-        kv_off = cols[:, None] * D + offs_d[None, :]
-        kv_mask = (cols < NB)[:, None] & (offs_d[None, :] < D)
-        k = tl.load(KS + bh * NB * D + kv_off, mask=kv_mask, other=0.0)
-        v = tl.load(VS + bh * NB * D + kv_off, mask=kv_mask, other=0.0)
-        col_real = _col_real(SUM_REAL + b * NB, cols, NB, HAS_SUM_REAL)
-        dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-        dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-
-        last0 = tl.minimum((j0 + 1) * block, N) - 1
-        lo = tl.minimum(last0 + window, N)
-        dk, dv = _dkv_tiles(
-            dk, dv, k, v, cols, col_real, q_base, do_base, lse_base, delta_base,
-            lo, N, N, NB, window, block, qk_scale, offs_d, D,
-            CAUSAL, True, BLOCK_M, DOT_PREC,
-        )  # fmt: skip
-        if not CAUSAL:
-            first_end = (tl.minimum(j0 + BLOCK_N, NB) - 1) * block
-            hi = tl.maximum(first_end - window + 1, 0)
-            # stop before the first loop's first tile so no query tile is visited twice
-            hi = tl.minimum(hi, (lo // BLOCK_M) * BLOCK_M)
-            dk, dv = _dkv_tiles(
-                dk, dv, k, v, cols, col_real, q_base, do_base, lse_base, delta_base,
-                0, hi, N, NB, window, block, qk_scale, offs_d, D,
-                CAUSAL, True, BLOCK_M, DOT_PREC,
-            )  # fmt: skip
-        tl.store(DKS + bh * NB * D + kv_off, (dk * scale).to(DKS.dtype.element_ty), mask=kv_mask)
-        tl.store(DVS + bh * NB * D + kv_off, dv.to(DVS.dtype.element_ty), mask=kv_mask)
-    else:
-        # -- a tile of keys: the queries in its band --
-        n0 = (pid - n_sum_tiles) * BLOCK_N
-        cols = n0 + tl.arange(0, BLOCK_N)
-        kv_off = cols[:, None] * D + offs_d[None, :]
-        kv_mask = (cols < N)[:, None] & (offs_d[None, :] < D)
-        k = tl.load(K + bh * N * D + kv_off, mask=kv_mask, other=0.0)
-        v = tl.load(V + bh * N * D + kv_off, mask=kv_mask, other=0.0)
-        col_real = _col_real(KEY_REAL + b * N, cols, N, HAS_KEY_REAL)
-        dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-        dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-
-        n_last = tl.minimum(n0 + BLOCK_N, N) - 1
-        lo = n0 if CAUSAL else tl.maximum(n0 - window + 1, 0)
-        hi = tl.minimum(n_last + window, N)
-        dk, dv = _dkv_tiles(
-            dk, dv, k, v, cols, col_real, q_base, do_base, lse_base, delta_base,
-            lo, hi, N, NB, window, block, qk_scale, offs_d, D,
-            CAUSAL, False, BLOCK_M, DOT_PREC,
-        )  # fmt: skip
-        tl.store(DK + bh * N * D + kv_off, (dk * scale).to(DK.dtype.element_ty), mask=kv_mask)
-        tl.store(DV + bh * N * D + kv_off, dv.to(DV.dtype.element_ty), mask=kv_mask)
+    if HAS_KEY_REAL:
+        # a padded key is never seen and weighs nothing in its block's mean: whatever
+        # its rows of p held, its grads are 0
+        real = _col_real(KEY_REAL + b * N, KEY_REAL, cols, N, False)
+        dk = tl.where(real[:, None], dk, 0.0)
+        dv = tl.where(real[:, None], dv, 0.0)
+    _store_rows(DK + bh * N * HEAD_DIM, cols, N, offs_d, dk, HEAD_DIM, BLOCK_D)
+    _store_rows(DV + bh * N * HEAD_DIM, cols, N, offs_d, dv, HEAD_DIM, BLOCK_D)
 
 
 # --------------------------------------------------------------------------------------
 # Launchers
 # --------------------------------------------------------------------------------------
 
+KERNELS = {"fwd": _fwd_kernel, "dq": _dq_kernel, "dkv": _dkv_kernel, "dsum": _dsum_kernel}
+# Autotune keys: everything that changes the kernel but the sequence length, so a new
+# length reuses the choice (and Triton's on-disk cache keeps it across processes).
+_TUNE_KEY = ["HEAD_DIM", "CAUSAL", "HAS_SUM", "HAS_KEY_REAL", "DOT_PREC"]
+_tuned: dict[tuple[str, str, int, bool], object] = {}
 
-def _dot_precision(dtype: torch.dtype) -> str:
-    # fp32 follows torch's own TF32 switch so plain torch and the kernel round alike.
-    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
-        return "ieee"
-    return "tf32"  # Triton's default; for fp16/bf16 operands it changes nothing
+
+def device_guard(t: torch.Tensor):
+    """Triton launches on the current CUDA device, not the tensors': switch to theirs."""
+    if t.device.type == "cuda":
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
 
 
-def _common(q, k_sum, key_real, summary_real, window, block):
+def dot_kind(dtype: torch.dtype) -> str:
+    """ "16bit", "tf32" or "ieee" (see configs.KINDS). fp32 follows torch's own TF32
+    switch, so plain torch and the kernel round alike."""
+    if dtype in (torch.float16, torch.bfloat16):
+        return "16bit"
+    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+
+
+def dot_precision(kind: str) -> str:
+    return "ieee" if kind == "ieee" else "tf32"  # tf32 changes nothing for 16-bit dots
+
+
+def split_rows() -> int:
+    return configs.INTERPRET_SPLIT_ROWS if _INTERPRET else configs.SPLIT_ROWS
+
+
+def arch(t: torch.Tensor) -> int:
+    """Compute capability of t's device as major * 10 + minor (90 when not on CUDA)."""
+    if t.device.type != "cuda":
+        return 90
+    major, minor = torch.cuda.get_device_capability(t.device)
+    return major * 10 + minor
+
+
+def _autotuned(name: str, kind: str, head_dim: int, cc: int = 90):
+    key = (name, kind, configs.head_dim_bucket(head_dim), cc < 90)
+    if key not in _tuned:
+        cands = [
+            triton.Config(
+                {"BLOCK_M": c.block_m, "BLOCK_N": c.block_n, "BLOCK_S": c.block_s},
+                num_warps=c.num_warps,
+                num_stages=c.num_stages,
+            )
+            for c in configs.candidates(name, kind, head_dim, cc)
+        ]
+        _tuned[key] = triton.autotune(configs=cands, key=_TUNE_KEY, cache_results=True)(
+            KERNELS[name]
+        )
+    return _tuned[key]
+
+
+def _launch(name: str, grid, args: tuple, kind: str, head_dim: int, meta: dict) -> None:
+    """Launch kernel `name` with its pinned config (tuned under STRETTO_AUTOTUNE=1).
+
+    `grid(block_m, block_n, block_s)` gives the program count; args[0] is a tensor on
+    the launch's device.
+    """
+    if _INTERPRET:
+        cfg = configs.INTERPRET
+    elif configs.autotune_enabled():
+        tuned = _autotuned(name, kind, head_dim, arch(args[0]))
+        tuned[lambda m: (grid(m["BLOCK_M"], m["BLOCK_N"], m["BLOCK_S"]),)](*args, **meta)
+        return
+    else:
+        cfg = configs.pinned(name, kind, head_dim, arch(args[0]))
+    KERNELS[name][(grid(cfg.block_m, cfg.block_n, cfg.block_s),)](*args, **meta, **cfg.meta())
+
+
+def _geometry(q, key_real, window, block):
     b, h, n, d = q.shape
     if n * d >= 2**31:
         raise NotImplementedError(f"N * D = {n * d} elements in one head needs int64 offsets")
-    has_sum = block is not None and k_sum is not None
-    nb = k_sum.shape[2] if has_sum else 1
+    has_sum = block is not None
     # Equivalent clamps that keep index arithmetic inside int32: a window >= N sees every
     # key and no summary, a block >= N is one block.
     window = min(int(window), n)
     block = min(int(block), n) if has_sum else 1
-    dummy = torch.ones(1, dtype=torch.bool, device=q.device)
-    kr = key_real.contiguous() if key_real is not None else dummy
-    sr = summary_real.contiguous() if (has_sum and summary_real is not None) else dummy
-    return dict(
-        b=b, h=h, n=n, d=d, nb=nb, has_sum=has_sum, window=window, block=block,
-        key_real=kr, summary_real=sr,
-        meta=dict(
-            N_BUCKET=triton.next_power_of_2(n),
-            HAS_SUM=has_sum,
-            HAS_KEY_REAL=key_real is not None,
-            HAS_SUM_REAL=has_sum and summary_real is not None,
-            BLOCK_D=max(16, triton.next_power_of_2(d)),
-            DOT_PREC=_dot_precision(q.dtype),
-        ),
-    )  # fmt: skip
+    nb = -(-n // block) if has_sum else 0
+    kind = dot_kind(q.dtype)
+    meta = dict(
+        HEAD_DIM=d,
+        BLOCK_D=configs.head_dim_bucket(d),
+        HAS_SUM=has_sum,
+        HAS_KEY_REAL=key_real is not None,
+        DOT_PREC=dot_precision(kind),
+    )
+    return b, h, n, d, nb, window, block, kind, meta
 
 
-def fused_forward(q, k, v, k_sum, v_sum, key_real, summary_real, *, window, block, causal, scale):
-    """Fused forward: returns (o `[B, H, N, D]` in q's dtype, lse `[B, H, N]` float32, base 2)."""
-    c = _common(q, k_sum, key_real, summary_real, window, block)
+def _key_real(key_real, device):
+    if key_real is None:
+        return torch.ones(1, dtype=torch.bool, device=device)
+    return key_real.contiguous()
+
+
+def fused_forward(q, k, v, key_real, *, window, block, causal, scale):
+    """Pooling and forward: (o `[B, H, N, D]`, lse `[B, H, N]` float32 base 2,
+    k_sum, v_sum `[B, H, NB, D]`, inv_count `[B, NB]` float32)."""
+    b, h, n, d, nb, window, block, kind, meta = _geometry(q, key_real, window, block)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    ks = k_sum.contiguous() if c["has_sum"] else q
-    vs = v_sum.contiguous() if c["has_sum"] else q
-    b, h, n, d = c["b"], c["h"], c["n"], c["d"]
+    kr = _key_real(key_real, q.device)
     o = new_output(b, h, n, d, dtype=q.dtype, device=q.device)
     lse = new_output(b, h, n, dtype=torch.float32, device=q.device)
+    k_sum = new_output(b, h, nb, d, dtype=k.dtype, device=q.device)
+    v_sum = new_output(b, h, nb, d, dtype=v.dtype, device=q.device)
+    inv_count = new_output(b, nb, dtype=torch.float32, device=q.device)
     if o.numel() == 0:
-        return o, lse
-
-    def grid(meta):
-        return (triton.cdiv(n, meta["BLOCK_M"]), b * h)
-
-    _fwd_kernel[grid](
-        q, k, v, ks, vs, c["key_real"], c["summary_real"], o, lse,
-        h, n, c["nb"], d, c["window"], c["block"], float(scale) * LOG2E,
-        CAUSAL=bool(causal), **c["meta"],
-    )  # fmt: skip
-    return o, lse
+        return o, lse, k_sum, v_sum, inv_count
+    has_sum = meta["HAS_SUM"]
+    with device_guard(q):
+        if has_sum:
+            _pool_kernel[(b * h * nb,)](
+                k, v, kr, k_sum, v_sum, inv_count, h, n, nb, block,
+                HEAD_DIM=d, BLOCK_D=meta["BLOCK_D"], HAS_KEY_REAL=meta["HAS_KEY_REAL"],
+                BLOCK_T=16 if _INTERPRET else POOL_ROWS, num_warps=4,
+            )  # fmt: skip
+        ks, vs, inv = (k_sum, v_sum, inv_count) if has_sum else (q, q, lse)
+        args = (q, k, v, ks, vs, kr, inv, o, lse,
+                h, n, max(nb, 1), window, block, float(scale) * LOG2E)  # fmt: skip
+        _launch(
+            "fwd", lambda bm, bn, bs: b * h * triton.cdiv(n, bm), args, kind, d,
+            dict(meta, CAUSAL=bool(causal)),
+        )  # fmt: skip
+    return o, lse, k_sum, v_sum, inv_count
 
 
 def fused_backward(
-    do, q, k, v, k_sum, v_sum, key_real, summary_real, o, lse, *, window, block, causal, scale
+    do, q, k, v, key_real, o, lse, k_sum, v_sum, inv_count, *, window, block, causal, scale
 ):
-    """Fused backward: returns (dq, dk, dv, dk_sum, dv_sum); the last two None without summaries.
-
-    dk, dv are the gradients through the local keys only; dk_sum, dv_sum those with
-    respect to the pooled summaries (routed to k, v by the caller's pooling backward).
-    """
-    c = _common(q, k_sum, key_real, summary_real, window, block)
+    """Backward: (dq, dk, dv) `[B, H, N, D]`, dk and dv through the pooling as well."""
+    b, h, n, d, nb, window, block, kind, meta = _geometry(q, key_real, window, block)
     # Upstream grads can be stride-0 (out.sum().backward()): the kernels assume contiguity.
     do, q, k, v, o = (x.contiguous() for x in (do, q, k, v, o))
     lse = lse.contiguous()
-    has_sum = c["has_sum"]
-    ks = k_sum.contiguous() if has_sum else q
-    vs = v_sum.contiguous() if has_sum else q
-    b, h, n, d, nb = c["b"], c["h"], c["n"], c["d"], c["nb"]
+    kr = _key_real(key_real, q.device)
     dq = new_output(b, h, n, d, dtype=q.dtype, device=q.device)
     dk = new_output(b, h, n, d, dtype=k.dtype, device=q.device)
     dv = new_output(b, h, n, d, dtype=v.dtype, device=q.device)
-    if has_sum:
-        dks = new_output(b, h, nb, d, dtype=k_sum.dtype, device=q.device)
-        dvs = new_output(b, h, nb, d, dtype=v_sum.dtype, device=q.device)
-    else:
-        dks = dvs = None
     if dq.numel() == 0:
-        return dq, dk, dv, dks, dvs
-
-    block_d = c["meta"]["BLOCK_D"]
+        return dq, dk, dv
+    has_sum = meta["HAS_SUM"]
     delta = new_output(b, h, n, dtype=torch.float32, device=q.device)
-    rows = b * h * n
-    block_r = 16 if _INTERPRET else 64
-    _delta_kernel[(triton.cdiv(rows, block_r),)](
-        o, do, delta, rows, d, BLOCK_R=block_r, BLOCK_D=block_d
-    )
-
-    args = (h, n, nb, d, c["window"], c["block"], float(scale), float(scale) * LOG2E)
-    _dq_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), b * h)](
-        q, k, v, ks, vs, c["key_real"], c["summary_real"], do, lse, delta, dq,
-        *args, CAUSAL=bool(causal), **c["meta"],
-    )  # fmt: skip
-
-    def kv_grid(meta):
-        sum_tiles = triton.cdiv(nb, meta["BLOCK_N"]) if has_sum else 0
-        return (sum_tiles + triton.cdiv(n, meta["BLOCK_N"]), b * h)
-
-    _dkv_kernel[kv_grid](
-        q, k, v, ks, vs, c["key_real"], c["summary_real"], do, lse, delta,
-        dk, dv, dks if has_sum else dk, dvs if has_sum else dv,
-        *args, CAUSAL=bool(causal), **c["meta"],
-    )  # fmt: skip
-    return dq, dk, dv, dks, dvs
+    rows_per_split = split_rows()
+    n_splits = triton.cdiv(n, rows_per_split) if has_sum else 1
+    if has_sum:
+        ks, vs, inv = k_sum.contiguous(), v_sum.contiguous(), inv_count.contiguous()
+        dks_part = new_output(n_splits, b * h, nb, d, dtype=torch.float32, device=q.device)
+        dvs_part = new_output(n_splits, b * h, nb, d, dtype=torch.float32, device=q.device)
+    else:
+        ks = vs = q
+        inv = dks_part = dvs_part = delta
+    meta = dict(meta, CAUSAL=bool(causal))
+    scales = (float(scale), float(scale) * LOG2E)
+    nb1 = max(nb, 1)
+    with device_guard(q):
+        # dq first: it also writes delta, which the key-major kernels read
+        _launch(
+            "dq", lambda bm, bn, bs: b * h * triton.cdiv(n, bm),
+            (q, k, v, ks, vs, kr, inv, do, o, lse, delta, dq, h, n, nb1, window, block,
+             *scales),
+            kind, d, meta,
+        )  # fmt: skip
+        if has_sum:
+            _launch(
+                "dsum", lambda bm, bn, bs: b * h * triton.cdiv(nb, bs) * n_splits,
+                (q, ks, vs, kr, inv, do, lse, delta, dks_part, dvs_part, b * h, h, n, nb,
+                 window, block, *scales, rows_per_split),
+                kind, d, {k_: v_ for k_, v_ in meta.items() if k_ != "HAS_SUM"},
+            )  # fmt: skip
+        _launch(
+            "dkv", lambda bm, bn, bs: b * h * triton.cdiv(n, bn),
+            (q, k, v, kr, inv, do, lse, delta, dks_part, dvs_part, dk, dv, b * h, h, n, nb1,
+             window, block, *scales, n_splits),
+            kind, d, meta,
+        )  # fmt: skip
+    return dq, dk, dv

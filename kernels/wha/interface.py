@@ -8,7 +8,7 @@ import os
 
 import torch
 
-from . import chunked, op
+from . import op
 from .reference import hierarchical_attention_reference
 
 BACKENDS = ("auto", "torch", "triton", "reference")
@@ -46,7 +46,8 @@ def hierarchical_attention(
         key_padding_mask: `[B, N]` bool, True where the token is real; padded keys are
             never visible (padded queries still get an output).
         scale: score multiplier, default `D ** -0.5`.
-        backend: "auto" (Triton for CUDA tensors when it imports, else "torch"),
+        backend: "auto" (Triton for CUDA tensors when it imports and covers the dtype
+            and head dim, i.e. float16/bfloat16/float32 and D in 16..128; else "torch"),
             "torch" (vectorized chunked fallback, memory O(N (window + 32 + N/block))),
             "triton" (fused kernels; CUDA, or CPU under TRITON_INTERPRET=1), or
             "reference" (dense N x N definition, for tests).
@@ -90,29 +91,34 @@ def hierarchical_attention(
             scale=scale,
         )
     if backend == "auto":
-        backend = "triton" if q.is_cuda and op.fused_import_error() is None else "torch"
+        backend = choose_backend(q.device.type, q.dtype, q.shape[-1])
     if backend == "triton":
         _check_triton(q)
-
-    k_sum = v_sum = summary_real = None
-    if block is not None:
-        k_sum, v_sum, summary_real = chunked.pool_summaries(k, v, block, key_padding_mask)
-        if key_padding_mask is None:
-            summary_real = None  # every block has a real token
     return op.attention_core(
         q,
         k,
         v,
-        k_sum,
-        v_sum,
         key_padding_mask,
-        summary_real,
         window=window,
         block=block,
         causal=causal,
         scale=scale,
         backend=backend,
     )
+
+
+def choose_backend(device_type: str, dtype: torch.dtype, head_dim: int) -> str:
+    """What `backend="auto"` runs: "triton" on CUDA where the fused kernels cover the
+    dtype and head dim, "torch" everywhere else (never an error)."""
+    lo, hi = TRITON_HEAD_DIMS
+    if (
+        device_type == "cuda"
+        and dtype in TRITON_DTYPES
+        and lo <= head_dim <= hi
+        and op.fused_import_error() is None
+    ):
+        return "triton"
+    return "torch"
 
 
 def _is_int(x) -> bool:

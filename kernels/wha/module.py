@@ -32,11 +32,12 @@ class HierarchicalAttention(nn.Module):
 
     `forward(x, key_padding_mask=None, cache=None, positions=None) -> [B, N, d_model]`:
     `key_padding_mask` `[B, N]` bool, True for real tokens; `positions` `[N]` absolute
-    positions for the rotary phases (default: the cache's length onwards, else 0..N-1).
-    With a `cache` from `new_cache`: an empty cache is filled from the N tokens given
-    (prefill, the same attention as without a cache); a filled one takes exactly one
-    token (N = 1), appends its key and value and attends over the cache, which equals
-    the full forward's row at that position.
+    positions for the rotary phases (default: the cache's position `cache.pos`, a
+    device tensor, for one token; else 0..N-1). With a `cache` from `new_cache`: N > 1
+    tokens fill an empty cache (prefill, the same attention as without a cache); one
+    token (N = 1) is appended and attends over the cache, which equals the full
+    forward's row at that position. That one-token step has the same shapes at every
+    position, so `torch.compile(fullgraph=True, dynamic=False)` compiles it once.
     """
 
     def __init__(
@@ -122,20 +123,25 @@ class HierarchicalAttention(nn.Module):
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"x must be [B, N, {self.d_model}], got {list(x.shape)}")
         b, n, c = x.shape
-        offset = 0 if cache is None else cache.length
-        if cache is not None and offset and n != 1:
-            raise ValueError(
-                f"a filled cache decodes one token at a time, got {n} tokens "
-                f"(the cache holds {offset})"
-            )
-        if positions is None:
-            positions = torch.arange(offset, offset + n, device=x.device)
-        q, k, v = self.project(x, positions)
-        if cache is not None and offset:
+        if cache is not None and n == 1:
+            # -- one token: append its key and value, attend over the cache. Fixed shapes
+            #    and a device-side position: one compiled step (or graph) serves every
+            #    token. Also the first token of an empty cache (the same attention). --
+            if positions is None:
+                positions = cache.pos.view(1)  # [1], on the device
+            q, k, v = self.project(x, positions)
             real = None if key_padding_mask is None else key_padding_mask[:, 0]
             cache.append(k[:, :, 0], v[:, :, 0], real)
             o = cache.attend(q[:, :, 0])  # [B, H, D]
             return self.out(o.reshape(b, 1, c))
+        if cache is not None and cache.length:
+            raise ValueError(
+                f"a filled cache decodes one token at a time, got {n} tokens "
+                f"(the cache holds {cache.length})"
+            )
+        if positions is None:
+            positions = torch.arange(n, device=x.device)
+        q, k, v = self.project(x, positions)
         o = self._attend(q, k, v, key_padding_mask)  # [B, H, N, D]
         if cache is not None:
             cache.prefill(k, v, key_padding_mask)

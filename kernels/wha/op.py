@@ -1,18 +1,20 @@
 """The dispatch/autograd layer: `stretto::wha_forward` and `stretto::wha_backward`.
 
 Both backends (the fused Triton launchers in `fused.py` and the chunked torch fallback
-in `chunked.py`) expose the same pair of functions, `forward -> (o, lse)` and
-`backward -> (dq, dk, dv, dk_sum, dv_sum)`, and sit behind these two custom ops. Why the
-fallback goes through the op too, rather than plain autograd over torch ops: its
-backward then recomputes scores from the saved log-sum-exp instead of autograd keeping
-every chunk's probabilities alive, so training memory keeps the forward's linear bound;
-and the op, its fake kernels and its autograd formula are exercised by every CPU test,
-not only where a GPU is present.
+in `chunked.py`) expose the same pair of functions,
+`forward -> (o, lse, k_sum, v_sum, inv_count)` and `backward -> (dq, dk, dv)`, and sit
+behind these two custom ops. Why the fallback goes through the op too, rather than
+plain autograd over torch ops: its backward then recomputes scores from the saved
+log-sum-exp instead of autograd keeping every chunk's probabilities alive, so training
+memory keeps the forward's linear bound; and the op, its fake kernels and its autograd
+formula are exercised by every CPU test, not only where a GPU is present.
 
-The ops cover the attention over `[local keys ; given summaries]` only; pooling the
-summaries stays outside in plain (traceable, differentiable) torch ops, so autograd
-routes dk_sum/dv_sum back to k and v. The fake kernels give shapes to `torch.compile`,
-so `torch.compile(fullgraph=True)` traces through without graph breaks.
+The ops cover the whole op: pooling the block summaries (returned, and saved for the
+backward), the attention over `[local keys ; summaries]`, and a backward whose dk, dv
+include pooling's gradient: no backend materialises a padded copy of k and v for the
+summaries, nor makes a second pass over dk, dv for them. The fake kernels give
+shapes to `torch.compile`, so `torch.compile(fullgraph=True)` traces through without
+graph breaks.
 
 This module does not use `from __future__ import annotations`: `custom_op` reads the
 schema from the annotations.
@@ -43,7 +45,7 @@ def fused_import_error() -> Optional[str]:
     """None when the Triton path can be imported, else the reason it cannot."""
     try:
         fused_module()
-    except ImportError as err:  # no triton, or fused.py not there yet
+    except ImportError as err:  # no triton in this environment
         return f"{type(err).__name__}: {err}"
     return None
 
@@ -64,42 +66,41 @@ def wha_forward(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    k_sum: Optional[Tensor],
-    v_sum: Optional[Tensor],
     key_real: Optional[Tensor],
-    summary_real: Optional[Tensor],
     window: int,
     block: int,
     causal: bool,
     scale: float,
     backend: str,
-) -> tuple[Tensor, Tensor]:
-    """(o `[B, H, N, D]`, lse `[B, H, N]` float32 (float64 for float64 inputs)).
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(o `[B, H, N, D]`, lse `[B, H, N]`, k_sum, v_sum `[B, H, NB, D]`, inv_count `[B, NB]`).
 
-    block 0 means no summaries.
+    lse and inv_count are float32 (float64 for float64 inputs); block 0 means no
+    summaries (then k_sum, v_sum, inv_count are empty).
     """
     forward, _ = _impl(backend)
-    return forward(
-        q,
-        k,
-        v,
-        k_sum,
-        v_sum,
-        key_real,
-        summary_real,
-        window=window,
-        block=_block(block),
-        causal=causal,
-        scale=scale,
-    )
+    return forward(q, k, v, key_real, window=window, block=_block(block), causal=causal,
+                   scale=scale)  # fmt: skip
+
+
+def _num_blocks(n: int, block: int) -> int:
+    return 0 if block <= 0 else -(-n // min(block, n))
 
 
 @wha_forward.register_fake
-def _wha_forward_fake(
-    q, k, v, k_sum, v_sum, key_real, summary_real, window, block, causal, scale, backend
-):
-    b, h, n, _ = q.shape
-    return torch.empty_like(q), q.new_empty(b, h, n, dtype=chunked.lse_dtype(q.dtype))
+def _wha_forward_fake(q, k, v, key_real, window, block, causal, scale, backend):
+    # Like the real launchers: fresh contiguous outputs (not empty_like, which would
+    # copy an input's strides).
+    b, h, n, d = q.shape
+    nb = _num_blocks(n, block)
+    stats = chunked.lse_dtype(q.dtype)
+    return (
+        q.new_empty(b, h, n, d),
+        q.new_empty(b, h, n, dtype=stats),
+        k.new_empty(b, h, nb, d),
+        v.new_empty(b, h, nb, d),
+        q.new_empty(b, nb, dtype=stats),
+    )
 
 
 @torch.library.custom_op("stretto::wha_backward", mutates_args=())
@@ -108,86 +109,46 @@ def wha_backward(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    k_sum: Optional[Tensor],
-    v_sum: Optional[Tensor],
     key_real: Optional[Tensor],
-    summary_real: Optional[Tensor],
     o: Tensor,
     lse: Tensor,
+    k_sum: Tensor,
+    v_sum: Tensor,
+    inv_count: Tensor,
     window: int,
     block: int,
     causal: bool,
     scale: float,
     backend: str,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(dq, dk, dv, dk_sum, dv_sum); without summaries the last two are `[B, H, 0, D]`."""
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(dq, dk, dv), dk and dv including the gradient through the summaries' pooling."""
     _, backward = _impl(backend)
-    dq, dk, dv, dk_sum, dv_sum = backward(
-        do,
-        q,
-        k,
-        v,
-        k_sum,
-        v_sum,
-        key_real,
-        summary_real,
-        o,
-        lse,
-        window=window,
-        block=_block(block),
-        causal=causal,
-        scale=scale,
-    )
-    if dk_sum is None:  # custom ops cannot return None
-        dk_sum = k.new_empty(k.shape[0], k.shape[1], 0, k.shape[3])
-        dv_sum = v.new_empty(v.shape[0], v.shape[1], 0, v.shape[3])
-    return dq, dk, dv, dk_sum, dv_sum
+    return backward(do, q, k, v, key_real, o, lse, k_sum, v_sum, inv_count, window=window,
+                    block=_block(block), causal=causal, scale=scale)  # fmt: skip
 
 
 @wha_backward.register_fake
 def _wha_backward_fake(
-    do, q, k, v, k_sum, v_sum, key_real, summary_real, o, lse, window, block, causal, scale, backend
+    do, q, k, v, key_real, o, lse, k_sum, v_sum, inv_count, window, block, causal, scale, backend
 ):
-    if k_sum is None:
-        dk_sum = k.new_empty(k.shape[0], k.shape[1], 0, k.shape[3])
-        dv_sum = v.new_empty(v.shape[0], v.shape[1], 0, v.shape[3])
-    else:
-        dk_sum, dv_sum = torch.empty_like(k_sum), torch.empty_like(v_sum)
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dk_sum, dv_sum
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, k_sum, v_sum, key_real, summary_real, window, block, causal, scale, backend = inputs
-    o, lse = output
-    ctx.save_for_backward(q, k, v, k_sum, v_sum, key_real, summary_real, o, lse)
+    q, k, v, key_real, window, block, causal, scale, backend = inputs
+    o, lse, k_sum, v_sum, inv_count = output
+    ctx.mark_non_differentiable(lse, k_sum, v_sum, inv_count)
+    ctx.save_for_backward(q, k, v, key_real, o, lse, k_sum, v_sum, inv_count)
     ctx.config = (window, block, causal, scale, backend)
-    ctx.has_summaries = k_sum is not None
 
 
-def _backward(ctx, do, _dlse):
-    q, k, v, k_sum, v_sum, key_real, summary_real, o, lse = ctx.saved_tensors
+def _backward(ctx, do, _dlse, _dk_sum, _dv_sum, _dinv):
+    q, k, v, key_real, o, lse, k_sum, v_sum, inv_count = ctx.saved_tensors
     window, block, causal, scale, backend = ctx.config
     # Upstream gradients may be non-contiguous, even stride-0 (out.sum().backward()).
-    dq, dk, dv, dk_sum, dv_sum = wha_backward(
-        do.contiguous(),
-        q,
-        k,
-        v,
-        k_sum,
-        v_sum,
-        key_real,
-        summary_real,
-        o,
-        lse,
-        window,
-        block,
-        causal,
-        scale,
-        backend,
-    )
-    if not ctx.has_summaries:
-        dk_sum = dv_sum = None
-    return dq, dk, dv, dk_sum, dv_sum, None, None, None, None, None, None, None
+    dq, dk, dv = wha_backward(do.contiguous(), q, k, v, key_real, o, lse, k_sum, v_sum,
+                              inv_count, window, block, causal, scale, backend)  # fmt: skip
+    return dq, dk, dv, None, None, None, None, None, None
 
 
 wha_forward.register_autograd(_backward, setup_context=_setup_context)
@@ -197,10 +158,7 @@ def attention_core(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    k_sum: Optional[Tensor],
-    v_sum: Optional[Tensor],
     key_real: Optional[Tensor],
-    summary_real: Optional[Tensor],
     *,
     window: int,
     block: Optional[int],
@@ -208,19 +166,12 @@ def attention_core(
     scale: float,
     backend: str,
 ) -> Tensor:
-    """Differentiable attention over [local keys ; summaries] through the custom op."""
-
-    def c(x):
-        return None if x is None else x.contiguous()
-
-    o, _ = wha_forward(
+    """Differentiable attention (pooling included) through the custom op."""
+    o, *_ = wha_forward(
         q.contiguous(),
         k.contiguous(),
         v.contiguous(),
-        c(k_sum),
-        c(v_sum),
-        c(key_real),
-        c(summary_real),
+        None if key_real is None else key_real.contiguous(),
         int(window),
         0 if block is None else int(block),
         bool(causal),

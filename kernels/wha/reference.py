@@ -10,7 +10,9 @@ from __future__ import annotations
 import torch
 
 
-def local_visibility(n: int, window: int, causal: bool, device=None) -> torch.Tensor:
+def local_visibility(
+    n: int, window: int, causal: bool, device: torch.device | str | None = None
+) -> torch.Tensor:
     """`[N, N]` bool: key t is in query i's local window.
 
     causal: i - window < t <= i;  non-causal: |i - t| < window.
@@ -22,7 +24,9 @@ def local_visibility(n: int, window: int, causal: bool, device=None) -> torch.Te
     return (i - t).abs() < window
 
 
-def summary_visibility(n: int, window: int, block: int, causal: bool, device=None) -> torch.Tensor:
+def summary_visibility(
+    n: int, window: int, block: int, causal: bool, device: torch.device | str | None = None
+) -> torch.Tensor:
     """`[N, NB]` bool: block j's summary is visible to query i (before padding is applied).
 
     Block j covers positions [j*block, min((j+1)*block, N)). Its summary is visible iff

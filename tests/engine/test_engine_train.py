@@ -297,3 +297,43 @@ def test_resume_continues_a_run_and_config_reruns_it(midi_corpus, tmp_path, caps
         json.loads((again / "split.json").read_text())["validation"]
         == json.loads((run / "split.json").read_text())["validation"]
     )
+
+
+def test_discriminator_balance_follows_its_accuracy(make_model, fixed_batch):
+    """The discriminator's learning-rate factor falls while it wins and recovers when it
+    loses, within (0, 1]; 1.0 as the target turns the controller off."""
+    trainer = Trainer(make_model("vae_gan"), [fixed_batch], config=TrainConfig(steps=1))
+    for _ in range(40):
+        trainer._balance({"acc_real": 1.0, "acc_fake": 1.0})
+    low = trainer.disc_balance
+    assert 0 < low < 0.1
+    trainer._balance({"acc_real": 0.5, "acc_fake": 0.5})
+    assert trainer.disc_balance > low
+    for _ in range(50):
+        trainer._balance({"acc_real": 0.0, "acc_fake": 0.0})
+    assert trainer.disc_balance == 1.0
+    off = Trainer(
+        make_model("vae_gan"), [fixed_batch], config=TrainConfig(steps=1, disc_target_accuracy=1.0)
+    )
+    off._balance({"acc_real": 1.0, "acc_fake": 1.0})
+    assert off.disc_balance == 1.0
+    row = trainer.train_step([fixed_batch])
+    assert {"disc_balance", "disc_acc_real", "disc_acc_fake", "adv_weight"} <= row.keys()
+
+
+def test_tensorboard_logs_the_rows(make_model, fixed_batch, tmp_path):
+    pytest.importorskip("tensorboard", reason="the tensorboard extra")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = TrainConfig(steps=4, eval_every=2, log_every=1, loggers=("tensorboard",))
+    trainer = Trainer(make_model("vae"), [fixed_batch], [fixed_batch], config, out_dir=tmp_path)
+    history = trainer.fit()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    assert {"train/loss", "train/lr", "train/grad_norm", "val/latent_gap"} <= set(scalars)
+    logged = [e.value for e in events.Scalars("train/loss")]
+    want = [r["loss"] for r in history if r["split"] == "train"]
+    assert logged == pytest.approx(want, rel=1e-6)
+    with pytest.raises(ValueError, match="loggers"):
+        TrainConfig(loggers=("wandb",))

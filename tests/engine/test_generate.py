@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from stretto.engine.generate import sample
-from stretto.engine.grammar import validate
+from stretto.tokenizer import validate
 
 MODES = ("transformer", "vae", "vae_gan")
 # float64 logits of the cached path against the full forward: both are the same
@@ -188,8 +188,13 @@ def test_model_of_another_vocabulary(make_model, vocab):
 def test_prompt_breaking_the_grammar(make_model, vocab):
     model = make_model("transformer")
     prompt = torch.tensor([vocab.START, vocab.instrument(0), vocab.note_off(60)])
-    with pytest.raises(ValueError, match="orphan_note_off"):
+    with pytest.raises(ValueError, match=r"at position 2 \(orphan_note_off: NOTE_OFF\(60\) "):
         model.generate(prompt, max_new_tokens=3)
+    rows = torch.tensor([[vocab.START, vocab.instrument(0)], [vocab.START, vocab.END]])
+    with pytest.raises(ValueError, match=r"position 1 of row 1 \(empty_end: END is not allowed"):
+        model.generate(rows, max_new_tokens=0)
+    with pytest.raises(ValueError, match=r"position 0 \(start: INSTRUMENT\(0\) "):
+        model.generate(prompt[1:], max_new_tokens=3)
     out = model.generate(prompt, max_new_tokens=3, constrained=False, seed=0)
     assert torch.equal(out[0, :3], prompt)
 
@@ -229,3 +234,31 @@ def test_ended_rows_are_padded_and_output_trimmed(make_model, vocab):
     for row in out.tolist():
         end = row.index(vocab.END)
         assert all(t == vocab.PAD for t in row[end + 1 :])
+
+
+@pytest.mark.parametrize("mode", ["transformer", "vae"])
+def test_compiled_decode_step_compiles_once_and_equals_eager(make_model, windows, mode):
+    """The model's one-token step (every block's cache, the head) under
+    torch.compile(fullgraph=True, dynamic=False): one compile for 100 tokens, each
+    step's logits equal to the eager step's."""
+    from torch._dynamo.testing import CompileCounter
+
+    from stretto.engine.generate import DecodeStep
+
+    torch._dynamo.reset()
+    model = make_model(mode).eval()
+    ids = windows(120)[:1]
+    z = _z(model, 1, dtype=torch.float32)
+    caches = [model.new_cache(1, 120), model.new_cache(1, 120)]
+    with torch.no_grad():
+        for cache in caches:
+            model.decode(ids[:, :20], z=z, cache=cache)
+        eager = DecodeStep(model, caches[0], z)
+        compiled = DecodeStep(model, caches[1], z)
+        counter = CompileCounter()
+        compiled._fn = torch.compile(compiled._step, backend=counter, fullgraph=True, dynamic=False)
+        for i in range(20, 120):
+            want = eager(ids[:, i])
+            got = compiled(ids[:, i])
+            torch.testing.assert_close(got, want, atol=2e-5, rtol=0)
+    assert counter.frame_count == 1, f"{counter.frame_count} compiles for 100 tokens"

@@ -10,8 +10,7 @@ import torch
 
 from stretto.engine import ModelConfig, MusicModel
 from stretto.engine.cli import main
-from stretto.engine.grammar import validate
-from stretto.tokenizer import MidiTokenizer
+from stretto.tokenizer import MidiTokenizer, validate
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

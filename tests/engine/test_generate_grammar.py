@@ -1,70 +1,20 @@
-"""The grammar: `validate` on hand-made bad sequences, the mask agrees with it, and
-constrained sampling only produces valid pieces that decode to notes."""
+"""The grammar's mask (`Grammar`): it agrees with `stretto.tokenizer.validate` rule by
+rule and token by token, and constrained sampling only produces valid pieces that
+decode to notes. `validate` itself is tested in tests/tokenizer/test_grammar.py."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from stretto.engine.grammar import RULES, Grammar, validate
-from stretto.tokenizer import MidiTokenizer, Vocabulary
+from stretto.engine.grammar import Grammar
+from stretto.tokenizer import MidiTokenizer, Vocabulary, validate
+from stretto.tokenizer.grammar import RULES
 
 V = Vocabulary()
 S, E, PAD = V.START, V.END, V.PAD
 I0, VEL, ON60, OFF60 = V.instrument(0), V.velocity(64), V.note_on(60), V.note_off(60)
 SHIFT = V.time_shift  # steps -> id
-
-
-def _bad(rule, position, *ids):
-    return pytest.param(list(ids), position, rule, id=f"{rule}-at-{position}")
-
-
-BAD = [
-    _bad("start", 0, I0, VEL, ON60),
-    _bad("special", 2, S, I0, PAD, VEL, ON60),
-    _bad("special", 1, S, V.UNK),
-    _bad("special", 3, S, I0, VEL, S),
-    _bad("after_end", 5, S, I0, VEL, ON60, E, ON60),
-    _bad("instrument_first", 2, S, VEL, ON60),
-    _bad("instrument_first", 1, S, V.SUSTAIN_ON),
-    _bad("instrument_first", 1, S, OFF60),
-    _bad("velocity_first", 2, S, I0, ON60),
-    _bad("orphan_note_off", 4, S, I0, VEL, ON60, OFF60 + 1),
-    # the note sounds in instrument 0, the NOTE_OFF acts on instrument 1
-    _bad("orphan_note_off", 5, S, I0, VEL, ON60, V.instrument(1), OFF60),
-    _bad("orphan_note_off", 6, S, I0, VEL, ON60, SHIFT(4), OFF60, OFF60),
-    _bad("note_too_long", 6, S, I0, VEL, ON60, SHIFT(8), SHIFT(8), SHIFT(1)),
-    _bad("empty_end", 3, S, I0, VEL, E),
-]
-
-
-@pytest.mark.parametrize("ids,position,rule", BAD)
-def test_validate_catches_each_rule(ids, position, rule):
-    found = validate(ids, max_note_steps=16)
-    assert [(v.position, v.rule) for v in found] == [(position, rule)]
-    assert found[0].token == ids[position]
-
-
-def test_every_rule_has_a_bad_example():
-    assert {p.values[2] for p in BAD} == set(RULES)
-
-
-@pytest.mark.parametrize(
-    "ids",
-    [
-        pytest.param([S], id="start-only"),
-        pytest.param([S, I0, VEL, ON60, SHIFT(16), OFF60, E], id="one-note"),
-        pytest.param([S, I0, VEL, ON60, SHIFT(16), E, PAD, PAD], id="open-note-at-end-padded"),
-        pytest.param([S, V.tempo(120), I0, V.SUSTAIN_ON, VEL, ON60, ON60], id="restrike"),
-    ],
-)
-def test_validate_accepts(ids):
-    assert validate(ids, max_note_steps=16) == []
-
-
-def test_validate_rejects_out_of_range():
-    with pytest.raises(ValueError, match="774"):
-        validate([S, 774])
 
 
 def test_real_music_is_valid_and_allowed_by_the_mask(windows):
@@ -89,6 +39,89 @@ def test_real_music_is_valid_and_allowed_by_the_mask(windows):
         grammar.advance(state, ids[:, i])
     for row in ids:
         assert validate(row, max_note_steps=10_000) == []
+
+
+# -- the mask and validate agree --------------------------------------------------------
+# Ids drawn by family, pitches from a few, short shifts often: sequences that break and
+# keep every rule, with notes that sound, end, restart and outlive a small limit.
+FAMILIES = [
+    range(0, 4),
+    V.NOTE_ON,
+    V.NOTE_OFF,
+    V.TIME_SHIFT,
+    V.VELOCITY,
+    range(V.SUSTAIN_ON, V.SUSTAIN_OFF + 1),
+    V.TEMPO,
+    V.INSTRUMENT,
+]
+
+
+def _random_ids(gen: torch.Generator, n: int, start: bool = True) -> list[int]:
+    weights = torch.rand(len(FAMILIES), generator=gen) ** 2 + 0.02
+    pitches = torch.randint(0, 88, (3,), generator=gen)
+    out = [S] if start else []
+    draws = torch.multinomial(weights, n - len(out), replacement=True, generator=gen)
+    for family in draws.tolist():
+        r = FAMILIES[family]
+        pick = int(torch.randint(len(r), (1,), generator=gen))
+        if r in (V.NOTE_ON, V.NOTE_OFF) and torch.rand(1, generator=gen) < 0.8:
+            pick = int(pitches[pick % 3])
+        elif r == V.TIME_SHIFT and torch.rand(1, generator=gen) < 0.6:
+            pick %= 6
+        elif r == V.INSTRUMENT:
+            pick %= 3
+        out.append(r[pick])
+    return out
+
+
+@pytest.mark.parametrize("max_note_steps", [1, 7, 512])
+@pytest.mark.parametrize("seed", range(4), ids=[f"seed{s}" for s in range(4)])
+def test_the_mask_breaks_the_rule_validate_names_at_every_position(seed, max_note_steps):
+    """On sequences that break every rule, the mask's first broken rule for each next
+    token is the one `validate` reports at that position (none where it reports none):
+    both read the same state from the same ids, violations included."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = [_random_ids(gen, 120, start=k % 6 != 0) for k in range(24)]
+    grammar = Grammar(V, max_note_steps=max_note_steps)
+    state = grammar.initial_state(len(rows), "cpu")
+    ids = torch.tensor(rows)  # [24, 120]
+    found = [
+        {x.position: RULES.index(x.rule) for x in validate(row, max_note_steps=max_note_steps)}
+        for row in rows
+    ]
+    seen = set()
+    for pos in range(ids.shape[1]):
+        got = grammar.broken_rule(state, ids[:, pos]).tolist()
+        want = [f.get(pos, -1) for f in found]
+        assert got == want, (pos, [V.describe(int(t)) for t in ids[:, pos]])
+        seen.update(want)
+        grammar.advance(state, ids[:, pos])
+    assert seen == {-1, *range(len(RULES))}, "some rule never came up: draw other ids"
+
+
+@pytest.mark.parametrize("seed", range(3), ids=[f"seed{s}" for s in range(3)])
+def test_a_token_is_allowed_exactly_when_validate_stays_clean(seed):
+    """From valid prefixes (a random walk over the mask, into the note limit and past
+    END), every one of the 774 next tokens: allowed <=> appending it keeps `validate`
+    clean."""
+    gen = torch.Generator().manual_seed(seed)
+    grammar = Grammar(V, max_note_steps=12)
+    state = grammar.initial_state(1, "cpu")
+    prefix: list[int] = []
+    bias = torch.zeros(V.size)
+    bias[V.END] = -4.0
+    bias[V.TIME_SHIFT.start : V.TIME_SHIFT.start + 8] = 3.0
+    for step in range(90):
+        allowed = grammar.allowed(state)[0]
+        if step % 6 == 0 or step == 89:
+            for t in range(V.size):
+                clean = validate([*prefix, t], max_note_steps=12) == []
+                assert bool(allowed[t]) == clean, (step, V.describe(t))
+        logits = (torch.randn(V.size, generator=gen) + bias).masked_fill(~allowed, -torch.inf)
+        token = int(torch.multinomial(logits.softmax(-1), 1, generator=gen))
+        grammar.advance(state, torch.tensor([token]))
+        prefix.append(token)
+    assert validate(prefix, max_note_steps=12) == []
 
 
 def _briefly_trained(make_model, windows):

@@ -52,27 +52,40 @@ def test_a_short_vae_run_uses_its_latent_on_unseen_files(vae):
 
 
 def test_interpolation_endpoints_reconstruct_their_own_input(vae, split):
+    """Along the arc between two held-out windows of different files, each endpoint
+    decodes its own window better than the opposite endpoint does (on average over
+    pairs: one window can be an exception, as one token can)."""
     model, _ = vae
     _, val = split.datasets(SEQ_LEN)
-    batches, files = held_out_batches(val, windows=8, batch_size=8)
-    ids = batches[0]["input_ids"]
-    a, b = ids[0], next(ids[i] for i in range(1, len(ids)) if files[i] != files[0])
-    z, pieces = interpolate(model, a, b, steps=3, max_new_tokens=16, temperature=0)
-    assert z.shape == (3, model.config.latent_dim) and pieces.shape[0] == 3
-    with torch.no_grad():
-        mu_a, mu_b = (model.encode(x[None])[0][0] for x in (a, b))
-    torch.testing.assert_close(z[0], mu_a)
-    torch.testing.assert_close(z[-1], mu_b)
+    batches, files = held_out_batches(val, windows=24, batch_size=24)
+    ids, mask = batches[0]["input_ids"], batches[0]["attention_mask"]
+    full = [i for i in sorted(range(len(ids)), key=lambda i: -int(mask[i].sum()))]
+    pairs = []
+    for i in full:
+        j = next((j for j in full if files[j] != files[i] and j not in sum(pairs, ())), None)
+        if j is not None and i not in sum(pairs, ()):
+            pairs.append((i, j))
+    pairs = pairs[:6]
+    assert len(pairs) >= 4
 
-    def nll(x, zz):
+    def nll(x, z):
         x = x[None]
-        mask = x != model.config.pad_id
-        s, n = sequence_nll(model.decode(x, mask, z=zz[None]), x, mask, model.config.pad_id)
+        m = x != model.config.pad_id
+        s, n = sequence_nll(model.decode(x, m, z=z[None]), x, m, model.config.pad_id)
         return float(s / n)
 
-    with torch.no_grad():
-        assert nll(a, z[0]) < nll(a, z[-1])
-        assert nll(b, z[-1]) < nll(b, z[0])
+    margins = []
+    for i, j in pairs:
+        a, b = ids[i], ids[j]
+        z, pieces = interpolate(model, a, b, steps=3, max_new_tokens=4, temperature=0)
+        assert z.shape == (3, model.config.latent_dim) and pieces.shape[0] == 3
+        with torch.no_grad():
+            mu_a, mu_b = (model.encode(x[None])[0][0] for x in (a, b))
+            torch.testing.assert_close(z[0], mu_a)
+            torch.testing.assert_close(z[-1], mu_b)
+            margins.append(nll(a, z[-1]) - nll(a, z[0]))
+            margins.append(nll(b, z[0]) - nll(b, z[-1]))
+    assert sum(margins) / len(margins) > 0, margins
 
 
 def test_slerp_keeps_the_arc():
@@ -83,7 +96,7 @@ def test_slerp_keeps_the_arc():
 
 
 def test_a_short_vae_gan_run_leaves_the_discriminator_unsaturated(split):
-    model, history = _train(split, "vae_gan", 300)
+    model, history = _train(split, "vae_gan", 500)  # the adversarial term from step 300
     val = [r for r in history if r["split"] == "val"][-1]
     lo, hi = DISCRIMINATOR_BAND
     assert lo <= val["acc_real"] <= hi and lo <= val["acc_fake"] <= hi, val

@@ -12,7 +12,7 @@ watchdog. The worker mutates the seeds with byte-level and MIDI-aware edits
 and the numba kernels, so it mostly replays mutations of its smallest seed). The
 parent watches the worker, restarts it after each finding, minimizes the finding in
 fresh bounded processes and saves it under `tests/data/fuzz/` (named by kind and
-hash), where `tests/hardening/test_hardening_fuzz_replay.py` replays it. Seeds:
+hash), where `tests/tokenizer/test_fuzz_replay.py` replays it. Seeds:
 ../shared/midi/dev and ../shared/midi/malformed, read in place, never copied.
 """
 

@@ -1,22 +1,23 @@
-"""The fused Triton kernels (forward and backward) against the dense reference.
+"""The fused Triton kernels (pooling, forward, backward) against the dense reference.
 
 Under no CUDA these run in the Triton interpreter on CPU tensors, so shapes stay tiny.
 Every comparison goes through the tolerance policy: the kernel's error against the
 float64 reference is at most 2x that of the reference run in the kernel's dtype.
-
-`fused_backward` returns the gradients with respect to the pooled summaries; they are
-checked twice: directly, against autograd of the reference's math with k_sum/v_sum as
-leaves, and composed through pooling's backward into dk/dv, against the reference
-itself (whose k/v gradients include the pooling path).
+dk and dv include the gradient through the summaries' pooling (folded into the key
+kernel), so the reference's own k/v gradients are the target.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 import torch
 
 from stretto.kernels.testing import assert_close_to_reference
+from stretto.kernels.wha import configs, op
 from stretto.kernels.wha import reference as ref
+from tests.kernels.attention_cases import CASES, Case, case_id, padding_mask
 
 
 def _fused():
@@ -25,108 +26,17 @@ def _fused():
     return fused
 
 
-# (B, H, N, D, window, block, causal, padding)
-CASES = [
-    (1, 1, 1, 16, 1, None, True, None),
-    (1, 2, 1, 16, 4, 1, False, None),
-    (2, 3, 7, 16, 4, None, True, "end"),
-    (2, 2, 7, 40, 8, 5, False, None),  # window >= N
-    (1, 2, 33, 16, 1, 1, True, "middle"),  # window 1: itself plus every earlier token
-    (2, 2, 33, 40, 8, 5, True, "middle"),
-    (2, 2, 33, 40, 8, 5, False, "end"),
-    (2, 2, 77, 16, 8, 16, True, "row"),  # one batch row entirely padding
-    (2, 1, 77, 40, 4, 16, False, "row"),
-    (2, 1, 77, 16, 100, 16, True, None),  # window >= N: no summary is ever visible
-    (1, 1, 33, 16, 4, 64, False, None),  # block > N: a single summary
-    (1, 2, 77, 16, 4, None, False, "middle"),
-    (1, 1, 50, 24, 3, 1, False, "middle"),  # block 1: a summary per token
-    (1, 1, 40, 128, 8, 4, True, "end"),
-    (2, 1, 63, 64, 16, 8, False, "end"),
-    (1, 1, 21, 16, 2**40, 2**40, False, None),  # huge window and block: clamped, no overflow
-]
-
-
-def _case_id(case) -> str:
-    b, h, n, d, window, block, causal, pad = case
-    parts = [f"B{b}-H{h}-N{n}-D{d}-w{window}", f"g{block}" if block else "gNone"]
-    parts.append("causal" if causal else "bidir")
-    if pad:
-        parts.append(f"pad{pad}")
-    return "-".join(parts)
-
-
-def _key_real(b: int, n: int, pad: str | None, device) -> torch.Tensor | None:
-    if pad is None:
-        return None
-    real = torch.ones(b, n, dtype=torch.bool, device=device)
-    if pad == "end":
-        real[0, n - max(1, n // 4) :] = False
-    elif pad == "middle":
-        real[0, n // 4 : n // 4 + max(1, n // 2)] = False
-    elif pad == "row":
-        real[0, n - max(1, n // 3) :] = False
-        real[-1] = False
-    return real
-
-
-def _reference_from_summaries(q, k, v, k_sum, v_sum, key_real, summary_real, *, window, block,
-                              causal, scale):  # fmt: skip
-    """The reference's math with k_sum/v_sum as inputs (so autograd gives their grads)."""
-    b, _, n, _ = q.shape
-    real = torch.ones(b, n, dtype=torch.bool, device=q.device) if key_real is None else key_real
-    visible = ref.local_visibility(n, window, causal, q.device)[None] & real[:, None, :]
-    scores = scale * (q @ k.transpose(-1, -2))  # [B, H, N, N]
-    values = v
-    if block is not None:
-        sees = ref.summary_visibility(n, window, block, causal, q.device)[None]
-        sees = sees & summary_real[:, None, :]  # [B, N, NB]
-        visible = torch.cat([visible, sees], dim=-1)
-        scores = torch.cat([scores, scale * (q @ k_sum.transpose(-1, -2))], dim=-1)
-        values = torch.cat([v, v_sum], dim=-2)
-    visible = visible[:, None]
-    sees_any = visible.any(-1, keepdim=True)
-    scores = scores.masked_fill(~visible, float("-inf"))
-    scores = torch.where(sees_any, scores, torch.zeros((), dtype=scores.dtype, device=q.device))
-    return (torch.softmax(scores, dim=-1) * sees_any) @ values
-
-
-def _inputs(case, dtype, device):
-    b, h, n, d, window, block, causal, pad = case
-    q, k, v = (torch.randn(b, h, n, d, device=device, dtype=torch.float64) for _ in range(3))
-    key_real = _key_real(b, n, pad, device)
-    return q, k, v, key_real
-
-
 def _run_fused(q, k, v, key_real, do, *, window, block, causal, scale):
-    """Forward + backward through the fused launchers; dk/dv composed through pooling."""
     fused = _fused()
-    if block is not None:
-        k_sum, summary_real = ref.pool_blocks(k, block, key_real)
-        v_sum, _ = ref.pool_blocks(v, block, key_real)
-    else:
-        k_sum = v_sum = summary_real = None
     kw = dict(window=window, block=block, causal=causal, scale=scale)
-    o, lse = fused.fused_forward(q, k, v, k_sum, v_sum, key_real, summary_real, **kw)
-    dq, dk, dv, dks, dvs = fused.fused_backward(
-        do, q, k, v, k_sum, v_sum, key_real, summary_real, o, lse, **kw
-    )
-    out = {"o": o, "lse": lse, "dq": dq, "dk_local": dk, "dv_local": dv}
-    if block is None:
-        assert dks is None and dvs is None
-        out["dk"], out["dv"] = dk, dv
-    else:
-        out["dk_sum"], out["dv_sum"] = dks, dvs
-        # route the summary grads to k, v through pooling's own backward
-        kl = k.detach().requires_grad_()
-        vl = v.detach().requires_grad_()
-        (dk_pool,) = torch.autograd.grad(ref.pool_blocks(kl, block, key_real)[0], kl, dks)
-        (dv_pool,) = torch.autograd.grad(ref.pool_blocks(vl, block, key_real)[0], vl, dvs)
-        out["dk"], out["dv"] = dk + dk_pool, dv + dv_pool
-    return out
+    o, lse, k_sum, v_sum, inv_count = fused.fused_forward(q, k, v, key_real, **kw)
+    dq, dk, dv = fused.fused_backward(do, q, k, v, key_real, o, lse, k_sum, v_sum, inv_count, **kw)
+    return {"o": o, "lse": lse, "k_sum": k_sum, "v_sum": v_sum, "inv_count": inv_count,
+            "dq": dq, "dk": dk, "dv": dv}  # fmt: skip
 
 
 def _run_reference(q, k, v, key_real, do, *, window, block, causal, scale):
-    """The reference in q's dtype: o, dq, dk, dv, plus dk_sum/dv_sum from the leaf variant."""
+    """The reference in q's dtype: o, dq, dk, dv, and the pooled summaries."""
     q, k, v = (x.detach().requires_grad_() for x in (q, k, v))
     o = ref.hierarchical_attention_reference(
         q, k, v, window=window, block=block, causal=causal, key_padding_mask=key_real, scale=scale
@@ -134,15 +44,8 @@ def _run_reference(q, k, v, key_real, do, *, window, block, causal, scale):
     dq, dk, dv = torch.autograd.grad(o, (q, k, v), do)
     out = {"o": o.detach(), "dq": dq, "dk": dk, "dv": dv}
     if block is not None:
-        k_sum, summary_real = ref.pool_blocks(k.detach(), block, key_real)
-        v_sum, _ = ref.pool_blocks(v.detach(), block, key_real)
-        leaves = [x.detach().requires_grad_() for x in (q, k, v, k_sum, v_sum)]
-        o2 = _reference_from_summaries(
-            *leaves, key_real, summary_real, window=window, block=block, causal=causal, scale=scale
-        )
-        grads = torch.autograd.grad(o2, leaves, do)
-        out["o_leaf"] = o2.detach()
-        out["dk_local"], out["dv_local"], out["dk_sum"], out["dv_sum"] = grads[1:]
+        out["k_sum"], out["summary_real"] = ref.pool_blocks(k.detach(), block, key_real)
+        out["v_sum"], _ = ref.pool_blocks(v.detach(), block, key_real)
     return out
 
 
@@ -153,26 +56,27 @@ def _upstream(kind: str, shape, dtype, device) -> torch.Tensor:
     return torch.randn(shape, dtype=dtype, device=device)
 
 
-def _check(case, dtype, device, grad_kind="random"):
+def _check(case: Case, dtype, device, grad_kind="random"):
     b, h, n, d, window, block, causal, pad = case
-    q64, k64, v64, key_real = _inputs(case, dtype, device)
+    q64, k64, v64 = (torch.randn(b, h, n, d, device=device, dtype=torch.float64) for _ in range(3))
+    key_real = padding_mask(pad, b, n, device)
     do64 = _upstream(grad_kind, (b, h, n, d), torch.float64, device)
-    scale = d**-0.5
-    kw = dict(window=window, block=block, causal=causal, scale=scale)
+    kw = dict(window=window, block=block, causal=causal, scale=d**-0.5)
 
     exact = _run_reference(q64, k64, v64, key_real, do64, **kw)
-    plain = _run_reference(*(x.to(dtype) for x in (q64, k64, v64)), key_real, do64.to(dtype), **kw)
-    fast = _run_fused(*(x.to(dtype) for x in (q64, k64, v64)), key_real, do64.to(dtype), **kw)
+    low = [x.to(dtype) for x in (q64, k64, v64)]
+    plain = _run_reference(*low, key_real, do64.to(dtype), **kw)
+    fast = _run_fused(*low, key_real, do64.to(dtype), **kw)
 
-    if block is not None:
-        # the leaf variant is the same function as the reference
-        torch.testing.assert_close(exact["o_leaf"], exact["o"], rtol=1e-12, atol=1e-12)
-    names = ["o", "dq", "dk", "dv"]
-    if block is not None:
-        names += ["dk_local", "dv_local", "dk_sum", "dv_sum"]
+    names = ["o", "dq", "dk", "dv"] + (["k_sum", "v_sum"] if block is not None else [])
     for name in names:
         assert fast[name].dtype == dtype, name
+        assert fast[name].is_contiguous(), name
         assert_close_to_reference(fast[name], plain[name], exact[name], name=name)
+    if block is None:
+        assert fast["k_sum"].shape[2] == 0 and fast["inv_count"].shape[1] == 0
+    else:
+        assert torch.equal(fast["inv_count"] > 0, exact["summary_real"])
 
     # lse: finite where a row sees something, +inf where it sees nothing
     assert fast["lse"].dtype == torch.float32
@@ -181,19 +85,16 @@ def _check(case, dtype, device, grad_kind="random"):
 
 
 @pytest.mark.parametrize("grad_kind", ["random", "sum"])
-@pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_fused_matches_reference_fp32(case, grad_kind, kernel_device, poisoned):
     _check(case, torch.float32, kernel_device, grad_kind)
 
 
-SMALL_CASES = [
-    (1, 2, 17, 16, 4, 5, True, "middle"),
-    (2, 1, 20, 40, 3, 4, False, "row"),
-]
+HALF_CASES = [c for c in CASES if c.n in (30, 63)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-@pytest.mark.parametrize("case", SMALL_CASES, ids=[_case_id(c) for c in SMALL_CASES])
+@pytest.mark.parametrize("case", HALF_CASES, ids=case_id)
 def test_fused_matches_reference_half(case, dtype, kernel_device, poisoned):
     if dtype == torch.bfloat16 and kernel_device == "cpu":
         # Seen with triton 3.9: the interpreter's tl.dot multiplies bf16 operands' raw bits
@@ -204,12 +105,13 @@ def test_fused_matches_reference_half(case, dtype, kernel_device, poisoned):
 
 def test_rows_that_see_nothing(kernel_device, poisoned):
     """A fully padded batch row: zeros out, zero grads, no NaN, lse = +inf."""
-    case = (2, 2, 21, 16, 4, 4, True, "row")
+    case = Case(2, 2, 21, 16, 4, 4, True, "row")
     fast = _check(case, torch.float32, kernel_device)
-    assert torch.equal(fast["o"][1], torch.zeros_like(fast["o"][1]))
-    assert torch.isinf(fast["lse"][1]).all()
-    for name in ("dq", "dk", "dv", "dk_sum", "dv_sum"):
-        assert torch.equal(fast[name][1], torch.zeros_like(fast[name][1])), name
+    assert torch.equal(fast["o"][0], torch.zeros_like(fast["o"][0]))
+    assert torch.isinf(fast["lse"][0]).all()
+    for name in ("dq", "dk", "dv"):
+        assert torch.equal(fast[name][0], torch.zeros_like(fast[name][0])), name
+    assert torch.equal(fast["inv_count"][0], torch.zeros_like(fast["inv_count"][0]))
 
 
 def test_lse_is_base_two(kernel_device, poisoned):
@@ -217,8 +119,8 @@ def test_lse_is_base_two(kernel_device, poisoned):
     b, h, n, d, window = 1, 2, 19, 16, 5
     q, k, v = (torch.randn(b, h, n, d, device=kernel_device) for _ in range(3))
     scale = 0.3
-    _, lse = _fused().fused_forward(
-        q, k, v, None, None, None, None, window=window, block=None, causal=True, scale=scale
+    _, lse, *_ = _fused().fused_forward(
+        q, k, v, None, window=window, block=None, causal=True, scale=scale
     )
     scores = scale * (q.double() @ k.double().transpose(-1, -2))
     scores = scores.masked_fill(~ref.local_visibility(n, window, True, q.device), float("-inf"))
@@ -229,23 +131,16 @@ def test_lse_is_base_two(kernel_device, poisoned):
 def test_noncontiguous_inputs(kernel_device, poisoned):
     """Transposed-layout q/k/v (as from a [B, N, H, D] projection) give the same results."""
     b, h, n, d = 2, 3, 29, 16
-    base = [torch.randn(b, n, h, d, device=kernel_device) for _ in range(3)]
-    q, k, v = (x.transpose(1, 2) for x in base)  # [B, H, N, D] views, not contiguous
-    k_sum, summary_real = ref.pool_blocks(k, 4, None)
-    v_sum, _ = ref.pool_blocks(v, 4, None)
+    q, k, v, do = (torch.randn(b, n, h, d, device=kernel_device).transpose(1, 2) for _ in range(4))
     kw = dict(window=6, block=4, causal=False, scale=d**-0.5)
     fused = _fused()
-    o1, lse1 = fused.fused_forward(q, k, v, k_sum, v_sum, None, summary_real, **kw)
-    o2, lse2 = fused.fused_forward(
-        q.contiguous(), k.contiguous(), v.contiguous(), k_sum, v_sum, None, summary_real, **kw
-    )
-    assert torch.equal(o1, o2) and torch.equal(lse1, lse2)
-    do = torch.randn(b, n, h, d, device=kernel_device).transpose(1, 2)
-    g1 = fused.fused_backward(do, q, k, v, k_sum, v_sum, None, summary_real, o1, lse1, **kw)
-    g2 = fused.fused_backward(
-        do.contiguous(), q.contiguous(), k.contiguous(), v.contiguous(),
-        k_sum, v_sum, None, summary_real, o2, lse2, **kw,
-    )  # fmt: skip
+    fwd1 = fused.fused_forward(q, k, v, None, **kw)
+    dense = [x.contiguous() for x in (q, k, v, do)]
+    fwd2 = fused.fused_forward(*dense[:3], None, **kw)
+    for a, c in zip(fwd1, fwd2, strict=True):
+        assert torch.equal(a, c)
+    g1 = fused.fused_backward(do, q, k, v, None, *fwd1[:2], *fwd1[2:], **kw)
+    g2 = fused.fused_backward(dense[3], *dense[:3], None, *fwd2[:2], *fwd2[2:], **kw)
     for a, c in zip(g1, g2, strict=True):
         assert torch.equal(a, c)
 
@@ -253,28 +148,157 @@ def test_noncontiguous_inputs(kernel_device, poisoned):
 def test_deterministic(kernel_device, poisoned):
     """Two runs on the same inputs give bitwise-identical outputs and gradients."""
     b, h, n, d, window, block = 2, 2, 45, 40, 6, 5
-    q, k, v = (torch.randn(b, h, n, d, device=kernel_device) for _ in range(3))
-    key_real = _key_real(b, n, "middle", kernel_device)
-    k_sum, summary_real = ref.pool_blocks(k, block, key_real)
-    v_sum, _ = ref.pool_blocks(v, block, key_real)
-    do = torch.randn(b, h, n, d, device=kernel_device)
+    q, k, v, do = (torch.randn(b, h, n, d, device=kernel_device) for _ in range(4))
+    key_real = padding_mask("middle", b, n, kernel_device)
     kw = dict(window=window, block=block, causal=False, scale=d**-0.5)
     fused = _fused()
     runs = []
     for _ in range(2):
-        o, lse = fused.fused_forward(q, k, v, k_sum, v_sum, key_real, summary_real, **kw)
-        grads = fused.fused_backward(
-            do, q, k, v, k_sum, v_sum, key_real, summary_real, o, lse, **kw
-        )
-        runs.append((o, lse, *grads))
+        fwd = fused.fused_forward(q, k, v, key_real, **kw)
+        grads = fused.fused_backward(do, q, k, v, key_real, *fwd, **kw)
+        runs.append((*fwd, *grads))
     for a, c in zip(*runs, strict=True):
         assert torch.equal(a, c)
+
+
+# -- launches: device guard, grid, configs ------------------------------------------------
+
+
+class _RecordingKernel:
+    """Stands in for a Triton kernel: records each launch's grid and the device the
+    guard had switched to, and runs nothing."""
+
+    def __init__(self, name, log, current):
+        self.name, self.log, self.current = name, log, current
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.log.append((self.name, tuple(grid), self.current[0]))
+
+        return launch
+
+
+def _recording(monkeypatch, fused):
+    log, current = [], [None]
+
+    @contextlib.contextmanager
+    def guard(t):
+        before, current[0] = current[0], t.device
+        try:
+            yield
+        finally:
+            current[0] = before
+
+    monkeypatch.setattr(fused, "device_guard", guard)
+    kernels = {name: _RecordingKernel(name, log, current) for name in fused.KERNELS}
+    monkeypatch.setattr(fused, "KERNELS", kernels)
+    monkeypatch.setattr(fused, "_pool_kernel", _RecordingKernel("pool", log, current))
+    return log
+
+
+def test_every_launch_runs_under_the_tensors_device(kernel_device, monkeypatch):
+    """Triton launches on the current device: each launch must sit inside the guard
+    that switches to the tensors' device (here a stand-in guard records it)."""
+    fused = _fused()
+    log = _recording(monkeypatch, fused)
+    q, k, v, do = (torch.randn(1, 2, 40, 16, device=kernel_device) for _ in range(4))
+    kw = dict(window=8, block=4, causal=True, scale=0.25)
+    fwd = fused.fused_forward(q, k, v, None, **kw)
+    fused.fused_backward(do, q, k, v, None, *fwd, **kw)
+    assert [name for name, *_ in log] == ["pool", "fwd", "dq", "dsum", "dkv"]
+    assert all(device == q.device for *_, device in log), log
+
+
+def test_the_real_guard_switches_cuda_devices(monkeypatch):
+    """`device_guard` enters torch.cuda.device(t.device) for a CUDA tensor (a fake
+    `cuda:1` tensor here) and does nothing for a CPU one."""
+    fused = _fused()
+    entered = []
+
+    @contextlib.contextmanager
+    def fake_cuda_device(device):
+        entered.append(torch.device(device))
+        yield
+
+    monkeypatch.setattr(torch.cuda, "device", fake_cuda_device)
+    with fused.device_guard(torch.empty(1, device="meta")):
+        pass
+    assert entered == []
+
+    class FakeCuda:
+        device = torch.device("cuda", 1)
+
+    with fused.device_guard(FakeCuda()):
+        pass
+    assert entered == [torch.device("cuda", 1)]
+
+
+def test_grid_is_one_axis_beyond_65535_heads(kernel_device, monkeypatch):
+    """B x H = 70,000 (> 65,535, the limit of grid axes 1 and 2): every launch is a
+    1-D grid of B x H x tiles programs."""
+    fused = _fused()
+    log = _recording(monkeypatch, fused)
+    b, h, n, d = 2, 35_000, 3, 16
+    q = torch.randn(b, h, n, d, device=kernel_device)
+    kw = dict(window=4, block=8, causal=True, scale=0.25)
+    fwd = fused.fused_forward(q, q, q, None, **kw)
+    fused.fused_backward(q, q, q, q, None, *fwd, **kw)
+    cfg = configs.INTERPRET if fused._INTERPRET else None
+    assert {name for name, *_ in log} == {"pool", "fwd", "dq", "dsum", "dkv"}
+    for name, grid, _ in log:
+        assert len(grid) == 1, (name, grid)
+        assert grid[0] >= b * h, (name, grid)
+    if cfg is not None:
+        tiles = -(-n // cfg.block_m)
+        assert ("fwd", (b * h * tiles,), q.device) in log
+
+
+def test_configs_are_pinned_and_few():
+    for kernel in configs.KERNELS:
+        for kind in configs.KINDS:
+            for d in (16, 40, 64, 128):
+                for arch in (80, 90):
+                    cands = configs.candidates(kernel, kind, d, arch)
+                    assert 1 <= len(cands) <= configs.MAX_CANDIDATES
+                    assert configs.pinned(kernel, kind, d, arch) == cands[0]
+                    assert len(set(cands)) == len(cands)
+    cfg = configs.pinned("fwd", "16bit", 64)
+    assert configs.TileConfig.from_json(cfg.to_json()) == cfg
+    with pytest.raises(ValueError, match="block_m must be a power of two"):
+        configs.TileConfig(block_m=48, block_n=64, block_s=16, num_warps=4, num_stages=2)
+    with pytest.raises(ValueError, match="num_warps"):
+        configs.TileConfig(block_m=64, block_n=64, block_s=16, num_warps=3, num_stages=2)
+
+
+def test_autotuning_is_opt_in(kernel_device, monkeypatch):
+    fused = _fused()
+    monkeypatch.delenv("STRETTO_AUTOTUNE", raising=False)
+    assert not configs.autotune_enabled()
+    monkeypatch.setenv("STRETTO_AUTOTUNE", "1")
+    assert configs.autotune_enabled()
+    tuned = fused._autotuned("dkv", "16bit", 64)
+    assert len(tuned.configs) <= configs.MAX_CANDIDATES
+    first = tuned.configs[0]
+    assert first.kwargs["BLOCK_M"] == configs.pinned("dkv", "16bit", 64).block_m
+    assert fused._autotuned("dkv", "16bit", 64) is tuned  # one autotuner per key
+
+
+def test_auto_backend_falls_back_for_what_triton_does_not_cover():
+    from stretto.kernels.wha.interface import choose_backend
+
+    fused_ok = op.fused_import_error() is None
+    assert choose_backend("cuda", torch.bfloat16, 64) == ("triton" if fused_ok else "torch")
+    assert choose_backend("cuda", torch.float32, 128) == ("triton" if fused_ok else "torch")
+    assert choose_backend("cuda", torch.float64, 64) == "torch"
+    assert choose_backend("cuda", torch.float16, 8) == "torch"
+    assert choose_backend("cuda", torch.float16, 256) == "torch"
+    assert choose_backend("cpu", torch.float32, 64) == "torch"
 
 
 # -- the full sweep, on a real GPU only --------------------------------------------------
 
 GPU_CASES = [
-    (2, 4, n, d, 256, 64, causal, pad)
+    Case(2, 4, n, d, 256, 64, causal, pad)
     for n in (512, 1023, 2048)
     for d in (64, 128)
     for causal in (True, False)
@@ -284,7 +308,7 @@ GPU_CASES = [
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-@pytest.mark.parametrize("case", GPU_CASES, ids=[_case_id(c) for c in GPU_CASES])
+@pytest.mark.parametrize("case", GPU_CASES, ids=case_id)
 def test_fused_gpu_sweep(case, dtype, poisoned):
     _check(case, dtype, "cuda")
 
@@ -292,9 +316,19 @@ def test_fused_gpu_sweep(case, dtype, poisoned):
 @pytest.mark.gpu
 @pytest.mark.parametrize(
     "case",
-    [(1, 2, 1000, 80, 128, 32, True, "end"), (3, 2, 777, 40, 64, None, False, "row")],
-    ids=_case_id,
+    [Case(1, 2, 1000, 80, 128, 32, True, "end"), Case(3, 2, 777, 40, 64, None, False, "row")],
+    ids=case_id,
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_fused_gpu_odd_shapes(case, dtype, poisoned):
     _check(case, dtype, "cuda")
+
+
+@pytest.mark.gpu
+def test_fused_gpu_on_a_second_device(poisoned):
+    """Tensors on the last CUDA device, while the current device is 0."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("one CUDA device")
+    device = f"cuda:{torch.cuda.device_count() - 1}"
+    torch.cuda.set_device(0)
+    _check(Case(1, 2, 300, 64, 64, 16, True, "end"), torch.bfloat16, device)

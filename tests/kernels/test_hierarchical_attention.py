@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from attention_cases import padding_mask
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -17,31 +16,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from stretto.kernels import hierarchical_attention
 from stretto.kernels.testing import assert_close_to_reference
 from stretto.kernels.wha import chunked, op
+from tests.kernels.attention_cases import CASES, Case, case_id, padding_mask
 
-# (B, H, N, D, window, block, causal, padding)
-CASES = [
-    (2, 3, 77, 32, 8, 4, True, "end"),
-    (1, 2, 1, 16, 4, 2, True, None),  # N = 1
-    (2, 1, 5, 16, 9, 2, True, "end"),  # N < window
-    (2, 2, 63, 40, 7, 10, False, "middle"),  # N not a multiple of block
-    (1, 2, 20, 16, 20, 3, True, None),  # window == N
-    (1, 1, 20, 16, 64, 3, False, "end"),  # window > N
-    (2, 2, 50, 64, 6, None, True, "middle"),  # sliding window only
-    (2, 2, 33, 16, 4, 1, True, "row"),  # block 1, a batch row entirely padding
-    (2, 2, 33, 16, 4, 1, False, "row"),
-    (1, 3, 130, 16, 16, 8, True, "end"),  # several query chunks
-    (2, 1, 77, 16, 1, 5, True, None),  # window 1
-    (1, 2, 129, 16, 40, 16, False, "middle"),  # largest chunk, bands spanning chunks
-    (1, 1, 45, 16, 3, 64, False, None),  # block > N: a single summary
-]
 # The subset run in float32 and bfloat16 (bfloat16 matmuls are slow on CPU).
 LOW_PRECISION = [CASES[0], CASES[3], CASES[7], CASES[9], CASES[11]]
-
-
-def case_id(case) -> str:
-    b, h, n, d, w, g, causal, pad = case
-    mode = "causal" if causal else "bidir"
-    return f"B{b}-H{h}-N{n}-D{d}-w{w}-g{g}-{mode}-{pad or 'nopad'}"
 
 
 def run(q, k, v, mask, case, backend, upstream):
@@ -141,7 +119,7 @@ def test_non_contiguous_inputs():
 def test_triton_backend_through_the_public_op(kernel_device, poisoned):
     if op.fused_import_error() is not None:
         pytest.skip(f"fused kernels not importable: {op.fused_import_error()}")
-    case = (1, 2, 37, 16, 8, 4, True, "middle")
+    case = Case(1, 2, 37, 16, 8, 4, True, "middle")
     b, h, n, d, *_ = case
     q, k, v, up = (torch.randn(b, h, n, d, device=kernel_device) for _ in range(4))
     mask = padding_mask("middle", b, n).to(kernel_device)
@@ -174,41 +152,38 @@ def test_compile_fullgraph_forward_and_backward():
     leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
     o = compiled(*leaves, mask)
     o.backward(up)
-    case = (2, 2, 45, 16, 6, 4, True, "middle")
+    case = Case(2, 2, 45, 16, 6, 4, True, "middle")
     ref = run(q, k, v, mask, case, "reference", up)
     torch.testing.assert_close(o.detach(), ref[0], rtol=0, atol=1e-10)
     for leaf, want in zip(leaves, ref[1:], strict=True):
         torch.testing.assert_close(leaf.grad, want, rtol=0, atol=1e-10)
 
 
-def test_fake_kernels_give_the_real_shapes():
+@pytest.mark.parametrize("block", [4, 0], ids=["g4", "gNone"])
+def test_fake_kernels_give_the_real_shapes_and_contiguous_outputs(block):
+    """The fakes (what torch.compile traces with) match the real outputs' shapes,
+    dtypes and strides: fresh contiguous tensors, also for non-contiguous inputs."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    q = torch.randn(2, 3, 17, 16)
-    k_sum = torch.randn(2, 3, 5, 16)
+    q = torch.randn(2, 17, 3, 16).transpose(1, 2)  # [B, H, N, D], not contiguous
     real = torch.ones(2, 17, dtype=torch.bool)
-    s_real = torch.ones(2, 5, dtype=torch.bool)
-    args = (q, q, q, k_sum, k_sum, real, s_real, 4, 4, True, 0.25, "torch")
-    o, lse = op.wha_forward(*args)
+    args = (q, q, q, real, 4, block, True, 0.25, "torch")
+    outs = op.wha_forward(*args)
+    grads = op.wha_backward(q, *args[:4], *outs, *args[4:])
     with FakeTensorMode() as mode:
         fake_args = tuple(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args)
-        fo, flse = op.wha_forward(*fake_args)
-        grads = op.wha_backward(fake_args[0], *fake_args[:7], fo, flse, *fake_args[7:])
-    assert (fo.shape, fo.dtype, flse.shape, flse.dtype) == (o.shape, o.dtype, lse.shape, lse.dtype)
-    real_grads = op.wha_backward(q, *args[:7], o, lse, *args[7:])
-    for fake, real_grad in zip(grads, real_grads, strict=True):
-        assert (fake.shape, fake.dtype) == (real_grad.shape, real_grad.dtype)
+        fake_outs = op.wha_forward(*fake_args)
+        fake_grads = op.wha_backward(fake_args[0], *fake_args[:4], *fake_outs, *fake_args[4:])
+    for fake, real_out in zip((*fake_outs, *fake_grads), (*outs, *grads), strict=True):
+        assert (fake.shape, fake.dtype) == (real_out.shape, real_out.dtype)
+        assert fake.is_contiguous() and real_out.is_contiguous()
+        assert fake.stride() == real_out.stride()
 
 
 def test_custom_op_passes_opcheck():
     q, k, v = (torch.randn(1, 2, 11, 16, requires_grad=True) for _ in range(3))
-    k_sum = torch.randn(1, 2, 4, 16, requires_grad=True)
-    v_sum = torch.randn(1, 2, 4, 16, requires_grad=True)
     real = torch.rand(1, 11) > 0.2
-    s_real = torch.ones(1, 4, dtype=torch.bool)
-    torch.library.opcheck(
-        op.wha_forward, (q, k, v, k_sum, v_sum, real, s_real, 3, 3, True, 0.25, "torch")
-    )
+    torch.library.opcheck(op.wha_forward, (q, k, v, real, 3, 3, True, 0.25, "torch"))
 
 
 # -- memory: never an N x N intermediate --
@@ -234,9 +209,8 @@ def test_fallback_never_allocates_n_by_n(causal):
     mask = torch.rand(b, n) > 0.1
     kw = dict(window=window, block=block, causal=causal, scale=0.25)
     with _LargestTensor() as tracker:
-        k_sum, v_sum, s_real = chunked.pool_summaries(k, v, block, mask)
-        o, lse = chunked.chunked_forward(q, k, v, k_sum, v_sum, mask, s_real, **kw)
-        chunked.chunked_backward(do, q, k, v, k_sum, v_sum, mask, s_real, o, lse, **kw)
+        fwd = chunked.chunked_forward(q, k, v, mask, **kw)
+        chunked.chunked_backward(do, q, k, v, mask, *fwd, **kw)
     chunk = chunked.chunk_size(n, window)
     band = 3 * chunk + (window - 1 if causal else 2 * window - 2)  # widened to whole chunks
     nb = n // block
@@ -360,7 +334,7 @@ def test_compile_fullgraph_with_the_triton_backend(kernel_device):
     leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
     o = compiled(*leaves, mask)
     o.backward(up)
-    case = (1, 2, 29, 16, 6, 4, True, "end")
+    case = Case(1, 2, 29, 16, 6, 4, True, "end")
     eager = run(q, k, v, mask, case, "triton", up)
     torch.testing.assert_close(o.detach(), eager[0], rtol=0, atol=0)
     for leaf, want in zip(leaves, eager[1:], strict=True):
@@ -377,7 +351,7 @@ def test_compile_fullgraph_with_the_triton_backend(kernel_device):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 def test_cuda_against_reference(dtype, n, d, backend, poisoned):
     b, h, window, block = 2, 4, 256, 64
-    case = (b, h, n, d, window, block, True, "end")
+    case = Case(b, h, n, d, window, block, True, "end")
     q, k, v, up = (torch.randn(b, h, n, d, device="cuda").to(dtype) for _ in range(4))
     mask = padding_mask("end", b, n).cuda()
     fast = run(q, k, v, mask, case, backend, up)
@@ -405,8 +379,73 @@ def test_random_geometries_float64(b, n, d, window, block, causal, seed, padded)
     gen = torch.Generator().manual_seed(seed)
     q, k, v, up = (torch.randn(b, 2, n, d, generator=gen, dtype=torch.float64) for _ in range(4))
     mask = (torch.rand(b, n, generator=gen) > 0.3) if padded else None
-    case = (b, 2, n, d, window, block, causal, None)
+    case = Case(b, 2, n, d, window, block, causal, None)
     fast = run(q, k, v, mask, case, "torch", up)
     ref = run(q, k, v, mask, case, "reference", up)
     for name, f, r in zip(("o", "dq", "dk", "dv"), fast, ref, strict=True):
         torch.testing.assert_close(f, r, rtol=0, atol=1e-10, msg=name)
+
+
+# -- pooling: block means without a padded copy, its backward added in place --
+
+
+class _LargestNewTensor(TorchDispatchMode):
+    """The largest tensor an op allocates (outputs that share no input's storage)."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = torch.utils._pytree.tree_leaves((args, kwargs))
+        seen = {x.untyped_storage().data_ptr() for x in inputs if isinstance(x, torch.Tensor)}
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen:
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.mark.parametrize(
+    ("n", "block", "pad"),
+    [
+        (77, 5, "middle"),
+        (64, 16, None),
+        (13, 13, "end"),
+        (7, 20, "row"),
+        (40, 1, None),
+        (50, 16, "end"),
+    ],  # fmt: skip
+    ids=lambda x: str(x),
+)
+def test_pooling_and_its_backward_match_the_reference(n, block, pad):
+    from stretto.kernels.wha import reference as ref
+
+    k = torch.randn(2, 3, n, 8, dtype=torch.float64)
+    mask = padding_mask(pad, 2, n)
+    got, inv_count = chunked.pool_summaries(k, block, mask)
+    want, has_summary = ref.pool_blocks(k, block, mask)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    assert torch.equal(inv_count > 0, has_summary)
+    # unpool_add_ is pooling's backward (the adjoint), added onto what is there
+    g = torch.randn_like(got)
+    base = torch.randn_like(k)
+    leaf = k.clone().requires_grad_(True)
+    (want_grad,) = torch.autograd.grad(ref.pool_blocks(leaf, block, mask)[0], leaf, g)
+    got_grad = chunked.unpool_add_(base.clone(), g, block, mask, inv_count)
+    torch.testing.assert_close(got_grad, base + want_grad, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("pad", [None, "middle"])
+def test_pooling_makes_no_copy_of_the_keys(pad):
+    b, h, n, d, block = 2, 4, 1000, 32, 64  # a partial last block of 40
+    k = torch.randn(b, h, n, d)
+    mask = padding_mask(pad, b, n)
+    with _LargestNewTensor() as tracker:
+        k_sum, inv_count = chunked.pool_summaries(k, block, mask)
+    assert k_sum.shape == (b, h, 16, d)
+    assert tracker.largest <= b * h * 17 * d  # summaries (+ the padded rows' spare slot)
+    dk = torch.zeros_like(k)
+    with _LargestNewTensor() as tracker:
+        chunked.unpool_add_(dk, torch.randn_like(k_sum), block, mask, inv_count)
+    assert tracker.largest <= b * h * 16 * d

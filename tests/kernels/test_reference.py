@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
-from attention_cases import padding_mask
 
 from stretto.kernels.wha.reference import hierarchical_attention_reference
+from tests.kernels.attention_cases import padding_mask
 
 
 def _naive(q, k, v, *, window, block, causal, real, scale):

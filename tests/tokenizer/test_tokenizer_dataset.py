@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from stretto.tokenizer import TokenDataset, Vocabulary, build_corpus
-from stretto.tokenizer._codec import SKIP_REPLACED_ON, decode_ids
+from stretto.tokenizer._decode import SKIP_REPLACED_ON, decode_ids
 
 V = Vocabulary()
 

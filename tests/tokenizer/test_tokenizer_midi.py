@@ -4,15 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from midi_reference import (
-    STEP,
-    TIME_EPS,
-    assert_round_trip,
-    corpus_names,
-    smf,
-    sorted_notes,
-    sustain_instruments,
-)
 from symusic import (
     ControlChange,
     KeySignature,
@@ -26,8 +17,20 @@ from symusic import (
     Track,
 )
 
-from stretto.tokenizer import MidiError, MidiTokenizer, TokenizerConfig, Vocabulary, _codec
+from stretto.tokenizer import MidiError, MidiTokenizer, TokenizerConfig, Vocabulary
+from stretto.tokenizer._buffer import score_layout
+from stretto.tokenizer._sort import stable_sort
 from stretto.tokenizer.vocabulary import tempo_bin
+
+from .midi_reference import (
+    STEP,
+    TIME_EPS,
+    assert_round_trip,
+    corpus_names,
+    smf,
+    sorted_notes,
+    sustain_instruments,
+)
 
 DEV_NAMES = corpus_names("STRETTO_TEST_CORPUS", "dev")
 MALFORMED_NAMES = corpus_names("STRETTO_TEST_MALFORMED", "malformed")
@@ -377,7 +380,7 @@ def _every_event_kind() -> Score:
 
 def _assert_layout_finds_symusic_tables(score):
     state = np.frombuffer(score.__getstate__(), dtype=np.uint8)
-    tpq, tracks, tempos_at, n_tempos, start = _codec.score_layout(state)
+    tpq, tracks, tempos_at, n_tempos, start = score_layout(state)
     assert (tpq, start) == (score.ticks_per_quarter, score.start())
     assert len(tracks) == len(score.tracks)
     for row, track in zip(tracks, score.tracks, strict=True):
@@ -429,6 +432,6 @@ def test_stable_sort_matches_numpy_stable_argsort(n, runs, high):
         keys = rng.integers(-high, high, size=n)
     want = np.argsort(keys, kind="stable")
     sorted_keys, order = keys.copy(), np.arange(n)
-    _codec._stable_sort(sorted_keys, order)
+    stable_sort(sorted_keys, order)
     np.testing.assert_array_equal(order, want)
     np.testing.assert_array_equal(sorted_keys, keys[want])

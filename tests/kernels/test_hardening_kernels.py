@@ -17,6 +17,16 @@ from stretto.kernels.testing import assert_close_to_reference
 from stretto.kernels.wha import op
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """One torch thread for this module, as for the hardening suite it came from: tiny
+    tensors, where torch's thread pool costs more than it saves on a small CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _run(q, k, v, up, mask, backend, **geometry):
     q, k, v = (x.detach().clone().requires_grad_(True) for x in (q, k, v))
     o = hierarchical_attention(q, k, v, key_padding_mask=mask, backend=backend, **geometry)

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stretto.engine import ModelConfig, MusicModel
-from stretto.engine.grammar import Grammar, validate
-from stretto.tokenizer import Vocabulary
+from stretto.engine.grammar import Grammar
+from stretto.tokenizer import Vocabulary, validate
 
 V = Vocabulary()
 

@@ -1,4 +1,4 @@
-"""Random short scores for the hardening tests, written with symusic."""
+"""Random short scores for the property and crash tests, written with symusic."""
 
 from __future__ import annotations
 

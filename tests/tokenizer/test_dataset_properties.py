@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hardening_scores import write_random_midi
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from stretto.tokenizer import MidiTokenizer, TokenDataset, Vocabulary, build_corpus
+
+from .random_scores import write_random_midi
 
 V = Vocabulary()
 TOK = MidiTokenizer()

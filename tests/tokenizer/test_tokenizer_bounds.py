@@ -13,7 +13,8 @@ import re
 import sys
 
 import pytest
-from bounded import run_bounded
+
+from tests.bounded import run_bounded
 
 if not sys.platform.startswith("linux"):
     pytest.skip("RLIMIT_AS and /proc are Linux's", allow_module_level=True)
@@ -46,7 +47,7 @@ CASES = {
 
 CHILD = """
 import json
-from midi_reference import smf
+from tests.tokenizer.midi_reference import smf
 from stretto.tokenizer import MidiError, MidiTokenizer
 
 tok = MidiTokenizer()

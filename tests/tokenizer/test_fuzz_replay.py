@@ -1,8 +1,11 @@
-"""Every input the fuzzer saved under tests/data/fuzz/ now behaves.
+"""Every input saved under tests/data/fuzz/ now behaves.
 
-Each file is run the way the fuzzer ran it (`fuzz_encode.py --run-one`: a fresh child
-with an address-space cap and a watchdog), with the fuzzer's oracle: encode returns
-ids that decode cleanly and survive `encode(decode(ids))`, or raises `MidiError`.
+The folder holds the fuzzer's minimized findings and the regression inputs that
+`tests/fuzz/regressions.py` writes byte by byte; it must not be empty, or the replay
+would pass without running anything. Each file is run the way the fuzzer ran it
+(`fuzz_encode.py --run-one`: a fresh child with an address-space cap and a watchdog),
+with the fuzzer's oracle: encode returns ids that decode cleanly and survive
+`encode(decode(ids))`, or raises `MidiError`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 FUZZER = REPO / "tests" / "fuzz" / "fuzz_encode.py"
-FINDINGS = sorted((REPO / "tests" / "data" / "fuzz").glob("*.mid"))
+FOLDER = REPO / "tests" / "data" / "fuzz"
+FINDINGS = sorted(FOLDER.glob("*.mid"))
+
+
+def test_the_replay_corpus_is_there():
+    assert FOLDER.is_dir(), f"{FOLDER} is missing"
+    assert FINDINGS, f"no *.mid in {FOLDER}: the replay would run nothing"
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS is Linux's")

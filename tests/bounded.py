@@ -4,6 +4,8 @@ The cap is on address space (RLIMIT_AS) *added* to what the child holds once its
 imports are done, so numba's, LLVM's and torch's own reservations are not counted
 against the work under test. The watchdog is faulthandler's C thread: it needs no
 GIL, so it fires inside native code too, exits with status 1 and prints "Timeout".
+The child runs at the repository root, where it imports test helpers as
+`tests.<folder>.<module>`.
 """
 
 from __future__ import annotations
@@ -13,11 +15,10 @@ import sys
 import textwrap
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 PRELUDE = """
 import faulthandler, resource, sys
-sys.path.insert(0, {reference!r})
 
 def bound(memory_mb, seconds):
     with open("/proc/self/status") as f:
@@ -36,9 +37,8 @@ def run_bounded(
     `timeout` bounds the whole child, imports included; the child's own `bound` call
     sets the limits that matter.
     """
-    prelude = PRELUDE.format(reference=str(REPO / "tests" / "tokenizer"))
     return subprocess.run(
-        [sys.executable, "-c", prelude + textwrap.dedent(code)],
+        [sys.executable, "-c", PRELUDE + textwrap.dedent(code)],
         input=stdin,
         capture_output=True,
         text=True,

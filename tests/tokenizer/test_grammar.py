@@ -1,0 +1,140 @@
+"""`validate`: each rule caught on hand-made sequences, its inputs, real music, and ids
+read as the decoder reads them. tests/engine/test_generate_grammar.py holds the mask
+(`stretto.engine.Grammar`) to the same answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from stretto.tokenizer import MidiTokenizer, Violation, Vocabulary, validate
+from stretto.tokenizer.grammar import RULES
+
+V = Vocabulary()
+S, E, PAD = V.START, V.END, V.PAD
+I0, VEL, ON60, OFF60 = V.instrument(0), V.velocity(64), V.note_on(60), V.note_off(60)
+SHIFT = V.time_shift  # steps -> id
+
+
+def _bad(rule, position, *ids):
+    return pytest.param(list(ids), position, rule, id=f"{rule}-at-{position}")
+
+
+BAD = [
+    _bad("start", 0, I0, VEL, ON60),
+    _bad("special", 2, S, I0, PAD, VEL, ON60),
+    _bad("special", 1, S, V.UNK),
+    _bad("special", 3, S, I0, VEL, S),
+    _bad("after_end", 5, S, I0, VEL, ON60, E, ON60),
+    _bad("instrument_first", 2, S, VEL, ON60),
+    _bad("instrument_first", 1, S, V.SUSTAIN_ON),
+    _bad("instrument_first", 1, S, OFF60),
+    _bad("velocity_first", 2, S, I0, ON60),
+    _bad("orphan_note_off", 4, S, I0, VEL, ON60, OFF60 + 1),
+    # the note sounds in instrument 0, the NOTE_OFF acts on instrument 1
+    _bad("orphan_note_off", 5, S, I0, VEL, ON60, V.instrument(1), OFF60),
+    _bad("orphan_note_off", 6, S, I0, VEL, ON60, SHIFT(4), OFF60, OFF60),
+    _bad("note_too_long", 6, S, I0, VEL, ON60, SHIFT(8), SHIFT(8), SHIFT(1)),
+    _bad("empty_end", 3, S, I0, VEL, E),
+]
+
+
+@pytest.mark.parametrize("ids,position,rule", BAD)
+def test_validate_catches_each_rule(ids, position, rule):
+    found = validate(ids, max_note_steps=16)
+    assert [(v.position, v.rule) for v in found] == [(position, rule)]
+    assert found[0].token == ids[position]
+
+
+def test_every_rule_has_a_bad_example():
+    assert {p.values[2] for p in BAD} == set(RULES)
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        pytest.param([S], id="start-only"),
+        pytest.param([S, I0, VEL, ON60, SHIFT(16), OFF60, E], id="one-note"),
+        pytest.param([S, I0, VEL, ON60, SHIFT(16), E, PAD, PAD], id="open-note-at-end-padded"),
+        pytest.param([S, V.tempo(120), I0, V.SUSTAIN_ON, VEL, ON60, ON60], id="restrike"),
+    ],
+)
+def test_validate_accepts(ids):
+    assert validate(ids, max_note_steps=16) == []
+
+
+def test_validate_rejects_out_of_range():
+    with pytest.raises(ValueError, match="774"):
+        validate([S, 774])
+
+
+def test_a_broken_token_acts_as_the_decoder_reads_it():
+    """A NOTE_ON before any INSTRUMENT breaks `instrument_first` and sounds on
+    instrument 0, where decoding puts it: a later NOTE_OFF there releases it."""
+    ids = [S, VEL, ON60, I0, SHIFT(4), OFF60, E]
+    assert [(v.position, v.rule) for v in validate(ids)] == [(2, "instrument_first")]
+    tok = MidiTokenizer()
+    (track,) = tok.decode(np.array(ids)).tracks
+    assert track.program == 0 and len(track.notes) == 1
+    assert tok.last_decode_stats.orphan_note_off == 0
+
+
+def test_messages_name_the_token_and_the_state():
+    ids = [S, V.instrument(3), VEL, ON60, OFF60 + 1, SHIFT(8), SHIFT(8), SHIFT(2)]
+    assert validate(ids, max_note_steps=16) == [
+        Violation(4, "orphan_note_off", OFF60 + 1, "NOTE_OFF(61): pitch not sounding in 3"),
+        Violation(
+            7,
+            "note_too_long",
+            SHIFT(2),
+            "TIME_SHIFT(31.25ms) keeps a note sounding 18 steps (> max_note_steps=16)",
+        ),
+    ]
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        pytest.param(list, id="list"),
+        pytest.param(lambda x: np.array(x, dtype=np.int16), id="numpy-int16"),
+        pytest.param(lambda x: np.array(x, dtype=np.uint16), id="numpy-uint16"),
+        pytest.param(torch.tensor, id="torch"),
+    ],
+)
+def test_validate_takes_sequences_arrays_and_tensors(form):
+    ids = [S, I0, ON60, SHIFT(20), E]
+    assert [(v.position, v.rule) for v in validate(form(ids), max_note_steps=16)] == [
+        (2, "velocity_first"),
+        (3, "note_too_long"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "ids, kwargs, match",
+    [
+        pytest.param([[S, I0]], {}, "one sequence", id="2-D"),
+        pytest.param([S, -1], {}, "token id -1 ", id="negative"),
+        pytest.param([S, 0.5], {}, "integer", id="float"),
+        pytest.param([S], {"max_note_steps": 0}, "max_note_steps", id="steps-0"),
+        pytest.param([S], {"max_note_steps": True}, "max_note_steps", id="steps-bool"),
+    ],
+)
+def test_validate_refuses_bad_input(ids, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        validate(ids, **kwargs)
+
+
+def test_encoded_real_music_keeps_every_rule_but_the_note_limit(midi_corpus):
+    """README: encoded music passes every rule except `note_too_long` (notes over 8 s),
+    and a file with no note in range (START TEMPO END) breaks `empty_end` only."""
+    tok = MidiTokenizer()
+    for path in midi_corpus:
+        ids = tok.encode(path)
+        broken = {v.rule for v in validate(ids)}
+        if tok.last_encode_stats.notes == 0:
+            assert broken == {"empty_end"}, path.name
+        else:
+            assert broken <= {"note_too_long"}, path.name
+    long_notes = validate(tok.encode(midi_corpus[0]), max_note_steps=1)
+    assert long_notes and {v.rule for v in long_notes} == {"note_too_long"}
