@@ -132,7 +132,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         type=_positive_int,
         default=None,
         metavar="N",
-        help="quality suite: optimizer steps per training run (default: 300; --quick 60)",
+        help="quality suite: optimizer steps per training run (default: 400; --quick 60)",
     )
     parser.add_argument(
         "--seconds",

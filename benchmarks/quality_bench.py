@@ -62,7 +62,7 @@ class Budget:
     preset: str = "tiny"
     seq_lens: tuple[int, ...] = (512, 1024, 2048)
     seeds: tuple[int, ...] = (0, 1)
-    steps: int = 300  # optimizer steps per training run
+    steps: int = 400  # optimizer steps per training run
     seconds: float | None = None  # cap on each attention variant's training time
     evals: int = 6  # held-out evaluations per run (plus step 0)
     tokens_per_batch: int = 4096  # batch = tokens_per_batch // length windows
