@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks.core import run_benchmarks
-from benchmarks.schema import RESULTS_ROOT, SUITES
+from benchmarks.schema import OPT_IN_SUITES, RESULTS_ROOT, SUITES
 
 EPILOG = """\
 examples:
@@ -90,7 +90,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "suites",
         nargs="*",
         metavar="SUITE",
-        help=f"suites to run (default: all): {', '.join(SUITES)}",
+        help=f"suites to run: {', '.join(SUITES)} (default: all but "
+        f"{', '.join(OPT_IN_SUITES)}, which runs only when named)",
     )
     parser.add_argument("--quick", action="store_true", help="short sweep, fewer repeats")
     parser.add_argument(

@@ -40,6 +40,7 @@ from benchmarks import report
 from benchmarks.schema import (
     ENV_FIELDS,
     MEASURED_FIELDS,
+    OPT_IN_SUITES,
     REPO_ROOT,
     RESULTS_ROOT,
     ROW_FIELDS,
@@ -457,7 +458,7 @@ def run_benchmarks(
     `results_root`) rewrites this device's section of `results_root/README.md`,
     keeping the other devices' sections.
     """
-    names = list(names or registry)
+    names = list(names or [n for n in registry if n not in OPT_IN_SUITES])
     for name in names:
         if name not in registry:
             raise ValueError(f"unknown suite {name!r}; known: {', '.join(registry)}")

@@ -290,7 +290,9 @@ class QualityRun:
                         "equal_steps": common,
                         "nll_equal_time": curve.at_time(budget_s),
                         "equal_time_s": budget_s,
-                        "steps_at_equal_time": float(np.interp(budget_s, curve.seconds, curve.steps)),
+                        "steps_at_equal_time": float(
+                            np.interp(budget_s, curve.seconds, curve.steps)
+                        ),
                         "curve": {
                             "step": curve.steps,
                             "seconds": [round(s, 3) for s in curve.seconds],

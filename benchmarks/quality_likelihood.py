@@ -45,7 +45,7 @@ LN2 = math.log(2.0)
 def bucket_labels(seq_len: int) -> list[str]:
     """Labels of the position buckets a window of `seq_len` tokens has."""
     edges = [e for e in BUCKET_EDGES if e < seq_len] + [seq_len]
-    return [f"{lo}-{hi - 1}" for lo, hi in zip(edges, edges[1:])]
+    return [f"{lo}-{hi - 1}" for lo, hi in zip(edges, edges[1:], strict=False)]
 
 
 # -- scoring ----------------------------------------------------------------------------

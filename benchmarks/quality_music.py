@@ -4,15 +4,19 @@ Statistics of one piece (a decoded symusic Score, or its token ids for `validity
 
 | name | kind | definition | from |
 |---|---|---|---|
-| `pitch_class` | histogram, 12 bins | notes per pitch class, drum tracks left out | here |
-| `pitch_range` | scalar, semitones | highest minus lowest pitch, drums left out | `muspy.pitch_range` |
-| `polyphony` | scalar, notes | mean notes sounding over the ticks where one sounds | `muspy.polyphony` |
-| `note_density` | scalar, notes/s | notes over the piece's length in seconds | here |
-| `ioi` | histogram, IOI_EDGES | intervals between successive distinct onsets (s) | here |
+| `pitch_class` | histogram, 12 bins | notes per pitch class, no drums | here |
+| `pitch_range` | scalar, semitones | highest minus lowest pitch, no drums | muspy |
+| `polyphony` | scalar, notes | mean notes sounding where one sounds | muspy |
+| `note_density` | scalar, notes/s | notes over the piece's seconds | here |
+| `ioi` | histogram, IOI_EDGES | gaps between distinct onsets (s) | here |
 | `duration` | histogram, DURATION_EDGES | note durations (s) | here |
-| `velocity` | histogram, 32 bins | notes per velocity bin (velocity // 4, the tokens') | here |
-| `empty_beats` | scalar, share | beats (quarter notes) with no note sounding | `muspy.empty_beat_rate` |
-| `validity` | scalar, share | tokens that break no grammar rule (`validate`) | stretto |
+| `velocity` | histogram, 32 bins | notes per velocity // 4 (the tokens') | here |
+| `empty_beats` | scalar, share | beats with no note sounding | muspy |
+| `validity` | scalar, share | tokens that break no grammar rule | stretto |
+
+muspy's functions: `pitch_range`, `polyphony`, `empty_beat_rate` (a note marks the
+beats from its onset's to its end's, inclusive: a quarter note on a beat marks two);
+`validity` is `stretto.tokenizer.validate`.
 
 muspy (0.5.0, installed beside torch 2.13.0 without pulling torch, whose use in muspy
 is an optional extra) defines pitch range, polyphony and the empty-beat rate in ticks
@@ -29,6 +33,7 @@ sets' per-piece value histograms on common bins. Two identical sets are at dista
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -71,7 +76,7 @@ def histogram_labels(name: str) -> list[str]:
     if name == "velocity":
         return [str(4 * b + 2) for b in range(VELOCITY_BINS)]
     edges = IOI_EDGES if name == "ioi" else DURATION_EDGES
-    return [f"<{hi:g}" if np.isfinite(hi) else f">={lo:g}" for lo, hi in zip(edges, edges[1:])]
+    return [f"<{hi:g}" if np.isfinite(hi) else f">={lo:g}" for lo, hi in itertools.pairwise(edges)]
 
 
 def _notes(score) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:

@@ -22,6 +22,10 @@ SUITES: dict[str, str] = {
     "quality": "benchmarks.quality_bench",
 }
 
+# Suites a run without suite names leaves out: they train models for many minutes and
+# run only when named (`python -m benchmarks quality`).
+OPT_IN_SUITES = ("quality",)
+
 # Settings only some suites take (`run(..., corpus=...)`): the runner passes each one
 # to the suites whose `run` names it, and refuses one that no suite of the run takes.
 SUITE_OPTIONS = ("corpus", "steps", "seconds")
