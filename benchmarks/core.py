@@ -323,8 +323,7 @@ def check_filters(
                 continue
         if not takers:
             raise ValueError(
-                f"--{key} is an option of a suite this run does not include "
-                f"({', '.join(names)})"
+                f"--{key} is an option of a suite this run does not include ({', '.join(names)})"
             )
     for n in seq_lens or ():
         if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
@@ -463,9 +462,7 @@ def run_benchmarks(
         if name not in registry:
             raise ValueError(f"unknown suite {name!r}; known: {', '.join(registry)}")
     options = {k: v for k, v in (options or {}).items() if v is not None}
-    check_filters(
-        names, registry, quick=quick, seq_lens=seq_lens, presets=presets, options=options
-    )
+    check_filters(names, registry, quick=quick, seq_lens=seq_lens, presets=presets, options=options)
     device = resolve_device(device)
     env = environment(device)
     filters = run_filters(names, registry, seq_lens, presets)

@@ -244,4 +244,3 @@ def distance(a: PieceSet, b: PieceSet, name: str) -> dict[str, float | None]:
     if fx.size == 0 or fy.size == 0:
         return {"distance": None, "overlap": None}
     return {"distance": abs(float(fx.mean()) - float(fy.mean())), "overlap": _scalar_overlap(x, y)}
-

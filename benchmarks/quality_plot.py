@@ -192,8 +192,7 @@ def _music(rows, path: Path, suffix: str) -> Path:
         ax.axis("off")
     axes[0][0].legend(fontsize=7)
     fig.suptitle(
-        f"generated pieces against held-out half B (black), half A and the unigram model\n"
-        f"{suffix}",
+        f"generated pieces against held-out half B (black), half A and the unigram model\n{suffix}",
         fontsize=10,
     )
     fig.tight_layout()
