@@ -8,6 +8,11 @@ at -inf (so every case generates exactly its token count):
 - `cached-constrained`: the same with the grammar mask (the default of `generate`).
 - `full-forward`: re-runs the whole forward pass for every new token, the baseline the
   generation issue compares against (run up to FULL_FORWARD_MAX_TOKENS).
+- `hf-llama`: the peer a user would reach for: Hugging Face `generate` (greedy, its
+  own KV cache, SDPA attention, no EOS) on a `LlamaForCausalLM` of the preset's shape
+  (hidden d_model, n_layers, n_heads, intermediate d_ff, vocabulary 774, tied
+  embedding and head as in MusicModel, untrained).
+  Needs transformers (the `hf` extra); without it its rows read "skipped".
 Each case runs its generation exactly once, after a warm-up generation of
 WARMUP_TOKENS tokens with the same provider and preset. GPU: timed in process, peak
 memory is the CUDA allocator's peak above the model. CPU: one fresh child process per
@@ -25,6 +30,7 @@ any positive length. When `stretto.engine` has no `generate`, every row reads
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -34,7 +40,7 @@ from benchmarks.schema import progress, skipped_row
 from benchmarks.timing import peak_rss_in_child, synchronize
 
 SUITE = "generate"
-PROVIDERS = ("cached", "cached-constrained", "full-forward")
+PROVIDERS = ("cached", "cached-constrained", "full-forward", "hf-llama")
 FULL_FORWARD_MAX_TOKENS = 2048  # quadratic in the generated length beyond this
 WARMUP_TOKENS = 8  # the warm-up generation before each measured one
 # One CPU case runs in one child. The no-cache base baseline at 2048 tokens sums 2048
@@ -92,9 +98,56 @@ def build_case(provider: str, preset: str, tokens: int, device: str) -> Callable
                     ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
             return ids
 
+    elif provider == "hf-llama":
+        llama = hf_llama(config, device)
+
+        def run():
+            ids = torch.full((1, 1), vocab.START, dtype=torch.long, device=device)
+            with torch.inference_mode():
+                out = llama.generate(
+                    ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=tokens,
+                    min_new_tokens=tokens,
+                    do_sample=False,
+                )
+            if out.shape[1] != tokens + 1:
+                raise RuntimeError(f"generated {out.shape[1] - 1} tokens, not {tokens}")
+            return out
+
     else:
         raise ValueError(f"unknown generation provider {provider!r}")
     return run
+
+
+def hf_llama(config, device: str):
+    """An untrained `LlamaForCausalLM` of `config`'s shape, greedy, with no EOS."""
+    import transformers
+
+    llama_config = transformers.LlamaConfig(
+        vocab_size=config.vocab_size,
+        hidden_size=config.d_model,
+        intermediate_size=config.d_ff,
+        num_hidden_layers=config.n_layers,
+        num_attention_heads=config.n_heads,
+        num_key_value_heads=config.n_heads,
+        max_position_embeddings=config.max_seq_len + 1,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=0,
+        tie_word_embeddings=True,  # as MusicModel: its head is its embedding
+        attn_implementation="sdpa",
+    )
+    model = transformers.LlamaForCausalLM(llama_config).to(device).eval()
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+def _provider_unavailable(provider: str) -> str | None:
+    if provider == "hf-llama" and importlib.util.find_spec("transformers") is None:
+        return "transformers is not installed (pip install -e '.[hf]')"
+    return None
 
 
 def _cases(
@@ -175,6 +228,10 @@ def run(
             "seq_len": tokens,
             "dtype": dtype,
         }
+        missing = _provider_unavailable(provider)
+        if missing:
+            rows.append(skipped_row(reason=missing, **what))
+            continue
         if provider == "full-forward" and tokens > FULL_FORWARD_MAX_TOKENS:
             reason = f"no-cache baseline is run up to {FULL_FORWARD_MAX_TOKENS} tokens only"
             rows.append(skipped_row(reason=reason, **what))

@@ -96,3 +96,40 @@ def test_generate_skips_the_no_cache_baseline_past_its_limit(monkeypatch):
     assert skipped["suite"] == "generate" and skipped["seq_len"] == 5
     assert skipped["status"] == "skipped: no-cache baseline is run up to 4 tokens only"
     assert "status" not in by_provider["cached"] and by_provider["cached"]["median_ms"] > 0
+
+
+def test_the_hf_llama_peer_has_the_presets_shape_and_generates_every_token():
+    pytest.importorskip("transformers")
+    from stretto.engine import ModelConfig, MusicModel
+    from stretto.tokenizer import Vocabulary
+
+    config = ModelConfig.from_vocab(Vocabulary(), mode="transformer", preset="tiny")
+    llama = generate_bench.hf_llama(config, "cpu")
+    ours = MusicModel(config)
+    c = llama.config
+    assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads) == (
+        config.d_model,
+        config.n_layers,
+        config.n_heads,
+    )
+    assert (c.intermediate_size, c.vocab_size) == (config.d_ff, config.vocab_size)
+    # the same shape, so about the same parameters (Stretto's blocks carry no biases)
+    n_llama = sum(p.numel() for p in llama.parameters())
+    n_ours = sum(p.numel() for p in ours.parameters())
+    assert abs(n_llama - n_ours) / n_ours < 0.1
+    out = generate_bench.build_case("hf-llama", "tiny", 12, "cpu")()
+    assert out.shape == (1, 13)
+
+
+def test_the_hf_llama_peer_is_a_skipped_row_without_transformers(monkeypatch):
+    monkeypatch.setattr(generate_bench, "PROVIDERS", ("hf-llama",))
+    real = generate_bench.importlib.util.find_spec
+    monkeypatch.setattr(
+        generate_bench.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "transformers" else real(name, *a),
+    )
+    rows = generate_bench.run(quick=True, device="cpu", seq_lens=[5], presets=["tiny"])
+    assert [r["status"] for r in rows] == [
+        "skipped: transformers is not installed (pip install -e '.[hf]')"
+    ]
