@@ -2,7 +2,7 @@
 
 On the default corpus (Bach chorales from music21's bundled corpus, rendered to MIDI
 and cached under data/demo-corpus/) or on `$STRETTO_CORPUS`: tokenize, train every
-mode for a short time-boxed run, generate a piece per mode (MIDI and a piano-roll
+mode for a fixed number of steps, generate a piece per mode (MIDI and a piano-roll
 PNG), run the audit on the trained checkpoints, and print where everything went.
 """
 
