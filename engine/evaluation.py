@@ -76,17 +76,20 @@ def measure(
     files: Sequence[int] | None = None,
     *,
     step: int = 0,
+    disc_rounds: int = 1,
 ) -> dict[str, Any]:
-    """The module docstring's measurements over `batches` (on the model's device)."""
+    """The module docstring's measurements over `batches` (on the model's device);
+    the discriminator's accuracies over `disc_rounds` passes (fresh spans and fakes in
+    each: more samples, a steadier estimate)."""
     was_training = model.training
     model.eval()
     try:
-        return _measure(model, batches, files, step)
+        return _measure(model, batches, files, step, disc_rounds)
     finally:
         model.train(was_training)
 
 
-def _measure(model, batches, files, step) -> dict[str, Any]:
+def _measure(model, batches, files, step, disc_rounds=1) -> dict[str, Any]:
     c = model.config
     device = next(model.parameters()).device
     batches = [
@@ -133,12 +136,13 @@ def _measure(model, batches, files, step) -> dict[str, Any]:
     out["active_units"] = int((variance > ACTIVE_UNIT_VARIANCE).sum())
     if model.discriminator is not None:
         acc_real = acc_fake = 0.0
-        for b in batches:
-            d = objectives.discriminator_loss(model, b, step=step)
-            acc_real += float(d["acc_real"]) * b["input_ids"].shape[0]
-            acc_fake += float(d["acc_fake"]) * b["input_ids"].shape[0]
-        out["acc_real"] = acc_real / mu.shape[0]
-        out["acc_fake"] = acc_fake / mu.shape[0]
+        for _ in range(disc_rounds):
+            for b in batches:
+                d = objectives.discriminator_loss(model, b, step=step)
+                acc_real += float(d["acc_real"]) * b["input_ids"].shape[0]
+                acc_fake += float(d["acc_fake"]) * b["input_ids"].shape[0]
+        out["acc_real"] = acc_real / (mu.shape[0] * disc_rounds)
+        out["acc_fake"] = acc_fake / (mu.shape[0] * disc_rounds)
     return out
 
 

@@ -34,7 +34,7 @@ from .checks import (
     check_windows,
     pick_batch,
 )
-from .quality import check_discriminator, check_held_out, check_latent
+from .quality import DISC_ROUNDS, check_discriminator, check_held_out, check_latent
 
 
 # -- the whole audit -------------------------------------------------------------------
@@ -226,7 +226,7 @@ def _audit_quality(cfg: AuditConfig, corpus: Path, item: Audited, n: int, add) -
     train, val = split.datasets(seq_len, val_stride=max(1, seq_len // 4))
     batches, files = held_out_batches(val, windows=cfg.val_windows, batch_size=4)
     step = max(model.config.adv_start_step, model.config.gumbel_anneal_steps)
-    measured = measure(model, batches, files, step=step)
+    measured = measure(model, batches, files, step=step, disc_rounds=DISC_ROUNDS)
     counts = torch.as_tensor(train.token_counts())
     add(check_held_out(model, measured, counts, batches, seq_len))
     if model.encoder is not None:

@@ -27,9 +27,12 @@ def vocab() -> Vocabulary:
 
 @pytest.fixture
 def make_model(vocab):
-    """`make_model(mode, **overrides)`: a tiny-preset model, seeded by the autouse fixture."""
+    """`make_model(mode, **overrides)`: a tiny-preset model with blocks of 16 (the
+    preset's are 128), so that the short windows of tests cross many blocks and
+    attend to summaries; seeded by the autouse fixture."""
 
     def make(mode: str, **overrides) -> MusicModel:
+        overrides = {"block": 16, **overrides}
         return MusicModel(ModelConfig.from_vocab(vocab, mode=mode, preset="tiny", **overrides))
 
     return make
