@@ -42,7 +42,10 @@ def _worker(spec: dict) -> None:
     torch.set_num_threads(1)
     rank = int(os.environ["RANK"])
     torch.manual_seed(0)
-    model = MusicModel(ModelConfig.from_vocab(Vocabulary(), mode=spec["mode"], preset="tiny"))
+    # blocks of 16, as the `make_model` fixture of the single-process reference
+    model = MusicModel(
+        ModelConfig.from_vocab(Vocabulary(), mode=spec["mode"], preset="tiny", block=16)
+    )
     batches = torch.load(spec["batches"])
     digests: list[str] = []
 

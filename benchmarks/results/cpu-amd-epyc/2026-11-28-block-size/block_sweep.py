@@ -1,7 +1,8 @@
 """The quality suite's likelihood part with other summary block sizes (tiny preset,
 window 32): which block lets WHA beat the sliding window past the window.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/results/cpu-amd-epyc/2026-11-28-block-size/block_sweep.py \
+    PYTHONPATH=. .venv/bin/python \
+        benchmarks/results/cpu-amd-epyc/2026-11-28-block-size/block_sweep.py \
         /work/shared/midi/dev 2048 16 64 128
 
 Arguments: the MIDI folder, the window length, then the block sizes to try beside the
