@@ -88,11 +88,7 @@ def _curves(rows, path: Path, suffix: str) -> Path:
             ax.grid(True, alpha=0.3)
         _zoom(top, rows, n)
         top.legend(fontsize=7)
-    fig.suptitle(f"held-out NLL per attention, every seed\n{suffix}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, f"held-out NLL per attention, every seed\n{suffix}")
 
 
 def _zoom(ax, rows, n: int) -> None:
@@ -138,11 +134,7 @@ def _buckets(rows, path: Path, suffix: str) -> Path:
         ax.set_ylabel("held-out NLL (nats/token)")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"held-out NLL by position, median over seeds\n{suffix}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, f"held-out NLL by position, median over seeds\n{suffix}")
 
 
 def _music(rows, path: Path, suffix: str) -> Path:
@@ -191,11 +183,16 @@ def _music(rows, path: Path, suffix: str) -> Path:
     for ax in list(axes.flat)[len(STATISTICS) :]:
         ax.axis("off")
     axes[0][0].legend(fontsize=7)
-    fig.suptitle(
-        f"generated pieces against held-out half B (black), half A and the unigram model\n{suffix}",
-        fontsize=10,
-    )
+    title = "generated pieces against held-out half B (black), half A and the unigram model"
+    return _save(fig, path, f"{title}\n{suffix}", dpi=100)
+
+
+def _save(fig, path: Path, title: str, dpi: int = 110) -> Path:
+    """Title, lay out, write and close `fig`; returns `path`."""
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
