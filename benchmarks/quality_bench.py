@@ -159,16 +159,6 @@ def _spread(values: Sequence[float | None]) -> list[float] | None:
     return [min(kept), max(kept)] if kept else None
 
 
-def _grammar_tools():
-    """(validate, Grammar): from the tokenizer where they live there, else the engine."""
-    import stretto.engine
-    import stretto.tokenizer
-
-    validate = getattr(stretto.tokenizer, "validate", None) or stretto.engine.validate
-    grammar = getattr(stretto.tokenizer, "Grammar", None) or stretto.engine.Grammar
-    return validate, grammar
-
-
 class QualityRun:
     def __init__(
         self, budget: Budget, corpus: Path, source: Path, device: str, out_dir: Path | None
@@ -395,12 +385,12 @@ class QualityRun:
 
     def _music(self, baselines) -> list[dict[str, Any]]:
         from benchmarks import quality_music as qm
-        from stretto.tokenizer import MidiTokenizer
+        from stretto.engine import Grammar
+        from stretto.tokenizer import MidiTokenizer, validate
 
         b = self.budget
         length = b.generation_length
-        validate, grammar_cls = _grammar_tools()
-        grammar = grammar_cls(self.vocab)
+        grammar = Grammar(self.vocab)
         tokenizer = MidiTokenizer()
         real_a, real_b = self._held_out_pieces(length)
         count = len(real_a)
