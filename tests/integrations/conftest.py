@@ -5,24 +5,9 @@ from __future__ import annotations
 import shutil
 
 import pytest
-import torch
 
-from stretto.tokenizer import Vocabulary
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """One intra-op thread (as in tests/engine): tiny models on a small shared CPU run
-    faster without torch's thread pool; restored after the module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="session")
-def vocab() -> Vocabulary:
-    return Vocabulary()
+# the engine tests' fixtures: one torch thread per module (autouse), the vocabulary
+from tests.engine.conftest import _one_torch_thread, vocab  # noqa: F401
 
 
 @pytest.fixture(scope="session")
