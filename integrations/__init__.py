@@ -10,3 +10,10 @@ optional extra) is imported only when it is used:
 `MusicModel` itself speaks the Hugging Face conventions (`labels`, `.loss`, `.logits`,
 `save_pretrained` / `from_pretrained`) without importing transformers.
 """
+
+if __name__ != "stretto.integrations":
+    # This folder imported as a top-level `integrations` (the checkout's root is on sys.path):
+    # the name goes to the installed package of that name, if any (_stretto_checkout.py).
+    from _stretto_checkout import claim_bare_name
+
+    claim_bare_name(__name__, globals())

@@ -15,7 +15,13 @@ __all__ = [
     "hierarchical_attention_decode",
 ]
 
-if __name__ == "stretto.kernels":
+if __name__ != "stretto.kernels":
+    # This folder imported as a top-level `kernels` (the checkout's root is on sys.path):
+    # the name goes to the installed package of that name, if any (_stretto_checkout.py).
+    from _stretto_checkout import claim_bare_name
+
+    claim_bare_name(__name__, globals())
+else:
     from .rotary import Rotary
     from .wha import (
         HierarchicalAttention,
@@ -24,10 +30,3 @@ if __name__ == "stretto.kernels":
         hierarchical_attention,
         hierarchical_attention_decode,
     )
-else:
-    # This folder imported under another name: a checkout's root on sys.path (as
-    # `python -m pytest` puts it there) makes it a top-level `kernels`, a name that
-    # transformers imports to probe for the Hub's own `kernels` package. Importing the
-    # ops again under that name would register the custom ops a second time, and the
-    # duplicate's teardown unregisters the real ones. So it stays an empty module.
-    __all__ = []
