@@ -726,9 +726,62 @@ def check(out: Path, budget_s: float) -> list[str]:
     return problems
 
 
+SUMMARY_FIELDS = (
+    "case",
+    "within_policy",
+    "bitwise_rerun",
+    "o_rel",
+    "dq_rel",
+    "dk_rel",
+    "dv_rel",
+    "provider",
+    "kernel",
+    "what",
+    "mode",
+    "seq_len",
+    "median_ms",
+    "device_us_per_launch",
+    "peak_mem_mb",
+    "roofline_fraction",
+    "ms_per_token",
+    "speedup_vs_eager",
+    "cudagraph_skips",
+    "per_token",
+    "tokens_per_s",
+    "compile_step",
+    "status",
+    "gpu",
+    "measured_copy_GBps",
+    "measured_bf16_tflops",
+    "max_abs_diff_to_eager",
+    "max_abs_diff_to_full_forward",
+    "equal",
+    "first_call_s",
+)
+
+
+def summary(out: Path) -> None:
+    """One short line per row of every stage (the run's table, for a terminal)."""
+    for stage in STAGES:
+        path = out / f"{stage}.jsonl"
+        for line in path.read_text().splitlines() if path.is_file() else []:
+            row = json.loads(line)
+            parts = []
+            for key in SUMMARY_FIELDS:
+                if key in row and key != "package":
+                    value = row[key]
+                    if isinstance(value, float):
+                        value = f"{value:.3g}"
+                    parts.append(f"{key}={value}")
+            if parts:
+                print(f"{stage[:4]} " + " ".join(str(x) for x in parts)[:220])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.first_light")
-    parser.add_argument("stage", choices=(*STAGES, "check"), help="a stage, or check a run")
+    parser.add_argument(
+        "stage", choices=(*STAGES, "check", "summary"), help="a stage, or check or sum up a run"
+    )
     parser.add_argument("--out", type=Path, required=True, help="folder for <stage>.jsonl")
     parser.add_argument(
         "--deadline", type=float, help="seconds since the epoch by which the stage stops itself"
@@ -736,6 +789,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--budget", type=float, default=450, help="check: the run's budget (s)")
     args = parser.parse_args(argv)
+    if args.stage == "summary":
+        summary(args.out)
+        return 0
     if args.stage == "check":
         problems = check(args.out, args.budget)
         for problem in problems:
