@@ -25,7 +25,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
+from torch._dynamo.utils import counters, get_compilation_metrics
+from torch._inductor import list_mode_options
 
+from stretto.kernels import HierarchicalKVCache
 from stretto.tokenizer.vocabulary import Vocabulary
 
 from .grammar import DEFAULT_MAX_NOTE_STEPS, GRAMMAR_RULES, Grammar, GrammarState
@@ -164,7 +167,7 @@ def generate(
     compile_step: bool = False,
 ) -> torch.Tensor:
     """See `MusicModel.generate`; `compile_step` compiles the one-token step once (see
-    `DecodeStep`: one CUDA graph per token on CUDA)."""
+    `DecodeStep`: on CUDA, captured as a CUDA graph unless Inductor skips it)."""
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool):
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     if max_new_tokens < 0:
@@ -222,23 +225,79 @@ def generate(
 class DecodeStep:
     """One decoding step of `model` over its caches: token ids `[B]` -> logits `[B, V]`.
 
-    The step has the same shapes at every token (positions live on the device, the
-    cache is attended whole under masks), so `compile=True` compiles it once with
-    `torch.compile(fullgraph=True, dynamic=False)`; on CUDA with
-    `mode="reduce-overhead"`, which replays each token's step as one CUDA graph instead
-    of a few hundred kernel launches. Eager (the default) slices the cache to what is
-    filled, which costs fewer FLOPs early in a piece.
+    `cache` is the list from `model.new_cache` (one `HierarchicalKVCache` per decoder
+    block), `z` the latent `[B, latent_dim]` of the vae modes or None. The step has the
+    same shapes at every token (positions live on the device, the cache is attended
+    whole under masks), so `compile=True` compiles it once with
+    `torch.compile(fullgraph=True, dynamic=False)`: on CUDA with
+    `mode="reduce-overhead"`, which asks Inductor to capture the step as a CUDA graph
+    and replay it for each token, elsewhere with the default mode. A string picks
+    another `torch.compile` mode (`torch._inductor.list_mode_options()`).
+
+    Inductor captures a graph only if the inputs the step mutates are static; otherwise
+    it skips the graph without an error (a log line and a counter). The tensors of the
+    step outside the model, which Dynamo does not mark itself, are `static_tensors()`
+    (each cache's `HierarchicalKVCache.tensors()`, then z): a compiled step marks them
+    with `torch._dynamo.mark_static_address` (unguarded: per torch's documentation,
+    caches at other addresses re-record the graph instead of recompiling) before its
+    first call. `cudagraph_skips()` and `cudagraph_skip_reasons()` say what Inductor
+    skipped since the step was built.
+
+    Eager (the default) slices the cache to what is filled, which costs fewer FLOPs
+    early in a piece.
     """
 
-    def __init__(self, model: MusicModel, cache: list, z: torch.Tensor | None, *, compile=False):
+    def __init__(
+        self,
+        model: MusicModel,
+        cache: list[HierarchicalKVCache],
+        z: torch.Tensor | None,
+        *,
+        compile: bool | str = False,
+    ):
+        modes = list_mode_options()
+        if not (isinstance(compile, bool) or (isinstance(compile, str) and compile in modes)):
+            raise ValueError(
+                f"compile must be a bool or a torch.compile mode ({', '.join(modes)}), "
+                f"got {compile!r}"
+            )
         self.model, self.cache, self.z = model, cache, z
-        self.compiled = bool(compile)
+        self.compiled = compile is not False
+        # Inductor's records are per process: remember where they stood.
+        self._skips_before = counters["inductor"]["cudagraph_skips"]
+        self._metrics_before = get_compilation_metrics()[-1:]
         fn = self._step
         if self.compiled:
-            device = next(model.parameters()).device
-            mode = "reduce-overhead" if device.type == "cuda" else None
+            for t in self.static_tensors():
+                torch._dynamo.mark_static_address(t)
+            mode = compile
+            if compile is True:
+                device = next(model.parameters()).device
+                mode = "reduce-overhead" if device.type == "cuda" else None
             fn = torch.compile(fn, fullgraph=True, dynamic=False, mode=mode)
         self._fn = fn
+
+    def static_tensors(self) -> tuple[torch.Tensor, ...]:
+        """The tensors the step reads or writes in place besides the model's own
+        parameters and buffers: every block's cache tensors, then z (vae modes)."""
+        held = tuple(t for layer in self.cache for t in layer.tensors())
+        return held if self.z is None else (*held, self.z)
+
+    def cudagraph_skips(self) -> int:
+        """How many times Inductor skipped a CUDA graph since this step was built (a
+        compiled step compiles on its first call; the count is per process, so it
+        includes other compilations run meanwhile). 0 with no CUDA graph asked for."""
+        return counters["inductor"]["cudagraph_skips"] - self._skips_before
+
+    def cudagraph_skip_reasons(self) -> list[str]:
+        """The reasons Inductor recorded for those skips (it records one only for graphs
+        on CUDA; the last 64 compilations of the process are kept)."""
+        metrics = get_compilation_metrics()
+        start = 0
+        if self._metrics_before:
+            last = self._metrics_before[0]
+            start = next((i + 1 for i, m in enumerate(metrics) if m is last), 0)
+        return [m.cudagraph_skip_reason for m in metrics[start:] if m.cudagraph_skip_reason]
 
     def _step(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model._decode(tokens[:, None], None, self.z, None, self.cache)[:, 0]

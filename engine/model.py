@@ -340,8 +340,8 @@ class MusicModel(nn.Module):
         output passes `stretto.tokenizer.validate`; the prompt must then keep the
         grammar too (else ValueError naming the position, the rule and the token).
         `shared_noise`: every row samples with the same random draw at each step.
-        `compile_step`: the one-token step is compiled once (on CUDA, replayed as one
-        CUDA graph per token).
+        `compile_step`: the one-token step is compiled once (on CUDA, captured as a
+        CUDA graph and replayed per token unless Inductor skips it; see `DecodeStep`).
         """
         return generate(
             self,

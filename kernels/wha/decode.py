@@ -95,6 +95,15 @@ class HierarchicalKVCache:
             self.v_block_sum = torch.zeros_like(self.k_block_sum)
             self.block_count = torch.zeros(batch, nb, dtype=cd, device=self.device)  # [B, NB]
 
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """Every tensor the cache holds: `pos`, the ring (keys, values, real-token flags)
+        and, with `block`, the block sums and counts. They are allocated once and written
+        in place, so a compiled or graphed step can take them as static inputs."""
+        held = (self.pos, self.k_ring, self.v_ring, self.real_ring)
+        if self.block is None:
+            return held
+        return (*held, self.k_block_sum, self.v_block_sum, self.block_count)
+
     @property
     def length(self) -> int:
         """Tokens appended so far (reads `pos` from the device after a compiled step)."""

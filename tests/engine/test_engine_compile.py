@@ -1,9 +1,15 @@
-"""torch.compile runs the model and agrees with eager execution."""
+"""torch.compile runs the model and agrees with eager execution; the compiled decode step
+compiles once and takes its caches as static inputs (what CUDA graphs need)."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
+
+from stretto.engine.generate import DecodeStep
+from stretto.kernels import HierarchicalKVCache
 
 
 @pytest.mark.slow
@@ -14,3 +20,188 @@ def test_compiled_model_matches_eager(make_model, windows):
     compiled = torch.compile(model)
     with torch.no_grad():
         torch.testing.assert_close(compiled(ids, z=z), model(ids, z=z), rtol=1e-4, atol=1e-4)
+
+
+# -- the decode step's static inputs --------------------------------------------------------
+# tiny preset (window 32) with blocks of 16; "dense" caches have no block tensors.
+STEP_MODELS = {
+    "transformer": dict(mode="transformer"),
+    "vae": dict(mode="vae"),
+    "dense": dict(mode="transformer", attention="dense"),
+}
+
+
+def _model(make_model, windows, kind: str, length: int = 120):
+    """(model, ids `[1, length]` of real music, z `[1, latent_dim]` or None)."""
+    model = make_model(**STEP_MODELS[kind]).eval()
+    z = None if model.encoder is None else torch.randn(1, model.config.latent_dim)
+    return model, windows(length)[:1], z
+
+
+def _prefilled_step(model, ids, z, prompt: int = 20, **step_kw) -> DecodeStep:
+    """A DecodeStep over fresh caches that hold `ids[:, :prompt]`, built after the
+    prefill as `generate` builds it."""
+    cache = model.new_cache(1, ids.shape[1])
+    with torch.no_grad():
+        model.decode(ids[:, :prompt], z=z, cache=cache)
+    return DecodeStep(model, cache, z, **step_kw)
+
+
+def _held_tensors(step: DecodeStep) -> dict[str, torch.Tensor]:
+    """Every tensor the step holds outside the model, found by introspection (not by
+    `HierarchicalKVCache.tensors`): each cache's tensor attributes, and z."""
+    held = {
+        f"cache[{i}].{name}": value
+        for i, layer in enumerate(step.cache)
+        for name, value in vars(layer).items()
+        if isinstance(value, torch.Tensor)
+    }
+    if step.z is not None:
+        held["z"] = step.z
+    return held
+
+
+def _unmarked(step: DecodeStep) -> list[str]:
+    return [
+        name
+        for name, t in _held_tensors(step).items()
+        if getattr(t, "_dynamo_static_input_type", None) is None
+    ]
+
+
+@pytest.mark.parametrize("kind", list(STEP_MODELS))
+def test_compiled_decode_step_marks_exactly_the_cache_tensors_static(make_model, windows, kind):
+    model, ids, z = _model(make_model, windows, kind)
+    step = _prefilled_step(model, ids, z, compile=True)
+    held = _held_tensors(step)
+    per_layer = 4 if kind == "dense" else 7  # pos, rings (k, v, real) + block sums, counts
+    assert len(held) == model.config.n_layers * per_layer + (kind == "vae")
+    assert _unmarked(step) == []
+    # Unguarded: a new cache's addresses re-record a graph instead of failing a guard.
+    assert {t._dynamo_static_input_type for t in held.values()} == {"unguarded"}
+    assert [id(t) for t in step.static_tensors()] == [id(t) for t in held.values()]
+    # Nothing of the model is marked by the step (Dynamo marks parameters itself).
+    model_tensors = [*model.parameters(), *model.buffers()]
+    assert not any(hasattr(t, "_dynamo_static_input_type") for t in model_tensors)
+
+
+def test_eager_decode_step_marks_nothing(make_model, windows):
+    step = _prefilled_step(*_model(make_model, windows, "vae"))
+    assert len(_unmarked(step)) == len(_held_tensors(step))
+
+
+def _forget_block_count(cache: HierarchicalKVCache) -> None:
+    full = HierarchicalKVCache.tensors
+    cache.tensors = lambda: tuple(t for t in full(cache) if t is not cache.block_count)
+
+
+def _add_a_buffer(cache: HierarchicalKVCache) -> None:
+    cache.scratch = torch.zeros(cache.batch, cache.heads)
+
+
+@pytest.mark.parametrize(
+    "plant",
+    [_forget_block_count, _add_a_buffer],
+    ids=["tensors-forgets-one", "new-buffer-not-listed"],
+)
+def test_a_cache_tensor_left_unmarked_is_found(make_model, windows, plant):
+    """The planted fault: a cache tensor that `tensors()` does not list stays unmarked,
+    and the introspection above finds it."""
+    model = make_model("transformer").eval()
+    cache = model.new_cache(1, 40)
+    plant(cache[1])
+    step = DecodeStep(model, cache, None, compile=True)
+    name = "block_count" if plant is _forget_block_count else "scratch"
+    assert _unmarked(step) == [f"cache[1].{name}"]
+
+
+def _compile_with(monkeypatch, backend) -> None:
+    """`torch.compile` as DecodeStep calls it (its arguments kept), with `backend`."""
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=backend))
+
+
+@pytest.mark.parametrize("kind", list(STEP_MODELS))
+def test_compiled_decode_step_graph_inputs_are_static_but_the_token(
+    make_model, windows, kind, monkeypatch
+):
+    """What Dynamo lifts as graph inputs: the token ids, the model's parameters, and the
+    step's static tensors, each of them marked."""
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(list(example_inputs))
+        return gm.forward
+
+    _compile_with(monkeypatch, record)
+    model, ids, z = _model(make_model, windows, kind)
+    step = _prefilled_step(model, ids, z, compile=True)
+    with torch.no_grad():
+        token = ids[:, 20].clone()
+        step(token)
+    (inputs,) = graphs
+    others = [t for t in inputs if t is not token]
+    assert len(others) == len(inputs) - 1
+    assert [t for t in others if getattr(t, "_dynamo_static_input_type", None) is None] == []
+    params = {id(t) for t in [*model.parameters(), *model.buffers()]}
+    outside = {id(t) for t in others if id(t) not in params}
+    assert outside == {id(t) for t in step.static_tensors()}
+
+
+@pytest.mark.slow
+def test_compiled_decode_step_compiles_once_and_equals_eager(make_model, windows, monkeypatch):
+    """The step as `generate(compile_step=True)` builds it, with Inductor: one compile
+    for 100 tokens, each step's logits equal to the eager step's; no CUDA graph asked
+    for on the CPU, so none skipped."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("inductor")
+    _compile_with(monkeypatch, counter)
+    model, ids, z = _model(make_model, windows, "vae")
+    eager = _prefilled_step(model, ids, z)
+    compiled = _prefilled_step(model, ids, z, compile=True)
+    with torch.no_grad():
+        for i in range(20, ids.shape[1]):
+            want = eager(ids[:, i])
+            got = compiled(ids[:, i])
+            torch.testing.assert_close(got, want, atol=2e-5, rtol=0)
+    assert counter.frame_count == 1, f"{counter.frame_count} compiles for 100 tokens"
+    assert compiled.cudagraph_skips() == 0
+
+
+@pytest.mark.slow
+def test_cudagraph_skips_counts_the_skips_since_the_step_was_built(make_model, windows):
+    """Asked for CUDA graphs on the CPU, Inductor skips them (a CPU graph) and counts the
+    skip: the step reports it, a step built afterwards does not."""
+    torch._dynamo.reset()
+    model, ids, z = _model(make_model, windows, "transformer")
+    step = _prefilled_step(model, ids, z, compile="reduce-overhead")
+    with torch.no_grad():
+        step(ids[:, 20])
+    assert step.cudagraph_skips() == 1
+    later = _prefilled_step(model, ids, z, compile=True)
+    assert later.cudagraph_skips() == 0
+
+
+@pytest.mark.parametrize("bad", ["fast", 1, None, ["default"]])
+def test_decode_step_rejects_unknown_compile_modes(make_model, bad):
+    model = make_model("transformer").eval()
+    with pytest.raises(ValueError, match="compile must be a bool or a torch.compile mode"):
+        DecodeStep(model, model.new_cache(1, 8), None, compile=bad)
+
+
+@pytest.mark.gpu
+def test_compiled_decode_step_is_one_cuda_graph(make_model, windows):
+    """On CUDA the compiled step is captured as a CUDA graph: Inductor skips none, and
+    the graphed logits equal the eager step's."""
+    torch._dynamo.reset()
+    model, ids, z = _model(make_model, windows, "vae")
+    model, ids, z = model.cuda(), ids.cuda(), z.cuda()
+    eager = _prefilled_step(model, ids, z)
+    graphed = _prefilled_step(model, ids, z, compile=True)
+    with torch.no_grad():
+        for i in range(20, ids.shape[1]):
+            want = eager(ids[:, i])
+            got = graphed(ids[:, i]).clone()  # the next replay overwrites the graph's output
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+    assert graphed.cudagraph_skips() == 0, graphed.cudagraph_skip_reasons()

@@ -129,6 +129,24 @@ def test_decode_errors():
         cache.prefill(torch.randn(1, 2, 3, 8), torch.randn(1, 2, 3, 8))
 
 
+@pytest.mark.parametrize("block", [None, 3], ids=["sliding", "block3"])
+def test_cache_tensors_are_every_tensor_it_holds_and_stay_in_place(block):
+    """`tensors()` lists every tensor attribute (found here by introspection), and
+    prefill, append, attend and reset write them in place: what a step that takes them
+    as static inputs (a CUDA graph) relies on."""
+    cache = HierarchicalKVCache(2, 2, 8, window=4, block=block, max_length=11)
+    held = [v for v in vars(cache).values() if isinstance(v, torch.Tensor)]
+    assert [id(t) for t in cache.tensors()] == [id(t) for t in held]
+    assert len(held) == (4 if block is None else 7)
+    before = [(id(t), t.data_ptr()) for t in held]
+    k, v = torch.randn(2, 2, 6, 8), torch.randn(2, 2, 6, 8)
+    cache.prefill(k, v)
+    cache.append(k[:, :, 0], v[:, :, 0])
+    cache.attend(torch.randn(2, 2, 8))
+    cache.reset()
+    assert [(id(t), t.data_ptr()) for t in cache.tensors()] == before
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 def test_decode_on_cuda(dtype):
