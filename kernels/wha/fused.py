@@ -646,8 +646,18 @@ def _dkv_kernel(Q, K, V, KEY_REAL, INV_COUNT, DO, LSE, DELTA, DKS_PART, DVS_PART
 KERNELS = {"fwd": _fwd_kernel, "dq": _dq_kernel, "dkv": _dkv_kernel, "dsum": _dsum_kernel}
 # Autotune keys: everything that changes the kernel but the sequence length, so a new
 # length reuses the choice (and Triton's on-disk cache keeps it across processes).
-_TUNE_KEY = ["HEAD_DIM", "CAUSAL", "HAS_SUM", "HAS_KEY_REAL", "DOT_PREC"]
+_TUNE_KEY = ("HEAD_DIM", "CAUSAL", "HAS_SUM", "HAS_KEY_REAL", "DOT_PREC")
 _tuned: dict[tuple[str, str, int, bool], object] = {}
+
+
+def tune_key(name: str) -> list[str]:
+    """The autotune key of kernel `name`: the names of _TUNE_KEY among its arguments.
+
+    Kernels differ (dsum takes no HAS_SUM), and a key must name arguments only: Triton
+    3.9 refuses any other name, and 3.6 drops it from the key without a word.
+    """
+    arg_names = KERNELS[name].arg_names
+    return [k for k in _TUNE_KEY if k in arg_names]
 
 
 def device_guard(t: torch.Tensor):
@@ -692,7 +702,7 @@ def _autotuned(name: str, kind: str, head_dim: int, cc: int = 90):
             )
             for c in configs.candidates(name, kind, head_dim, cc)
         ]
-        _tuned[key] = triton.autotune(configs=cands, key=_TUNE_KEY, cache_results=True)(
+        _tuned[key] = triton.autotune(configs=cands, key=tune_key(name), cache_results=True)(
             KERNELS[name]
         )
     return _tuned[key]

@@ -10,6 +10,7 @@ kernel), so the reference's own k/v gradients are the target.
 from __future__ import annotations
 
 import contextlib
+import inspect
 
 import pytest
 import torch
@@ -281,6 +282,54 @@ def test_autotuning_is_opt_in(kernel_device, monkeypatch):
     first = tuned.configs[0]
     assert first.kwargs["BLOCK_M"] == configs.pinned("dkv", "16bit", 64).block_m
     assert fused._autotuned("dkv", "16bit", 64) is tuned  # one autotuner per key
+
+
+def _specializations(kernel) -> set[str]:
+    """The constexpr arguments of a Triton kernel (jitted or interpreted), by name."""
+    params = inspect.signature(kernel.fn).parameters.values()
+    return {p.name for p in params if "constexpr" in str(p.annotation)}
+
+
+@pytest.mark.parametrize("kind", configs.KINDS)
+@pytest.mark.parametrize("name", configs.KERNELS)
+def test_every_autotuner_keys_on_its_own_arguments(name, kind, kernel_device, monkeypatch):
+    """Under STRETTO_AUTOTUNE=1 each kernel's autotuner is built (Triton 3.9 refuses a
+    key that names no argument; 3.6 drops it silently, so the names are checked too),
+    and its key is every specialization the kernel takes but the tuned tile sizes and
+    BLOCK_D (a function of HEAD_DIM)."""
+    fused = _fused()
+    monkeypatch.setenv("STRETTO_AUTOTUNE", "1")
+    monkeypatch.setattr(fused, "_tuned", {})  # build afresh, leave no autotuner behind
+    kernel = fused.KERNELS[name]
+    for head_dim in (16, 40, 128):
+        for arch in (80, 90):
+            tuned = fused._autotuned(name, kind, head_dim, arch)
+            assert set(tuned.keys) <= set(kernel.arg_names), (name, tuned.keys)
+            tiles = {k for cfg in tuned.configs for k in cfg.kwargs}
+            assert tiles == {"BLOCK_M", "BLOCK_N", "BLOCK_S"}
+            assert set(tuned.keys) == _specializations(kernel) - tiles - {"BLOCK_D"}
+            assert len(tuned.keys) == len(set(tuned.keys))
+
+
+# summaries with padding (bidirectional), summaries without (causal), no summaries
+AUTOTUNE_CASES = [c for c in CASES if c.n in (63, 97, 50)]
+
+
+@pytest.mark.parametrize("case", AUTOTUNE_CASES, ids=case_id)
+def test_autotuned_launch_matches_reference(case, kernel_device, poisoned, monkeypatch):
+    """Every launch goes through the Triton autotuner (STRETTO_AUTOTUNE=1) and matches
+    the reference. On CPU the interpreter runs it with the one interpreter config as the
+    candidate list (one candidate: Triton launches it without timing anything)."""
+    fused = _fused()
+    monkeypatch.setenv("STRETTO_AUTOTUNE", "1")
+    monkeypatch.setattr(fused, "_tuned", {})
+    if fused._INTERPRET:
+        monkeypatch.setattr(fused, "_INTERPRET", False)  # take the autotuning branch
+        monkeypatch.setattr(configs, "candidates", lambda *args: (configs.INTERPRET,))
+        monkeypatch.setattr(configs, "SPLIT_ROWS", configs.INTERPRET_SPLIT_ROWS)
+    _check(case, torch.float32, kernel_device)
+    launched = {name for name, *_ in fused._tuned}
+    assert launched == ({"fwd", "dq", "dkv"} | ({"dsum"} if case.block else set()))
 
 
 def test_auto_backend_falls_back_for_what_triton_does_not_cover():
