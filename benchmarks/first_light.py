@@ -593,14 +593,9 @@ def stage_decode(rows: Rows, device: str) -> None:
     if rows.out_of_time(need_s=60):
         return
     try:
-        from torch._dynamo.utils import counters
-
-        counters.clear()
         torch._dynamo.reset()
         start = time.time()
         step, comp_logits, comp_t = run_steps(True)
-        skips = dict(counters["inductor"].get("cudagraph_skips", {}) or {})
-        skips = {str(k): v for k, v in skips.items()} if isinstance(skips, dict) else skips
         comp_ms = 1e3 * _median(comp_t[10:])
         rows.write(
             what="compiled step",
@@ -609,8 +604,8 @@ def stage_decode(rows: Rows, device: str) -> None:
             first_steps_s=sum(comp_t[:10]),
             total_s=round(time.time() - start, 2),
             speedup_vs_eager=eager_ms / comp_ms if comp_ms > 0 else None,
-            cudagraph_skips=counters["inductor"]["cudagraph_skips"],
-            skip_detail=skips,
+            cudagraph_skips=step.cudagraph_skips(),
+            skip_reasons=step.cudagraph_skip_reasons(),
             max_abs_diff_to_eager=(comp_logits - eager_logits).abs().max().item(),
             max_abs_diff_to_full_forward=(comp_logits - full).abs().max().item(),
         )

@@ -73,16 +73,21 @@ stage() {  # stage NAME END_PERCENT
         --out "$OUT" --deadline "$until" --device "$DEVICE" >>"$LOG" 2>&1
     say "stage $1 exit code $? (124: killed at its limit; its rows so far are kept)"
 }
-stage probe 8
-stage correctness 42
-stage timing 64
-stage decode 85
+# GPU_RUN_STAGES picks and orders stages for a rerun (the shares above stay each stage's
+# end, so list them in this order): e.g. "probe decode pytest".
+STAGES=${GPU_RUN_STAGES:-probe correctness timing decode pytest}
+declare -A SHARE=([probe]=8 [correctness]=42 [timing]=64 [decode]=85)
+for name in $STAGES; do
+    [[ -n "${SHARE[$name]:-}" ]] && stage "$name" "${SHARE[$name]}"
+done
 
 # -- stage 5: the pytest GPU sweep with what is left -------------------------------------
 END=$((START + BUDGET - 15))
 LIMIT=$((END - $(date +%s)))
-if ((LIMIT > 20)); then
-    ARGS=(-m gpu tests/kernels -v -rs -p no:cacheprovider
+if [[ " $STAGES " != *" pytest "* ]]; then
+    say "stage pytest: not asked for (GPU_RUN_STAGES=$STAGES)"
+elif ((LIMIT > 20)); then
+    ARGS=(-m gpu ${GPU_PYTEST_PATHS:-tests/kernels} -v -rs -p no:cacheprovider
         --continue-on-collection-errors --junitxml="$OUT/pytest-junit.xml")
     "$PY" -c "import xdist" >/dev/null 2>&1 && ARGS+=(-n "${GPU_TEST_WORKERS:-4}")
     "$PY" -m pytest --help 2>/dev/null | grep -q -- --session-timeout &&

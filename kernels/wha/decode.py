@@ -77,8 +77,10 @@ class HierarchicalKVCache:
             raise ValueError(f"dtype must be a floating dtype, got {dtype}")
         self.batch, self.heads, self.head_dim = batch, heads, head_dim
         self.window, self.block, self.max_length = window, block, max_length
-        self.dtype, self.device = dtype, torch.device(device)
-        self.pos = torch.zeros((), dtype=torch.long, device=self.device)  # tokens appended
+        self.pos = torch.zeros((), dtype=torch.long, device=device)  # tokens appended
+        # The device the tensors landed on: "cuda" resolves to "cuda:0", which inputs
+        # on the current device report, so checks compare like with like.
+        self.dtype, self.device = dtype, self.pos.device
         # Host copy of pos, kept by eager calls; None after a compiled step wrote pos.
         self._host_length: int | None = 0
 
