@@ -561,7 +561,7 @@ def stage_decode(rows: Rows, device: str) -> None:
     rows.write(preset=preset, parameters=params, prompt=prompt_len, steps=steps)
 
     def run_steps(compile_step: bool):
-        cache = model.new_cache(1, prompt_len + steps)
+        cache = model.new_cache(1, prompt_len + steps + 16)  # + the launch count's 8 steps
         with torch.no_grad():
             model._decode(ids[:, :prompt_len], None, None, None, cache)
             step = DecodeStep(model, cache, None, compile=compile_step)
