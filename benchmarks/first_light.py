@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import math
 import os
 import platform
 import subprocess
@@ -544,6 +543,7 @@ def _kernel_split(rows: Rows, shape) -> None:
 def stage_decode(rows: Rows, device: str) -> None:
     import torch
 
+    from benchmarks.timing import quantile
     from stretto.engine import ModelConfig, MusicModel
     from stretto.engine.generate import DecodeStep
     from stretto.tokenizer.vocabulary import Vocabulary
@@ -580,7 +580,7 @@ def stage_decode(rows: Rows, device: str) -> None:
         with torch.no_grad():
             full = model._decode(ids, None, None, None, None)[:, prompt_len:].float()
         _, eager_logits, eager_t = run_steps(False)
-        eager_ms = 1e3 * _median(eager_t[5:])
+        eager_ms = 1e3 * quantile(eager_t[5:], 0.5)
         rows.write(
             what="eager step",
             ms_per_token=eager_ms,
@@ -596,7 +596,7 @@ def stage_decode(rows: Rows, device: str) -> None:
         torch._dynamo.reset()
         start = time.time()
         step, comp_logits, comp_t = run_steps(True)
-        comp_ms = 1e3 * _median(comp_t[10:])
+        comp_ms = 1e3 * quantile(comp_t[10:], 0.5)
         rows.write(
             what="compiled step",
             ms_per_token=comp_ms,
@@ -617,11 +617,6 @@ def stage_decode(rows: Rows, device: str) -> None:
     if rows.out_of_time(need_s=60):
         return
     _generate_rows(rows, model, device)
-
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[len(ordered) // 2] if ordered else math.nan
 
 
 def _launches_per_token(step, ids, prompt_len: int) -> dict[str, Any]:
