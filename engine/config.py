@@ -30,6 +30,11 @@ class ModelConfig:
     bidirectional blocks produce `latent_dim`-wide mu and log-variance; vae_gan adds a
     `disc_layers`-block discriminator of width `disc_d_model`.
 
+    Note state: with `note_state` the decoder is told at every position which pitches
+    sound on the current instrument, how many notes sound and how long the oldest has
+    lasted, read from the ids before it (`stretto.engine.notes`); the vocabulary is the
+    same either way.
+
     Attention: `attention="wha"` calls `stretto.kernels.hierarchical_attention` with
     `window`, `block` (None = plain sliding window) and `attention_backend`;
     `attention="dense"` is full SDPA attention, kept only as a benchmark baseline.
@@ -73,6 +78,8 @@ class ModelConfig:
     dropout: float = 0.0
     rope_base: float = 10000.0
     tie_embeddings: bool = True
+    # the decoder reads the note state at every position (`stretto.engine.notes`)
+    note_state: bool = True
     # -- attention --------------------------------------------------------------------
     attention: str = "wha"
     attention_backend: str = "auto"
@@ -136,6 +143,7 @@ class ModelConfig:
             self.block is None or (_is_int(self.block) and self.block >= 1),
             f"block={self.block} must be None or >= 1",
         )
+        need(isinstance(self.note_state, bool), f"note_state={self.note_state!r} must be a bool")
         need(0.0 <= self.dropout < 1.0, f"dropout={self.dropout} not in [0, 1)")
         need(self.rope_base > 1.0, f"rope_base={self.rope_base} must be > 1")
         if self.mode != "transformer":
@@ -249,7 +257,8 @@ class ModelConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"ModelConfig: unknown fields {unknown}")
-        return cls(**data)
+        # A config written before `note_state` existed describes a model without it.
+        return cls(**{"note_state": False, **data})
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -279,8 +279,12 @@ class DecodeStep:
 
     def static_tensors(self) -> tuple[torch.Tensor, ...]:
         """The tensors the step reads or writes in place besides the model's own
-        parameters and buffers: every block's cache tensors, then z (vae modes)."""
-        held = tuple(t for layer in self.cache for t in layer.tensors())
+        parameters and buffers: every block's cache tensors, the note state's tracker
+        (`MusicModel.new_cache`), then z (vae modes)."""
+        if hasattr(self.cache, "tensors"):  # `MusicModel.new_cache`, note tracker included
+            held = self.cache.tensors()
+        else:
+            held = tuple(t for layer in self.cache for t in layer.tensors())
         return held if self.z is None else (*held, self.z)
 
     def cudagraph_skips(self) -> int:

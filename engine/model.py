@@ -35,6 +35,7 @@ from .checkpoint import (
 from .config import ModelConfig
 from .generate import generate
 from .layers import Discriminator, Stack, masked_mean
+from .notes import DecodeCache, NoteEmbedding, NoteFeatures, NoteTracker, note_features
 from .outputs import MusicModelOutput
 
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8)
@@ -64,6 +65,7 @@ class MusicModel(nn.Module):
         super().__init__()
         self.config = c = config
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
+        self.notes = NoteEmbedding(c.d_model) if c.note_state else None
         is_vae = c.mode in ("vae", "vae_gan")
         self.decoder = Stack(
             c.n_layers,
@@ -187,10 +189,14 @@ class MusicModel(nn.Module):
     def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
         return mu + torch.randn_like(mu) * (0.5 * logvar).exp()
 
-    def new_cache(self, batch: int, max_length: int) -> list[HierarchicalKVCache]:
-        """Empty decoding caches (one per decoder block) for `batch` rows of up to
-        `max_length` tokens: pass them to `decode(..., cache=)`."""
-        return self.decoder.new_caches(batch, max_length)
+    def new_cache(self, batch: int, max_length: int) -> DecodeCache:
+        """Empty decoding caches (one per decoder block, and the note state's tracker)
+        for `batch` rows of up to `max_length` tokens: pass them to `decode(..., cache=)`."""
+        layers = self.decoder.new_caches(batch, max_length)
+        notes = None
+        if self.notes is not None:
+            notes = NoteTracker(batch, next(self.parameters()).device)
+        return DecodeCache(layers, notes)
 
     def decode(
         self,
@@ -210,11 +216,30 @@ class MusicModel(nn.Module):
         mask = self.check_inputs(input_ids, attention_mask)
         return self._decode(input_ids, mask, z, positions, cache)
 
-    def _decode(self, input_ids, mask, z, positions, cache=None) -> torch.Tensor:
+    def _decode(self, input_ids, mask, z, positions, cache=None, state_ids=None) -> torch.Tensor:
+        """`state_ids` (default `input_ids`): the ids the note state is read from, where
+        the decoder's input hides some (word dropout)."""
         self.check_latent(z, input_ids.shape[0])
         x = self.embed(input_ids)  # [B, N, C]
+        if self.notes is not None:
+            x = x + self.notes(
+                self._note_features(input_ids if state_ids is None else state_ids, mask, cache)
+            )
         h = self.decoder(x, mask, positions, cond=z, caches=cache)
         return self.head(h)  # [B, N, V]
+
+    def _note_features(self, ids: torch.Tensor, mask, cache) -> NoteFeatures:
+        """The note state after each of `ids`: from `ids` alone without a cache; with
+        one, as the attention treats it: one id advances the cache's tracker, a prompt
+        (an empty cache) is read into it whole."""
+        if cache is None:
+            return note_features(ids, mask)
+        notes = getattr(cache, "notes", None)
+        if notes is None:
+            raise ValueError("this model reads the note state: make its caches with new_cache")
+        if ids.shape[1] == 1:
+            return notes.advance(ids[:, 0], None if mask is None else mask[:, 0])
+        return notes.load(ids, mask)
 
     def forward(
         self,

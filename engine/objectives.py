@@ -152,7 +152,7 @@ def generator_terms(
     dec_ids = (
         word_dropout(ids, mask, c.word_dropout, c.word_dropout_rows) if model.training else ids
     )
-    logits = model._decode(dec_ids, mask, z, None)
+    logits = model._decode(dec_ids, mask, z, None, state_ids=ids)
     nll, count = sequence_nll(logits, targets, mask, c.pad_id)
     tokens = count.sum().clamp(min=1)
     kl_dims = kl_per_dimension(mu, logvar)  # [B, L]

@@ -49,13 +49,17 @@ def _prefilled_step(model, ids, z, prompt: int = 20, **step_kw) -> DecodeStep:
 
 def _held_tensors(step: DecodeStep) -> dict[str, torch.Tensor]:
     """Every tensor the step holds outside the model, found by introspection (not by
-    `HierarchicalKVCache.tensors`): each cache's tensor attributes, and z."""
+    `HierarchicalKVCache.tensors`): each cache's tensor attributes, the note tracker's,
+    and z."""
     held = {
         f"cache[{i}].{name}": value
         for i, layer in enumerate(step.cache)
         for name, value in vars(layer).items()
         if isinstance(value, torch.Tensor)
     }
+    if step.cache.notes is not None:
+        for name, value in vars(step.cache.notes).items():
+            held[f"notes.{name}"] = value
     if step.z is not None:
         held["z"] = step.z
     return held
@@ -75,7 +79,8 @@ def test_compiled_decode_step_marks_exactly_the_cache_tensors_static(make_model,
     step = _prefilled_step(model, ids, z, compile=True)
     held = _held_tensors(step)
     per_layer = 4 if kind == "dense" else 7  # pos, rings (k, v, real) + block sums, counts
-    assert len(held) == model.config.n_layers * per_layer + (kind == "vae")
+    tracker = 4 if model.config.note_state else 0  # instrument, time, onsets, ended
+    assert len(held) == model.config.n_layers * per_layer + tracker + (kind == "vae")
     assert _unmarked(step) == []
     # Unguarded: a new cache's addresses re-record a graph instead of failing a guard.
     assert {t._dynamo_static_input_type for t in held.values()} == {"unguarded"}

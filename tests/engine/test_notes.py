@@ -1,0 +1,147 @@
+"""The note state (`stretto.engine.notes`): the same numbers from the whole-sequence scan,
+from the decoding tracker and from the tokenizer's token-state machine, on real music
+and on random ids; and the decoder that reads it, cached and uncached alike."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from stretto.engine import ModelConfig, MusicModel
+from stretto.engine.notes import NoteTracker, note_features
+from stretto.tokenizer import _state as machine
+
+
+def _machine(ids: np.ndarray, real: np.ndarray | None = None):
+    """(sounding [N, 88], count [N], age [N]) after each id, read by the tokenizer's
+    state machine; nothing is read after END or at padded positions."""
+    s, sustain, notes = machine.new_state()
+    sounding, count, age = [], [], []
+    for pos, t in enumerate(ids):
+        if s[machine.ENDED] == 0 and (real is None or real[pos]):
+            machine.advance(s, sustain, notes, int(t))
+        on = notes[:, :, machine.NOTE_ID] >= 0
+        sounding.append(on[max(s[machine.INST], 0)].copy())
+        count.append(int(on.sum()))
+        age.append(int(machine.oldest_age(s, notes)))
+    return np.array(sounding), np.array(count), np.array(age)
+
+
+def _assert_matches_machine(ids: torch.Tensor, real: torch.Tensor | None = None) -> None:
+    f = note_features(ids, real)
+    for b in range(ids.shape[0]):
+        want = _machine(ids[b].numpy(), None if real is None else real[b].numpy())
+        for name, got, expected in zip(("sounding", "count", "age"), f, want, strict=True):
+            bad = np.flatnonzero((got[b].numpy() != expected).reshape(len(expected), -1).any(1))
+            assert bad.size == 0, f"row {b}: {name} differs first at position {bad[:1]}"
+
+
+def _random_ids(vocab, rows: int, n: int, seed: int) -> torch.Tensor:
+    """Ids drawn mostly from a few pitches, instruments and shifts, so that notes are
+    struck again, released on the wrong instrument and ended mid-note; END and PAD too."""
+    pool = np.r_[
+        np.arange(vocab.NOTE_ON.start, vocab.NOTE_ON.start + 10),
+        np.arange(vocab.NOTE_OFF.start, vocab.NOTE_OFF.start + 10),
+        np.arange(vocab.TIME_SHIFT.start, vocab.TIME_SHIFT.start + 6),
+        np.arange(vocab.INSTRUMENT.start, vocab.INSTRUMENT.start + 3),
+        [vocab.END, vocab.PAD, vocab.VELOCITY.start],
+    ]
+    return torch.as_tensor(np.random.default_rng(seed).choice(pool, (rows, n)))
+
+
+def test_scan_matches_the_token_state_machine_on_real_music(windows):
+    ids = windows(1024, start=300)  # mid-piece: notes sound from before the window
+    _assert_matches_machine(ids)
+    f = note_features(ids)
+    assert int(f.count.max()) > 1 and int(f.age.max()) > 16, "the windows hold chords"
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_scan_matches_the_token_state_machine_on_random_ids(vocab, seed):
+    ids = _random_ids(vocab, 3, 400, seed)
+    _assert_matches_machine(ids)
+    real = torch.rand(ids.shape, generator=torch.Generator().manual_seed(seed)) > 0.2
+    _assert_matches_machine(ids, real)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_tracker_matches_the_scan_token_by_token(vocab, seed):
+    ids = _random_ids(vocab, 4, 300, seed)
+    whole = note_features(ids)
+    fresh, loaded = NoteTracker(4, "cpu"), NoteTracker(4, "cpu")
+    prompt = 120
+    first = loaded.load(ids[:, :prompt])
+    for got, want in zip(first, whole, strict=True):
+        torch.testing.assert_close(got, want[:, :prompt], rtol=0, atol=0)
+    for i in range(ids.shape[1]):
+        step = fresh.advance(ids[:, i])
+        for got, want in zip(step, whole, strict=True):
+            torch.testing.assert_close(got[:, 0], want[:, i], rtol=0, atol=0)
+        if i >= prompt:
+            step = loaded.advance(ids[:, i])
+            for got, want in zip(step, whole, strict=True):
+                torch.testing.assert_close(got[:, 0], want[:, i], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["transformer", "vae"])
+def test_cached_decoding_reads_the_same_note_state_as_the_full_forward(make_model, windows, mode):
+    model = make_model(mode).eval()
+    assert model.notes is not None
+    ids = windows(96, start=200)
+    z = torch.randn(2, model.config.latent_dim) if model.encoder is not None else None
+    with torch.no_grad():
+        full = model.decode(ids, z=z)
+        cache = model.new_cache(2, ids.shape[1])
+        steps = [model.decode(ids[:, :40], z=z, cache=cache)]
+        steps += [model.decode(ids[:, i : i + 1], z=z, cache=cache) for i in range(40, 96)]
+    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-4, atol=1e-4)
+
+
+def test_a_tracker_that_misses_notes_is_caught(make_model, windows, vocab, monkeypatch):
+    """Planted fault: a tracker that ignores NOTE_OFF makes cached decoding differ."""
+    model = make_model("transformer").eval()
+    ids = windows(64, start=200)
+    with torch.no_grad():
+        full = model.decode(ids)
+        advance = NoteTracker.advance
+
+        def deaf(self, tokens, real=None):
+            is_off = (tokens >= vocab.NOTE_OFF.start) & (tokens < vocab.NOTE_OFF.stop)
+            return advance(self, torch.where(is_off, vocab.PAD, tokens), real)
+
+        monkeypatch.setattr(NoteTracker, "advance", deaf)
+        cache = model.new_cache(2, 64)
+        steps = [model.decode(ids[:, :8], cache=cache)]
+        steps += [model.decode(ids[:, i : i + 1], cache=cache) for i in range(8, 64)]
+    assert not torch.allclose(torch.cat(steps, 1), full, atol=1e-4)
+
+
+def test_padding_does_not_enter_the_note_state(make_model, windows, vocab):
+    model = make_model("transformer").eval()
+    ids = windows(128, start=100)
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    mask[:, 40:60] = False
+    changed = ids.clone()
+    changed[:, 40:60] = vocab.NOTE_ON.start + 30  # would sound a note if it were read
+    with torch.no_grad():
+        a, b = model(ids, mask), model(changed, mask)
+    torch.testing.assert_close(a[mask], b[mask], rtol=0, atol=1e-5)
+
+
+def test_the_switch_and_older_configs(vocab):
+    on = ModelConfig.from_vocab(vocab, preset="tiny")
+    off = on.replace(note_state=False)
+    assert on.note_state and MusicModel(off).notes is None
+    assert MusicModel(off).new_cache(1, 8).notes is None
+    older = on.to_dict()
+    del older["note_state"]  # a config.json written before the switch existed
+    assert ModelConfig.from_dict(older).note_state is False
+    with pytest.raises(ValueError, match="note_state"):
+        on.replace(note_state=1)
+
+
+def test_caches_without_the_tracker_are_refused(make_model, windows):
+    model = make_model("transformer")
+    with pytest.raises(ValueError, match="new_cache"):
+        model.decode(windows(8), cache=model.decoder.new_caches(2, 8))
