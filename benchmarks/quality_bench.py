@@ -30,7 +30,16 @@ the validation files.
    files); half A against half B is the reference distance, real against real. Rows:
    `mode="generated-vs-held-out"`, one per source; extra holds each statistic's
    summary, its distance to half B, the reference distance, and whether it is closer
-   than the unigram model's samples.
+   than the unigram model's samples. The same rows hold how each set's notes end and
+   the note statistics of `quality_music.NOTE_STATISTICS` (durations, silences, the
+   share of notes a NOTE_OFF closed), each distance also as a multiple of real against
+   real.
+3. The cause (`quality_cause`), on the transformer model of part 2: the teacher-forced
+   probability of each held-out NOTE_OFF by its distance from the NOTE_ON
+   (`mode="note-off-probability"`), polyphony of held-out pieces with a share of their
+   NOTE_OFFs deleted (`mode="note-off-deletion"`), and its samples under each sampler
+   setting (`mode="sampler"`: the NOTE_OFF mask, the length limit, then temperature
+   and top-p on the best; a skipped row when `generate` takes no such settings).
 
 Budget: `FULL` (default; about 15-25 minutes on a 2-core CPU) and `QUICK` (`--quick`,
 under 5), or `--steps N` (training steps per run) and `--seconds S` (a cap on each
@@ -48,7 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.schema import REPO_ROOT, SuiteUnavailable, progress
+from benchmarks.schema import REPO_ROOT, SuiteUnavailable, progress, skipped_row
 
 SUITE = "quality"
 MODES = ("transformer", "vae", "vae_gan")
@@ -399,17 +408,22 @@ class QualityRun:
             f"{count} samples per source"
         )
 
-        def piece_set(masked: list[list[int]], free: list[list[int]]):
-            stats = [qm.piece_statistics(tokenizer.decode(ids)) for ids in masked]
-            return qm.PieceSet.of(stats, [qm.token_validity(ids, validate) for ids in free])
+        def piece_set(masked: list[list[int]], free: list[list[int]] | list[float]):
+            stats = [
+                qm.piece_statistics(tokenizer.decode(ids)) | qm.note_statistics(ids)
+                for ids in masked
+            ]
+            validity = [v if isinstance(v, float) else qm.token_validity(v, validate) for v in free]
+            return qm.PieceSet.of(stats, validity)
 
         sets: dict[str, Any] = {}
         info: dict[str, dict[str, Any]] = {}
         sets["held-out-B"] = piece_set(real_b, real_b)
         sets["held-out-A"] = piece_set(real_a, real_a)
         info["held-out-A"] = info["held-out-B"] = {"kind": "held-out"}
+        models = {}
         for mode in MODES:
-            masked, free, extra = self._sample_mode(mode, length, count)
+            masked, free, extra, models[mode] = self._sample_mode(mode, length, count)
             sets[mode] = piece_set(masked, free)
             info[mode] = extra
         start = time.perf_counter()
@@ -420,8 +434,9 @@ class QualityRun:
         info["unigram"] = {"kind": "baseline", "sample_s": elapsed}
 
         reference = sets["held-out-B"]
+        every = qm.STATISTICS + qm.NOTE_STATISTICS
         distances = {
-            name: {stat: qm.distance(s, reference, stat) for stat in qm.STATISTICS}
+            name: {stat: qm.distance(s, reference, stat) for stat in every}
             for name, s in sets.items()
         }
         real = distances["held-out-A"]
@@ -432,11 +447,12 @@ class QualityRun:
             extra["summary"] = s.summary()
             extra["distance"] = distances[name]
             extra["reference_distance"] = {k: v["distance"] for k, v in real.items()}
+            extra["distance_multiple"] = {
+                k: qm.distance_multiple(distances[name][k]["distance"], real[k]["distance"])
+                for k in every
+            }
             if name in MODES:
-                extra["closer_than_unigram"] = {
-                    k: _less(distances[name][k]["distance"], uni[k]["distance"])
-                    for k in qm.STATISTICS
-                }
+                extra["closer_than_unigram"] = _closer(distances[name], uni)
                 extra["as_close_as_real"] = {
                     k: _less(distances[name][k]["distance"], real[k]["distance"], strict=False)
                     for k in qm.STATISTICS
@@ -459,6 +475,123 @@ class QualityRun:
                     tokens_per_s=2 * count * length / seconds,
                 )
             rows.append(row)
+        rows += self._cause(models["transformer"], real_a + real_b, tokenizer)
+        validity = list(sets["transformer"].scalars["validity"])
+        rows += self._samplers(
+            models["transformer"],
+            length,
+            count,
+            lambda ids: piece_set(ids, validity),
+            reference,
+            uni,
+        )
+        return rows
+
+    # -- part 3 ---------------------------------------------------------------------------
+    def _cause(self, model, pieces: list[list[int]], tokenizer) -> list[dict[str, Any]]:
+        from benchmarks import quality_cause as qc
+
+        b = self.budget
+        length = b.generation_length
+        progress(f"[quality] cause: NOTE_OFF probability and deletion on {len(pieces)} pieces")
+        start = time.perf_counter()
+        probability = qc.note_off_probability(model, pieces, pad=self.vocab.PAD)
+        probability_s = time.perf_counter() - start
+        start = time.perf_counter()
+        deletion = qc.deletion_sensitivity(pieces, tokenizer.decode, seed=b.split_seed)
+        deletion_s = time.perf_counter() - start
+        base = {
+            "suite": SUITE,
+            "shape": f"{b.preset}-T{length}-P{len(pieces)}",
+            "seq_len": length,
+            "dtype": "float32",
+        }
+        return [
+            dict(
+                base,
+                provider="transformer",
+                mode="note-off-probability",
+                median_ms=probability_s * 1e3,
+                extra=dict(
+                    self.what,
+                    window=model.config.window,
+                    pieces=len(pieces),
+                    buckets=probability,
+                ),
+            ),
+            dict(
+                base,
+                provider="held-out",
+                mode="note-off-deletion",
+                median_ms=deletion_s * 1e3,
+                extra=dict(self.what, pieces=len(pieces), shares=deletion),
+            ),
+        ]
+
+    def _samplers(self, model, length, count, piece_set, reference, uni) -> list[dict[str, Any]]:
+        """Rows of the sampler comparison (see `quality_cause.SAMPLERS`)."""
+        import torch
+
+        from benchmarks import quality_cause as qc
+        from benchmarks import quality_music as qm
+
+        b = self.budget
+        shape = f"{b.preset}-T{length}-P{count}"
+        why = qc.sampler_support(model.generate)
+        if why is not None:
+            return [
+                skipped_row(
+                    SUITE,
+                    f"skipped: sampler comparison: {why}",
+                    provider="transformer",
+                    mode="sampler",
+                    shape=shape,
+                    seq_len=length,
+                    dtype="float32",
+                )
+            ]
+
+        def measure(name: str, settings: dict[str, Any]) -> dict[str, Any]:
+            progress(f"[quality] sampler: {name}")
+            start = time.perf_counter()
+            with torch.inference_mode():
+                ids = model.generate(
+                    max_new_tokens=length - 1, batch_size=count, seed=b.seeds[0], **settings
+                )
+            seconds = time.perf_counter() - start
+            s = piece_set(_strip(ids.tolist(), self.vocab))
+            distance = {k: qm.distance(s, reference, k) for k in qm.STATISTICS}
+            closer = _closer(distance, uni)
+            summary = s.summary()
+            extra = dict(
+                self.what,
+                settings=settings,
+                polyphony=summary["polyphony"]["mean"],
+                closed_by_model=summary["closed_by_model"]["mean"],
+                endings=summary.get("endings"),
+                closer_than_unigram=closer,
+                closer_count=sum(1 for ok in closer.values() if ok),
+                polyphony_distance=distance["polyphony"]["distance"],
+            )
+            return {
+                "suite": SUITE,
+                "provider": name,
+                "mode": "sampler",
+                "shape": shape,
+                "seq_len": length,
+                "dtype": "float32",
+                "median_ms": seconds * 1e3,
+                "tokens_per_s": count * length / seconds,
+                "extra": extra,
+            }
+
+        rows = [measure(name, settings) for name, settings in qc.SAMPLERS]
+        best = max(
+            rows,
+            key=lambda r: (r["extra"]["closer_count"], -(r["extra"]["polyphony_distance"] or 0)),
+        )
+        best["extra"]["best"] = True
+        rows += [measure(n, s) for n, s in qc.sampler_variants(best["provider"])]
         return rows
 
     def _sample_mode(self, mode: str, length: int, count: int):
@@ -500,7 +633,8 @@ class QualityRun:
             "sample_s": sample_s,
             "held_out": {k: v for k, v in measured.items() if k != "kl_dims"},
         }
-        return _strip(masked.tolist(), self.vocab), _strip(free.tolist(), self.vocab), extra
+        masked, free = _strip(masked.tolist(), self.vocab), _strip(free.tolist(), self.vocab)
+        return masked, free, extra, model
 
     def _unigram_samples(self, baselines, count: int, length: int, grammar) -> list[list[int]]:
         """`count` sequences of `length` tokens from START, i.i.d. from the training
@@ -538,6 +672,13 @@ def _strip(sequences: list[list[int]], vocab) -> list[list[int]]:
             end -= 1
         out.append(ids[:end])
     return out
+
+
+def _closer(distances: dict[str, dict], unigram: dict[str, dict]) -> dict[str, bool | None]:
+    """Per statistic of `quality_music.STATISTICS`: closer to held-out than the unigram."""
+    from benchmarks.quality_music import STATISTICS
+
+    return {k: _less(distances[k]["distance"], unigram[k]["distance"]) for k in STATISTICS}
 
 
 def _less(a: float | None, b: float | None, *, strict: bool = True) -> bool | None:

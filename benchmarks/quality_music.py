@@ -18,6 +18,22 @@ muspy's functions: `pitch_range`, `polyphony`, `empty_beat_rate` (a note marks t
 beats from its onset's to its end's, inclusive: a quarter note on a beat marks two);
 `validity` is `stretto.tokenizer.validate`.
 
+How notes end (`note_statistics`, from the ids read through the tokenizer's token-state
+machine, `stretto.tokenizer._state.advance`, so a note is what the decoder makes of
+it): each note ends by a NOTE_OFF (`note_off`), by a NOTE_ON on its sounding pitch
+(`restruck`), by a NOTE_OFF at or past the length limit (`at_limit`, `max_note_steps`
+after its onset: what a sampler's mask forced), or not at all, closed by the decoder at
+END or at the end of the ids (`at_end`). Its statistics, outside the nine above (they
+are reported beside them, not counted in "closer than unigram on N of 9"):
+
+| name | kind | definition |
+|---|---|---|
+| `closed_by_model` | scalar, share | notes ended by a NOTE_OFF before the limit |
+| `duration_mean` | scalar, s | mean note duration (as decoded) |
+| `duration_p95` | scalar, s | 95th percentile of the note durations |
+| `lead_silence` | scalar, s | time before the first onset |
+| `longest_silence` | scalar, s | longest time inside the piece with no note sounding |
+
 muspy (0.5.0, installed beside torch 2.13.0 without pulling torch, whose use in muspy
 is an optional extra) defines pitch range, polyphony and the empty-beat rate in ticks
 on notes; it offers no histograms, no note density, no inter-onset intervals and no
@@ -60,7 +76,21 @@ STATISTICS = (
     "empty_beats",
     "validity",
 )
+NOTE_STATISTICS = (
+    "closed_by_model",
+    "duration_mean",
+    "duration_p95",
+    "lead_silence",
+    "longest_silence",
+)
+ENDINGS = ("note_off", "restruck", "at_end", "at_limit")
+NOTE_OFF, RESTRUCK, AT_END, AT_LIMIT = range(len(ENDINGS))
 UNITS = {
+    "closed_by_model": "share",
+    "duration_mean": "s",
+    "duration_p95": "s",
+    "lead_silence": "s",
+    "longest_silence": "s",
     "pitch_range": "semitones",
     "polyphony": "notes",
     "note_density": "notes/s",
@@ -153,6 +183,94 @@ def token_validity(ids: Sequence[int], validate: Callable[[list[int]], list]) ->
     return 1.0 - len(validate(ids)) / max(len(ids), 1)
 
 
+def note_endings(ids: Sequence[int], max_note_steps: int | None = None) -> dict[str, np.ndarray]:
+    """Every note of a sequence as the decoder reads it: {"onset", "end" (steps),
+    "ending" (index into `ENDINGS`)}, in the order the notes start.
+
+    `max_note_steps` (default: the grammar's, `DEFAULT_MAX_NOTE_STEPS`): a NOTE_OFF
+    that ends a note this many steps or more after its onset counts as `at_limit`.
+    """
+    from stretto.tokenizer import _state as st
+    from stretto.tokenizer.vocabulary import DEFAULT_MAX_NOTE_STEPS
+
+    limit = DEFAULT_MAX_NOTE_STEPS if max_note_steps is None else max_note_steps
+    s, sustain, notes = st.new_state()
+    onset: list[int] = []
+    end: list[int] = []
+    ending: list[int] = []
+    for t in ids:
+        did = st.advance(s, sustain, notes, int(t))
+        now, j = int(s[st.NOW]), int(s[st.CLOSED])
+        if did == st.DID_END:
+            break
+        if did == st.DID_NOTE_ON:
+            if j >= 0:
+                end[j], ending[j] = now, RESTRUCK
+            onset.append(now)
+            end.append(-1)
+            ending.append(AT_END)
+        elif did == st.DID_NOTE_OFF:
+            end[j] = max(now, onset[j] + 1)  # a zero-length note lasts one step
+            ending[j] = AT_LIMIT if now - onset[j] >= limit else NOTE_OFF
+    now = int(s[st.NOW])
+    for j, e in enumerate(end):
+        if e < 0:  # still sounding: the decoder closes it at the end
+            end[j] = max(now, onset[j] + 1)
+    return {
+        "onset": np.asarray(onset, dtype=np.int64),
+        "end": np.asarray(end, dtype=np.int64),
+        "ending": np.asarray(ending, dtype=np.int64),
+    }
+
+
+def note_statistics(ids: Sequence[int], max_note_steps: int | None = None) -> dict[str, Any]:
+    """`NOTE_STATISTICS` of one sequence (NaN where it has no note) and `endings`, the
+    count of its notes per kind of ending (`ENDINGS` order); see `note_endings`."""
+    from stretto.tokenizer.vocabulary import STEP_SECONDS
+
+    notes = note_endings(ids, max_note_steps)
+    onset, end = notes["onset"], notes["end"]
+    endings = np.bincount(notes["ending"], minlength=len(ENDINGS)).astype(np.float64)
+    if onset.size == 0:
+        nan = float("nan")
+        return dict.fromkeys(NOTE_STATISTICS, nan) | {"endings": endings}
+    durations = (end - onset) * STEP_SECONDS
+    order = np.argsort(onset, kind="stable")
+    reached = np.maximum.accumulate(end[order])  # the last end so far, in onset order
+    gaps = onset[order][1:] - reached[:-1]
+    return {
+        "closed_by_model": float(endings[NOTE_OFF] / onset.size),
+        "duration_mean": float(durations.mean()),
+        "duration_p95": float(np.percentile(durations, 95)),
+        "lead_silence": float(onset.min() * STEP_SECONDS),
+        "longest_silence": float(max(gaps.max(initial=0), 0) * STEP_SECONDS),
+        "endings": endings,
+    }
+
+
+def drop_note_offs(ids: Sequence[int], share: float, rng: np.random.Generator) -> list[int]:
+    """`ids` without `round(share * count)` of its NOTE_OFF ids, chosen by `rng`: how
+    far the statistics move when a model forgets to release notes."""
+    from stretto.tokenizer.vocabulary import Vocabulary
+
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"share must be in [0, 1], got {share}")
+    offs = Vocabulary().NOTE_OFF
+    ids = [int(t) for t in ids]
+    positions = [i for i, t in enumerate(ids) if t in offs]
+    k = round(share * len(positions))
+    dropped = set(rng.choice(positions, size=k, replace=False).tolist()) if k else set()
+    return [t for i, t in enumerate(ids) if i not in dropped]
+
+
+def distance_multiple(value: float | None, reference: float | None) -> float | None:
+    """`value` as a multiple of the real-against-real `reference` distance (None when
+    either is missing or the reference is 0)."""
+    if value is None or reference is None or reference <= 0:
+        return None
+    return value / reference
+
+
 def _histogram(values: np.ndarray, edges: Sequence[float]) -> np.ndarray:
     return np.histogram(values, bins=np.asarray(edges, dtype=np.float64))[0].astype(np.float64)
 
@@ -164,24 +282,29 @@ class PieceSet:
     pieces: int
     histograms: dict[str, np.ndarray]
     scalars: dict[str, np.ndarray]
+    endings: np.ndarray | None = None  # notes per kind of ending (`ENDINGS`), summed
 
     @classmethod
     def of(
         cls, stats: Sequence[dict[str, Any]], validity: Sequence[float] | None = None
     ) -> PieceSet:
-        """From `piece_statistics` of each piece and, optionally, `token_validity` values
-        (of the same pieces, or of another sample of the same source)."""
+        """From `piece_statistics` of each piece (merged with its `note_statistics`,
+        when given) and, optionally, `token_validity` values (of the same pieces, or of
+        another sample of the same source)."""
         if not stats:
             raise ValueError("a set of pieces needs at least one piece")
         histograms = {name: np.sum([s[name] for s in stats], axis=0) for name in HISTOGRAMS}
         scalars = {
             name: np.array([s[name] for s in stats], dtype=np.float64)
-            for name in SCALARS
-            if name != "validity"
+            for name in SCALARS + NOTE_STATISTICS
+            if name != "validity" and name in stats[0]
         }
         if validity is not None:
             scalars["validity"] = np.asarray(validity, dtype=np.float64)
-        return cls(len(stats), histograms, scalars)
+        endings = None
+        if "endings" in stats[0]:
+            endings = np.sum([s["endings"] for s in stats], axis=0)
+        return cls(len(stats), histograms, scalars, endings)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready: normalized pooled histograms, per-piece scalars and their means."""
@@ -197,6 +320,8 @@ class PieceSet:
                 "mean": float(finite.mean()) if finite.size else None,
                 "values": [None if not np.isfinite(v) else round(float(v), 6) for v in values],
             }
+        if self.endings is not None:
+            out["endings"] = {k: float(c) for k, c in zip(ENDINGS, self.endings, strict=True)}
         return out
 
 

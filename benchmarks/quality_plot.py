@@ -8,7 +8,10 @@
   past the window, per attention variant and baseline, one panel per length;
 - `quality-generated-vs-held-out.png`: one panel per statistic: the pooled histograms
   (or the per-piece values, as box plots) of held-out half B, half A, each mode's
-  samples and the unigram model's samples.
+  samples and the unigram model's samples, then the note statistics beside them;
+- `quality-note-off.png`: the teacher-forced probability of the correct NOTE_OFF by
+  distance from its NOTE_ON, the attention window marked (left), and held-out
+  polyphony against the share of NOTE_OFFs deleted (right).
 """
 
 from __future__ import annotations
@@ -51,6 +54,11 @@ def plot_quality(
     if music:
         path = out_dir / "quality-generated-vs-held-out.png"
         written.append(_music(music, path, title_suffix))
+    probability = [r for r in quality_rows(rows, "note-off-probability") if is_measured(r)]
+    deletion = [r for r in quality_rows(rows, "note-off-deletion") if is_measured(r)]
+    if probability and deletion:
+        path = out_dir / "quality-note-off.png"
+        written.append(_note_off(probability[0], deletion[0], path, title_suffix))
     return written
 
 
@@ -141,15 +149,23 @@ def _music(rows, path: Path, suffix: str) -> Path:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from benchmarks.quality_music import HISTOGRAMS, STATISTICS, UNITS, histogram_labels
+    from benchmarks.quality_music import (
+        HISTOGRAMS,
+        NOTE_STATISTICS,
+        STATISTICS,
+        UNITS,
+        histogram_labels,
+    )
 
     by_source = {r["provider"]: r["extra"]["summary"] for r in rows}
+    notes = [s for s in NOTE_STATISTICS if any(s in summary for summary in by_source.values())]
+    stats = STATISTICS + tuple(notes)
     sources = ["held-out-B"] + [s for s in SOURCE_ORDER if s in by_source]
     sources = [s for s in sources if s in by_source]
     cols = 3
-    rows_n = -(-len(STATISTICS) // cols)
+    rows_n = -(-len(stats) // cols)
     fig, axes = plt.subplots(rows_n, cols, figsize=(5.0 * cols, 3.4 * rows_n), squeeze=False)
-    for ax, stat in zip(axes.flat, STATISTICS, strict=False):
+    for ax, stat in zip(axes.flat, stats, strict=False):
         if stat in HISTOGRAMS:
             labels = histogram_labels(stat)
             x = np.arange(len(labels))
@@ -180,11 +196,47 @@ def _music(rows, path: Path, suffix: str) -> Path:
             ax.set_ylabel(UNITS[stat])
         ax.set_title(stat, fontsize=10)
         ax.grid(True, alpha=0.3)
-    for ax in list(axes.flat)[len(STATISTICS) :]:
+    for ax in list(axes.flat)[len(stats) :]:
         ax.axis("off")
     axes[0][0].legend(fontsize=7)
     title = "generated pieces against held-out half B (black), half A and the unigram model"
     return _save(fig, path, f"{title}\n{suffix}", dpi=100)
+
+
+def _note_off(probability, deletion, path: Path, suffix: str) -> Path:
+    import matplotlib.pyplot as plt
+
+    left_extra, right_extra = probability["extra"], deletion["extra"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10.0, 3.8))
+    buckets = left_extra["buckets"]
+    labels = list(buckets)
+    xs = [i for i, k in enumerate(labels) if buckets[k]["p"] is not None]
+    left.plot(xs, [buckets[labels[i]]["p"] for i in xs], marker="o", color=COLORS["transformer"])
+    window = left_extra.get("window")
+    lows = [int(k.split("-")[0].rstrip("+")) for k in labels]
+    past = [i for i, lo in enumerate(lows) if window and lo > window]
+    if past:
+        left.axvline(past[0] - 0.5, color="tab:red", ls="--", lw=1, label=f"window {window}")
+        left.legend(fontsize=7)
+    left.set_ylim(bottom=0)  # from 0: "low everywhere" must read as low
+    left.set_xticks(range(len(labels)), labels, fontsize=8)
+    left.set_xlabel("tokens from the NOTE_ON")
+    left.set_ylabel("p(correct NOTE_OFF), teacher-forced")
+    left.set_title(f"{probability['provider']}, held-out pieces", fontsize=10)
+    shares = right_extra["shares"]
+    keys = [k for k in shares if shares[k]["polyphony"] is not None]
+    right.plot(
+        [100 * float(k) for k in keys],
+        [shares[k]["polyphony"] for k in keys],
+        marker="o",
+        color=COLORS["held-out-B"],
+    )
+    right.set_xlabel("NOTE_OFFs deleted (%)")
+    right.set_ylabel("polyphony (notes)")
+    right.set_title("held-out pieces with NOTE_OFFs deleted", fontsize=10)
+    for ax in (left, right):
+        ax.grid(True, alpha=0.3)
+    return _save(fig, path, f"why generated notes do not end\n{suffix}")
 
 
 def _save(fig, path: Path, title: str, dpi: int = 110) -> Path:

@@ -18,6 +18,7 @@ pytest.importorskip("muspy", reason="the quality suite needs muspy (the quality 
 symusic = pytest.importorskip("symusic")
 
 from benchmarks import core, quality_bench  # noqa: E402
+from benchmarks import quality_cause as qc  # noqa: E402
 from benchmarks import quality_music as qm  # noqa: E402
 from benchmarks.quality_likelihood import NGramBaselines, Score, bucket_labels  # noqa: E402
 
@@ -119,6 +120,209 @@ def test_the_bigram_baseline_learns_a_planted_cycle_the_unigram_cannot():
     assert bi < 0.1 < uni
 
 
+def planted_ids(*, end: bool = True) -> list[int]:
+    """A piece whose notes are known: after 1 s of silence, C4 and E4 together; C4 is
+    released after 0.5 s and E4 struck again there; E4 released 0.5 s later; 2 s of
+    silence; G4 sounds 1 s and is never released (closed at END)."""
+    from stretto.tokenizer import Vocabulary
+
+    v = Vocabulary()
+
+    def on(p):
+        return v.NOTE_ON.start + p - 21
+
+    def off(p):
+        return v.NOTE_OFF.start + p - 21
+
+    def shift(steps):
+        return v.TIME_SHIFT.start + steps - 1
+
+    ids = [v.START, v.VELOCITY.start + 20, shift(64), on(60), on(64), shift(32), off(60)]
+    ids += [on(64), shift(32), off(64), shift(128), on(67), shift(64)]
+    return ids + ([v.END, on(72), shift(64)] if end else [])  # what follows END is ignored
+
+
+def test_note_statistics_of_a_planted_piece():
+    for ids in (planted_ids(), planted_ids(end=False)):
+        notes = qm.note_endings(ids)
+        np.testing.assert_array_equal(notes["onset"], [64, 64, 96, 256])
+        np.testing.assert_array_equal(notes["end"], [96, 96, 128, 320])
+        kinds = [qm.ENDINGS[k] for k in notes["ending"]]
+        assert kinds == ["note_off", "restruck", "note_off", "at_end"]
+        stats = qm.note_statistics(ids)
+        assert stats["closed_by_model"] == pytest.approx(0.5)
+        assert stats["duration_mean"] == pytest.approx((0.5 * 3 + 1.0) / 4)
+        assert stats["duration_p95"] == pytest.approx(np.percentile([0.5, 0.5, 0.5, 1.0], 95))
+        assert stats["lead_silence"] == pytest.approx(1.0)
+        assert stats["longest_silence"] == pytest.approx(2.0)
+        np.testing.assert_array_equal(stats["endings"], [2, 1, 1, 0])
+    # a NOTE_OFF at or past the length limit is the limit's, not the model's
+    limited = qm.note_statistics(planted_ids(), max_note_steps=32)
+    np.testing.assert_array_equal(limited["endings"], [0, 1, 1, 2])
+    assert limited["closed_by_model"] == 0.0
+
+
+def test_note_endings_agree_with_the_decoder():
+    from stretto.tokenizer._decode import decode_ids
+
+    ids = planted_ids()
+    decoded = decode_ids(np.asarray(ids, dtype=np.int64), 0)
+    notes = qm.note_endings(ids)
+    np.testing.assert_array_equal(decoded[2], notes["onset"])
+    np.testing.assert_array_equal(decoded[3], notes["end"])
+
+
+def test_a_piece_without_notes_has_no_note_statistics():
+    stats = qm.note_statistics(planted_ids()[:3])
+    assert all(np.isnan(stats[k]) for k in qm.NOTE_STATISTICS)
+    assert stats["endings"].sum() == 0
+
+
+@pytest.mark.parametrize(
+    ("share", "kept"), [(0.0, 2), (0.5, 1), (1.0, 0)], ids=["none", "half", "all"]
+)
+def test_deleting_note_offs_drops_that_share_of_them(share, kept):
+    from stretto.tokenizer import Vocabulary
+
+    offs = Vocabulary().NOTE_OFF
+    ids = planted_ids()
+    dropped = qm.drop_note_offs(ids, share, np.random.default_rng(0))
+    assert sum(t in offs for t in dropped) == kept
+    assert [t for t in dropped if t not in offs] == [t for t in ids if t not in offs]
+    endings = qm.note_statistics(dropped)["endings"]
+    assert endings[qm.NOTE_OFF] == kept and endings.sum() == 4
+
+
+def test_deleting_note_offs_raises_polyphony():
+    from stretto.tokenizer import MidiTokenizer
+
+    with pytest.raises(ValueError, match="share"):
+        qm.drop_note_offs(planted_ids(), 1.5, np.random.default_rng(0))
+    out = qc.deletion_sensitivity([planted_ids()], MidiTokenizer().decode, shares=(0.0, 1.0))
+    assert out["0"]["closed_by_model"] == pytest.approx(0.5)
+    assert out["1"]["closed_by_model"] == 0.0
+    assert out["1"]["polyphony"] > out["0"]["polyphony"]
+
+
+def test_note_off_targets_measure_the_distance_from_the_note_on():
+    assert qc.note_off_targets(planted_ids()) == [(6, 3), (9, 2)]
+    labels = qc.distance_labels()
+    assert labels[0] == "1-8" and labels[-1] == "257+"
+    assert [labels[qc.distance_bucket(d)] for d in (1, 8, 9, 32, 33, 256, 257, 5000)] == [
+        "1-8",
+        "1-8",
+        "9-16",
+        "17-32",
+        "33-64",
+        "129-256",
+        "257+",
+        "257+",
+    ]
+
+
+def test_the_distance_multiple_column_reads_real_against_real():
+    from benchmarks.quality_report import music_table
+
+    assert qm.distance_multiple(0.3, 0.1) == pytest.approx(3.0)
+    assert qm.distance_multiple(0.3, 0.0) is None
+    assert qm.distance_multiple(None, 0.1) is None
+
+    def row(provider, polyphony, multiple=None):
+        extra = {
+            "distance": {"polyphony": {"distance": polyphony}},
+            "distance_multiple": {"polyphony": multiple},
+        }
+        return {
+            "suite": "quality",
+            "mode": "generated-vs-held-out",
+            "provider": provider,
+            "extra": extra,
+        }
+
+    table = music_table([row("held-out-A", 0.5, 1.0), row("transformer", 1.5, 3.0)])
+    line = next(x for x in table.splitlines() if x.startswith("| polyphony |"))
+    assert line.endswith("| 0.500 | 1.500 (3.0x) |")
+
+
+def test_the_sampler_comparison_needs_the_sampler_settings():
+    def old(*, max_new_tokens, temperature=1.0, top_p=None):
+        return None
+
+    def new(*, max_new_tokens, temperature=1.0, top_p=None, note_off="spread", at_limit="release"):
+        return None
+
+    assert "note_off" in qc.sampler_support(old) and "at_limit" in qc.sampler_support(old)
+    assert qc.sampler_support(new) is None
+    variants = dict(qc.sampler_variants("spread"))
+    assert len(variants) == 3
+    assert all(v["note_off"] == "spread" for v in variants.values())
+    assert {(v["temperature"], v["top_p"]) for v in variants.values()} == {
+        (0.9, None),
+        (1.0, 0.95),
+        (0.9, 0.95),
+    }
+
+
+class SamplerStub:
+    """A model whose `generate` takes the sampler settings and returns the planted
+    piece, its NOTE_OFFs deleted under the "mask" setting."""
+
+    def __init__(self):
+        self.calls = []
+
+    def generate(self, *, max_new_tokens, batch_size, seed, note_off, at_limit, **sampling):
+        import torch
+
+        self.calls.append(dict(sampling, note_off=note_off, at_limit=at_limit))
+        ids = planted_ids(end=False)
+        if note_off == "mask":
+            ids = qm.drop_note_offs(ids, 1.0, np.random.default_rng(0))
+        return torch.as_tensor([ids] * batch_size)
+
+
+def test_the_sampler_comparison_runs_each_setting_then_varies_the_best():
+    from stretto.tokenizer import MidiTokenizer, Vocabulary
+
+    tokenizer = MidiTokenizer()
+
+    def piece_set(pieces):
+        stats = [qm.piece_statistics(tokenizer.decode(p)) | qm.note_statistics(p) for p in pieces]
+        return qm.PieceSet.of(stats, [1.0] * len(pieces))
+
+    reference = piece_set([planted_ids()])
+    far = qm.PieceSet.of([qm.piece_statistics(score_of([p + 1 for p in C_MAJOR]))], [0.0])
+    uni = {k: qm.distance(far, reference, k) for k in qm.STATISTICS}
+    run = object.__new__(quality_bench.QualityRun)
+    run.budget, run.vocab, run.what = TINY, Vocabulary(), {}
+    model = SamplerStub()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(quality_bench, "progress", lambda msg: None)
+        rows = run._samplers(model, 16, 2, piece_set, reference, uni)
+    names = [r["provider"] for r in rows]
+    assert names[:3] == [name for name, _ in qc.SAMPLERS]
+    by_name = {r["provider"]: r["extra"] for r in rows}
+    assert by_name["mask"]["closed_by_model"] == 0.0
+    assert by_name["spread"]["closed_by_model"] == pytest.approx(0.5)
+    assert by_name["mask"]["polyphony"] > by_name["spread"]["polyphony"]
+    best = [r["provider"] for r in rows if r["extra"].get("best")]
+    assert best == ["spread"]  # ties with spread+release: the first wins
+    assert names[3:] == [name for name, _ in qc.sampler_variants("spread")]
+    assert model.calls[3:] == [settings for _, settings in qc.sampler_variants("spread")]
+
+
+def test_the_sampler_comparison_is_a_skipped_row_without_the_settings():
+    run = object.__new__(quality_bench.QualityRun)
+    run.budget = TINY
+
+    class Old:
+        def generate(self, *, max_new_tokens, batch_size, seed, temperature=1.0):
+            raise AssertionError("not to be called")
+
+    (row,) = run._samplers(Old(), 16, 2, None, None, None)
+    assert row["mode"] == "sampler" and row["status"].startswith("skipped: sampler comparison")
+    assert "note_off" in row["status"]
+
+
 TINY = dataclasses.replace(
     quality_bench.QUICK,
     seq_lens=(512,),
@@ -154,7 +358,8 @@ def quality_run(midi_corpus, tmp_path_factory):
 
 def test_a_quick_run_writes_every_row_and_plot(quality_run):
     rows = quality_run.rows
-    assert all(r["status"] == "ok" for r in rows), [r["status"] for r in rows]
+    status = [r["status"] for r in rows if r["mode"] != "sampler"]
+    assert all(s == "ok" for s in status), status
     nll = {r["provider"] for r in rows if r["mode"] == "held-out-nll"}
     assert nll == {"wha", "sliding-window", "dense", "unigram", "bigram"}
     music = {r["provider"] for r in rows if r["mode"] == "generated-vs-held-out"}
@@ -165,19 +370,35 @@ def test_a_quick_run_writes_every_row_and_plot(quality_run):
             assert len(extra["nll_seeds"]) == len(TINY.seeds)
             assert set(extra["buckets"]) == set(bucket_labels(512))
             assert np.isfinite(extra["nll"]) and np.isfinite(extra["nll_equal_time"])
-        if row["provider"] in ("transformer", "vae", "vae_gan"):
-            assert set(row["extra"]["distance"]) == set(qm.STATISTICS)
+        music_row = row["mode"] == "generated-vs-held-out"
+        if music_row and row["provider"] in ("transformer", "vae", "vae_gan"):
+            assert set(row["extra"]["distance"]) == set(qm.STATISTICS + qm.NOTE_STATISTICS)
             assert set(row["extra"]["closer_than_unigram"]) == set(qm.STATISTICS)
+        if music_row:
+            assert set(row["extra"]["distance_multiple"]) == set(qm.STATISTICS + qm.NOTE_STATISTICS)
+            assert set(row["extra"]["summary"]["endings"]) == set(qm.ENDINGS)
+    cause = {r["mode"]: r for r in rows if r["mode"].startswith("note-off")}
+    assert set(cause["note-off-probability"]["extra"]["buckets"]) == set(qc.distance_labels())
+    assert set(cause["note-off-deletion"]["extra"]["shares"]) == {"0", "0.1", "0.25", "0.5"}
+    samplers = [r for r in rows if r["mode"] == "sampler"]
+    assert samplers and all(
+        r["status"] == "ok" or r["status"].startswith("skipped: sampler comparison")
+        for r in samplers
+    )
     out = quality_run.out_dir
     for name in (
         "quality-nll-curves.png",
         "quality-position-buckets.png",
         "quality-generated-vs-held-out.png",
+        "quality-note-off.png",
     ):
         assert (out / name).stat().st_size > 0, name
     md = (out / "results.md").read_text()
     assert "## Quality: held-out likelihood" in md
     assert "## Quality: generated music against held-out music" in md
+    assert "## Quality: why generated notes do not end" in md
+    for title in ("How notes end", "Teacher-forced NOTE_OFF probability", "Samplers"):
+        assert f"### {title}" in md, title
 
 
 def test_no_held_out_file_reaches_training(quality_run):

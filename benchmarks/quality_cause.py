@@ -1,0 +1,160 @@
+"""Why generated notes do not end: three cheap measurements beside the music table.
+
+- `note_off_probability`: the probability a model gives, teacher-forced, to each
+  NOTE_OFF of held-out windows that ends a sounding note, bucketed by the distance in
+  tokens from that note's NOTE_ON (a note sounding when the window starts: from its
+  NOTE_ON in the window's state prefix). A drop where the distance passes the model's
+  attention window says the release is lost with the context; low everywhere says the
+  model has not learnt it.
+- `deletion_sensitivity`: polyphony (and the share of notes closed by a NOTE_OFF) of
+  real windows with a share of their NOTE_OFFs deleted: how far the statistic moves
+  when a model forgets that many releases.
+- `SAMPLERS` and `sampler_variants`: the settings of `generate` that the sampler
+  comparison runs (the NOTE_OFF mask and what happens at the note-length limit, then
+  temperature and top-p on the best of them); `sampler_support` says whether this
+  `generate` takes them.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+# Distance buckets (tokens from the NOTE_ON): [lo, next lo); the last is open.
+DISTANCE_EDGES = (1, 9, 17, 33, 65, 129, 257)
+DELETION_SHARES = (0.0, 0.1, 0.25, 0.5)
+
+# (name, keyword arguments of `generate`): the grammar mask as it was (a NOTE_OFF
+# only where the model put it, time frozen at the length limit), the NOTE_OFF family's
+# probability spread over the sounding pitches, and that with notes released at the
+# limit instead of freezing time.
+SAMPLERS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("mask", {"note_off": "mask", "at_limit": "freeze"}),
+    ("spread", {"note_off": "spread", "at_limit": "freeze"}),
+    ("spread+release", {"note_off": "spread", "at_limit": "release"}),
+)
+TEMPERATURES = (1.0, 0.9)
+TOP_PS = (None, 0.95)
+
+
+def distance_labels() -> list[str]:
+    edges = DISTANCE_EDGES
+    labels = [f"{lo}-{hi - 1}" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+    return labels + [f"{edges[-1]}+"]
+
+
+def distance_bucket(distance: int) -> int:
+    """Index into `distance_labels()` of a distance >= 1."""
+    return int(np.searchsorted(DISTANCE_EDGES, distance, side="right")) - 1
+
+
+def note_off_targets(ids: Sequence[int]) -> list[tuple[int, int]]:
+    """(position, distance in tokens from the NOTE_ON of the note it ends) of every
+    NOTE_OFF of `ids` that ends a sounding note, read through the token-state machine."""
+    from stretto.tokenizer import _state as st
+    from stretto.tokenizer.vocabulary import Vocabulary
+
+    off0 = Vocabulary().NOTE_OFF.start
+    s, sustain, notes = st.new_state()
+    out = []
+    for pos, t in enumerate(ids):
+        t = int(t)
+        did = st.advance(s, sustain, notes, t)
+        if did == st.DID_END:
+            break
+        if did == st.DID_NOTE_OFF:
+            inst = max(int(s[st.INST]), 0)
+            out.append((pos, pos - int(notes[inst, t - off0, st.NOTE_POS])))
+    return out
+
+
+def note_off_probability(
+    model, pieces: Sequence[Sequence[int]], *, pad: int, batch_size: int = 8
+) -> dict[str, dict[str, float | None]]:
+    """Per distance bucket: {"p": mean teacher-forced probability of the correct
+    NOTE_OFF, "count": NOTE_OFFs in the bucket} over `pieces` (ids from START)."""
+    import torch
+
+    labels = distance_labels()
+    total = np.zeros(len(labels))
+    count = np.zeros(len(labels))
+    device = next(model.parameters()).device
+    for first in range(0, len(pieces), batch_size):
+        chunk = [list(map(int, p)) for p in pieces[first : first + batch_size]]
+        n = max(len(p) for p in chunk)
+        ids = torch.full((len(chunk), n), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), n), dtype=torch.bool)
+        for row, p in enumerate(chunk):
+            ids[row, : len(p)] = torch.as_tensor(p)
+            mask[row, : len(p)] = True
+        with torch.inference_mode():
+            logits = model(ids.to(device), attention_mask=mask.to(device))
+            probs = torch.softmax(logits.float(), dim=-1).cpu()  # [B, N, V]
+        for row, p in enumerate(chunk):
+            for pos, dist in note_off_targets(p):
+                if pos == 0:
+                    continue
+                b = distance_bucket(dist)
+                total[b] += float(probs[row, pos - 1, p[pos]])
+                count[b] += 1
+    return {
+        label: {"p": float(total[i] / count[i]) if count[i] else None, "count": int(count[i])}
+        for i, label in enumerate(labels)
+    }
+
+
+def deletion_sensitivity(
+    pieces: Sequence[Sequence[int]],
+    decode: Callable[[list[int]], Any],
+    *,
+    shares: Sequence[float] = DELETION_SHARES,
+    seed: int = 0,
+) -> dict[str, dict[str, float | None]]:
+    """Per share of NOTE_OFFs deleted (as "0.25"): the mean per piece of polyphony
+    (muspy's, as the music table) and of `closed_by_model`, over `pieces`."""
+    import muspy
+
+    from benchmarks.quality_music import drop_note_offs, note_statistics, to_muspy
+
+    out = {}
+    for share in shares:
+        rng = np.random.default_rng(seed)
+        poly, closed = [], []
+        for ids in pieces:
+            kept = drop_note_offs(ids, share, rng)
+            music = to_muspy(decode(kept))
+            if any(track.notes for track in music.tracks):
+                poly.append(float(muspy.polyphony(music)))
+            closed.append(note_statistics(kept)["closed_by_model"])
+        out[f"{share:g}"] = {"polyphony": _mean(poly), "closed_by_model": _mean(closed)}
+    return out
+
+
+def sampler_support(generate: Callable[..., Any]) -> str | None:
+    """None when `generate` takes every keyword of `SAMPLERS`, else why not."""
+    params = inspect.signature(generate).parameters
+    missing = sorted({k for _, kw in SAMPLERS for k in kw} - set(params))
+    if missing:
+        return f"generate() takes no {', '.join(missing)} (one fixed grammar mask)"
+    return None
+
+
+def sampler_variants(best: str) -> list[tuple[str, dict[str, Any]]]:
+    """The temperature and top-p variants of sampler `best` (not its plain setting)."""
+    base = dict(SAMPLERS)[best]
+    out = []
+    for t in TEMPERATURES:
+        for top_p in TOP_PS:
+            if t == 1.0 and top_p is None:
+                continue
+            name = f"{best} T{t:g}" + (f" top-p {top_p:g}" if top_p else "")
+            out.append((name, dict(base, temperature=t, top_p=top_p)))
+    return out
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    kept = [v for v in values if v is not None and np.isfinite(v)]
+    return float(np.mean(kept)) if kept else None
