@@ -9,8 +9,9 @@ the validation files.
 
 1. Likelihood (`quality_likelihood`). One transformer-mode model of the preset (default
    `tiny`), trained from the same seed on the same batches with three attentions: WHA
-   with the preset's window and block, WHA without summaries (`block=None`, sliding
-   window) and dense causal SDPA, interleaved step by step so their step times are
+   with the preset's window and block, the same without the note state
+   (`note_state=False`), WHA without summaries (`block=None`, sliding window) and
+   dense causal SDPA, interleaved step by step so their step times are
    measured side by side. For each length and seed, held-out NLL per token, bits per
    token, NLL per second of music, NLL per position bucket and past the window; at
    equal steps (the budget's last step) and at equal wall-clock (each variant's curve,
@@ -21,7 +22,8 @@ the validation files.
    holds the NLLs (median over seeds, each seed's value, the curves).
 2. Generated music (`quality_music`). Each mode (transformer, vae, vae_gan) of the
    preset with WHA is trained with `Trainer` for the budget's steps on windows of the
-   generation length; it samples as many pieces as half A of the held-out set has
+   generation length (and the transformer once more with `note_state=False`, source
+   `transformer-no-note-state`); it samples as many pieces as half A of the held-out set has
    (temperature 1, from START, `constrained=True`, the default of `generate`), and as
    many again without the grammar mask for the `validity` statistic. The unigram
    model samples the same way (one token at a time under the same grammar mask, and
@@ -61,6 +63,7 @@ from benchmarks.schema import REPO_ROOT, SuiteUnavailable, progress, skipped_row
 
 SUITE = "quality"
 MODES = ("transformer", "vae", "vae_gan")
+NO_NOTE_STATE = "transformer-no-note-state"  # the transformer with note_state=False
 DEMO_CORPUS_CACHE = REPO_ROOT / "data" / "demo-corpus"
 
 
@@ -338,6 +341,7 @@ class QualityRun:
             self.what,
             kind="attention",
             attention=config.attention,
+            note_state=config.note_state,
             window=config.window,
             block=config.block,
             batch=batch,
@@ -426,6 +430,10 @@ class QualityRun:
             masked, free, extra, models[mode] = self._sample_mode(mode, length, count)
             sets[mode] = piece_set(masked, free)
             info[mode] = extra
+        # the transformer again without the note state: what the note state moves
+        masked, free, extra, _ = self._sample_mode("transformer", length, count, note_state=False)
+        sets[NO_NOTE_STATE] = piece_set(masked, free)
+        info[NO_NOTE_STATE] = extra
         start = time.perf_counter()
         masked = _strip(self._unigram_samples(baselines, count, length, grammar), self.vocab)
         free = _strip(self._unigram_samples(baselines, count, length, None), self.vocab)
@@ -451,7 +459,7 @@ class QualityRun:
                 k: qm.distance_multiple(distances[name][k]["distance"], real[k]["distance"])
                 for k in every
             }
-            if name in MODES:
+            if info[name].get("kind") == "model":
                 extra["closer_than_unigram"] = _closer(distances[name], uni)
                 extra["as_close_as_real"] = {
                     k: _less(distances[name][k]["distance"], real[k]["distance"], strict=False)
@@ -594,7 +602,7 @@ class QualityRun:
         rows += [measure(n, s) for n, s in qc.sampler_variants(best["provider"])]
         return rows
 
-    def _sample_mode(self, mode: str, length: int, count: int):
+    def _sample_mode(self, mode: str, length: int, count: int, **overrides):
         import torch
 
         from stretto.engine import MusicModel
@@ -605,9 +613,11 @@ class QualityRun:
         seed = b.seeds[0]
         batch = max(1, b.tokens_per_batch // length)
         train, val = self.split.datasets(length, val_stride=length)
-        progress(f"[quality] music: training {mode} for {b.steps} steps on {length} tokens")
+        what = mode + "".join(f", {k}={v}" for k, v in overrides.items())
+        progress(f"[quality] music: training {what} for {b.steps} steps on {length} tokens")
         torch.manual_seed(seed)
-        trainer = self._trainer(MusicModel(self._config(mode, length)), batch, seed, b.steps)
+        config = self._config(mode, length, **overrides)
+        trainer = self._trainer(MusicModel(config), batch, seed, b.steps)
         stream = iter(BatchStream(train, batch_size=batch, shuffle=True, seed=seed))
         start = time.perf_counter()
         for _ in range(b.steps):
@@ -628,6 +638,7 @@ class QualityRun:
         extra = {
             "kind": "model",
             "model_mode": mode,
+            "note_state": config.note_state,
             "steps": b.steps,
             "train_s": train_s,
             "sample_s": sample_s,

@@ -34,6 +34,8 @@ from stretto.tokenizer.vocabulary import STEP_SECONDS, Vocabulary
 # name -> ModelConfig overrides; "wha" keeps the preset's window and block.
 VARIANTS: dict[str, dict[str, Any]] = {
     "wha": {},
+    # the same model without the note state (`ModelConfig.note_state`)
+    "wha-no-note-state": {"note_state": False},
     "sliding-window": {"block": None},
     "dense": {"attention": "dense"},
 }

@@ -15,8 +15,15 @@ from typing import Any
 
 from benchmarks.schema import is_measured
 
-VARIANT_ORDER = ("wha", "sliding-window", "dense", "unigram", "bigram")
-SOURCE_ORDER = ("held-out-A", "transformer", "vae", "vae_gan", "unigram")
+VARIANT_ORDER = ("wha", "wha-no-note-state", "sliding-window", "dense", "unigram", "bigram")
+SOURCE_ORDER = (
+    "held-out-A",
+    "transformer",
+    "transformer-no-note-state",
+    "vae",
+    "vae_gan",
+    "unigram",
+)
 
 
 def _f(value: float | None, digits: int = 3) -> str:

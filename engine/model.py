@@ -65,7 +65,6 @@ class MusicModel(nn.Module):
         super().__init__()
         self.config = c = config
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
-        self.notes = NoteEmbedding(c.d_model) if c.note_state else None
         is_vae = c.mode in ("vae", "vae_gan")
         self.decoder = Stack(
             c.n_layers,
@@ -88,7 +87,14 @@ class MusicModel(nn.Module):
             nn.Linear(c.latent_dim, c.vocab_size) if is_vae and c.bow_weight > 0 else None
         )
         self.discriminator = Discriminator(c) if c.mode == "vae_gan" else None
+        self.notes: NoteEmbedding | None = None
         self._init_weights()
+        # Built and drawn last: a model with and one without the note state, from the
+        # same seed, start with the same weights everywhere else.
+        if c.note_state:
+            self.notes = NoteEmbedding(c.d_model)
+            for p in self.notes.parameters():
+                nn.init.normal_(p, std=0.02)
 
     def _init_weights(self) -> None:
         depth_scale = 1.0 / math.sqrt(2 * max(self.config.n_layers, 1))

@@ -361,17 +361,18 @@ def test_a_quick_run_writes_every_row_and_plot(quality_run):
     status = [r["status"] for r in rows if r["mode"] != "sampler"]
     assert all(s == "ok" for s in status), status
     nll = {r["provider"] for r in rows if r["mode"] == "held-out-nll"}
-    assert nll == {"wha", "sliding-window", "dense", "unigram", "bigram"}
+    assert nll == {"wha", "wha-no-note-state", "sliding-window", "dense", "unigram", "bigram"}
     music = {r["provider"] for r in rows if r["mode"] == "generated-vs-held-out"}
-    assert music == {"held-out-A", "held-out-B", "transformer", "vae", "vae_gan", "unigram"}
+    models = {"transformer", "transformer-no-note-state", "vae", "vae_gan"}
+    assert music == {"held-out-A", "held-out-B", "unigram"} | models
     for row in rows:
-        if row["provider"] in ("wha", "sliding-window", "dense"):
+        if row["provider"] in ("wha", "wha-no-note-state", "sliding-window", "dense"):
             extra = row["extra"]
             assert len(extra["nll_seeds"]) == len(TINY.seeds)
             assert set(extra["buckets"]) == set(bucket_labels(512))
             assert np.isfinite(extra["nll"]) and np.isfinite(extra["nll_equal_time"])
         music_row = row["mode"] == "generated-vs-held-out"
-        if music_row and row["provider"] in ("transformer", "vae", "vae_gan"):
+        if music_row and row["provider"] in models:
             assert set(row["extra"]["distance"]) == set(qm.STATISTICS + qm.NOTE_STATISTICS)
             assert set(row["extra"]["closer_than_unigram"]) == set(qm.STATISTICS)
         if music_row:

@@ -145,3 +145,14 @@ def test_caches_without_the_tracker_are_refused(make_model, windows):
     model = make_model("transformer")
     with pytest.raises(ValueError, match="new_cache"):
         model.decode(windows(8), cache=model.decoder.new_caches(2, 8))
+
+
+def test_with_and_without_the_note_state_the_other_weights_start_equal(vocab):
+    config = ModelConfig.from_vocab(vocab, preset="tiny")
+    torch.manual_seed(0)
+    on = MusicModel(config).state_dict()
+    torch.manual_seed(0)
+    off = MusicModel(config.replace(note_state=False)).state_dict()
+    assert set(on) - set(off) == {"notes.pitches.weight", "notes.count.weight", "notes.age.weight"}
+    for name, value in off.items():
+        torch.testing.assert_close(on[name], value, rtol=0, atol=0, msg=name)
