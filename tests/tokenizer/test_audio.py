@@ -152,3 +152,28 @@ def test_music_longer_than_the_limit_is_refused(tmp_path, monkeypatch, midi_corp
     with pytest.raises(ValueError, match=r"lasts \d+ s, over the 1 s a WAV is rendered for"):
         render_wav(midi_corpus[0], tmp_path / "o.wav")
     assert not (tmp_path / "o.wav").exists()
+
+
+def test_symusics_buffer_is_written_where_its_synthesizer_returns_one(
+    midi_corpus, soundfont, tmp_path, monkeypatch
+):
+    """The symusic branch (symusic 0.6.0 cannot return its buffer, so a stand-in
+    synthesizer returns a [channels, samples] float32 buffer, as its docs describe)."""
+    asked = []
+
+    class StandIn:
+        def __init__(self, font, rate, quality):
+            asked.append((font, rate, quality))
+
+        def render(self, score, stereo):
+            tone = 0.25 * np.sin(np.arange(int(score.end() * 8000)) * 0.3)
+            return np.stack([tone, tone]).astype(np.float32)
+
+    monkeypatch.setattr(audio, "_symusic_synthesizer", StandIn)
+    monkeypatch.setattr(audio, "_symusic_renders", lambda font: True)
+    rendered = render_wav(midi_corpus[1], tmp_path / "o.wav", soundfont=soundfont,
+                          sample_rate=8000, seconds=2.0)  # fmt: skip
+    params, samples = _read_wav(tmp_path / "o.wav")
+    assert rendered.renderer == "symusic" and asked == [(str(soundfont), 8000, 0)]
+    assert (params.nchannels, params.framerate) == (2, 8000)
+    assert 0 < params.nframes <= 16000 and 7000 < np.abs(samples).max() < 9000
