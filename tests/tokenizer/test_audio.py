@@ -177,3 +177,23 @@ def test_symusics_buffer_is_written_where_its_synthesizer_returns_one(
     assert rendered.renderer == "symusic" and asked == [(str(soundfont), 8000, 0)]
     assert (params.nchannels, params.framerate) == (2, 8000)
     assert 0 < params.nframes <= 16000 and 7000 < np.abs(samples).max() < 9000
+
+
+def test_every_malformed_file_renders_or_is_one_line(malformed_midi, soundfont, tmp_path, capsys):
+    """Broken and hostile files (a 259-hour gap, ticks-per-quarter 0, truncated chunks,
+    ...): a WAV or a one-line error, never a traceback or an hour of audio."""
+    refused = 0
+    for i, path in enumerate(malformed_midi):
+        out = tmp_path / f"{i}.wav"
+        code = main(["render", str(path), str(out), "--seconds", "1", "--sample-rate", "8000"])
+        captured = capsys.readouterr()
+        if code == 2:
+            pytest.skip(captured.err.strip())
+        assert code in (0, 1), path
+        if code == 1:
+            refused += 1
+            assert captured.err.count("\n") == 1 and str(path) in captured.err, captured.err
+        else:
+            params, _ = _read_wav(out)
+            assert params.nframes / params.framerate <= 1.0 + RELEASE_TAIL_S, path
+    assert 0 < refused < len(malformed_midi)
