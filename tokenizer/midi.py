@@ -135,6 +135,16 @@ class MidiTokenizer:
         )
         return ids
 
+    def read(self, source: str | os.PathLike | bytes | Score) -> Score:
+        """MIDI -> symusic.Score (ticks) with the checks `encode` makes on its input (size,
+        header, readability); raises `MidiError` naming the file and the reason."""
+        score, name = self._load(source)
+        if not isinstance(score, ScoreTick):
+            score = score.to("tick")
+        if int(score.ticks_per_quarter) <= 0:
+            raise MidiError(name, f"ticks-per-quarter is {score.ticks_per_quarter}: no time")
+        return score
+
     def _load(self, source) -> tuple[Score, str]:
         if isinstance(source, Score):
             return source, "<score>"

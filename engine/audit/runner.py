@@ -34,7 +34,18 @@ from .checks import (
     check_windows,
     pick_batch,
 )
-from .quality import DISC_ROUNDS, check_discriminator, check_held_out, check_latent
+from .quality import (
+    DISC_ROUNDS,
+    POLYPHONY_PIECES,
+    POLYPHONY_TOKENS,
+    POLYPHONY_WINDOWS,
+    check_discriminator,
+    check_held_out,
+    check_latent,
+    check_polyphony,
+    generated_pieces,
+    held_out_pieces,
+)
 
 
 # -- the whole audit -------------------------------------------------------------------
@@ -233,6 +244,20 @@ def _audit_quality(cfg: AuditConfig, corpus: Path, item: Audited, n: int, add) -
         add(check_latent(model, measured, seq_len))
     if model.discriminator is not None:
         add(check_discriminator(model, measured, seq_len))
+    add(_polyphony(cfg, split, model))
+
+
+def _polyphony(cfg: AuditConfig, split: FileSplit, model: MusicModel) -> Finding:
+    """The `polyphony` row: sampled pieces against held-out windows of as many ids."""
+    mode = model.config.mode
+    length = min(POLYPHONY_TOKENS, model.config.max_seq_len)
+    try:
+        _, val = split.datasets(length, val_stride=max(1, length // 4))
+        real = held_out_pieces(val, POLYPHONY_WINDOWS)
+        made = generated_pieces(model, length, POLYPHONY_PIECES, cfg.seed)
+    except (ValueError, RuntimeError) as exc:
+        return _row("polyphony", False, f"cannot sample or read windows: {_error(exc)}", mode)
+    return check_polyphony(made, real, mode, length)
 
 
 def format_table(rows: Sequence[Finding]) -> str:

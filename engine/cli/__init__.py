@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "stretto.engine.cli.train",
     "stretto.engine.cli.audit",
     "stretto.engine.cli.generate",
+    "stretto.engine.cli.render",
 )
 
 

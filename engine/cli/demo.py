@@ -2,8 +2,9 @@
 
 On the default corpus (Bach chorales from music21's bundled corpus, rendered to MIDI
 and cached under data/demo-corpus/) or on `$STRETTO_CORPUS`: tokenize, train every
-mode for a fixed number of steps, generate a piece per mode (MIDI and a piano-roll
-PNG), run the audit on the trained checkpoints, and print where everything went.
+mode for a fixed number of steps, generate a piece per mode (MIDI, a piano-roll PNG
+and, where a General MIDI SoundFont is installed, a WAV), run the audit on the trained
+checkpoints, and print where everything went.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from stretto.engine.cli.demo_corpus import (
 from stretto.engine.cli.pianoroll import save_piano_roll
 from stretto.engine.cli.runs import write_run
 from stretto.tokenizer import FileSplit, MidiTokenizer, Vocabulary, validate
+from stretto.tokenizer.audio import SOUNDFONT_PACKAGE, find_soundfont, render_wav
 from stretto.tokenizer.corpus import MANIFEST, build_corpus
 
 DESCRIPTION = """\
@@ -47,7 +49,8 @@ The main job, end to end on a real MIDI corpus:
   3. train each mode (transformer, vae, vae_gan) for a fixed number of steps (tiny
      preset, windows of 512 on a CPU; small preset, windows of 1024 on CUDA), holding
      out a tenth of the files (OUT/<mode>/split.json names them)
-  4. generate a piece per mode: OUT/<mode>/generated.mid and generated.png
+  4. generate a piece per mode: OUT/<mode>/generated.mid, generated.png and, where a
+     General MIDI SoundFont is installed (apt install fluid-soundfont-gm), generated.wav
   5. run `stretto audit` on the corpus and the three checkpoints: OUT/audit.txt, .json
   6. print a summary of every path written (also OUT/summary.json)
 OUT (default runs/demo) must not exist unless --force, which replaces it. Training runs
@@ -200,7 +203,17 @@ def _measured(row: dict) -> str:
     return text
 
 
-def _generate(mode: str, plan: DemoPlan, out: Path, log: _Log) -> dict:
+def _soundfont(log: _Log) -> Path | None:
+    font = find_soundfont()
+    if font is None:
+        log(
+            "no General MIDI SoundFont found: the pieces get no WAV "
+            f"(apt install {SOUNDFONT_PACKAGE} adds one)"
+        )
+    return font
+
+
+def _generate(mode: str, plan: DemoPlan, out: Path, log: _Log, font: Path | None) -> dict:
 
     model = load_checkpoint(out / mode / "last.pt").model.to(plan.device).eval()
     tokens = min(plan.generate_tokens, model.config.max_seq_len - 1)
@@ -210,6 +223,12 @@ def _generate(mode: str, plan: DemoPlan, out: Path, log: _Log) -> dict:
     midi = tok.decode_to_file(ids.numpy(), out / mode / "generated.mid")
     score = tok.decode(ids.numpy())
     png = save_piano_roll(score, out / mode / "generated.png", title=f"stretto demo: {mode}")
+    wav = None
+    if font is not None:
+        try:
+            wav = render_wav(midi, out / mode / "generated.wav", soundfont=font).path
+        except (LookupError, ValueError, RuntimeError, OSError) as exc:
+            log(f"no WAV for {mode}: {exc}")  # listening is a bonus: the demo goes on
     notes = score.note_num()
     seconds = score.to("second").end()
     log(
@@ -224,6 +243,7 @@ def _generate(mode: str, plan: DemoPlan, out: Path, log: _Log) -> dict:
         "valid": not problems,
         "midi": str(midi),
         "png": str(png),
+        "wav": None if wav is None else str(wav),
     }
 
 
@@ -274,7 +294,8 @@ def run(args: argparse.Namespace) -> int:
     log(f"corpus: {described}")
     corpus, tokenized = _tokenize(source, out, args.workers, log)
     trained = [_train(mode, corpus, plan, out, log) for mode in MODES]
-    generated = [_generate(mode, plan, out, log) for mode in MODES]
+    font = _soundfont(log)
+    generated = [_generate(mode, plan, out, log, font) for mode in MODES]
     n_issues, audit_txt, audit_json = _audit(corpus, plan, out, log)
 
     summary = {
@@ -300,7 +321,8 @@ def _summary_text(summary: dict, out: Path) -> str:
             f"and split.json beside it)"
         )
     for g in summary["generate"]:
-        lines.append(f"  {g['mode']:<12} {g['midi']}  {g['png']}  ({g['notes']} notes)")
+        wav = f"  {g['wav']}" if g["wav"] else ""
+        lines.append(f"  {g['mode']:<12} {g['midi']}  {g['png']}{wav}  ({g['notes']} notes)")
     a = summary["audit"]
     lines.append(f"  audit        {a['table']}  {a['json']}  ({a['issues']} issues)")
     lines.append(f"  summary      {out / 'summary.json'}")

@@ -3,7 +3,8 @@ each planted fault is reported (a non-zero exit code from the command): a checkp
 another vocabulary, attention that sees the future, a corpus with an out-of-range id,
 non-finite gradients, a model that cannot learn, memory that grows as N x N, a decode
 cache that drifts, and for trained models a model that was not trained, a vae whose
-decoder ignores z and a vae_gan whose discriminator is saturated."""
+decoder ignores z, a vae_gan whose discriminator is saturated and a sampler that never
+releases a note."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from stretto.engine.audit import checks as A
 from stretto.engine.audit import quality as Q
 from stretto.engine.audit import runner as R
 from stretto.kernels import HierarchicalKVCache
-from stretto.tokenizer import Vocabulary, build_corpus
+from stretto.tokenizer import FileSplit, TokenDataset, Vocabulary, build_corpus
 
 FAST = {"lengths": (512,), "sample": 2, "learning_steps": 3}
 QUALITY = {"lengths": (256,), "sample": 1, "learning_steps": 2, "val_windows": 8, "quality": True}
@@ -303,7 +304,7 @@ def test_a_model_that_was_not_trained_is_reported(many, make_model, tmp_path, mo
     rows = R.run_audit(cfg)
     bad = failures(rows, "held-out loss")
     assert len(bad) == 1 and "not below it" in bad[0].detail, R.format_table(rows)
-    assert "held-out loss" in {r.check for r in rows if r.mode == mode}
+    assert {"held-out loss", "polyphony"} <= {r.check for r in rows if r.mode == mode}
 
 
 def test_a_vae_whose_decoder_ignores_z_is_reported(many, make_model):
@@ -348,3 +349,70 @@ def test_discriminator_band(make_model):
     assert Q.check_discriminator(model, {"acc_real": 0.7, "acc_fake": 0.6}, 512).ok
     assert not Q.check_discriminator(model, {"acc_real": 1.0, "acc_fake": 0.9}, 512).ok
     assert not Q.check_discriminator(model, {"acc_real": 0.5, "acc_fake": 0.5}, 512).ok
+
+
+# -- generated polyphony ----------------------------------------------------------------
+def never_released(ids: np.ndarray) -> np.ndarray:
+    """What a sampler that never emits NOTE_OFF plays of real music: the ids without
+    their NOTE_OFFs (each note then sounds until the same pitch is struck again)."""
+    v = Vocabulary()
+    return ids[(ids < v.NOTE_OFF.start) | (ids >= v.NOTE_OFF.stop)]
+
+
+@pytest.fixture(scope="module")
+def two_halves(many):
+    """Windows of `POLYPHONY_TOKENS` ids of `many`'s even and of its odd files."""
+    n = Q.POLYPHONY_TOKENS
+    files = range(len(TokenDataset(many, n).files))
+    halves = []
+    for parity in (0, 1):
+        dataset = TokenDataset(many, n, stride=n // 4, files=[f for f in files if f % 2 == parity])
+        halves.append(Q.held_out_pieces(dataset, Q.POLYPHONY_WINDOWS))
+    return halves
+
+
+def test_polyphony_passes_on_real_music_against_real_music(two_halves):
+    even, odd = two_halves
+    for made, real in [(even, odd), (odd, even)]:
+        row = Q.check_polyphony(made, real, "transformer", Q.POLYPHONY_TOKENS)
+        assert row.ok, row.detail
+        assert f"{len(made)} generated pieces" in row.detail
+
+
+def test_a_sampler_that_never_releases_notes_is_reported(two_halves):
+    even, odd = two_halves
+    for made, real in [(even, odd), (odd, even)]:
+        row = Q.check_polyphony([never_released(w) for w in made], real, "vae", 1024)
+        assert not row.ok and row.detail.endswith("notes pile up"), row.detail
+
+
+def test_the_audit_samples_pieces_for_the_polyphony_row(many, make_model, monkeypatch):
+    """The runner's row on the run's held-out windows, with the sampler replaced: real
+    training windows pass, the held-out windows without NOTE_OFFs fail."""
+    split = FileSplit.make(many)
+    n = Q.POLYPHONY_TOKENS
+    train, val = split.datasets(n, val_stride=n // 4)
+    cfg = R.AuditConfig(corpus=many, **QUALITY)
+    asked = []
+
+    def sampler(pieces):
+        def generate(model, tokens, count, seed):
+            asked.append((tokens, count, seed))
+            return pieces
+
+        return generate
+
+    monkeypatch.setattr(R, "generated_pieces", sampler(Q.held_out_pieces(train, 8)))
+    row = R._polyphony(cfg, split, make_model("transformer"))
+    assert row.ok and row.check == "polyphony" and row.length == str(n), row.detail
+    released = [never_released(w) for w in Q.held_out_pieces(val, 8)]
+    monkeypatch.setattr(R, "generated_pieces", sampler(released))
+    row = R._polyphony(cfg, split, make_model("transformer"))
+    assert not row.ok and "notes pile up" in row.detail, row.detail
+    assert asked == [(n, Q.POLYPHONY_PIECES, cfg.seed)] * 2
+
+
+def test_a_model_that_emits_no_note_fails_the_polyphony_row(two_halves):
+    start_end = [np.array([0, 1]), np.array([0, 180, 1])]
+    row = Q.check_polyphony(start_end, two_halves[0], "transformer", 1024)
+    assert not row.ok and "none of 2 generated pieces" in row.detail
