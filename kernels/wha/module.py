@@ -110,7 +110,7 @@ class HierarchicalAttention(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, H, N, D]
         if self.rotary is not None:
             cos, sin = self.rotary(positions)  # [N, D/2] each
-            q, k = Rotary.apply(q, cos, sin), Rotary.apply(k, cos, sin)
+            q, k = Rotary.rotate(q, cos, sin), Rotary.rotate(k, cos, sin)
         return q, k, v
 
     def forward(
