@@ -67,14 +67,11 @@ def visible_pairs(n: int, window: int, block: int | None, causal: bool) -> int:
 
 
 def _pool(x, block: int):
-    """Mean of each block of N: `[B, H, N, D]` -> `[B, H, NB, D]` (no padding in this suite)."""
-    import torch.nn.functional as F
+    """The op's block summaries (its reference pooling): `[B, H, N, D]` -> `[B, H, NB, D]`
+    (no padding in this suite)."""
+    from stretto.kernels.wha import reference as ref
 
-    b, h, n, d = x.shape
-    nb = -(-n // block)
-    sums = F.pad(x, (0, 0, 0, nb * block - n)).view(b, h, nb, block, d).sum(3)
-    counts = [min(block, n - j * block) for j in range(nb)]
-    return sums / x.new_tensor(counts)[:, None]
+    return ref.pool_blocks(x, block, None)[0]
 
 
 def _summary_visible(n: int, window: int, block: int, causal: bool, device):

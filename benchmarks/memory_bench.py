@@ -1,8 +1,10 @@
 """Peak memory against sequence length: WHA against dense attention, kernel and model.
 
 Attention providers (fwd+bwd, shape table of `benchmarks.shapes`): stretto-triton
-(CUDA), stretto-torch (the chunked fallback), SDPA dense causal, and SDPA with a dense
-boolean mask of the same local window (the mask is N x N, so its memory is quadratic).
+(CUDA), stretto-torch (the chunked fallback), sdpa-causal (SDPA dense causal), and
+sdpa-dense-band: SDPA with a dense boolean mask of the same local window, no summaries
+(the mask is N x N, so its memory is quadratic; the attention suite's sdpa-dense-mask
+adds the summaries).
 Model providers: `MusicModel` loss forward+backward with `attention="wha"` and with
 `attention="dense"`. What is not importable is reported as a skipped row.
 
@@ -24,7 +26,7 @@ from benchmarks.schema import skipped_row
 from benchmarks.timing import cuda_peak_memory_mb, peak_rss_in_child
 
 SUITE = "memory"
-ATTENTION_PROVIDERS = ("stretto-triton", "stretto-torch", "sdpa-causal", "sdpa-dense-mask")
+ATTENTION_PROVIDERS = ("stretto-triton", "stretto-torch", "sdpa-causal", "sdpa-dense-band")
 MODEL_PROVIDERS = ("model-wha", "model-dense")
 QUICK_CPU_MAX_SEQ = 4096  # one scaling length in a quick CPU run: growth needs 4 points
 
@@ -66,7 +68,7 @@ def build_attention_case(
         def attend():
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
-    elif provider == "sdpa-dense-mask":
+    elif provider == "sdpa-dense-band":
 
         def attend():
             idx = torch.arange(seq_len, device=device)
@@ -140,7 +142,7 @@ def _model_unavailable() -> str | None:
 
 def _cpu_too_big(provider: str, batch: int, heads: int, seq_len: int) -> str | None:
     """A dense N x N case that would take more than half the free RAM is not started."""
-    if provider not in ("sdpa-dense-mask", "model-dense"):
+    if provider not in ("sdpa-dense-band", "model-dense"):
         return None
     # scores, probabilities and their gradients in float32, as a lower bound
     need = 4 * batch * heads * seq_len * seq_len * 4

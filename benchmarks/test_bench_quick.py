@@ -61,7 +61,7 @@ def _skip_unavailable(provider: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "provider", ["stretto-triton", "stretto-torch", "sdpa-causal", "sdpa-dense-mask"]
+    "provider", ["stretto-triton", "stretto-torch", "sdpa-causal", "sdpa-dense-band"]
 )
 def test_attention_fwd_bwd(benchmark, provider):
     _skip_unavailable(provider)

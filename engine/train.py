@@ -22,10 +22,11 @@ import contextlib
 import itertools
 import json
 import math
+import numbers
 import sys
 import time
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,19 @@ LOGGERS = ("tensorboard",)
 # The discriminator's balance controller: log-factor change per unit of accuracy error,
 # and the smallest factor (a discriminator far ahead nearly stops, never freezes).
 BALANCE_GAIN, BALANCE_FLOOR = 0.5, 1e-3
+# TrainConfig's numeric fields by kind (bools are neither).
+_INT_FIELDS = ("steps", "batch_size", "grad_accum", "warmup_steps", "eval_every",
+               "eval_batches", "checkpoint_every", "log_every", "seed", "num_workers")  # fmt: skip
+_REAL_FIELDS = ("lr", "disc_lr", "disc_target_accuracy", "weight_decay", "min_lr_ratio",
+                "grad_clip", "dist_timeout_s")  # fmt: skip
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _is_real(x: Any) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 @dataclass(frozen=True)
@@ -70,6 +84,11 @@ class TrainConfig:
     Distributed runs only: `strategy` is "ddp" (replicated weights) or "fsdp" (FSDP2,
     weights, gradients and optimizer states sharded over the ranks); `dist_timeout_s`
     bounds every collective, so a dead rank makes the others fail within it.
+
+    JSON: `to_dict`/`from_dict` and `save_json`/`load_json` (a run's
+    `train_config.json`); every reader of a stored TrainConfig goes through `from_dict`,
+    which takes lists for the tuple fields and names an unknown field or a bad value in
+    a one-line ValueError.
     """
 
     steps: int = 1000
@@ -95,6 +114,20 @@ class TrainConfig:
     loggers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        for name in _INT_FIELDS:
+            if not _is_int(getattr(self, name)):
+                raise ValueError(f"TrainConfig: {name}={getattr(self, name)!r} must be an int")
+        for name in _REAL_FIELDS:
+            if not _is_real(getattr(self, name)):
+                raise ValueError(f"TrainConfig: {name}={getattr(self, name)!r} must be a number")
+        if not (
+            isinstance(self.betas, tuple)
+            and len(self.betas) == 2
+            and all(map(_is_real, self.betas))
+        ):
+            raise ValueError(f"TrainConfig: betas={self.betas!r} must be a tuple of two numbers")
+        if not isinstance(self.loggers, tuple):
+            raise ValueError(f"TrainConfig: loggers={self.loggers!r} must be a tuple")
         for name in ("steps", "batch_size", "grad_accum", "log_every", "eval_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig: {name}={getattr(self, name)} must be >= 1")
@@ -122,6 +155,43 @@ class TrainConfig:
             )
         if not self.dist_timeout_s > 0:
             raise ValueError(f"TrainConfig: dist_timeout_s={self.dist_timeout_s} must be > 0")
+
+    # -- JSON ------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        """A TrainConfig from its fields as JSON or YAML give them (lists for tuples)."""
+        if not isinstance(data, Mapping):
+            raise ValueError(
+                f"TrainConfig: expected a mapping of fields, got {type(data).__name__}"
+            )
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"TrainConfig: unknown fields {unknown}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"TrainConfig: not JSON ({exc})") from None
+        return cls.from_dict(data)
+
+    def save_json(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json() + "\n")
+
+    @classmethod
+    def load_json(cls, path: str | Path) -> TrainConfig:
+        try:
+            return cls.from_json(Path(path).read_text())
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -426,9 +496,7 @@ class Trainer:
         if self.out_dir is not None and self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self.model.config.save_json(self.out_dir / "config.json")
-            (self.out_dir / "train_config.json").write_text(
-                json.dumps(asdict(cfg), indent=2) + "\n"
-            )
+            cfg.save_json(self.out_dir / "train_config.json")
         if "tensorboard" in cfg.loggers and self.out_dir is not None and self.is_main:
             self._writer = _tensorboard_writer(self.out_dir / "tensorboard")
         bar = None
@@ -518,7 +586,7 @@ class Trainer:
         """Write a checkpoint of the plain model and everything `resume` needs; in a
         distributed run every rank calls this (FSDP gathers the shards), rank 0 writes,
         and all wait for the file."""
-        extra = {"train_config": asdict(self.config), "trainer": self._state()}
+        extra = {"train_config": self.config.to_dict(), "trainer": self._state()}
         if self.launch is None:
             self.model.save(path, optimizers=self.optimizers, step=self.step, extra=extra)
             return

@@ -30,7 +30,6 @@ checkpoint intervals are the data loader's and Lightning Trainer's settings.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import lightning.pytorch as pl
@@ -58,7 +57,7 @@ class MusicLightningModule(pl.LightningModule):
         if isinstance(config, dict):
             config = ModelConfig.from_dict(config)
         if isinstance(train_config, dict):
-            train_config = _train_config_from_dict(train_config)
+            train_config = TrainConfig.from_dict(train_config)
         if not isinstance(config, ModelConfig):
             raise TypeError(f"config must be a ModelConfig, got {type(config).__name__}")
         train_config = train_config or TrainConfig()
@@ -67,7 +66,7 @@ class MusicLightningModule(pl.LightningModule):
                 f"train_config must be a TrainConfig, got {type(train_config).__name__}"
             )
         self.save_hyperparameters(
-            {"config": config.to_dict(), "train_config": dataclasses.asdict(train_config)}
+            {"config": config.to_dict(), "train_config": train_config.to_dict()}
         )
         self.train_config = train_config
         self.model = MusicModel(config)
@@ -160,10 +159,3 @@ class MusicLightningModule(pl.LightningModule):
         opts = self.optimizers()
         opt = opts[index] if isinstance(opts, list) else opts
         return float(opt.param_groups[0]["lr"])
-
-
-def _train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
-    data = dict(data)
-    if "betas" in data:
-        data["betas"] = tuple(data["betas"])  # JSON and YAML give a list
-    return TrainConfig(**data)

@@ -7,7 +7,7 @@ from torch import nn
 
 
 class Rotary(nn.Module):
-    """cos/sin tables for absolute positions; `apply` rotates pairs (x_i, x_{i + D/2}).
+    """cos/sin tables for absolute positions; `rotate` rotates pairs (x_i, x_{i + D/2}).
 
     Positions are passed explicitly, so a decode step at position p rotates its single
     query and key exactly as the full forward does at row p.
@@ -29,7 +29,7 @@ class Rotary(nn.Module):
         return angles.cos(), angles.sin()
 
     @staticmethod
-    def apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """x `[B, H, N, D]`, cos/sin `[N, D/2]` -> rotated x, same dtype."""
         x1, x2 = x.float().chunk(2, dim=-1)  # [B, H, N, D/2] each
         out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)  # [B, H, N, D]

@@ -2,49 +2,26 @@
 
 `poisoned_outputs()` makes every kernel launcher allocate its outputs filled with NaN
 (integers with their minimum value) instead of uninitialised memory, so an element a
-kernel forgot to write fails the comparison instead of passing by luck.
+kernel forgot to write fails the comparison instead of passing by luck. The switch
+lives with the launchers (`stretto.kernels.outputs`); library code never imports this
+module.
 """
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections.abc import Iterator
-
 import torch
 
-_state = threading.local()
+from .outputs import new_output, poison_, poisoned_outputs, poisoning
 
-
-def poisoning() -> bool:
-    """True inside `poisoned_outputs()`."""
-    return getattr(_state, "depth", 0) > 0
-
-
-@contextlib.contextmanager
-def poisoned_outputs() -> Iterator[None]:
-    """Within this block, `new_output` fills fresh kernel outputs with poison."""
-    _state.depth = getattr(_state, "depth", 0) + 1
-    try:
-        yield
-    finally:
-        _state.depth -= 1
-
-
-def poison_(t: torch.Tensor) -> torch.Tensor:
-    """Fill `t` in place with NaN (floating) or the dtype's minimum (integer)."""
-    if t.is_floating_point() or t.is_complex():
-        return t.fill_(float("nan"))
-    if t.dtype == torch.bool:
-        return t.fill_(True)
-    return t.fill_(torch.iinfo(t.dtype).min)
-
-
-def new_output(*shape: int, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
-    """Allocate a kernel output: uninitialised normally, poisoned under `poisoned_outputs()`."""
-    t = torch.empty(*shape, dtype=dtype, device=device)
-    return poison_(t) if poisoning() else t
-
+__all__ = [
+    "ABS_FLOOR",
+    "assert_close_to_reference",
+    "max_abs_error",
+    "new_output",
+    "poison_",
+    "poisoned_outputs",
+    "poisoning",
+]
 
 # Absolute error floor per dtype, relative to the reference's magnitude (max |ref|, at
 # least 1). It only matters where plain torch happens to be exact (e.g. float64).

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks import core, generate_bench, model_bench
+from benchmarks import attention_bench, core, generate_bench, memory_bench, model_bench, shapes
 
 pytest.importorskip("stretto.engine.model")
 
@@ -133,3 +133,59 @@ def test_the_hf_llama_peer_is_a_skipped_row_without_transformers(monkeypatch):
     assert [r["status"] for r in rows] == [
         "skipped: transformers is not installed (pip install -e '.[hf]')"
     ]
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidir"])
+@pytest.mark.parametrize("block", [5, 4, None], ids=["g5", "g4", "gNone"])
+def test_dense_mask_provider_is_the_ops_function(causal, block):
+    """The attention suite's sdpa-dense-mask computes WHA itself: band and summaries."""
+    import torch
+
+    from stretto.kernels.wha import reference as ref
+
+    shape = shapes.AttentionShape(2, 3, 77, 8, window=9, block=block, causal=causal)
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 77, 8, generator=gen, dtype=torch.float64) for _ in range(3))
+    got = attention_bench._provider("sdpa-dense-mask", shape, "cpu", "fwd")(q, k, v)
+    want = ref.hierarchical_attention_reference(q, k, v, window=9, block=block, causal=causal)
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize(
+    "name",
+    sorted(
+        set(attention_bench.PROVIDERS) & set(memory_bench.ATTENTION_PROVIDERS) - {"stretto-triton"}
+    ),
+)
+def test_a_provider_name_is_one_computation_in_both_suites(name, monkeypatch):
+    """Where the attention and memory suites share a provider name, they compute the same
+    output from the same inputs (rows of one name are compared across suites)."""
+    import torch
+    import torch.nn.functional as F
+
+    import stretto.kernels
+
+    outputs: list[torch.Tensor] = []
+
+    def recording(fn):
+        def call(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            outputs.append(out.detach())
+            return out
+
+        return call
+
+    shape = shapes.AttentionShape(1, 2, 40, 8, window=8, block=4)
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 40, 8, generator=gen) for _ in range(3))
+    want = attention_bench._provider(name, shape, "cpu", "fwd")(q, k, v)
+    monkeypatch.setattr(
+        F, "scaled_dot_product_attention", recording(F.scaled_dot_product_attention)
+    )
+    monkeypatch.setattr(
+        stretto.kernels, "hierarchical_attention", recording(stretto.kernels.hierarchical_attention)
+    )
+    memory_bench.build_attention_case(name, 1, 2, 40, 8, 8, 4, "float32", "cpu")()
+    # the memory case draws its q, k, v from the same seed
+    (got,) = outputs
+    torch.testing.assert_close(got, want.detach())

@@ -40,6 +40,7 @@ from ._tempo import BPM_PER_TEMPO_BIN, segment, tempo_map, tick_to_step
 from .vocabulary import NUM_INSTRUMENTS, NUM_TEMPOS, NUM_TIME_SHIFTS, PITCH_MIN, TEMPO_MIN_BPM
 
 SUSTAIN_CONTROL = 64  # CC64, the damper pedal
+SUSTAIN_PRESSED = 64  # a CC64 value >= this presses the pedal
 STEP_BITS = 24  # steps < 2**24: 72 hours of 15.625 ms, above TokenizerConfig's 48 h cap
 NUM_CELLS = NUM_INSTRUMENTS << 7  # (instrument, pitch index) packed as inst << 7 | pitch
 
@@ -133,7 +134,7 @@ def _grid_events(buf, tracks, seg_tick, seg_sec, seg_spt, last):
                 k_on = segment(t, seg_tick, k_on)
                 step = tick_to_step(t, seg_tick, seg_sec, seg_spt, k_on)
                 pedal_key[n_pedal] = (step << 4) | inst
-                pedal_on[n_pedal] = 1 if buf[at + 5] >= 64 else 0
+                pedal_on[n_pedal] = 1 if buf[at + 5] >= SUSTAIN_PRESSED else 0
                 last = max(last, step)
                 n_pedal += 1
             at += EVENT_BYTES

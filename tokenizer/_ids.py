@@ -6,7 +6,7 @@ layout of `vocabulary.Vocabulary` from here.
 
 from __future__ import annotations
 
-from .vocabulary import STEP_SECONDS, Vocabulary
+from .vocabulary import Vocabulary
 
 _V = Vocabulary()
 START, END, PAD, UNK = _V.START, _V.END, _V.PAD, _V.UNK
@@ -18,4 +18,3 @@ SUSTAIN_ON, SUSTAIN_OFF = _V.SUSTAIN_ON, _V.SUSTAIN_OFF
 TEMPO0 = _V.TEMPO.start
 INSTRUMENT0 = _V.INSTRUMENT.start
 NUM_PITCHES = _V.NOTE_ON.stop - _V.NOTE_ON.start
-STEPS_PER_SECOND = round(1 / STEP_SECONDS)  # 64

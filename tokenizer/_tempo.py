@@ -5,8 +5,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ._ids import STEPS_PER_SECOND
-from .vocabulary import NUM_TEMPOS, STEP_SECONDS, TEMPO_MAX_BPM, TEMPO_MIN_BPM
+from .vocabulary import NUM_TEMPOS, STEP_SECONDS, STEPS_PER_SECOND, TEMPO_MAX_BPM, TEMPO_MIN_BPM
 
 BPM_PER_TEMPO_BIN = (TEMPO_MAX_BPM - TEMPO_MIN_BPM) / (NUM_TEMPOS - 1)
 

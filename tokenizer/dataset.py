@@ -86,12 +86,26 @@ class TokenDataset(Dataset):
     def __len__(self) -> int:
         return int(self.cum_windows[-1])
 
-    def file_of(self, index: int) -> int:
-        """The manifest index of the file window `index` comes from."""
+    def _position(self, index: int) -> tuple[int, int]:
+        """(f, k): window `index` (negative counts from the end) is window k of file f,
+        f a position in `self.files`."""
         if not -len(self) <= index < len(self):
             raise IndexError(f"window {index} is outside 0..{len(self) - 1}")
-        f = int(np.searchsorted(self.cum_windows, index % len(self), side="right") - 1)
-        return self.files[f]
+        index %= len(self)
+        f = int(np.searchsorted(self.cum_windows, index, side="right") - 1)
+        return f, index - int(self.cum_windows[f])
+
+    def _window(self, index: int) -> tuple[int, int, np.ndarray, int, int]:
+        """(f, start, window ids, n_real, stop) of window `index`."""
+        f, k = self._position(index)
+        ids = self.file_ids(f)
+        start = int(snap_to_boundary(ids, k * self.stride))
+        window, n_real, stop = build_window(ids, start, self.seq_len, self.max_prefix, self.pad)
+        return f, start, window, int(n_real), int(stop)
+
+    def file_of(self, index: int) -> int:
+        """The manifest index of the file window `index` comes from."""
+        return self.files[self._position(index)[0]]
 
     def token_counts(self) -> np.ndarray:
         """How often each id occurs in this dataset's files: int64 `[vocabulary size]`."""
@@ -109,26 +123,13 @@ class TokenDataset(Dataset):
 
     def locate(self, index: int) -> tuple[int, int, int, int]:
         """(file, start, stop, n_real) of window `index`: it copies ids[start:stop] of that
-        file after a prefix, n_real ids in all."""
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"window {index} is outside 0..{len(self) - 1}")
-        index %= len(self)
-        f = int(np.searchsorted(self.cum_windows, index, side="right") - 1)
-        k = index - int(self.cum_windows[f])
-        ids = self.file_ids(f)
-        start = int(snap_to_boundary(ids, k * self.stride))
-        _, n_real, stop = build_window(ids, start, self.seq_len, self.max_prefix, self.pad)
-        return f, start, int(stop), int(n_real)
+        file after a prefix, n_real ids in all. `file` is a position in `self.files` (the
+        argument of `file_ids`), not a manifest index (see `file_of`)."""
+        f, start, _, n_real, stop = self._window(index)
+        return f, start, stop, n_real
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"window {index} is outside 0..{len(self) - 1}")
-        index %= len(self)
-        f = int(np.searchsorted(self.cum_windows, index, side="right") - 1)
-        k = index - int(self.cum_windows[f])
-        ids = self.file_ids(f)
-        start = snap_to_boundary(ids, k * self.stride)
-        window, n_real, _ = build_window(ids, start, self.seq_len, self.max_prefix, self.pad)
+        _, _, window, n_real, _ = self._window(index)
         mask = np.arange(self.seq_len) < n_real
         return {"input_ids": torch.from_numpy(window), "attention_mask": torch.from_numpy(mask)}
 

@@ -23,7 +23,7 @@ from ._decode import (
     SKIP_SPECIAL,
     decode_ids,
 )
-from ._encode import encode_state
+from ._encode import SUSTAIN_CONTROL, encode_state
 from ._tempo import tempo_ticks
 from .config import TokenizerConfig
 from .vocabulary import (
@@ -33,13 +33,11 @@ from .vocabulary import (
     NUM_VELOCITIES,
     PITCH_MIN,
     STEP_SECONDS,
+    STEPS_PER_SECOND,
     Vocabulary,
     tempo_bpm,
 )
 
-STEPS_PER_SECOND = round(1 / STEP_SECONDS)  # 64
-SUSTAIN_CONTROL = 64  # CC64, the damper pedal
-DRUM_CHANNEL = 9  # MIDI channel 10, counted from 0
 FAMILY_NAMES = (
     "Piano",
     "Chromatic Percussion",

@@ -155,13 +155,8 @@ def _new_run(args: argparse.Namespace) -> Plan:
     if args.tensorboard:
         values["loggers"] = ("tensorboard",)
     values.setdefault("dist_timeout_s", args.dist_timeout)
-    train = TrainConfig(**_tuples(values))
+    train = TrainConfig.from_dict(values)
     return Plan(out, split, seq_len, model, train, resume=False)
-
-
-def _tuples(values: dict[str, Any]) -> dict[str, Any]:
-    """JSON gives lists where TrainConfig holds tuples (betas, loggers)."""
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
 
 
 def _logged_run(path: Path) -> dict[str, Any]:
@@ -169,8 +164,8 @@ def _logged_run(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ValueError(f"--config {path}: no such file")
     folder = path.parent
+    train = TrainConfig.load_json(path).to_dict()
     try:
-        train = json.loads(path.read_text())
         model = json.loads((folder / "config.json").read_text())
         run = json.loads((folder / RUN).read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -187,9 +182,9 @@ def _resumed_run(args: argparse.Namespace) -> Plan:
         raise ValueError(f"--resume {out}: no last.pt there to continue from")
     split, seq_len = read_run(out)
     model = ModelConfig.load_json(out / "config.json")
-    values = json.loads((out / "train_config.json").read_text())
+    values = TrainConfig.load_json(out / "train_config.json").to_dict()
     values.update(_explicit(args))
-    return Plan(out, split, seq_len, model, TrainConfig(**_tuples(values)), True)
+    return Plan(out, split, seq_len, model, TrainConfig.from_dict(values), True)
 
 
 def run(args: argparse.Namespace) -> int:

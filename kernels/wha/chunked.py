@@ -288,7 +288,7 @@ def chunked_forward(
     CPU), so lse is base 2: `log2(sum_j 2^(scale * log2(e) * q . key_j))`. It is -inf
     for a query that sees nothing (its output row is zero).
     """
-    from stretto.kernels.testing import new_output
+    from stretto.kernels.outputs import new_output
 
     bsz, h, n, d = q.shape
     cd = compute_dtype(q.dtype)
@@ -361,7 +361,7 @@ def chunked_backward(
     scale: float,
 ) -> tuple[torch.Tensor, ...]:
     """Gradients (dq, dk, dv) of `chunked_forward`, dk and dv through the pooling too."""
-    from stretto.kernels.testing import new_output
+    from stretto.kernels.outputs import new_output
 
     bsz, h, n, d = q.shape
     cd = compute_dtype(q.dtype)

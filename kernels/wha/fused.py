@@ -56,7 +56,7 @@ import torch
 import triton
 import triton.language as tl
 
-from stretto.kernels.testing import new_output
+from stretto.kernels.outputs import new_output
 
 from . import configs
 

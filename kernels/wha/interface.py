@@ -126,6 +126,15 @@ def _is_int(x) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
+def check_window_block(window, block) -> None:
+    """Raise ValueError unless `window` is an int >= 1 and `block` None or an int >= 1
+    (bools are not ints)."""
+    if not _is_int(window) or window < 1:
+        raise ValueError(f"window must be an int >= 1, got {window!r}")
+    if block is not None and (not _is_int(block) or block < 1):
+        raise ValueError(f"block must be None or an int >= 1, got {block!r}")
+
+
 def _validate(q, k, v, window, block, causal, key_padding_mask, scale, backend) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -150,10 +159,7 @@ def _validate(q, k, v, window, block, causal, key_padding_mask, scale, backend) 
         raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if k.device != q.device or v.device != q.device:
         raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
-    if not _is_int(window) or window < 1:
-        raise ValueError(f"window must be an int >= 1, got {window!r}")
-    if block is not None and (not _is_int(block) or block < 1):
-        raise ValueError(f"block must be None or an int >= 1, got {block!r}")
+    check_window_block(window, block)
     if not isinstance(causal, bool):
         raise ValueError(f"causal must be a bool, got {causal!r}")
     if scale is not None and (

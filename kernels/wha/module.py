@@ -14,7 +14,7 @@ from torch import nn
 
 from ..rotary import Rotary
 from .decode import HierarchicalKVCache
-from .interface import BACKENDS, hierarchical_attention
+from .interface import BACKENDS, check_window_block, hierarchical_attention
 
 
 class HierarchicalAttention(nn.Module):
@@ -57,10 +57,7 @@ class HierarchicalAttention(nn.Module):
         super().__init__()
         if d_model < 1 or n_heads < 1 or d_model % n_heads:
             raise ValueError(f"d_model={d_model} must split into n_heads={n_heads} equal heads")
-        if not isinstance(window, int) or window < 1:
-            raise ValueError(f"window must be an int >= 1, got {window!r}")
-        if block is not None and (not isinstance(block, int) or block < 1):
-            raise ValueError(f"block must be None or an int >= 1, got {block!r}")
+        check_window_block(window, block)
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
@@ -110,7 +107,7 @@ class HierarchicalAttention(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, H, N, D]
         if self.rotary is not None:
             cos, sin = self.rotary(positions)  # [N, D/2] each
-            q, k = Rotary.apply(q, cos, sin), Rotary.apply(k, cos, sin)
+            q, k = Rotary.rotate(q, cos, sin), Rotary.rotate(k, cos, sin)
         return q, k, v
 
     def forward(

@@ -31,8 +31,6 @@ from torch import Tensor
 
 from . import chunked
 
-BACKENDS = ("torch", "triton")
-
 
 def fused_module():
     """The fused Triton launchers, imported on first use (triton may be missing)."""

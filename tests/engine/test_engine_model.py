@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stretto.engine import TrainingObjective
+from stretto.engine import ModelConfig, MusicModel, TrainingObjective
 
 MODES = ("transformer", "vae", "vae_gan")
 LENGTHS = (512, 1024, 2048, 777)
@@ -243,3 +243,15 @@ def test_bfloat16_model_keeps_float32_rotary_phases(make_model, vocab):
     torch.testing.assert_close(sin16, sin)
     logits = half(torch.randint(0, vocab.size, (1, 100)))
     assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small", "base"])
+@pytest.mark.parametrize("mode", ["transformer", "vae", "vae_gan"])
+def test_apply_reaches_every_submodule_of_every_preset(vocab, mode, preset):
+    # On the meta device: the base preset's shapes without its memory or init time.
+    with torch.device("meta"):
+        model = MusicModel(ModelConfig.from_vocab(vocab, mode=mode, preset=preset))
+    seen: list[torch.nn.Module] = []
+    assert model.apply(seen.append) is model
+    assert {id(m) for m in seen} == {id(m) for m in model.modules()}
+    assert any(type(m).__name__ == "Rotary" for m in seen)

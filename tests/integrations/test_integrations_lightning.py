@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
+import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -146,3 +149,60 @@ def test_bad_configs_are_refused(vocab):
         MusicLightningModule(config, 3)
     with pytest.raises(ValueError, match="TrainConfig: learning rates must be > 0"):
         MusicLightningModule(config, {"lr": -1.0})
+
+
+def _train_command_readings(run: Path, monkeypatch) -> list[TrainConfig]:
+    """The TrainConfig `stretto train` reads from RUN_DIR/train_config.json, by --resume
+    and by --config (the split and the corpus are not what this is about)."""
+    from stretto.engine.cli import train as train_cli
+    from stretto.engine.cli.runs import RUN
+
+    (run / "last.pt").touch()
+    (run / RUN).write_text("{}")
+    monkeypatch.setattr(train_cli, "read_run", lambda out: (None, 64))
+    parser = argparse.ArgumentParser()
+    train_cli.register(parser.add_subparsers())
+    resumed = train_cli._resumed_run(parser.parse_args(["train", "--resume", str(run)])).train
+    logged = train_cli._logged_run(run / "train_config.json")["train"]
+    return [resumed, TrainConfig.from_dict(logged)]
+
+
+def test_train_config_json_reads_the_same_in_lightning_and_the_train_command(
+    vocab, tmp_path, monkeypatch
+):
+    fields = {"steps": 7, "batch_size": 3, "lr": 1e-3, "betas": [0.8, 0.9],
+              "loggers": ["tensorboard"], "precision": "fp32", "seed": 5}  # fmt: skip
+    (tmp_path / "train_config.json").write_text(json.dumps(fields))
+    config = ModelConfig.from_vocab(vocab, preset="tiny")
+    config.save_json(tmp_path / "config.json")
+    lightning = MusicLightningModule(config, json.loads(json.dumps(fields))).train_config
+    want = TrainConfig(steps=7, batch_size=3, lr=1e-3, betas=(0.8, 0.9),
+                       loggers=("tensorboard",), precision="fp32", seed=5)  # fmt: skip
+    assert lightning == want
+    assert _train_command_readings(tmp_path, monkeypatch) == [want, want]
+    assert TrainConfig.from_json(want.to_json()) == want
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        pytest.param({"stepz": 3}, "TrainConfig: unknown fields ['stepz']", id="unknown"),
+        pytest.param({"steps": "10"}, "TrainConfig: steps='10' must be an int", id="steps-str"),
+        pytest.param({"steps": True}, "TrainConfig: steps=True must be an int", id="steps-bool"),
+        pytest.param({"lr": "fast"}, "TrainConfig: lr='fast' must be a number", id="lr-str"),
+        pytest.param({"betas": [0.9]}, "betas=(0.9,) must be a tuple of two", id="betas-one"),
+        pytest.param({"loggers": "tensorboard"}, "loggers='tensorboard' must be a tuple",
+                     id="loggers-str"),
+    ],
+)  # fmt: skip
+def test_a_bad_train_config_field_is_one_line_in_both_readers(
+    vocab, tmp_path, monkeypatch, fields, message
+):
+    (tmp_path / "train_config.json").write_text(json.dumps(fields))
+    ModelConfig.from_vocab(vocab, preset="tiny").save_json(tmp_path / "config.json")
+    with pytest.raises(ValueError, match=re.escape(message)) as err:
+        MusicLightningModule(ModelConfig.from_vocab(vocab, preset="tiny"), fields)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match=re.escape(message)) as err:
+        _train_command_readings(tmp_path, monkeypatch)
+    assert "\n" not in str(err.value) and "train_config.json" in str(err.value)

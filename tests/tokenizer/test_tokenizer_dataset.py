@@ -166,3 +166,35 @@ def test_split_files_rejects_bad_fractions_and_indices(corpus_dir):
         split_files(corpus_dir, val_fraction=1.5)
     with pytest.raises(ValueError, match="file index 10000 is outside"):
         TokenDataset(corpus_dir, 256, files=[10000])
+
+
+@pytest.mark.parametrize("files", [None, [5, 0, 3]], ids=["all-files", "files-5-0-3"])
+def test_locate_file_of_and_getitem_agree_on_every_index(corpus_dir, files):
+    ds = TokenDataset(corpus_dir, 256, files=files)
+    n = len(ds)
+    assert n == sum(-(-int(length) // ds.stride) for length in ds.file_len)
+    expected_file, expected_k = 0, 0
+    for i in range(n):
+        f, start, stop, n_real = ds.locate(i)
+        # windows run through the files in order, `ceil(len / stride)` of them per file
+        if expected_k == -(-int(ds.file_len[expected_file]) // ds.stride):
+            expected_file, expected_k = expected_file + 1, 0
+        assert f == expected_file, f"window {i}"
+        expected_k += 1
+        assert ds.file_of(i) == ds.files[f]
+        item = ds[i]
+        ids = item["input_ids"].numpy()
+        assert int(item["attention_mask"].sum()) == n_real
+        # the window ends with the file's ids[start:stop], after its prefix
+        np.testing.assert_array_equal(
+            ids[n_real - (stop - start) : n_real], ds.file_ids(f)[start:stop]
+        )
+        # a negative index names the same window
+        assert ds.locate(i - n) == (f, start, stop, n_real) and ds.file_of(i - n) == ds.files[f]
+        torch.testing.assert_close(ds[i - n]["input_ids"], item["input_ids"])
+    assert expected_file == len(ds.files) - 1  # the last index is the last file's window
+    assert ds.locate(n - 1)[2] == ds.file_len[-1]  # and reaches that file's end
+    for outside in (n, -n - 1):
+        for read in (ds.locate, ds.file_of, ds.__getitem__):
+            with pytest.raises(IndexError, match=f"window {outside} is outside 0..{n - 1}"):
+                read(outside)
