@@ -32,7 +32,7 @@ from stretto.kernels import hierarchical_attention
 from stretto.kernels.testing import assert_close_to_reference, poisoned_outputs
 from stretto.kernels.wha import op
 from stretto.tokenizer import MidiTokenizer, TokenDataset, Vocabulary
-from stretto.tokenizer.corpus import read_manifest
+from stretto.tokenizer.corpus import check_vocabulary, read_manifest
 
 OK, FAIL = "ok", "FAIL"
 DEFAULT_LENGTHS = (512, 1024, 2048)
@@ -70,26 +70,21 @@ def _error(exc: BaseException) -> str:
 
 
 # -- vocabulary ------------------------------------------------------------------------
-def check_vocabulary(
+def audit_vocabulary(
     vocab: Vocabulary,
     *,
     corpus_dir: str | os.PathLike | None = None,
     checkpoints: Sequence[str | os.PathLike] = (),
 ) -> list[Finding]:
-    """The corpus manifest and every checkpoint carry this vocabulary's signature, and a
-    checkpoint's embedding has `vocab.size` rows (fresh models take their size from the
-    same `Vocabulary`, so there is nothing to compare for them)."""
+    """Rows: the corpus manifest (judged by the tokenizer's own `check_vocabulary`, the
+    check every dataset makes) and every checkpoint carry this vocabulary's signature,
+    and a checkpoint's embedding has `vocab.size` rows (fresh models take their size
+    from the same `Vocabulary`, so there is nothing to compare for them)."""
     rows = []
-    want = vocab.signature
     if corpus_dir is not None:
         try:
-            got = read_manifest(corpus_dir).get("vocabulary")
-            detail = (
-                "corpus manifest: same signature"
-                if got == want
-                else f"corpus manifest signature {got!r} != {want!r}"
-            )
-            rows.append(_row("vocabulary", got == want, detail))
+            check_vocabulary(read_manifest(corpus_dir), corpus_dir)
+            rows.append(_row("vocabulary", True, "corpus manifest: same signature"))
         except (ValueError, OSError) as exc:
             rows.append(_row("vocabulary", False, f"corpus manifest: {_error(exc)}"))
     for path in checkpoints:

@@ -23,6 +23,7 @@ from .checks import (
     _error,
     _row,
     _short,
+    audit_vocabulary,
     check_causality,
     check_corpus_ids,
     check_decode_cache,
@@ -30,7 +31,6 @@ from .checks import (
     check_learning,
     check_resources,
     check_train_step,
-    check_vocabulary,
     check_windows,
     pick_batch,
 )
@@ -166,7 +166,7 @@ def run_audit(
             add(loaded)
         else:
             audited = {m: Audited(model, bool(cfg.quality)) for m, model in models.items()}
-        add(check_vocabulary(vocab, corpus_dir=corpus, checkpoints=cfg.checkpoints))
+        add(audit_vocabulary(vocab, corpus_dir=corpus, checkpoints=cfg.checkpoints))
         ids_row = check_corpus_ids(corpus, vocab)
         add(ids_row)
         batches = _length_batches(cfg, corpus, vocab, device, ids_row.ok, add)

@@ -96,13 +96,32 @@ def test_audit_on_a_midi_folder_tokenizes_it(midi_corpus, tmp_path):
     assert R.issues(rows) == 0, R.format_table(rows)
 
 
+def test_a_corpus_of_another_vocabulary_reads_as_the_dataset_refuses_it(corpus, tmp_path):
+    import json
+    import shutil
+
+    from stretto.tokenizer import TokenDataset
+
+    other = tmp_path / "other"
+    shutil.copytree(corpus, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["vocabulary"] = "stretto-vocab-v0-elsewhere"
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError) as refused:
+        TokenDataset(other, 64)
+    (row,) = A.audit_vocabulary(Vocabulary(), corpus_dir=other)
+    assert not row.ok and str(refused.value) in row.detail and "elsewhere" in row.detail
+    (row,) = A.audit_vocabulary(Vocabulary(), corpus_dir=corpus)
+    assert row.ok
+
+
 def test_checkpoint_with_another_vocabulary_is_reported(corpus, tmp_path, capsys):
     vocab = Vocabulary()
     config = ModelConfig.from_vocab(vocab, mode="transformer", preset="tiny")
     path = tmp_path / "other.pt"
     MusicModel(config.replace(vocab_signature="stretto-vocab-v0-elsewhere")).save(path)
 
-    row = A.check_vocabulary(vocab, checkpoints=[path])[-1]
+    row = A.audit_vocabulary(vocab, checkpoints=[path])[-1]
     assert not row.ok and "vocab_signature" in row.detail and "elsewhere" in row.detail
 
     code = main(
