@@ -62,6 +62,7 @@ __all__ = [
 ]
 
 NOTE_OFF_POLICIES = ("spread", "mask")
+_ORPHAN = GRAMMAR_RULES.index("orphan_note_off")
 AT_LIMIT_POLICIES = ("release", "freeze")
 
 
@@ -110,7 +111,6 @@ class Grammar:
                 "binds": ((bits[None, :] >> rules[:, None]) & 1).bool(),  # [R, V]
                 "shift_steps": torch.where(shift, ids - v.TIME_SHIFT.start + 1, 0),  # [V]
                 "note_off": (ids >= v.NOTE_OFF.start) & (ids < v.NOTE_OFF.stop),  # [V]
-                "orphan": torch.tensor(GRAMMAR_RULES.index("orphan_note_off"), device=device),
                 # [V] the pitch index a NOTE_OFF releases (0 for other ids)
                 "off_pitch": (ids - v.NOTE_OFF.start).clamp(0, self.n_pitch - 1),
             }
@@ -182,14 +182,15 @@ class Grammar:
         if note_off == "mask":
             return z.masked_fill(~allowed, float("-inf"))
         # F: NOTE_OFFs that only orphan_note_off forbids, or allowed ones
-        others = torch.cat([broken[: tb["orphan"]], broken[tb["orphan"] + 1 :]]).any(0)
+        r = _ORPHAN
+        others = torch.cat([broken[:r], broken[r + 1 :]]).any(0)  # [B, V]
         family = tb["note_off"] & ~others & policy  # [B, V]
         sounding = family & allowed  # S  [B, V]
-        neg = torch.tensor(float("-inf"), device=z.device)
-        lse_family = torch.where(family, z, neg).logsumexp(-1, keepdim=True)  # [B, 1]
-        lse_sounding = torch.where(sounding, z, neg).logsumexp(-1, keepdim=True)  # [B, 1]
-        # -inf - -inf is NaN where S is empty: those rows have no id of S to move
-        gain = torch.where(sounding.any(-1, keepdim=True), lse_family - lse_sounding, 0.0)
+        lse_family = z.masked_fill(~family, float("-inf")).logsumexp(-1, keepdim=True)  # [B, 1]
+        lse_sounding = z.masked_fill(~sounding, float("-inf")).logsumexp(-1, keepdim=True)
+        # where S is empty (or all -inf) there is nothing to move mass onto: no gain
+        # (and no -inf - -inf = NaN)
+        gain = torch.where(lse_sounding.isfinite(), lse_family - lse_sounding, 0.0)
         z = torch.where(sounding, z + gain, z)
         return z.masked_fill(~allowed, float("-inf"))
 
