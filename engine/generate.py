@@ -3,6 +3,13 @@ own decoder forward with one bounded `HierarchicalKVCache` per block, with sampl
 (temperature, top-k, top-p) and the grammar mask of `stretto.engine.grammar` kept on
 the device.
 
+Sampling order at each step: the logits are divided by the temperature; the grammar
+and its generation policies apply to the tempered logits (`Grammar.sampling_logits`:
+the note limit under `at_limit`, the NOTE_OFF family under `note_off`, so "spread"
+keeps the family's probability of the distribution actually sampled); then top-k, then
+top-p, then the draw. Temperature 0 applies the grammar to the raw logits and takes
+the argmax.
+
 Memory: each decoder layer holds a ring of the last `window` keys/values
 (`[B, H, window, D]`) plus running block sums (`[B, H, ceil(L / block), D]`, L = prompt +
 new tokens), so memory is flat in the generated length apart from that per-block
@@ -31,7 +38,13 @@ from torch._inductor import list_mode_options
 from stretto.kernels import HierarchicalKVCache
 from stretto.tokenizer.vocabulary import Vocabulary
 
-from .grammar import DEFAULT_MAX_NOTE_STEPS, GRAMMAR_RULES, Grammar, GrammarState
+from .grammar import (
+    DEFAULT_MAX_NOTE_STEPS,
+    GRAMMAR_RULES,
+    Grammar,
+    GrammarState,
+    check_policies,
+)
 
 if TYPE_CHECKING:  # annotations only: model.py imports this module
     from .model import MusicModel
@@ -163,6 +176,8 @@ def generate(
     z: torch.Tensor | None = None,
     constrained: bool = True,
     max_note_steps: int = DEFAULT_MAX_NOTE_STEPS,
+    note_off: str = "spread",
+    at_limit: str = "release",
     shared_noise: bool = False,
     compile_step: bool = False,
 ) -> torch.Tensor:
@@ -175,6 +190,8 @@ def generate(
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     check_sampling(temperature, top_k, top_p)
+    check_policies(note_off, at_limit)
+    policies = {"note_off": note_off, "at_limit": at_limit}
     sampling = {
         "temperature": temperature,
         "top_k": top_k,
@@ -216,6 +233,7 @@ def generate(
             max_new_tokens,
             generator,
             sampling,
+            policies,
             compile_step,
         )
     finally:
@@ -331,7 +349,17 @@ def _read_prompt(grammar: Grammar, ids: torch.Tensor, vocab: Vocabulary) -> Gram
 
 
 def _sample_loop(
-    model, ids, z, grammar, state, vocab, max_new_tokens, generator, sampling, compile_step
+    model,
+    ids,
+    z,
+    grammar,
+    state,
+    vocab,
+    max_new_tokens,
+    generator,
+    sampling,
+    policies,
+    compile_step,
 ):
     """Prefill `ids` `[B, N]` through the decoder with fresh caches, then sample (under
     the grammar from `state`, the state after the prompt, when `grammar` is given)."""
@@ -344,9 +372,14 @@ def _sample_loop(
     ended = (ids == vocab.END).any(1)  # [B]
     out = torch.full((b, max_new_tokens), vocab.PAD, dtype=torch.long, device=device)
     steps = max_new_tokens
+    if grammar is not None and sampling["temperature"] > 0:
+        # the temperature goes first, so the grammar's policies see the tempered logits
+        tempered, sampling = sampling["temperature"], {**sampling, "temperature": 1.0}
+    else:
+        tempered = 1.0
     for i in range(max_new_tokens):
         if grammar is not None:
-            logits = logits.float().masked_fill(~grammar.allowed(state), float("-inf"))
+            logits = grammar.sampling_logits(state, logits.float() / tempered, **policies)
         token = sample(logits, generator=generator, **sampling)
         token = torch.where(ended, vocab.PAD, token)
         out[:, i] = token

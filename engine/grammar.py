@@ -11,9 +11,29 @@ sounding pitch starts it again, END ends the piece. Tests hold it to `validate`:
 is allowed exactly when appending it keeps `validate` clean, and a token that is not
 breaks the rule `validate` names.
 
-END does not require closing the notes still sounding: the decoder closes them at END,
-and none of them can be longer than the limit, because time cannot advance past it. A
-sequence without END is valid (generation may stop at its token budget). The order of
+Generation adds two sampling policies on top of the rules (`sampling_logits`):
+
+- The note limit (`max_note_steps`): data may hold notes of any length, generation
+  holds none longer. `at_limit="freeze"` forbids every TIME_SHIFT that would take the
+  oldest sounding note past the limit (at the limit time stops until it is released);
+  `at_limit="release"` forbids the same shifts and, once the oldest note has reached
+  the limit, forces its release: only its NOTE_OFF when it sounds on the current
+  instrument, else only the INSTRUMENT token of its instrument (the NOTE_OFF follows).
+  Either way no generated note is longer than the limit; under "release" time never
+  stops (`stretto.tokenizer.grammar.longest_note` checks generated ids).
+- The NOTE_OFF family (`note_off`): the grammar forbids a NOTE_OFF of a silent pitch.
+  `"mask"` removes those ids and renormalizes over every allowed id. `"spread"` keeps
+  the family's probability and gives it to the sounding pitches: with `z` the logits,
+  `A` the ids the rules and the limit allow, `F` the NOTE_OFF ids that only
+  `orphan_note_off` forbids or that are allowed, and `S = F & A` the NOTE_OFFs of
+  pitches sounding on the current instrument, the family's probability is
+  `P(F) = sum_F exp(z) / sum_(A | F) exp(z)`; the transform adds
+  `logsumexp(z[F]) - logsumexp(z[S])` to `z[S]`, so that after it each id of `A` outside
+  `S` keeps `exp(z_t) / sum_(A | F) exp(z)` and `S` shares `P(F)` in proportion to
+  `exp(z)`. With `S` empty the family gets nothing (the plain mask).
+
+END does not require closing the notes still sounding: the decoder closes them at END.
+A sequence without END is valid (generation may stop at its token budget). The order of
 events at one instant (TEMPO, NOTE_OFFs, SUSTAIN, NOTE_ONs in encoded data) is not a
 rule: the decoder reads any order.
 """
@@ -31,7 +51,27 @@ from stretto.tokenizer.vocabulary import (
     check_note_steps,
 )
 
-__all__ = ["DEFAULT_MAX_NOTE_STEPS", "GRAMMAR_RULES", "Grammar", "GrammarState"]
+__all__ = [
+    "AT_LIMIT_POLICIES",
+    "DEFAULT_MAX_NOTE_STEPS",
+    "GRAMMAR_RULES",
+    "NOTE_OFF_POLICIES",
+    "Grammar",
+    "GrammarState",
+    "check_policies",
+]
+
+NOTE_OFF_POLICIES = ("spread", "mask")
+_ORPHAN = GRAMMAR_RULES.index("orphan_note_off")
+AT_LIMIT_POLICIES = ("release", "freeze")
+
+
+def check_policies(note_off: str, at_limit: str) -> None:
+    """ValueError naming the parameter when a sampling policy is not one of its choices."""
+    if note_off not in NOTE_OFF_POLICIES:
+        raise ValueError(f"note_off must be one of {NOTE_OFF_POLICIES}, got {note_off!r}")
+    if at_limit not in AT_LIMIT_POLICIES:
+        raise ValueError(f"at_limit must be one of {AT_LIMIT_POLICIES}, got {at_limit!r}")
 
 
 @dataclass
@@ -47,7 +87,9 @@ class GrammarState:
 
 
 class Grammar:
-    """The grammar's rules as a logits mask over `[B, V]` (see the module docstring)."""
+    """The grammar's rules as a logits mask over `[B, V]`, and the generation policies
+    (`max_note_steps`, the longest note generation makes) on top (see the module
+    docstring)."""
 
     def __init__(
         self, vocab: Vocabulary | None = None, *, max_note_steps: int = DEFAULT_MAX_NOTE_STEPS
@@ -68,6 +110,7 @@ class Grammar:
                 "ids": ids,
                 "binds": ((bits[None, :] >> rules[:, None]) & 1).bool(),  # [R, V]
                 "shift_steps": torch.where(shift, ids - v.TIME_SHIFT.start + 1, 0),  # [V]
+                "note_off": (ids >= v.NOTE_OFF.start) & (ids < v.NOTE_OFF.stop),  # [V]
                 # [V] the pitch index a NOTE_OFF releases (0 for other ids)
                 "off_pitch": (ids - v.NOTE_OFF.start).clamp(0, self.n_pitch - 1),
             }
@@ -101,10 +144,6 @@ class Grammar:
         live = (state.started & ~state.ended)[:, None]  # [B, 1]: inside the piece
         rows = torch.arange(b, device=cols.device)
         sounding = state.age[rows, state.inst.clamp(min=0)] >= 0  # [B, 88]
-        oldest = state.age.flatten(1).amax(1)  # [B]; -1 when nothing sounds
-        too_long = (oldest[:, None] >= 0) & (
-            oldest[:, None] + tb["shift_steps"][cols] > self.max_note_steps
-        )
         when = {
             "start": ~state.started[:, None],
             "special": live,
@@ -112,7 +151,6 @@ class Grammar:
             "instrument_first": live & (state.inst < 0)[:, None],
             "velocity_first": live & ~state.has_vel[:, None],
             "orphan_note_off": live & ~sounding.gather(1, tb["off_pitch"][cols]),
-            "note_too_long": live & too_long,
             "empty_end": live & ~state.has_note[:, None],
         }
         broken = torch.stack([when[rule].expand_as(cols) for rule in GRAMMAR_RULES])
@@ -124,6 +162,57 @@ class Grammar:
         b = state.inst.shape[0]
         cols = self._table(state.inst.device)["ids"].expand(b, -1)  # [B, V]
         return ~self._broken(state, cols).any(0)
+
+    def sampling_logits(
+        self, state: GrammarState, logits: torch.Tensor, *, note_off: str, at_limit: str
+    ) -> torch.Tensor:
+        """`logits` `[B, V]` (already divided by the temperature) with the rules and the
+        generation policies applied: forbidden ids at -inf, and under `note_off="spread"`
+        the NOTE_OFF family's probability moved onto the sounding pitches (module
+        docstring). On the device, no host synchronisation; top-k / top-p come after."""
+        check_policies(note_off, at_limit)
+        tb = self._table(state.inst.device)
+        b = state.inst.shape[0]
+        cols = tb["ids"].expand(b, -1)  # [B, V]
+        broken = self._broken(state, cols)  # [R, B, V]
+        allowed = ~broken.any(0)
+        policy = self._limit_mask(state, at_limit)  # [B, V]
+        allowed &= policy
+        z = logits.float()
+        if note_off == "mask":
+            return z.masked_fill(~allowed, float("-inf"))
+        # F: NOTE_OFFs that only orphan_note_off forbids, or allowed ones
+        r = _ORPHAN
+        others = torch.cat([broken[:r], broken[r + 1 :]]).any(0)  # [B, V]
+        family = tb["note_off"] & ~others & policy  # [B, V]
+        sounding = family & allowed  # S  [B, V]
+        lse_family = z.masked_fill(~family, float("-inf")).logsumexp(-1, keepdim=True)  # [B, 1]
+        lse_sounding = z.masked_fill(~sounding, float("-inf")).logsumexp(-1, keepdim=True)
+        # where S is empty (or all -inf) there is nothing to move mass onto: no gain
+        # (and no -inf - -inf = NaN)
+        gain = torch.where(lse_sounding.isfinite(), lse_family - lse_sounding, 0.0)
+        z = torch.where(sounding, z + gain, z)
+        return z.masked_fill(~allowed, float("-inf"))
+
+    def _limit_mask(self, state: GrammarState, at_limit: str) -> torch.Tensor:
+        """`[B, V]` bool: the ids the note limit leaves (every id when nothing sounds)."""
+        tb = self._table(state.inst.device)
+        v = self.vocab
+        live = (state.started & ~state.ended)[:, None]  # [B, 1]
+        flat = state.age.flatten(1)  # [B, 16*88]
+        oldest, cell = flat.max(1)  # [B]; -1 when nothing sounds
+        sounding = (oldest >= 0)[:, None]
+        too_long = oldest[:, None] + tb["shift_steps"][None, :] > self.max_note_steps
+        keep = ~(live & sounding & too_long & (tb["shift_steps"] > 0))  # [B, V]
+        if at_limit == "freeze":
+            return keep
+        # release: the oldest note at (or past) the limit must end before anything else
+        inst, pitch = cell // self.n_pitch, cell % self.n_pitch  # [B]
+        on_inst = state.inst == inst
+        forced = torch.where(on_inst, v.NOTE_OFF.start + pitch, v.INSTRUMENT.start + inst)
+        due = live[:, 0] & (oldest >= self.max_note_steps)  # [B]
+        only = tb["ids"][None, :] == forced[:, None]  # [B, V]
+        return torch.where(due[:, None], only, keep)
 
     def broken_rule(self, state: GrammarState, tokens: torch.Tensor) -> torch.Tensor:
         """`[B]` long: the index in `GRAMMAR_RULES` of the first rule each next token

@@ -354,6 +354,8 @@ class MusicModel(nn.Module):
         z: torch.Tensor | None = None,
         constrained: bool = True,
         max_note_steps: int = 512,
+        note_off: str = "spread",
+        at_limit: str = "release",
         shared_noise: bool = False,
         compile_step: bool = False,
     ) -> torch.Tensor:
@@ -367,9 +369,13 @@ class MusicModel(nn.Module):
         sampled from N(0, I) when None. Sampling: `temperature` (0 = greedy), `top_k`
         (larger than the vocabulary keeps all), `top_p` (1.0 keeps all); `seed` makes it
         reproducible on one device. `constrained` masks the logits with the grammar of
-        `stretto.engine.grammar` (notes at most `max_note_steps` x 15.625 ms), so the
-        output passes `stretto.tokenizer.validate`; the prompt must then keep the
-        grammar too (else ValueError naming the position, the rule and the token).
+        `stretto.engine.grammar`, so the output passes `stretto.tokenizer.validate`; the
+        prompt must then keep the grammar too (else ValueError naming the position, the
+        rule and the token). Its generation policies: no note longer than
+        `max_note_steps` x 15.625 ms, with `at_limit="release"` (the oldest note is
+        released when it reaches the limit) or `"freeze"` (time stops until it is);
+        `note_off="spread"` (the probability of NOTE_OFFs of silent pitches goes to the
+        sounding pitches) or `"mask"` (it is renormalized over every allowed token).
         `shared_noise`: every row samples with the same random draw at each step.
         `compile_step`: the one-token step is compiled once (on CUDA, captured as a
         CUDA graph and replayed per token unless Inductor skips it; see `DecodeStep`).
@@ -386,6 +392,8 @@ class MusicModel(nn.Module):
             z=z,
             constrained=constrained,
             max_note_steps=max_note_steps,
+            note_off=note_off,
+            at_limit=at_limit,
             shared_noise=shared_noise,
             compile_step=compile_step,
         )

@@ -121,8 +121,9 @@ def build_corpus(
 
     `inputs`: a folder, a file, or a list of them. `workers`: processes (None: one per
     CPU; 1: this process). Files the manifest already holds (same path, size and
-    sha256) are skipped; files that cannot be tokenized are listed in the report and
-    the manifest, never abort the build. A progress bar shows only on a terminal.
+    sha256) are skipped; files that cannot be tokenized, and files with no note in the
+    pitch range (they would encode as START TEMPO END), are listed with their reason in
+    the report and the manifest, never abort the build. A progress bar shows only on a terminal.
 
     `shard=(i, n)`: tokenize only part i of n of the sorted input list (contiguous
     slices `[i*F//n, (i+1)*F//n)` of the F files), so n machines can build one corpus
@@ -317,6 +318,10 @@ def _tokenize_one(arg: tuple[str, dict]) -> dict:
             result["ids"] = tok.encode(data)
         except MidiError as exc:
             raise MidiError(source, exc.reason) from None
+        if tok.last_encode_stats.notes == 0:
+            # START TEMPO END: no music to learn from, and END before any NOTE_ON
+            # breaks the grammar's `empty_end`
+            raise MidiError(source, "no note in the vocabulary's pitch range 21..108")
         result["dropped_pitch"] = tok.last_encode_stats.dropped_pitch
     except MidiError as exc:
         result["reason"] = exc.reason

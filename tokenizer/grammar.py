@@ -6,6 +6,11 @@ tokenizer's token-state machine (`_state`), the one that decoding and window pre
 use, so a rule is judged on the state the decoder would be in: for instance a NOTE_ON
 before any INSTRUMENT breaks `instrument_first` and then sounds on instrument 0, as it
 decodes. `stretto.engine.Grammar` is the same rules as a logits mask for sampling.
+
+A note's length is no rule: real music holds notes for any time (pads, organ; one file
+of the dev corpus holds a note 139 s). The limit generation keeps (`max_note_steps`,
+8 s by default) is a sampling policy of `stretto.engine.Grammar`; `longest_note`
+measures what a sequence holds, to check generated ids against it.
 """
 
 from __future__ import annotations
@@ -19,11 +24,12 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-from ._ids import NOTE_OFF0, SHIFT0
+from ._ids import NOTE_OFF0
 from ._state import (
     ENDED,
     INST,
     NOTES,
+    NOW,
     POS,
     VEL,
     advance,
@@ -31,12 +37,7 @@ from ._state import (
     oldest_age,
     sounding,
 )
-from .vocabulary import (
-    DEFAULT_MAX_NOTE_STEPS,
-    GRAMMAR_RULES,
-    Vocabulary,
-    check_note_steps,
-)
+from .vocabulary import GRAMMAR_RULES, Vocabulary
 
 RULES = GRAMMAR_RULES
 RULE_START = RULES.index("start")
@@ -45,7 +46,6 @@ RULE_AFTER_END = RULES.index("after_end")
 RULE_INSTRUMENT_FIRST = RULES.index("instrument_first")
 RULE_VELOCITY_FIRST = RULES.index("velocity_first")
 RULE_ORPHAN_NOTE_OFF = RULES.index("orphan_note_off")
-RULE_NOTE_TOO_LONG = RULES.index("note_too_long")
 RULE_EMPTY_END = RULES.index("empty_end")
 
 _BINDINGS = np.array(Vocabulary().grammar_bindings(), dtype=np.int64)
@@ -63,7 +63,6 @@ class Violation(NamedTuple):
 def validate(
     ids: Sequence[int] | np.ndarray | torch.Tensor,
     *,
-    max_note_steps: int = DEFAULT_MAX_NOTE_STEPS,
     vocab: Vocabulary | None = None,
 ) -> list[Violation]:
     """Every rule `ids` (a 1-D sequence of in-range ids) breaks, in position order.
@@ -73,26 +72,56 @@ def validate(
     A torch tensor is read on the host.
     """
     v = vocab or Vocabulary()
-    if hasattr(ids, "detach"):  # a torch tensor, on any device
-        ids = ids.detach().cpu().numpy()
-    arr = np.asarray(ids)
-    if arr.ndim != 1:
-        raise ValueError(f"validate takes one sequence [N], got shape {list(arr.shape)}")
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"validate takes integer token ids, got dtype {arr.dtype}")
-    arr = arr.astype(np.int64, copy=False)
-    bad = np.flatnonzero((arr < 0) | (arr >= v.size))
-    if bad.size:
-        raise ValueError(f"token id {int(arr[bad[0]])} is outside the vocabulary [0, {v.size})")
-    check_note_steps(max_note_steps)
-    positions, rules, details = _violations(arr, max_note_steps, _BINDINGS)
+    arr = _ids(ids, v, "validate")
+    positions, rules, details = _violations(arr, _BINDINGS)
     return [
-        _violation(v, int(p), int(r), int(arr[p]), int(d), max_note_steps)
+        _violation(v, int(p), int(r), int(arr[p]), int(d))
         for p, r, d in zip(positions, rules, details, strict=True)
     ]
 
 
-def _violation(v: Vocabulary, pos: int, rule: int, t: int, detail: int, limit: int) -> Violation:
+def longest_note(
+    ids: Sequence[int] | np.ndarray | torch.Tensor, *, vocab: Vocabulary | None = None
+) -> int:
+    """The longest a note of `ids` sounds, in steps (15.625 ms), as the decoder reads
+    them; a note still sounding at END or at the last id counts up to there. 0 when no
+    note sounds. Generation keeps this at most its `max_note_steps`."""
+    v = vocab or Vocabulary()
+    return int(_longest_note(_ids(ids, v, "longest_note")))
+
+
+def _ids(ids, v: Vocabulary, who: str) -> np.ndarray:
+    """`ids` as a 1-D int64 array of in-range ids (a torch tensor is read on the host)."""
+    if hasattr(ids, "detach"):  # a torch tensor, on any device
+        ids = ids.detach().cpu().numpy()
+    arr = np.asarray(ids)
+    if arr.ndim != 1:
+        raise ValueError(f"{who} takes one sequence [N], got shape {list(arr.shape)}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{who} takes integer token ids, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64, copy=False)
+    bad = np.flatnonzero((arr < 0) | (arr >= v.size))
+    if bad.size:
+        raise ValueError(f"token id {int(arr[bad[0]])} is outside the vocabulary [0, {v.size})")
+    return arr
+
+
+@numba.njit(cache=True, nogil=True)
+def _longest_note(ids):
+    longest = 0
+    s, sustain, notes = new_state()
+    for pos in range(ids.shape[0]):
+        if s[ENDED] == 1:
+            break
+        t = ids[pos]
+        before = s[NOW]
+        advance(s, sustain, notes, t)
+        if s[NOW] != before:  # time moved: every sounding note grew
+            longest = max(longest, oldest_age(s, notes))
+    return longest
+
+
+def _violation(v: Vocabulary, pos: int, rule: int, t: int, detail: int) -> Violation:
     name = v.describe(t)
     messages = {
         RULE_START: f"the sequence starts with {name}, not START",
@@ -101,18 +130,15 @@ def _violation(v: Vocabulary, pos: int, rule: int, t: int, detail: int, limit: i
         RULE_INSTRUMENT_FIRST: f"{name} before any INSTRUMENT",
         RULE_VELOCITY_FIRST: f"{name} before any VELOCITY",
         RULE_ORPHAN_NOTE_OFF: f"{name}: pitch not sounding in {detail}",
-        RULE_NOTE_TOO_LONG: (
-            f"{name} keeps a note sounding {detail} steps (> max_note_steps={limit})"
-        ),
         RULE_EMPTY_END: "END before any NOTE_ON",
     }
     return Violation(pos, RULES[rule], t, messages[rule])
 
 
 @numba.njit(cache=True, nogil=True)
-def _violations(ids, max_note_steps, bindings):
+def _violations(ids, bindings):
     """(positions, rules, details) of every position of `ids` that breaks a rule; the
-    detail is the instrument for `orphan_note_off`, the note's age for `note_too_long`."""
+    detail is the instrument for `orphan_note_off`."""
     n = ids.shape[0]
     positions = np.empty(n, dtype=np.int64)
     rules = np.empty(n, dtype=np.int64)
@@ -121,21 +147,19 @@ def _violations(ids, max_note_steps, bindings):
     s, sustain, notes = new_state()
     for pos in range(n):
         t = ids[pos]
-        rule = _first_broken(s, notes, t, max_note_steps, bindings[t])
+        rule = _first_broken(s, notes, t, bindings[t])
         if rule >= 0:
             positions[k] = pos
             rules[k] = rule
             if rule == RULE_ORPHAN_NOTE_OFF:
                 details[k] = s[INST]
-            elif rule == RULE_NOTE_TOO_LONG:
-                details[k] = oldest_age(s, notes) + t - SHIFT0 + 1
             k += 1
         advance(s, sustain, notes, t)
     return positions[:k].copy(), rules[:k].copy(), details[:k].copy()
 
 
 @numba.njit(cache=True, nogil=True, _nrt=False)
-def _first_broken(s, notes, t, max_note_steps, binds):
+def _first_broken(s, notes, t, binds):
     """The first rule (in RULES order) that id `t` breaks after the state `s`, or -1.
 
     `binds` has bit r set when rule r binds `t` (`Vocabulary.grammar_bindings`); here
@@ -153,10 +177,6 @@ def _first_broken(s, notes, t, max_note_steps, binds):
         return RULE_VELOCITY_FIRST
     if _bound(binds, RULE_ORPHAN_NOTE_OFF) and not sounding(notes, s[INST], t - NOTE_OFF0):
         return RULE_ORPHAN_NOTE_OFF
-    if _bound(binds, RULE_NOTE_TOO_LONG):
-        age = oldest_age(s, notes)
-        if age >= 0 and age + t - SHIFT0 + 1 > max_note_steps:
-            return RULE_NOTE_TOO_LONG
     if _bound(binds, RULE_EMPTY_END) and s[NOTES] == 0:
         return RULE_EMPTY_END
     return -1

@@ -45,11 +45,13 @@ _SPECIALS = ("START", "END", "PAD", "UNK")
 #   instrument_first  NOTE_ON, NOTE_OFF, SUSTAIN_*, before the first INSTRUMENT
 #   velocity_first    NOTE_ON, before the first VELOCITY
 #   orphan_note_off   NOTE_OFF, when its pitch is not sounding in the current instrument
-#   note_too_long     TIME_SHIFT, when it takes a sounding note past `max_note_steps`
 #   empty_end         END, before the first NOTE_ON
 # Two forms check them: `stretto.tokenizer.validate` (numba, over whole sequences, on the
 # tokenizer's token-state machine) and `stretto.engine.Grammar` (torch, a logits mask
-# for sampling); tests hold the two to the same answer on every next id.
+# for sampling); tests hold the two to the same answer on every next id. Real music may
+# hold a note for any length (pads, organ), so a note's length is no rule of the data:
+# the limit `DEFAULT_MAX_NOTE_STEPS` is a generation-time sampling policy
+# (`stretto.engine.Grammar`, checked on generated ids by `longest_note`).
 GRAMMAR_RULES: tuple[str, ...] = (
     "start",
     "special",
@@ -57,10 +59,9 @@ GRAMMAR_RULES: tuple[str, ...] = (
     "instrument_first",
     "velocity_first",
     "orphan_note_off",
-    "note_too_long",
     "empty_end",
 )
-DEFAULT_MAX_NOTE_STEPS = 512  # 8 s of 15.625 ms steps
+DEFAULT_MAX_NOTE_STEPS = 512  # 8 s of 15.625 ms steps: the longest note generation makes
 
 
 def _family_ranges() -> dict[str, range]:
@@ -227,8 +228,6 @@ class Vocabulary:
             binds[t] |= bit["instrument_first"] | bit["orphan_note_off"]
         for t in (self.SUSTAIN_ON, self.SUSTAIN_OFF):
             binds[t] |= bit["instrument_first"]
-        for t in self.TIME_SHIFT:
-            binds[t] |= bit["note_too_long"]
         binds[self.END] |= bit["empty_end"]
         return tuple(binds)
 

@@ -83,6 +83,8 @@ def _sampling(args) -> dict:
         "seed": args.seed,
         "constrained": not args.unconstrained,
         "max_note_steps": args.max_note_steps,
+        "note_off": args.note_off,
+        "at_limit": args.at_limit,
     }
 
 
@@ -171,6 +173,19 @@ def _sampling_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         default=512,
         help="longest note in 15.625 ms steps (default 512 = 8 s)",
+    )
+    p.add_argument(
+        "--note-off",
+        choices=("spread", "mask"),
+        default="spread",
+        help="NOTE_OFFs of silent pitches: give their probability to the sounding pitches "
+        "(spread, default) or drop it (mask)",
+    )
+    p.add_argument(
+        "--at-limit",
+        choices=("release", "freeze"),
+        default="release",
+        help="a note at --max-note-steps: release it (default) or stop time until it ends",
     )
     p.add_argument("--unconstrained", action="store_true", help="sample without the grammar mask")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if present)")

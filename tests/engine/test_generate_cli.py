@@ -120,3 +120,23 @@ def test_generation_leaves_the_model_and_autograd_alone(make_model):
     before = ModelConfig.from_dict(model.config.to_dict())
     model.generate(max_new_tokens=5, seed=0)
     assert model.config == before and model.training and torch.is_grad_enabled()
+
+
+def test_generate_passes_the_sampling_policies(checkpoint, tmp_path, monkeypatch, capsys):
+    seen = {}
+    original = MusicModel.generate
+
+    def spy(self, *args, **kwargs):
+        seen.update(kwargs)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(MusicModel, "generate", spy)
+    args = [str(checkpoint("transformer")), "--out", str(tmp_path / "a.mid"), "--tokens", "40"]
+    assert main(["generate", *args]) == 0
+    assert (seen["note_off"], seen["at_limit"]) == ("spread", "release")
+    policies = ["--note-off", "mask", "--at-limit", "freeze", "--force"]
+    assert main(["generate", *args, *policies]) == 0
+    assert (seen["note_off"], seen["at_limit"]) == ("mask", "freeze")
+    with pytest.raises(SystemExit):
+        main(["generate", *args, "--note-off", "drop", "--force"])
+    assert "--note-off" in capsys.readouterr().err

@@ -1,5 +1,7 @@
 """The grammar's mask (`Grammar`): it agrees with `stretto.tokenizer.validate` rule by
-rule and token by token, and constrained sampling only produces valid pieces that
+rule and token by token, its generation policies (the note limit under "release" and
+"freeze", the NOTE_OFF family under "spread" and "mask") do what they say, and
+constrained sampling only produces valid pieces, with no note over the limit, that
 decode to notes. `validate` itself is tested in tests/tokenizer/test_grammar.py."""
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ import torch
 
 from stretto.engine.grammar import Grammar
 from stretto.tokenizer import MidiTokenizer, Vocabulary, validate
-from stretto.tokenizer.grammar import RULES
+from stretto.tokenizer.grammar import RULES, longest_note
 
 V = Vocabulary()
 S, E, PAD = V.START, V.END, V.PAD
@@ -21,7 +23,7 @@ def test_real_music_is_valid_and_allowed_by_the_mask(windows):
     """Every next token of real music is allowed by the mask, and every token the mask
     forbids makes `validate` fail at that position."""
     ids = windows(300)  # [2, 300]
-    grammar = Grammar(V, max_note_steps=10_000)
+    grammar = Grammar(V)
     state = grammar.initial_state(2, "cpu")
     grammar.advance(state, ids[:, 0])
     gen = torch.Generator().manual_seed(0)
@@ -34,11 +36,11 @@ def test_real_music_is_valid_and_allowed_by_the_mask(windows):
                 pick = banned[torch.randint(len(banned), (4,), generator=gen)]
                 for t in pick.tolist():
                     prefix = ids[row, :i].tolist() + [t]
-                    found = validate(prefix, max_note_steps=10_000)
+                    found = validate(prefix)
                     assert found and found[-1].position == i, (i, V.describe(t))
         grammar.advance(state, ids[:, i])
     for row in ids:
-        assert validate(row, max_note_steps=10_000) == []
+        assert validate(row) == []
 
 
 # -- the mask and validate agree --------------------------------------------------------
@@ -79,16 +81,14 @@ def _random_ids(gen: torch.Generator, n: int, start: bool = True) -> list[int]:
 def test_the_mask_breaks_the_rule_validate_names_at_every_position(seed, max_note_steps):
     """On sequences that break every rule, the mask's first broken rule for each next
     token is the one `validate` reports at that position (none where it reports none):
-    both read the same state from the same ids, violations included."""
+    both read the same state from the same ids, violations included. The note limit is
+    a generation policy, not a rule: `allowed` and `broken_rule` do not depend on it."""
     gen = torch.Generator().manual_seed(seed)
     rows = [_random_ids(gen, 120, start=k % 6 != 0) for k in range(24)]
     grammar = Grammar(V, max_note_steps=max_note_steps)
     state = grammar.initial_state(len(rows), "cpu")
     ids = torch.tensor(rows)  # [24, 120]
-    found = [
-        {x.position: RULES.index(x.rule) for x in validate(row, max_note_steps=max_note_steps)}
-        for row in rows
-    ]
+    found = [{x.position: RULES.index(x.rule) for x in validate(row)} for row in rows]
     seen = set()
     for pos in range(ids.shape[1]):
         got = grammar.broken_rule(state, ids[:, pos]).tolist()
@@ -101,9 +101,8 @@ def test_the_mask_breaks_the_rule_validate_names_at_every_position(seed, max_not
 
 @pytest.mark.parametrize("seed", range(3), ids=[f"seed{s}" for s in range(3)])
 def test_a_token_is_allowed_exactly_when_validate_stays_clean(seed):
-    """From valid prefixes (a random walk over the mask, into the note limit and past
-    END), every one of the 774 next tokens: allowed <=> appending it keeps `validate`
-    clean."""
+    """From valid prefixes (a random walk over the mask, with long notes and past END),
+    every one of the 774 next tokens: allowed <=> appending it keeps `validate` clean."""
     gen = torch.Generator().manual_seed(seed)
     grammar = Grammar(V, max_note_steps=12)
     state = grammar.initial_state(1, "cpu")
@@ -115,13 +114,13 @@ def test_a_token_is_allowed_exactly_when_validate_stays_clean(seed):
         allowed = grammar.allowed(state)[0]
         if step % 6 == 0 or step == 89:
             for t in range(V.size):
-                clean = validate([*prefix, t], max_note_steps=12) == []
+                clean = validate([*prefix, t]) == []
                 assert bool(allowed[t]) == clean, (step, V.describe(t))
         logits = (torch.randn(V.size, generator=gen) + bias).masked_fill(~allowed, -torch.inf)
         token = int(torch.multinomial(logits.softmax(-1), 1, generator=gen))
         grammar.advance(state, torch.tensor([token]))
         prefix.append(token)
-    assert validate(prefix, max_note_steps=12) == []
+    assert validate(prefix) == []
 
 
 def _briefly_trained(make_model, windows):
@@ -136,16 +135,32 @@ def _briefly_trained(make_model, windows):
     return model.eval()
 
 
+POLICIES = [
+    pytest.param("spread", "release", id="spread-release"),
+    pytest.param("mask", "freeze", id="mask-freeze"),
+    pytest.param("spread", "freeze", id="spread-freeze"),
+    pytest.param("mask", "release", id="mask-release"),
+]
+
+
+@pytest.mark.parametrize("note_off, at_limit", POLICIES)
 @pytest.mark.parametrize("mode", ["transformer", "vae", "vae_gan"])
-def test_untrained_constrained_outputs_are_valid(make_model, mode):
+def test_untrained_constrained_outputs_are_valid(make_model, mode, note_off, at_limit):
     model = make_model(mode).eval()
-    for seed in range(6):
-        # A short note limit so the forced-release path is taken often.
+    for seed in range(3):
+        # A short note limit so the limit's policy is taken often.
         out = model.generate(
-            max_new_tokens=160, seed=seed, batch_size=8, max_note_steps=24, top_p=0.98
+            max_new_tokens=160,
+            seed=seed,
+            batch_size=8,
+            max_note_steps=24,
+            top_p=0.98,
+            note_off=note_off,
+            at_limit=at_limit,
         )
         for row in out:
-            assert validate(row, max_note_steps=24) == [], (seed, validate(row, max_note_steps=24))
+            assert validate(row) == [], (seed, validate(row))
+            assert longest_note(row) <= 24, seed
 
 
 def test_trained_constrained_outputs_are_valid_and_decode_to_notes(make_model, windows, tmp_path):
@@ -170,23 +185,170 @@ def test_unconstrained_untrained_output_breaks_the_grammar(make_model):
     assert all(validate(row) for row in out)
 
 
-def test_mask_at_the_note_limit():
-    """A note as old as the limit blocks every TIME_SHIFT until it is released; a
-    younger one blocks exactly the shifts that would take it past the limit."""
-    grammar = Grammar(V, max_note_steps=20)
-    state = grammar.initial_state(2, "cpu")
-    rows = [[S, I0, VEL, ON60, SHIFT(20)], [S, I0, VEL, ON60, SHIFT(15)]]
+def _state_after(grammar: Grammar, rows: list[list[int]]):
+    state = grammar.initial_state(len(rows), "cpu")
     for t in torch.tensor(rows).T:
         grammar.advance(state, t)
-    allowed = grammar.allowed(state)
+    return state
+
+
+def _allowed(grammar, state, note_off="mask", at_limit="freeze") -> torch.Tensor:
+    logits = torch.zeros(state.inst.shape[0], V.size)
+    out = grammar.sampling_logits(state, logits, note_off=note_off, at_limit=at_limit)
+    return out > float("-inf")
+
+
+def test_freeze_at_the_note_limit():
+    """ "freeze": a note as old as the limit blocks every TIME_SHIFT until it is
+    released; a younger one blocks exactly the shifts that would take it past the
+    limit. The rules alone (`allowed`) block no shift."""
+    grammar = Grammar(V, max_note_steps=20)
+    state = _state_after(grammar, [[S, I0, VEL, ON60, SHIFT(20)], [S, I0, VEL, ON60, SHIFT(15)]])
+    assert grammar.allowed(state)[:, V.TIME_SHIFT.start : V.TIME_SHIFT.stop].all()
+    allowed = _allowed(grammar, state)
     shifts = allowed[:, V.TIME_SHIFT.start : V.TIME_SHIFT.stop]
     assert not shifts[0].any()
     assert shifts[1].nonzero()[:, 0].tolist() == list(range(5))  # 1..5 steps
     assert allowed[:, OFF60].all() and not allowed[:, OFF60 + 1].any()
     grammar.advance(state, torch.tensor([OFF60, V.instrument(3)]))
-    allowed = grammar.allowed(state)
+    allowed = _allowed(grammar, state)
     assert allowed[0, V.TIME_SHIFT.start : V.TIME_SHIFT.stop].all()
     # Row 1 switched instrument: the note of instrument 0 still bounds time, and
     # cannot be released from instrument 3.
     assert allowed[1, V.TIME_SHIFT.start : V.TIME_SHIFT.stop].sum() == 5
     assert not allowed[1, V.NOTE_OFF.start : V.NOTE_OFF.stop].any()
+
+
+def test_release_at_the_note_limit_forces_the_oldest_note_off():
+    """ "release": below the limit it blocks the same shifts as "freeze"; once the oldest
+    note reaches the limit the only next token is its NOTE_OFF (on its instrument) or
+    the INSTRUMENT that gets there, then the NOTE_OFF; after it time moves again."""
+    grammar = Grammar(V, max_note_steps=20)
+    on62 = V.note_on(62)
+    rows = [
+        [S, I0, VEL, ON60, SHIFT(4), VEL, on62, SHIFT(16)],  # 60 is 20 steps old, on instrument 0
+        [S, I0, VEL, ON60, SHIFT(4), V.instrument(3), on62, SHIFT(16)],  # on instrument 3
+        [S, I0, VEL, ON60, SHIFT(4), VEL, on62, SHIFT(15)],  # 19 steps: one more step allowed
+    ]
+    state = _state_after(grammar, rows)
+    allowed = _allowed(grammar, state, at_limit="release")
+    assert allowed[0].nonzero()[:, 0].tolist() == [OFF60]
+    assert allowed[1].nonzero()[:, 0].tolist() == [I0]
+    assert allowed[2, V.TIME_SHIFT.start : V.TIME_SHIFT.stop].nonzero()[:, 0].tolist() == [0]
+    assert allowed[2, V.NOTE_ON.start : V.NOTE_OFF.stop].any()
+    grammar.advance(state, torch.tensor([OFF60, I0, SHIFT(1)]))
+    allowed = _allowed(grammar, state, at_limit="release")
+    # row 0: 62 is 16 steps old, 4 more allowed; row 1: now on instrument 0, the NOTE_OFF;
+    # row 2: 60 reached the limit, its release is forced
+    assert allowed[0, V.TIME_SHIFT.start : V.TIME_SHIFT.stop].sum() == 4
+    assert allowed[1].nonzero()[:, 0].tolist() == [OFF60]
+    assert allowed[2].nonzero()[:, 0].tolist() == [OFF60]
+
+
+def test_release_never_freezes_time():
+    """Greedy sampling from logits that want the longest TIME_SHIFT, then NOTE_ONs:
+    under "release" time keeps moving and no note outlives the limit; under "freeze" the
+    same logits stop time for good."""
+    bias = torch.full((1, V.size), -10.0)
+    bias[0, V.NOTE_ON.start : V.NOTE_ON.stop] = 0.0
+    bias[0, V.TIME_SHIFT.start : V.TIME_SHIFT.stop] = torch.linspace(1.0, 5.0, len(V.TIME_SHIFT))
+    bias[0, I0] = bias[0, VEL] = -5.0
+    times = {}
+    for at_limit in ("release", "freeze"):
+        grammar = Grammar(V, max_note_steps=30)
+        state = _state_after(grammar, [[S, I0, VEL, ON60]])
+        ids = [S, I0, VEL, ON60]
+        for _ in range(200):
+            z = grammar.sampling_logits(state, bias, note_off="spread", at_limit=at_limit)
+            token = z.argmax(-1)
+            grammar.advance(state, token)
+            ids.append(int(token))
+        assert validate(ids) == []
+        assert longest_note(ids) <= 30
+        shifts = [t for t in ids[-50:] if t in V.TIME_SHIFT]
+        times[at_limit] = len(shifts)
+    assert times["release"] > 0 and times["freeze"] == 0
+
+
+def test_spread_moves_the_note_off_family_onto_the_sounding_pitches():
+    """A planted case: the model puts 60% on the NOTE_OFF of a silent pitch, 10% on each
+    of two sounding pitches' NOTE_OFFs (in the ratio 3:1 between them), 20% elsewhere.
+    "spread" keeps the family's 80% and splits it 3:1 over the sounding pitches; the
+    other ids keep their probability; "mask" renormalizes the silent 60% over all."""
+    grammar = Grammar(V)
+    on62, off62, off64 = V.note_on(62), V.note_off(62), V.note_off(64)
+    state = _state_after(grammar, [[S, I0, VEL, ON60, on62, SHIFT(2)]])
+    allowed = grammar.allowed(state)[0]
+    p = torch.full((V.size,), 1e-30)
+    p[off64] = 0.60  # silent pitch
+    p[OFF60], p[off62] = 0.075, 0.025  # sounding pitches
+    p[V.TIME_SHIFT.start] = 0.20
+    rest = allowed.clone()
+    rest[[off64, OFF60, off62, V.TIME_SHIFT.start]] = False
+    p[rest] = 0.10 / rest.sum()
+    p = p / p.sum()
+    logits = p.log()[None]
+    spread = grammar.sampling_logits(state, logits, note_off="spread", at_limit="release")
+    q = spread.softmax(-1)[0]
+    # the ids the rules and the note limit allow (the limit drops the two longest
+    # shifts), plus the silent pitch's NOTE_OFF
+    kept = _allowed(grammar, state, at_limit="release")[0]
+    assert int((allowed & ~kept).sum()) == 2
+    total = float(p[kept].sum() + p[off64])
+    assert torch.allclose(q[OFF60], torch.tensor(0.70 * 0.75 / total), rtol=1e-4)
+    assert torch.allclose(q[off62], torch.tensor(0.70 * 0.25 / total), rtol=1e-4)
+    assert q[off64] == 0
+    assert torch.allclose(q[V.TIME_SHIFT.start], torch.tensor(0.20 / total), rtol=1e-4)
+    assert torch.allclose(q.sum(), torch.tensor(1.0))
+    masked = grammar.sampling_logits(state, logits, note_off="mask", at_limit="release")
+    r = masked.softmax(-1)[0]
+    assert torch.allclose(r[OFF60], torch.tensor(0.075 / (total - 0.60)), rtol=1e-4)
+    # nothing sounds on the current instrument: the family gets nothing
+    grammar.advance(state, torch.tensor([V.instrument(2)]))
+    q = grammar.sampling_logits(state, logits, note_off="spread", at_limit="release")
+    assert (q[0, V.NOTE_OFF.start : V.NOTE_OFF.stop] == float("-inf")).all()
+    masked = grammar.sampling_logits(state, logits, note_off="mask", at_limit="release")
+    assert torch.allclose(q.softmax(-1), masked.softmax(-1))
+
+
+def test_spread_is_batched_and_keeps_the_family_mass():
+    """Random logits over a batch of states: under "spread" the sounding NOTE_OFFs hold
+    exactly the probability the whole (unmasked) NOTE_OFF family had, split in the
+    model's proportions; rows with nothing sounding match "mask"."""
+    grammar = Grammar(V)
+    on62 = V.note_on(62)
+    rows = [
+        [S, I0, VEL, ON60, on62, SHIFT(3)],
+        [S, I0, VEL, ON60, V.instrument(5), SHIFT(3)],  # nothing sounds on instrument 5
+        [S, I0, VEL, ON60, SHIFT(3), OFF60],
+    ]
+    state = _state_after(grammar, rows)
+    logits = torch.randn(3, V.size, generator=torch.Generator().manual_seed(0)) * 3
+    allowed = grammar.allowed(state)
+    off = torch.zeros(V.size, dtype=torch.bool)
+    off[V.NOTE_OFF.start : V.NOTE_OFF.stop] = True
+    q = grammar.sampling_logits(state, logits, note_off="spread", at_limit="release").softmax(-1)
+    m = grammar.sampling_logits(state, logits, note_off="mask", at_limit="release").softmax(-1)
+    kept = _allowed(grammar, state, at_limit="release")  # the rules and the note limit
+    widened = logits.masked_fill(~(kept | off), float("-inf")).softmax(-1)
+    sounding = allowed[0] & off
+    assert sounding.sum() == 2
+    assert torch.allclose(q[0, sounding].sum(), widened[0, off].sum(), rtol=1e-5)
+    ratio = logits[0, sounding].softmax(-1)
+    assert torch.allclose(q[0, sounding] / q[0, sounding].sum(), ratio, rtol=1e-5)
+    assert torch.allclose(q[0, ~off], widened[0, ~off], rtol=1e-5, atol=1e-9)
+    assert torch.allclose(q[1:], m[1:], atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        pytest.param({"note_off": "drop"}, "note_off must be one of", id="note_off"),
+        pytest.param({"at_limit": "stop"}, "at_limit must be one of", id="at_limit"),
+        pytest.param({"note_off": None}, "note_off", id="note_off-None"),
+    ],
+)
+def test_bad_policies_raise(make_model, kwargs, match):
+    model = make_model("transformer").eval()
+    with pytest.raises(ValueError, match=match):
+        model.generate(max_new_tokens=4, **kwargs)

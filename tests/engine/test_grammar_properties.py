@@ -1,8 +1,10 @@
-"""Constrained sampling never emits what `validate` rejects.
+"""Constrained sampling never emits what `validate` rejects, nor a note longer than its
+limit (`longest_note`).
 
-Two samplers: a random walk over `Grammar.allowed` (hypothesis: seeds, note-length
-limits, biases towards time shifts, note-ons and END), and `MusicModel.generate` of an
-untrained tiny model under constraints at several temperatures.
+Two samplers: a random walk over `Grammar.sampling_logits` (hypothesis: seeds,
+note-length limits, both policies of each kind, biases towards time shifts, note-ons
+and END), and `MusicModel.generate` of an untrained tiny model under constraints at
+several temperatures.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from hypothesis import strategies as st
 from stretto.engine import ModelConfig, MusicModel
 from stretto.engine.grammar import Grammar
 from stretto.tokenizer import Vocabulary, validate
+from stretto.tokenizer.grammar import longest_note
 
 V = Vocabulary()
 
@@ -27,9 +30,11 @@ V = Vocabulary()
     note_bias=st.floats(-3.0, 3.0),
     end_bias=st.floats(-8.0, 2.0),
     length=st.integers(1, 200),
+    note_off=st.sampled_from(["spread", "mask"]),
+    at_limit=st.sampled_from(["release", "freeze"]),
 )
 def test_random_walk_over_the_grammar_mask_validates(
-    seed, max_note_steps, shift_bias, note_bias, end_bias, length
+    seed, max_note_steps, shift_bias, note_bias, end_bias, length, note_off, at_limit
 ):
     gen = torch.Generator().manual_seed(seed)
     grammar = Grammar(V, max_note_steps=max_note_steps)
@@ -42,16 +47,19 @@ def test_random_walk_over_the_grammar_mask_validates(
     bias[V.NOTE_ON.start : V.NOTE_OFF.stop] = note_bias
     bias[V.END] = end_bias
     for _ in range(length):
-        allowed = grammar.allowed(state)
-        assert allowed.any(dim=1).all(), "the mask left nothing to sample"
-        logits = (torch.randn(batch, V.size, generator=gen) + bias).masked_fill(
-            ~allowed, float("-inf")
+        logits = grammar.sampling_logits(
+            state,
+            torch.randn(batch, V.size, generator=gen) + bias,
+            note_off=note_off,
+            at_limit=at_limit,
         )
+        assert (logits > float("-inf")).any(dim=1).all(), "the mask left nothing to sample"
         token = torch.multinomial(logits.softmax(-1), 1, generator=gen)[:, 0]
         grammar.advance(state, token)
         ids = torch.cat([ids, token[:, None]], dim=1)
     for row in ids:
-        assert validate(row, max_note_steps=max_note_steps) == [], row.tolist()
+        assert validate(row) == [], row.tolist()
+        assert longest_note(row) <= max_note_steps, row.tolist()
 
 
 @pytest.mark.parametrize(
@@ -72,4 +80,5 @@ def test_generate_under_constraints_validates(temperature, max_note_steps):
     )
     assert out.shape[0] == 3
     for row in out:
-        assert validate(row, max_note_steps=max_note_steps) == [], row.tolist()
+        assert validate(row) == [], row.tolist()
+        assert longest_note(row) <= max_note_steps, row.tolist()

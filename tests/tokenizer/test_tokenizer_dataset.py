@@ -19,7 +19,11 @@ def corpus_dir(midi_corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("corpus")
     # small shards so that windows are read across several memory-mapped files
     report = build_corpus(midi_corpus, out, workers=2, progress=False, shard_tokens=300_000)
-    assert report.bad == [] and report.files == len(midi_corpus)
+    # the dev corpus holds files with no note in range: refused with their reason
+    reasons = {reason for _, reason in report.bad}
+    assert reasons <= {"no note in the vocabulary's pitch range 21..108"}, reasons
+    assert report.files + len(report.bad) == len(midi_corpus)
+    assert all(f"refused {src}: " in report.summary() for src, _ in report.bad)
     return out
 
 
