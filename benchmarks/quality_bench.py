@@ -649,10 +649,16 @@ class QualityRun:
 
     def _unigram_samples(self, baselines, count: int, length: int, grammar) -> list[list[int]]:
         """`count` sequences of `length` tokens from START, i.i.d. from the training
-        unigram distribution, under `grammar`'s mask when given."""
+        unigram distribution, under `grammar`'s rules and `generate`'s default sampling
+        policies when given."""
+        import inspect
+
         import torch
 
-        from stretto.engine import sample
+        from stretto.engine import generate, sample
+
+        defaults = inspect.signature(generate).parameters
+        policies = {k: defaults[k].default for k in ("note_off", "at_limit")}
 
         generator = torch.Generator().manual_seed(self.budget.seeds[0])
         v = self.vocab
@@ -666,7 +672,7 @@ class QualityRun:
         for _ in range(length - 1):
             logits = log_p.expand(count, -1)
             if state is not None:
-                logits = logits.masked_fill(~grammar.allowed(state), float("-inf"))
+                logits = grammar.sampling_logits(state, logits, **policies)
             token = sample(logits, generator=generator)
             if state is not None:
                 grammar.advance(state, token)

@@ -11,7 +11,10 @@ sounding pitch starts it again, END ends the piece. Tests hold it to `validate`:
 is allowed exactly when appending it keeps `validate` clean, and a token that is not
 breaks the rule `validate` names.
 
-Generation adds two sampling policies on top of the rules (`sampling_logits`):
+Generation adds sampling policies on top of the rules (`sampling_logits`):
+
+- A piece holds a note: END is forbidden until a NOTE_ON was sampled (data may end a
+  window without one; a generated piece that does is empty).
 
 - The note limit (`max_note_steps`): data may hold notes of any length, generation
   holds none longer. `at_limit="freeze"` forbids every TIME_SHIFT that would take the
@@ -151,7 +154,6 @@ class Grammar:
             "instrument_first": live & (state.inst < 0)[:, None],
             "velocity_first": live & ~state.has_vel[:, None],
             "orphan_note_off": live & ~sounding.gather(1, tb["off_pitch"][cols]),
-            "empty_end": live & ~state.has_note[:, None],
         }
         broken = torch.stack([when[rule].expand_as(cols) for rule in GRAMMAR_RULES])
         return broken & tb["binds"][:, cols]
@@ -177,6 +179,9 @@ class Grammar:
         broken = self._broken(state, cols)  # [R, B, V]
         allowed = ~broken.any(0)
         policy = self._limit_mask(state, at_limit)  # [B, V]
+        live = state.started & ~state.ended
+        empty = (live & ~state.has_note)[:, None] & (tb["ids"] == self.vocab.END)  # [B, V]
+        policy = policy & ~empty
         allowed &= policy
         z = logits.float()
         if note_off == "mask":

@@ -319,8 +319,7 @@ def _tokenize_one(arg: tuple[str, dict]) -> dict:
         except MidiError as exc:
             raise MidiError(source, exc.reason) from None
         if tok.last_encode_stats.notes == 0:
-            # START TEMPO END: no music to learn from, and END before any NOTE_ON
-            # breaks the grammar's `empty_end`
+            # START TEMPO END: no music to learn from
             raise MidiError(source, "no note in the vocabulary's pitch range 21..108")
         result["dropped_pitch"] = tok.last_encode_stats.dropped_pitch
     except MidiError as exc:

@@ -28,7 +28,6 @@ from ._ids import NOTE_OFF0
 from ._state import (
     ENDED,
     INST,
-    NOTES,
     NOW,
     POS,
     VEL,
@@ -46,7 +45,6 @@ RULE_AFTER_END = RULES.index("after_end")
 RULE_INSTRUMENT_FIRST = RULES.index("instrument_first")
 RULE_VELOCITY_FIRST = RULES.index("velocity_first")
 RULE_ORPHAN_NOTE_OFF = RULES.index("orphan_note_off")
-RULE_EMPTY_END = RULES.index("empty_end")
 
 _BINDINGS = np.array(Vocabulary().grammar_bindings(), dtype=np.int64)
 
@@ -130,7 +128,6 @@ def _violation(v: Vocabulary, pos: int, rule: int, t: int, detail: int) -> Viola
         RULE_INSTRUMENT_FIRST: f"{name} before any INSTRUMENT",
         RULE_VELOCITY_FIRST: f"{name} before any VELOCITY",
         RULE_ORPHAN_NOTE_OFF: f"{name}: pitch not sounding in {detail}",
-        RULE_EMPTY_END: "END before any NOTE_ON",
     }
     return Violation(pos, RULES[rule], t, messages[rule])
 
@@ -177,8 +174,6 @@ def _first_broken(s, notes, t, binds):
         return RULE_VELOCITY_FIRST
     if _bound(binds, RULE_ORPHAN_NOTE_OFF) and not sounding(notes, s[INST], t - NOTE_OFF0):
         return RULE_ORPHAN_NOTE_OFF
-    if _bound(binds, RULE_EMPTY_END) and s[NOTES] == 0:
-        return RULE_EMPTY_END
     return -1
 
 

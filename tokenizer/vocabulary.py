@@ -45,13 +45,14 @@ _SPECIALS = ("START", "END", "PAD", "UNK")
 #   instrument_first  NOTE_ON, NOTE_OFF, SUSTAIN_*, before the first INSTRUMENT
 #   velocity_first    NOTE_ON, before the first VELOCITY
 #   orphan_note_off   NOTE_OFF, when its pitch is not sounding in the current instrument
-#   empty_end         END, before the first NOTE_ON
 # Two forms check them: `stretto.tokenizer.validate` (numba, over whole sequences, on the
 # tokenizer's token-state machine) and `stretto.engine.Grammar` (torch, a logits mask
 # for sampling); tests hold the two to the same answer on every next id. Real music may
 # hold a note for any length (pads, organ), so a note's length is no rule of the data:
 # the limit `DEFAULT_MAX_NOTE_STEPS` is a generation-time sampling policy
-# (`stretto.engine.Grammar`, checked on generated ids by `longest_note`).
+# (`stretto.engine.Grammar`, checked on generated ids by `longest_note`). Likewise a
+# window of real music may end (END) with no NOTE_ON in it (a tail of pedal and
+# silence); that a generated piece holds a note before its END is generation's policy.
 GRAMMAR_RULES: tuple[str, ...] = (
     "start",
     "special",
@@ -59,7 +60,6 @@ GRAMMAR_RULES: tuple[str, ...] = (
     "instrument_first",
     "velocity_first",
     "orphan_note_off",
-    "empty_end",
 )
 DEFAULT_MAX_NOTE_STEPS = 512  # 8 s of 15.625 ms steps: the longest note generation makes
 
@@ -228,7 +228,6 @@ class Vocabulary:
             binds[t] |= bit["instrument_first"] | bit["orphan_note_off"]
         for t in (self.SUSTAIN_ON, self.SUSTAIN_OFF):
             binds[t] |= bit["instrument_first"]
-        binds[self.END] |= bit["empty_end"]
         return tuple(binds)
 
     def check(self, token: int) -> int:

@@ -352,3 +352,23 @@ def test_bad_policies_raise(make_model, kwargs, match):
     model = make_model("transformer").eval()
     with pytest.raises(ValueError, match=match):
         model.generate(max_new_tokens=4, **kwargs)
+
+
+@pytest.mark.parametrize("constrained", [True, False])
+def test_a_generated_piece_holds_a_note_before_its_end(make_model, vocab, constrained):
+    """END is a data token anywhere after START (a window of real music may end with no
+    NOTE_ON in it); generation forbids it until a note sounded. A model that always
+    wants to stop shows the policy: with it the piece plays a note, without it the
+    piece ends at once."""
+    model = make_model("transformer").eval()
+    stop = torch.zeros(vocab.size)
+    stop[vocab.END] = 50.0
+    model.head.register_forward_hook(lambda module, inputs, out: out + stop)
+    ids = model.generate(max_new_tokens=40, seed=0, constrained=constrained)[0].tolist()
+    end = ids.index(vocab.END)
+    notes = [t for t in ids[:end] if vocab.NOTE_ON.start <= t < vocab.NOTE_ON.stop]
+    if constrained:
+        assert notes, ids
+        assert validate(ids) == []
+    else:
+        assert end == 1 and not notes
