@@ -40,7 +40,7 @@ from .outputs import MusicModelOutput
 
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8)
 # Initial std of the z -> (scale, shift) projections, times 1/sqrt(latent_dim): large
-# enough that z moves the decoder from the first step (measured in the README's vae
+# enough that z moves the decoder from the first step (measured in docs/engine.md's vae
 # section), small enough that an untrained z does not swamp the token stream.
 MODULATION_INIT_STD = 0.5
 

@@ -1,7 +1,7 @@
 """The token grammar a piece's ids follow: `validate` reports every position that breaks it.
 
 The rules, their order and the ids each binds are `vocabulary.GRAMMAR_RULES` and
-`Vocabulary.grammar_bindings` (README, "Generation"). The ids are read through the
+`Vocabulary.grammar_bindings` (docs/engine.md, "Generation"). The ids are read through the
 tokenizer's token-state machine (`_state`), the one that decoding and window prefixes
 use, so a rule is judged on the state the decoder would be in: for instance a NOTE_ON
 before any INSTRUMENT breaks `instrument_first` and then sounds on instrument 0, as it

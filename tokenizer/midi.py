@@ -88,7 +88,7 @@ class DecodeStats:
 
 
 class MidiTokenizer:
-    """MIDI <-> ids of the 774-token event vocabulary (see README, "Tokenizer").
+    """MIDI <-> ids of the 774-token event vocabulary (see docs/tokenizer.md).
 
     >>> tok = MidiTokenizer()
     >>> ids = tok.encode("song.mid")          # int16 [T], START ... END

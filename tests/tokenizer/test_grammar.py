@@ -135,7 +135,7 @@ def test_longest_note_counts_steps_as_the_decoder_reads_them(ids, steps):
 
 
 def test_encoded_real_music_keeps_every_rule(midi_corpus):
-    """README: encoded music passes every rule, notes of any length included (one file of
+    """docs/engine.md: encoded music passes every rule, notes of any length included (one file of
     the dev corpus holds a note over 8 s), and so does a file with no note in range,
     START TEMPO END (the corpus builder refuses it: nothing to learn from)."""
     tok = MidiTokenizer()
