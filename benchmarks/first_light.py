@@ -563,7 +563,7 @@ def stage_decode(rows: Rows, device: str) -> None:
     def run_steps(compile_step: bool):
         cache = model.new_cache(1, prompt_len + steps + 16)  # + the launch count's 8 steps
         with torch.no_grad():
-            model._decode(ids[:, :prompt_len], None, None, None, cache)
+            model.decoder_logits(ids[:, :prompt_len], None, None, None, cache)
             step = DecodeStep(model, cache, None, compile=compile_step)
             logits, times = [], []
             for i in range(prompt_len, prompt_len + steps):
@@ -578,7 +578,7 @@ def stage_decode(rows: Rows, device: str) -> None:
     try:
         # the step fed ids[:, i] gives the logits at position i, as the full forward does
         with torch.no_grad():
-            full = model._decode(ids, None, None, None, None)[:, prompt_len:].float()
+            full = model.decoder_logits(ids, None, None, None, None)[:, prompt_len:].float()
         _, eager_logits, eager_t = run_steps(False)
         eager_ms = 1e3 * quantile(eager_t[5:], 0.5)
         rows.write(

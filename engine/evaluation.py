@@ -102,14 +102,14 @@ def _measure(model, batches, files, step, disc_rounds=1) -> dict[str, Any]:
         nll = tokens = 0.0
         for b, m in zip(batches, masks, strict=True):
             s, n = objectives.sequence_nll(
-                model._decode(b["input_ids"], m, None, None), b["input_ids"], m, c.pad_id
+                model.decoder_logits(b["input_ids"], m, None, None), b["input_ids"], m, c.pad_id
             )
             nll, tokens = nll + float(s.sum()), tokens + float(n.sum())
         out["nll"] = nll / max(tokens, 1.0)
         out["tokens"] = tokens
         return out
 
-    stats = [model._encode(b["input_ids"], m) for b, m in zip(batches, masks, strict=True)]
+    stats = [model.latent_stats(b["input_ids"], m) for b, m in zip(batches, masks, strict=True)]
     mu = torch.cat([s[0] for s in stats]).float()  # [W, L]
     logvar = torch.cat([s[1] for s in stats]).float()
     kl_dims = objectives.kl_per_dimension(mu, logvar)  # [W, L]
@@ -120,7 +120,7 @@ def _measure(model, batches, files, step, disc_rounds=1) -> dict[str, Any]:
         ids, rows = b["input_ids"], b["input_ids"].shape[0]
         for z, name in ((mu[at : at + rows], "own"), (other[at : at + rows], "other")):
             z = z.to(next(model.parameters()).dtype)
-            s, n = objectives.sequence_nll(model._decode(ids, m, z, None), ids, m, c.pad_id)
+            s, n = objectives.sequence_nll(model.decoder_logits(ids, m, z, None), ids, m, c.pad_id)
             if name == "own":
                 own_sum, tokens = own_sum + float(s.sum()), tokens + float(n.sum())
             else:

@@ -181,8 +181,28 @@ def generate(
     shared_noise: bool = False,
     compile_step: bool = False,
 ) -> torch.Tensor:
-    """See `MusicModel.generate`; `compile_step` compiles the one-token step once (see
-    `DecodeStep`: on CUDA, captured as a CUDA graph unless Inductor skips it)."""
+    """Sample continuations of `model` (`model.generate(prompt, ...)` calls this);
+    returns LongTensor `[B, N + T]` (prompt, then new tokens).
+
+    `prompt`: ids `[N]` or `[B, N]` (default `[START]`), N <= max_seq_len, prefilled
+    once; then up to `max_new_tokens` tokens are decoded one at a time through one
+    bounded cache per decoder block (module docstring). A row that
+    emits END is padded with PAD afterwards; the output is cut after the last END
+    when every row has ended. vae modes: `z` `[latent_dim]` or `[B, latent_dim]`,
+    sampled from N(0, I) when None. Sampling: `temperature` (0 = greedy), `top_k`
+    (larger than the vocabulary keeps all), `top_p` (1.0 keeps all); `seed` makes it
+    reproducible on one device. `constrained` masks the logits with the grammar of
+    `stretto.engine.grammar`, so the output passes `stretto.tokenizer.validate`; the
+    prompt must then keep the grammar too (else ValueError naming the position, the
+    rule and the token). Its generation policies: no note longer than
+    `max_note_steps` x 15.625 ms, with `at_limit="release"` (the oldest note is
+    released when it reaches the limit) or `"freeze"` (time stops until it is);
+    `note_off="spread"` (the probability of NOTE_OFFs of silent pitches goes to the
+    sounding pitches) or `"mask"` (it is renormalized over every allowed token).
+    `shared_noise`: every row samples with the same random draw at each step.
+    `compile_step`: the one-token step is compiled once (on CUDA, captured as a
+    CUDA graph and replayed per token unless Inductor skips it; see `DecodeStep`).
+    """
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool):
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     if max_new_tokens < 0:
@@ -322,7 +342,7 @@ class DecodeStep:
         return [m.cudagraph_skip_reason for m in metrics[start:] if m.cudagraph_skip_reason]
 
     def _step(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.model._decode(tokens[:, None], None, self.z, None, self.cache)[:, 0]
+        return self.model.decoder_logits(tokens[:, None], None, self.z, None, self.cache)[:, 0]
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         return self._fn(tokens)
@@ -367,7 +387,7 @@ def _sample_loop(
     device = ids.device
     cache = model.new_cache(b, n + max_new_tokens)
     # Prompts hold no PAD (checked), so no padding mask: every token is real.
-    logits = model._decode(ids, None, z, None, cache)[:, -1]  # [B, V]
+    logits = model.decoder_logits(ids, None, z, None, cache)[:, -1]  # [B, V]
     step = DecodeStep(model, cache, z, compile=compile_step)
     ended = (ids == vocab.END).any(1)  # [B]
     out = torch.full((b, max_new_tokens), vocab.PAD, dtype=torch.long, device=device)

@@ -182,10 +182,15 @@ class MusicModel(nn.Module):
         if self.encoder is None:
             raise ValueError(f"mode {self.config.mode!r} has no encoder (vae modes only)")
         mask = self.check_inputs(input_ids, attention_mask)
-        return self._encode(input_ids, mask)
+        return self.latent_stats(input_ids, mask)
 
-    def _encode(self, input_ids: torch.Tensor, mask: torch.Tensor):
-        assert self.encoder is not None
+    def latent_stats(
+        self, input_ids: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`encode` for inputs already checked (`check_inputs`: ids in range, `mask` a
+        bool `[B, N]`): (mu, logvar). What the losses and evaluation call per batch."""
+        if self.encoder is None:
+            raise ValueError(f"mode {self.config.mode!r} has no encoder (vae modes only)")
         x = self.embed(input_ids)  # [B, N, C]
         h = self.encoder(x, mask)
         mu, logvar = self.to_stats(masked_mean(h, mask)).chunk(2, dim=-1)  # [B, L] each
@@ -220,11 +225,22 @@ class MusicModel(nn.Module):
         filled from the prompt `input_ids`; filled ones take one token per call.
         """
         mask = self.check_inputs(input_ids, attention_mask)
-        return self._decode(input_ids, mask, z, positions, cache)
+        return self.decoder_logits(input_ids, mask, z, positions, cache)
 
-    def _decode(self, input_ids, mask, z, positions, cache=None, state_ids=None) -> torch.Tensor:
-        """`state_ids` (default `input_ids`): the ids the note state is read from, where
-        the decoder's input hides some (word dropout)."""
+    def decoder_logits(
+        self,
+        input_ids: torch.Tensor,
+        mask: torch.Tensor | None,
+        z: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        cache: DecodeCache | None = None,
+        *,
+        state_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`decode` for inputs already checked (`check_inputs`; `mask` None = every token
+        real): logits `[B, N, V]`. What the losses, evaluation and generation call per
+        batch or token. `state_ids` (default `input_ids`): the ids the note state is read
+        from, where the decoder's input hides some (word dropout)."""
         self.check_latent(z, input_ids.shape[0])
         x = self.embed(input_ids)  # [B, N, C]
         if self.notes is not None:
@@ -280,9 +296,9 @@ class MusicModel(nn.Module):
             raise ValueError("step drives the loss's beta schedule: it needs labels")
         mask = self.check_inputs(input_ids, attention_mask)
         if self.encoder is not None and z is None:
-            mu, logvar = self._encode(input_ids, mask)
+            mu, logvar = self.latent_stats(input_ids, mask)
             z = self.reparameterize(mu, logvar) if self.training else mu
-        return self._decode(input_ids, mask, z, positions, cache)
+        return self.decoder_logits(input_ids, mask, z, positions, cache)
 
     def _labelled_forward(self, input_ids, attention_mask, labels, z, positions, cache, step):
         given = [
@@ -342,61 +358,11 @@ class MusicModel(nn.Module):
 
     # -- generation ---------------------------------------------------------------------
     def generate(
-        self,
-        prompt: torch.Tensor | Sequence[int] | None = None,
-        *,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        batch_size: int = 1,
-        z: torch.Tensor | None = None,
-        constrained: bool = True,
-        max_note_steps: int = 512,
-        note_off: str = "spread",
-        at_limit: str = "release",
-        shared_noise: bool = False,
-        compile_step: bool = False,
+        self, prompt: torch.Tensor | Sequence[int] | None = None, **options
     ) -> torch.Tensor:
-        """Sample continuations; returns LongTensor `[B, N + T]` (prompt, then new tokens).
-
-        `prompt`: ids `[N]` or `[B, N]` (default `[START]`), N <= max_seq_len, prefilled
-        once; then up to `max_new_tokens` tokens are decoded one at a time through one
-        bounded cache per decoder block (see `stretto.engine.generate`). A row that
-        emits END is padded with PAD afterwards; the output is cut after the last END
-        when every row has ended. vae modes: `z` `[latent_dim]` or `[B, latent_dim]`,
-        sampled from N(0, I) when None. Sampling: `temperature` (0 = greedy), `top_k`
-        (larger than the vocabulary keeps all), `top_p` (1.0 keeps all); `seed` makes it
-        reproducible on one device. `constrained` masks the logits with the grammar of
-        `stretto.engine.grammar`, so the output passes `stretto.tokenizer.validate`; the
-        prompt must then keep the grammar too (else ValueError naming the position, the
-        rule and the token). Its generation policies: no note longer than
-        `max_note_steps` x 15.625 ms, with `at_limit="release"` (the oldest note is
-        released when it reaches the limit) or `"freeze"` (time stops until it is);
-        `note_off="spread"` (the probability of NOTE_OFFs of silent pitches goes to the
-        sounding pitches) or `"mask"` (it is renormalized over every allowed token).
-        `shared_noise`: every row samples with the same random draw at each step.
-        `compile_step`: the one-token step is compiled once (on CUDA, captured as a
-        CUDA graph and replayed per token unless Inductor skips it; see `DecodeStep`).
-        """
-        return generate(
-            self,
-            prompt,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            seed=seed,
-            batch_size=batch_size,
-            z=z,
-            constrained=constrained,
-            max_note_steps=max_note_steps,
-            note_off=note_off,
-            at_limit=at_limit,
-            shared_noise=shared_noise,
-            compile_step=compile_step,
-        )
+        """Sample continuations: `stretto.engine.generate(self, prompt, **options)`, where
+        the options (sampling, grammar policies, batch, latent, compiling) are documented."""
+        return generate(self, prompt, **options)
 
     # -- checkpoints --------------------------------------------------------------------
     def save(

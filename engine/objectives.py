@@ -143,16 +143,16 @@ def generator_terms(
     step = schedules_end(model) if step is None else step
     targets = ids if labels is None else labels
     if model.encoder is None:
-        logits = model._decode(ids, mask, None, None)
+        logits = model.decoder_logits(ids, mask, None, None)
         recon = next_token_loss(logits, targets, mask, c.pad_id)
         return {"loss": recon, "recon": recon}, logits
 
-    mu, logvar = model._encode(ids, mask)
+    mu, logvar = model.latent_stats(ids, mask)
     z = model.reparameterize(mu, logvar)
     dec_ids = (
         word_dropout(ids, mask, c.word_dropout, c.word_dropout_rows) if model.training else ids
     )
-    logits = model._decode(dec_ids, mask, z, None, state_ids=ids)
+    logits = model.decoder_logits(dec_ids, mask, z, None, state_ids=ids)
     nll, count = sequence_nll(logits, targets, mask, c.pad_id)
     tokens = count.sum().clamp(min=1)
     kl_dims = kl_per_dimension(mu, logvar)  # [B, L]
@@ -212,7 +212,7 @@ def rollout(
     for t in range(p):
         grammar.advance(state, ids[:, t])
     cache = model.new_cache(b, p + k)
-    logits = model._decode(ids[:, :p], None, z, None, cache)[:, -1].float()  # [B, V]
+    logits = model.decoder_logits(ids[:, :p], None, z, None, cache)[:, -1].float()  # [B, V]
     noise = torch.empty(b, k, c.vocab_size, device=ids.device)
     out = [ids[:, :p]]
     for t in range(k):
@@ -223,7 +223,7 @@ def rollout(
         grammar.advance(state, token)
         out.append(token[:, None])
         if t + 1 < k:
-            logits = model._decode(token[:, None], None, z, None, cache)[:, 0].float()
+            logits = model.decoder_logits(token[:, None], None, z, None, cache)[:, 0].float()
     return torch.cat(out, dim=1), noise
 
 
@@ -240,7 +240,7 @@ def straight_through_fakes(
     teacher-forced forward over the sampled sequence (same logits as the rollout)."""
     c = model.config
     p, k = c.gan_prefix, c.gan_span
-    logits = model._decode(tokens, None, z, None)[:, p - 1 : p + k - 1].float()  # [B, K, V]
+    logits = model.decoder_logits(tokens, None, z, None)[:, p - 1 : p + k - 1].float()  # [B, K, V]
     soft = ((logits + noise) / tau).softmax(-1)
     hard = F.one_hot(tokens[:, p:].long(), c.vocab_size).to(soft.dtype)
     sampled = hard + soft - soft.detach()
@@ -351,7 +351,7 @@ def discriminator_loss(model: MusicModel, batch: dict, *, step: int = 0) -> dict
     ids, mask = ids[rows], mask[rows]
     real_ids = ids[:, : c.gan_prefix + c.gan_span]
     with torch.no_grad():
-        mu, logvar = model._encode(ids, mask)
+        mu, logvar = model.latent_stats(ids, mask)
         tokens, _ = rollout(model, real_ids, model.reparameterize(mu, logvar), step)
     both = torch.cat([real_ids, tokens], dim=0)  # [2B, P + K]
     onehot = F.one_hot(both.long(), c.vocab_size).to(model.discriminator.embed.dtype)

@@ -262,3 +262,17 @@ def test_compiled_decode_step_compiles_once_and_equals_eager(make_model, windows
             got = compiled(ids[:, i])
             torch.testing.assert_close(got, want, atol=2e-5, rtol=0)
     assert counter.frame_count == 1, f"{counter.frame_count} compiles for 100 tokens"
+
+
+def test_the_model_method_is_the_function(make_model):
+    """`MusicModel.generate` forwards to `stretto.engine.generate`, documented there once:
+    the same tokens, and an unknown option is refused by name."""
+    from stretto.engine import generate
+
+    model = make_model("transformer")
+    a = model.generate(max_new_tokens=12, seed=3, top_p=0.9)
+    b = generate(model, max_new_tokens=12, seed=3, top_p=0.9)
+    assert torch.equal(a, b)
+    with pytest.raises(TypeError, match="top_q"):
+        model.generate(max_new_tokens=2, top_q=0.9)
+    assert "note_off" in generate.__doc__ and "note_off" not in model.generate.__doc__
