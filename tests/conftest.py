@@ -41,6 +41,27 @@ def _triton_importable() -> bool:
 HAS_TRITON = _triton_importable()
 
 
+# Folders whose tests run with one torch thread (and modules that set ONE_TORCH_THREAD).
+ONE_THREAD_FOLDERS = ("engine", "integrations")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread(request):
+    """One intra-op thread for the tiny models of `ONE_THREAD_FOLDERS` and the modules
+    that ask for it: on a small shared CPU, torch's thread pool spinning against other
+    processes made them ten times slower. Module scope: restored for the next module."""
+    wanted = request.path.parent.name in ONE_THREAD_FOLDERS or getattr(
+        request.module, "ONE_TORCH_THREAD", False
+    )
+    if not wanted:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device; none is visible to torch")
     for item in items:

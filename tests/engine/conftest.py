@@ -9,17 +9,6 @@ from stretto.engine import ModelConfig, MusicModel
 from stretto.tokenizer import Vocabulary
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on a small shared CPU, torch's thread pool spinning against
-    other processes made these tiny models ten times slower. Module scope: the setting
-    is restored before tests outside this folder run."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def vocab() -> Vocabulary:
     return Vocabulary()

@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-# the engine tests' fixtures: one torch thread per module (autouse), the vocabulary
-from tests.engine.conftest import _one_torch_thread, vocab  # noqa: F401
+# the engine tests' vocabulary fixture
+from tests.engine.conftest import vocab  # noqa: F401
 
 
 @pytest.fixture(scope="session")

@@ -16,15 +16,8 @@ from stretto.kernels import hierarchical_attention
 from stretto.kernels.testing import assert_close_to_reference
 from stretto.kernels.wha import op
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """One torch thread for this module, as for the hardening suite it came from: tiny
-    tensors, where torch's thread pool costs more than it saves on a small CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# tiny tensors, where torch's thread pool costs more than it saves (tests/conftest.py)
+ONE_TORCH_THREAD = True
 
 
 def _run(q, k, v, up, mask, backend, **geometry):

@@ -139,3 +139,8 @@ def test_model_builds_from_a_config_only(vocab):
     cfg = ModelConfig.from_vocab(vocab, mode="vae", preset="tiny")
     model = MusicModel(ModelConfig.from_json(cfg.to_json()))
     assert model.config == cfg
+
+
+def test_this_folder_runs_on_one_torch_thread():
+    """tests/conftest.py's `_one_torch_thread`, the one fixture that sets it."""
+    assert torch.get_num_threads() == 1
