@@ -19,6 +19,20 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def copy_source(copy: Path) -> None:
+    """Copy what import-linter reads (pyproject.toml, the package folders, benchmarks).
+
+    Only the source: a checkout may hold virtual environments and wheels beside it
+    (CI makes `.venv-triton36/`), gigabytes that one copy per case would put in /tmp.
+    """
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    copy.mkdir()
+    shutil.copy(REPO / "pyproject.toml", copy / "pyproject.toml")
+    skip = shutil.ignore_patterns("__pycache__", "results", "*.egg-info")
+    for folder in [*config["package-dir"].values(), "benchmarks"]:
+        shutil.copytree(REPO / folder, copy / folder, ignore=skip)
+
+
 def lint_imports(root: Path, links: Path) -> subprocess.CompletedProcess:
     """Run `lint-imports` on the checkout at `root` through a namespace of links."""
     config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
@@ -93,11 +107,7 @@ def test_import_contracts_are_kept(tmp_path):
 )
 def test_a_planted_import_breaks_its_contract(tmp_path, module, line, contract):
     copy = tmp_path / "repo"
-    shutil.copytree(
-        REPO,
-        copy,
-        ignore=shutil.ignore_patterns(".git", ".venv", "runs", "data", "results", "__pycache__"),
-    )
+    copy_source(copy)
     path = copy / module
     path.write_text(path.read_text() + f"\n{line}  # planted\n")
     out = lint_imports(copy, tmp_path / "links")
