@@ -72,6 +72,7 @@ def sample(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
     shared_noise: bool = False,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """logits `[B, V]` (masked entries -inf) -> token ids `[B]`, on the device.
 
@@ -80,6 +81,8 @@ def sample(
     is an exponential race (argmax of p / E, E ~ Exp(1)), so no host sync. With
     `shared_noise` every row races against the same draw of E (rows whose
     distributions agree pick the same token: what an interpolation compares).
+    `noise`: E drawn beforehand (`[B, V]`, or `[1, V]` shared), so that a compiled step
+    draws nothing and picks the tokens the eager step picks; drawn here when None.
     """
     logits = logits.float()
     if temperature == 0:
@@ -95,9 +98,10 @@ def sample(
         drop[:, 0] = False
         logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
     probs = logits.softmax(-1)
-    shape = (1, probs.shape[-1]) if shared_noise else probs.shape
-    race = torch.empty(shape, device=probs.device).exponential_(1.0, generator=generator)
-    return (probs / race).argmax(-1)
+    if noise is None:
+        shape = (1, probs.shape[-1]) if shared_noise else probs.shape
+        noise = torch.empty(shape, device=probs.device).exponential_(1.0, generator=generator)
+    return (probs / noise).argmax(-1)
 
 
 # -- generate ----------------------------------------------------------------------------
@@ -348,6 +352,79 @@ class DecodeStep:
         return self._fn(tokens)
 
 
+class TokenStep(DecodeStep):
+    """One whole token of generation as one function of fixed shapes: noise `[B, V]`
+    (or `[1, V]`, or None when greedy) -> token ids `[B]`.
+
+    From the next token's logits (held in `logits`, `[B, V]`), it applies the
+    temperature, the grammar mask and its policies (`Grammar.sampling_logits`), samples
+    (top-k, top-p, the exponential race against the `noise` drawn beforehand), puts PAD
+    on the rows that have ended, updates the grammar state and `ended` (`[B]`), and runs
+    the model's one-token step (`DecodeStep`) to write the next logits into `logits`.
+    Every tensor it touches (caches, note tracker, grammar state, `logits`, `ended`) is
+    written in place, so `compile=True` compiles it once as one graph (on CUDA one CUDA
+    graph per token, its inputs marked static); `generate` runs it with the eager step
+    as the reference: for the same noise the compiled step picks the same tokens.
+
+    `sampling` holds `temperature`, `top_k`, `top_p` and `shared_noise` (see
+    `generate`), `policies` `note_off` and `at_limit`; `grammar` None samples without
+    constraints.
+    """
+
+    def __init__(
+        self,
+        model: MusicModel,
+        cache: list[HierarchicalKVCache],
+        z: torch.Tensor | None,
+        logits: torch.Tensor,
+        *,
+        ended: torch.Tensor,
+        grammar: Grammar | None,
+        state: GrammarState | None,
+        sampling: dict,
+        policies: dict,
+        compile: bool | str = False,
+    ):
+        self.logits = logits.float().clone()  # owned: rewritten in place at every token
+        self.ended = ended.clone()
+        self.grammar, self.state, self.policies = grammar, state, policies
+        # The temperature goes first, so the grammar's policies see the tempered logits.
+        self.temperature = sampling["temperature"]
+        self.sampling = {
+            "temperature": 1.0 if self.temperature > 0 else 0.0,
+            "top_k": sampling["top_k"],
+            "top_p": sampling["top_p"],
+        }
+        vocab = Vocabulary()
+        self.end_id, self.pad_id = vocab.END, vocab.PAD
+        if grammar is not None:
+            grammar.tables(self.logits.device)  # built eagerly, read while tracing
+        super().__init__(model, cache, z, compile=compile)
+
+    def static_tensors(self) -> tuple[torch.Tensor, ...]:
+        """`DecodeStep.static_tensors`, then `logits`, `ended`, the grammar state and
+        the grammar's constant tables."""
+        own = (self.logits, self.ended)
+        if self.grammar is not None:
+            tables = self.grammar.tables(self.logits.device).values()
+            own = (*own, *self.state.tensors(), *tables)
+        return (*super().static_tensors(), *own)
+
+    def _step(self, noise: torch.Tensor | None) -> torch.Tensor:
+        logits = self.logits
+        if self.temperature > 0:
+            logits = logits / self.temperature
+        if self.grammar is not None:
+            logits = self.grammar.sampling_logits(self.state, logits, **self.policies)
+        token = sample(logits, noise=noise, **self.sampling)
+        token = torch.where(self.ended, self.pad_id, token)
+        if self.grammar is not None:
+            self.grammar.advance(self.state, token)
+        self.ended |= token == self.end_id
+        self.logits.copy_(DecodeStep._step(self, token))
+        return token
+
+
 def _read_prompt(grammar: Grammar, ids: torch.Tensor, vocab: Vocabulary) -> GrammarState:
     """The grammar state after the prompt `ids` `[B, N]`, or ValueError at the first
     token the grammar does not allow. On the host: N tiny steps, no device launches."""
@@ -382,36 +459,40 @@ def _sample_loop(
     compile_step,
 ):
     """Prefill `ids` `[B, N]` through the decoder with fresh caches, then sample (under
-    the grammar from `state`, the state after the prompt, when `grammar` is given)."""
+    the grammar from `state`, the state after the prompt, when `grammar` is given) one
+    `TokenStep` per token; the host only stores each token and, every
+    `STOP_CHECK_EVERY` tokens, asks whether every row has ended."""
     b, n = ids.shape
     device = ids.device
     cache = model.new_cache(b, n + max_new_tokens)
     # Prompts hold no PAD (checked), so no padding mask: every token is real.
     logits = model.decoder_logits(ids, None, z, None, cache)[:, -1]  # [B, V]
-    step = DecodeStep(model, cache, z, compile=compile_step)
-    ended = (ids == vocab.END).any(1)  # [B]
+    step = TokenStep(
+        model,
+        cache,
+        z,
+        logits,
+        ended=(ids == vocab.END).any(1),
+        grammar=grammar,
+        state=state,
+        sampling=sampling,
+        policies=policies,
+        compile=compile_step,
+    )
+    noise_rows = 1 if sampling["shared_noise"] else b
+    draws = sampling["temperature"] > 0
     out = torch.full((b, max_new_tokens), vocab.PAD, dtype=torch.long, device=device)
     steps = max_new_tokens
-    if grammar is not None and sampling["temperature"] > 0:
-        # the temperature goes first, so the grammar's policies see the tempered logits
-        tempered, sampling = sampling["temperature"], {**sampling, "temperature": 1.0}
-    else:
-        tempered = 1.0
     for i in range(max_new_tokens):
-        if grammar is not None:
-            logits = grammar.sampling_logits(state, logits.float() / tempered, **policies)
-        token = sample(logits, generator=generator, **sampling)
-        token = torch.where(ended, vocab.PAD, token)
-        out[:, i] = token
-        if grammar is not None:
-            grammar.advance(state, token)
-        ended = ended | (token == vocab.END)
-        if i + 1 == max_new_tokens:
-            break
-        if (i + 1) % STOP_CHECK_EVERY == 0 and bool(ended.all()):
+        k = i % STOP_CHECK_EVERY
+        if k == 0 and draws:  # the race's noise for the next tokens, drawn in one go
+            count = min(STOP_CHECK_EVERY, max_new_tokens - i)
+            noise = torch.empty(count, noise_rows, vocab.size, device=device)
+            noise.exponential_(1.0, generator=generator)
+        out[:, i] = step(noise[k] if draws else None)
+        if (i + 1) % STOP_CHECK_EVERY == 0 and bool(step.ended.all()):
             steps = i + 1
             break
-        logits = step(token)
     out = out[:, :steps]
     # Columns after the last END of every row are padding only: trim them.
     is_end = out == vocab.END

@@ -67,6 +67,7 @@ __all__ = [
 NOTE_OFF_POLICIES = ("spread", "mask")
 _ORPHAN = GRAMMAR_RULES.index("orphan_note_off")
 AT_LIMIT_POLICIES = ("release", "freeze")
+_TABLES: dict[tuple[str, torch.device], dict[str, torch.Tensor]] = {}
 
 
 def check_policies(note_off: str, at_limit: str) -> None:
@@ -88,6 +89,10 @@ class GrammarState:
     ended: torch.Tensor  # [B] bool
     age: torch.Tensor  # [B, 16, 88] long: steps since onset, -1 = not sounding
 
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """Every tensor of the state (`Grammar.advance` writes them in place)."""
+        return tuple(getattr(self, name) for name in self.__dataclass_fields__)
+
 
 class Grammar:
     """The grammar's rules as a logits mask over `[B, V]`, and the generation policies
@@ -100,16 +105,20 @@ class Grammar:
         self.max_note_steps = check_note_steps(max_note_steps)
         self.vocab = v = vocab or Vocabulary()
         self.n_inst, self.n_pitch = len(v.INSTRUMENT), len(v.NOTE_ON)
-        self._tables: dict[torch.device, dict[str, torch.Tensor]] = {}
+        self._signature = v.signature  # the tables' key (a hash: not read while tracing)
 
-    def _table(self, device: torch.device) -> dict[str, torch.Tensor]:
-        if device not in self._tables:
+    def tables(self, device: torch.device | str) -> dict[str, torch.Tensor]:
+        """The constant per-id tables the masks read, built once per vocabulary and
+        device and shared by every `Grammar` (a compiled step holds them as static)."""
+        device = torch.device(device)
+        key = (self._signature, device)
+        if key not in _TABLES:
             v = self.vocab
             ids = torch.arange(v.size, device=device)
             bits = torch.tensor(v.grammar_bindings(), device=device)
             rules = torch.arange(len(GRAMMAR_RULES), device=device)
             shift = (ids >= v.TIME_SHIFT.start) & (ids < v.TIME_SHIFT.stop)
-            self._tables[device] = {
+            _TABLES[key] = {
                 "ids": ids,
                 "binds": ((bits[None, :] >> rules[:, None]) & 1).bool(),  # [R, V]
                 "shift_steps": torch.where(shift, ids - v.TIME_SHIFT.start + 1, 0),  # [V]
@@ -117,7 +126,7 @@ class Grammar:
                 # [V] the pitch index a NOTE_OFF releases (0 for other ids)
                 "off_pitch": (ids - v.NOTE_OFF.start).clamp(0, self.n_pitch - 1),
             }
-        return self._tables[device]
+        return _TABLES[key]
 
     def initial_state(self, batch: int, device: torch.device | str) -> GrammarState:
         device = torch.device(device)
@@ -142,7 +151,7 @@ class Grammar:
     def _broken(self, state: GrammarState, cols: torch.Tensor) -> torch.Tensor:
         """`[R, B, C]` bool: rule r is broken by the token `cols[b, c]` (`[B, C]` long)
         after `state`; the rules' conditions, in `GRAMMAR_RULES` order."""
-        tb = self._table(state.inst.device)
+        tb = self.tables(state.inst.device)
         b = state.inst.shape[0]
         live = (state.started & ~state.ended)[:, None]  # [B, 1]: inside the piece
         rows = torch.arange(b, device=cols.device)
@@ -162,7 +171,7 @@ class Grammar:
         """`[B, V]` bool: the tokens that may come next. Never empty (START first; then
         TEMPO, VELOCITY and INSTRUMENT are always allowed before END; only PAD after it)."""
         b = state.inst.shape[0]
-        cols = self._table(state.inst.device)["ids"].expand(b, -1)  # [B, V]
+        cols = self.tables(state.inst.device)["ids"].expand(b, -1)  # [B, V]
         return ~self._broken(state, cols).any(0)
 
     def sampling_logits(
@@ -173,7 +182,7 @@ class Grammar:
         the NOTE_OFF family's probability moved onto the sounding pitches (module
         docstring). On the device, no host synchronisation; top-k / top-p come after."""
         check_policies(note_off, at_limit)
-        tb = self._table(state.inst.device)
+        tb = self.tables(state.inst.device)
         b = state.inst.shape[0]
         cols = tb["ids"].expand(b, -1)  # [B, V]
         broken = self._broken(state, cols)  # [R, B, V]
@@ -201,7 +210,7 @@ class Grammar:
 
     def _limit_mask(self, state: GrammarState, at_limit: str) -> torch.Tensor:
         """`[B, V]` bool: the ids the note limit leaves (every id when nothing sounds)."""
-        tb = self._table(state.inst.device)
+        tb = self.tables(state.inst.device)
         v = self.vocab
         live = (state.started & ~state.ended)[:, None]  # [B, 1]
         flat = state.age.flatten(1)  # [B, 16*88]
@@ -227,13 +236,14 @@ class Grammar:
         return torch.where(broken.any(0), first, -1)
 
     def advance(self, state: GrammarState, tokens: torch.Tensor) -> None:
-        """Update `state` in place with the next token of every sequence (`[B]` long)."""
+        """Update `state` in place with the next token of every sequence (`[B]` long):
+        its tensors keep their storage, so a compiled step can hold them as static."""
         v = self.vocab
         t = tokens
         live = ~state.ended
         state.started |= True
         is_inst = live & (t >= v.INSTRUMENT.start) & (t < v.INSTRUMENT.stop)
-        state.inst = torch.where(is_inst, t - v.INSTRUMENT.start, state.inst)
+        state.inst.copy_(torch.where(is_inst, t - v.INSTRUMENT.start, state.inst))
         state.has_vel |= live & (t >= v.VELOCITY.start) & (t < v.VELOCITY.stop)
         is_on = live & (t >= v.NOTE_ON.start) & (t < v.NOTE_ON.stop)
         is_off = live & (t >= v.NOTE_OFF.start) & (t < v.NOTE_OFF.stop)
@@ -252,5 +262,5 @@ class Grammar:
         flat = age.flatten(1)  # [B, 16*88]
         current = flat.gather(1, cell)[:, 0]
         new = torch.where(is_on, 0, torch.where(is_off, -1, current))
-        state.age = flat.scatter(1, cell, new[:, None]).view_as(age)
+        state.age.copy_(flat.scatter(1, cell, new[:, None]).view_as(age))
         state.ended |= live & (t == v.END)

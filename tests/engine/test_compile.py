@@ -10,6 +10,7 @@ import torch
 
 from stretto.engine.generate import DecodeStep
 from stretto.kernels import HierarchicalKVCache
+from stretto.tokenizer import Vocabulary
 
 
 @pytest.mark.slow
@@ -210,3 +211,102 @@ def test_compiled_decode_step_is_one_cuda_graph(make_model, windows):
             got = graphed(ids[:, i]).clone()  # the next replay overwrites the graph's output
             torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
     assert graphed.cudagraph_skips() == 0, graphed.cudagraph_skip_reasons()
+
+
+# -- the whole token step ------------------------------------------------------------------
+def _ending_early(model, weight: float = 4.0):
+    """Raise END's logit so that rows end after a few dozen tokens, each at its own
+    time (a forward hook on the head, which a compiled step traces too)."""
+    bias = torch.zeros(model.config.vocab_size)
+    bias[Vocabulary().END] = weight
+    return model.head.register_forward_hook(lambda module, args, out: out + bias)
+
+
+TOKEN_CASES = {
+    # mode, generate's options
+    "transformer-sampled": ("transformer", dict(temperature=0.9, top_k=200, top_p=0.95)),
+    "vae-sampled": ("vae", dict(temperature=1.1)),
+    "vae_gan-greedy": ("vae_gan", dict(temperature=0)),
+    "transformer-unconstrained": ("transformer", dict(temperature=1.0, constrained=False)),
+    "transformer-mask-freeze": (
+        "transformer",
+        dict(note_off="mask", at_limit="freeze", max_note_steps=16),
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(TOKEN_CASES))
+def test_compiled_generation_picks_the_eager_tokens(make_model, case):
+    """`generate(compile_step=True)` (the whole token step under Inductor) against the
+    eager step, same seed: the same tokens, in every mode, with the grammar on and off;
+    sampled rows end at their own times."""
+    mode, options = TOKEN_CASES[case]
+    torch._dynamo.reset()
+    model = make_model(mode).eval()
+    handle = _ending_early(model)
+    try:
+        kw = dict(max_new_tokens=96, seed=7, batch_size=3, **options)
+        eager = model.generate(**kw)
+        compiled = model.generate(**kw, compile_step=True)
+    finally:
+        handle.remove()
+    if options.get("temperature", 1.0) > 0:  # greedy rows of one prompt agree
+        ends = {int((row == Vocabulary().END).int().argmax()) for row in eager}
+        assert len(ends) > 1, "the rows end together"
+    assert torch.equal(compiled, eager)
+
+
+@pytest.mark.slow
+def test_a_second_generate_of_the_same_shapes_does_not_compile_again(make_model, monkeypatch):
+    """The compile is paid once per process: the second `generate` with the same shapes
+    (a new cache, a new grammar, another seed) reuses the compiled token step; another
+    number of tokens (other cache shapes) compiles once more."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("inductor")
+    _compile_with(monkeypatch, counter)
+    model = make_model("transformer").eval()
+    model.generate(max_new_tokens=40, seed=0, compile_step=True)
+    assert counter.frame_count == 1
+    model.generate(max_new_tokens=40, seed=1, compile_step=True)
+    assert counter.frame_count == 1, "the second call compiled again"
+    model.generate(max_new_tokens=80, seed=1, compile_step=True)  # more block sums
+    assert counter.frame_count == 2
+
+
+def test_compiled_token_step_graph_inputs_are_static_but_the_noise(make_model, monkeypatch):
+    """What Dynamo lifts as inputs of the whole token step: the pre-drawn noise, the
+    model's parameters, and every tensor the step holds, each of them marked (caches,
+    note tracker, grammar state and tables, logits, ended)."""
+    from stretto.engine.generate import TokenStep
+
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(list(example_inputs))
+        return gm.forward
+
+    _compile_with(monkeypatch, record)
+    torch._dynamo.reset()
+    model = make_model("vae").eval()
+    real_init = TokenStep.__init__
+    steps = []
+
+    def keep(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        steps.append(self)
+
+    monkeypatch.setattr(TokenStep, "__init__", keep)
+    model.generate(max_new_tokens=3, seed=0, batch_size=2, compile_step=True)
+    (step,), (inputs,) = steps, graphs
+    params = {id(t) for t in [*model.parameters(), *model.buffers()]}
+    outside = [t for t in inputs if id(t) not in params]
+    unmarked = [t for t in outside if getattr(t, "_dynamo_static_input_type", None) is None]
+    assert [tuple(t.shape) for t in unmarked] == [(2, model.config.vocab_size)]  # the noise
+    held = {id(t) for t in step.static_tensors()}
+    assert {id(t) for t in outside if t is not unmarked[0]} <= held
+    assert {id(t) for t in step.state.tensors()} <= held
+    assert {id(t) for t in step.grammar.tables("cpu").values()} <= held
+    assert id(step.logits) in held and id(step.ended) in held
