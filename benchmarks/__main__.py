@@ -74,7 +74,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             update_readme=False if args.no_readme else None,
             seq_lens=args.seq_len,
             presets=args.preset,
-            options={"corpus": args.corpus, "steps": args.steps, "seconds": args.seconds},
+            options={
+                "corpus": args.corpus,
+                "steps": args.steps,
+                "seconds": args.seconds,
+                "providers": args.provider,
+            },
         )
     except ValueError as exc:
         parser.error(str(exc))
@@ -120,6 +125,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="repeatable: model presets of the model and generate suites (tiny, small, "
         "base; default: model base, generate small and base; --quick: tiny, or small for "
         "generate on CUDA)",
+    )
+    parser.add_argument(
+        "--provider",
+        action="append",
+        metavar="NAME",
+        help="repeatable: generate suite: only these providers (cached, cached-constrained, "
+        "compiled, compiled-first-call, compiled-disk-cache, full-forward, hf-llama, "
+        "hf-llama-static; the floor rows are always written)",
     )
     parser.add_argument(
         "--corpus",

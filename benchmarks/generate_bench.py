@@ -1,36 +1,55 @@
-"""Generation: tokens/s and peak memory with the bounded cache against no cache.
+"""Generation: tokens/s and peak memory, eager and compiled, against Hugging Face and the
+weight-streaming floor.
 
 Providers, all greedy over an untrained transformer-mode model whose END logit is held
-at -inf (so every case generates exactly its token count):
+at -inf (so every case generates exactly its token count, every row of a batch too):
 - `cached`: `MusicModel.generate(constrained=False)`: prefill, then one-token decoding
-  through the bounded per-layer hierarchical cache; the same work per token as the
-  baseline.
-- `cached-constrained`: the same with the grammar mask (the default of `generate`).
-- `full-forward`: re-runs the whole forward pass for every new token, the baseline the
-  generation issue compares against (run up to FULL_FORWARD_MAX_TOKENS).
-- `hf-llama`: the peer a user would reach for: Hugging Face `generate` (greedy, its
-  own KV cache, SDPA attention, no EOS) on a `LlamaForCausalLM` of the preset's shape
-  (hidden d_model, n_layers, n_heads, intermediate d_ff, vocabulary 774, tied
-  embedding and head as in MusicModel, untrained).
-  Needs transformers (the `hf` extra); without it its rows read "skipped".
-Each case runs its generation exactly once, after a warm-up generation of
-WARMUP_TOKENS tokens with the same provider and preset. GPU: timed in process, peak
-memory is the CUDA allocator's peak above the model. CPU: one fresh child process per
-case builds the model, warms up, resets its RSS high-water mark and runs the measured
-generation once, reporting both its wall time and its peak RSS above the model (so
-the hour-long no-cache base case is not run a second time for its memory; the child
-gives up after CPU_CASE_TIMEOUT_S). That child keeps glibc's default allocator, as a
-user's process would (see `benchmarks.timing.peak_rss_in_child`); its warm-up is short,
-so little of the warm-up's memory can be reused by the measured generation.
+  through the bounded per-layer hierarchical cache, eager.
+- `cached-constrained`: the same with the grammar mask and policies (the default of
+  `generate`), eager: the reference the compiled step must match.
+- `compiled`: `generate(compile_step=True)`, the whole token step (model, grammar,
+  sampling, grammar update) compiled; steady state (the warm-up is a whole generation
+  of the same shapes, so the timed one compiles nothing).
+- `compiled-first-call`: the same in a fresh process whose Inductor cache is empty (a
+  new machine): the compile and the generation together, what a first `stretto
+  generate --compile on` costs.
+- `compiled-disk-cache`: the first call in another fresh process over the Inductor
+  cache the steady-state case left on disk (every later process on the machine).
+- `full-forward`: re-runs the whole forward pass for every new token (run up to
+  FULL_FORWARD_MAX_TOKENS).
+- `hf-llama`: Hugging Face `generate` (greedy, its dynamic cache, SDPA attention, no
+  EOS) on a `LlamaForCausalLM` of the preset's shape (hidden d_model, n_layers, n_heads,
+  intermediate d_ff, vocabulary 774, tied embedding and head as in MusicModel,
+  untrained). Needs transformers (the `hf` extra); without it its rows read "skipped".
+- `hf-llama-static`: the same with its static cache and its compiled forward
+  (`cache_implementation="static"`, compiled on every device), steady state.
+- `floor`: no generation: the bytes one token reads (every weight once, plus the
+  cache's keys, values and block sums at the last token) over the machine's copy
+  bandwidth measured here (`copy_bandwidth`): the time no provider can beat at batch 1.
+  Every measured row carries `x_floor`, its time per token over the floor.
+Batches: B = 1 for every provider; B = 8 and 32 for BATCHED_PROVIDERS (tokens/s summed
+over the rows, each row under its own grammar state).
+
+Each case runs its generation exactly once, after a warm-up (WARMUP_TOKENS tokens with
+the same provider and preset; the steady-state compiled providers warm up on the same
+shapes). GPU: timed in process, peak memory is the CUDA allocator's peak above the
+model. CPU: one fresh child process per case builds the model, warms up, resets its RSS
+high-water mark and runs the measured generation once, reporting both its wall time
+and its peak RSS above the model (so the hour-long no-cache base case is not run a
+second time for its memory; the child gives up after CPU_CASE_TIMEOUT_S). That child
+keeps glibc's default allocator, as a user's process would (see
+`benchmarks.timing.peak_rss_in_child`).
 Presets: `small` and `base` (quick: `small` on CUDA, `tiny` on a CPU) or those of
-`--preset`; generated lengths: 2048 and 8192 (quick: 256) or those of `--seq-len`,
-any positive length. When `stretto.engine` has no `generate`, every row reads
-"skipped: generation not implemented"; no number is ever filled in.
+`--preset`; generated lengths: 2048 and 8192 (quick: 256) or those of `--seq-len`;
+providers: all, or those of `--provider`. When `stretto.engine` has no `generate`,
+every row reads "skipped: generation not implemented"; no number is ever filled in.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -40,7 +59,20 @@ from benchmarks.schema import progress, skipped_row
 from benchmarks.timing import peak_rss_in_child, synchronize
 
 SUITE = "generate"
-PROVIDERS = ("cached", "cached-constrained", "full-forward", "hf-llama")
+PROVIDERS = (
+    "cached",
+    "cached-constrained",
+    "compiled",
+    "compiled-first-call",
+    "compiled-disk-cache",
+    "full-forward",
+    "hf-llama",
+    "hf-llama-static",
+)
+BATCHED_PROVIDERS = ("cached-constrained", "compiled", "hf-llama")
+BATCH_SIZES = (1, 8, 32)  # quick: 1
+STEADY = ("compiled", "hf-llama-static")  # warm up on the measured shapes
+COPY_BYTES = 2**28  # the buffer `copy_bandwidth` copies: far past any cache level
 FULL_FORWARD_MAX_TOKENS = 2048  # quadratic in the generated length beyond this
 WARMUP_TOKENS = 8  # the warm-up generation before each measured one
 # One CPU case runs in one child. The no-cache base baseline at 2048 tokens sums 2048
@@ -62,8 +94,19 @@ def generation_unavailable() -> str | None:
     return None
 
 
-def build_case(provider: str, preset: str, tokens: int, device: str) -> Callable[[], Any]:
-    """A transformer-mode model of `preset` and the call generating `tokens` tokens."""
+def build_case(
+    provider: str,
+    preset: str,
+    tokens: int,
+    device: str,
+    batch: int = 1,
+    inductor_cache: str | None = None,
+) -> Callable[[], Any]:
+    """A transformer-mode model of `preset` and the call generating `tokens` tokens for
+    each of `batch` rows; `inductor_cache` is the folder Inductor caches its compiled
+    code in (set before anything compiles)."""
+    if inductor_cache is not None:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = inductor_cache
     import torch
 
     from stretto.engine import ModelConfig, MusicModel
@@ -78,14 +121,20 @@ def build_case(provider: str, preset: str, tokens: int, device: str) -> Callable
     never_end[vocab.END] = float("-inf")
     model.head.register_forward_hook(lambda module, args, out: out + never_end)
 
-    if provider in ("cached", "cached-constrained"):
-        constrained = provider == "cached-constrained"
+    if provider in ("cached", "cached-constrained") or provider.startswith("compiled"):
+        options = {
+            "max_new_tokens": tokens,
+            "temperature": 0,
+            "batch_size": batch,
+            "constrained": provider != "cached",
+            "compile_step": provider.startswith("compiled"),
+        }
 
         def run():
             with torch.inference_mode():
-                out = model.generate(max_new_tokens=tokens, temperature=0, constrained=constrained)
-            if out.shape[1] != tokens + 1:
-                raise RuntimeError(f"generated {out.shape[1] - 1} tokens, not {tokens}")
+                out = model.generate(**options)
+            if out.shape != (batch, tokens + 1):
+                raise RuntimeError(f"generated {list(out.shape)}, not {[batch, tokens + 1]}")
             return out
 
     elif provider == "full-forward":
@@ -98,11 +147,18 @@ def build_case(provider: str, preset: str, tokens: int, device: str) -> Callable
                     ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
             return ids
 
-    elif provider == "hf-llama":
+    elif provider in ("hf-llama", "hf-llama-static"):
         llama = hf_llama(config, device)
+        static = {}
+        if provider == "hf-llama-static":
+            import transformers
+
+            compile_config = transformers.CompileConfig()  # its defaults, ...
+            compile_config._compile_all_devices = True  # ... on every device, not CUDA only
+            static = {"cache_implementation": "static", "compile_config": compile_config}
 
         def run():
-            ids = torch.full((1, 1), vocab.START, dtype=torch.long, device=device)
+            ids = torch.full((batch, 1), vocab.START, dtype=torch.long, device=device)
             with torch.inference_mode():
                 out = llama.generate(
                     ids,
@@ -110,9 +166,10 @@ def build_case(provider: str, preset: str, tokens: int, device: str) -> Callable
                     max_new_tokens=tokens,
                     min_new_tokens=tokens,
                     do_sample=False,
+                    **static,
                 )
-            if out.shape[1] != tokens + 1:
-                raise RuntimeError(f"generated {out.shape[1] - 1} tokens, not {tokens}")
+            if out.shape != (batch, tokens + 1):
+                raise RuntimeError(f"generated {list(out.shape)}, not {[batch, tokens + 1]}")
             return out
 
     else:
@@ -144,58 +201,104 @@ def hf_llama(config, device: str):
     return model
 
 
-def _provider_unavailable(provider: str) -> str | None:
-    if provider == "hf-llama" and importlib.util.find_spec("transformers") is None:
+def _provider_unavailable(provider: str, device: str) -> str | None:
+    if provider.startswith("hf-llama") and importlib.util.find_spec("transformers") is None:
         return "transformers is not installed (pip install -e '.[hf]')"
+    if provider in ("compiled-first-call", "compiled-disk-cache") and device.startswith("cuda"):
+        return "a first call is measured in a fresh process, on the CPU only"
     return None
 
 
-def _cases(
+def copy_bandwidth(device: str, nbytes: int = COPY_BYTES, repeats: int = 5) -> float:
+    """Bytes per second one `copy_` of an `nbytes` buffer moves (read plus write), the
+    best of `repeats`: the machine's streaming bandwidth as torch reaches it."""
+    import torch
+
+    src = torch.ones(nbytes // 4, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # pages touched before timing
+    best = float("inf")
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        dst.copy_(src)
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * nbytes / best
+
+
+def bytes_per_token(preset: str, tokens: int) -> int:
+    """What one decoding token of a batch-1 generation of `tokens` tokens reads, at its
+    last token: every parameter once (the head is the embedding: one matrix) and every
+    tensor of the caches (`MusicModel.new_cache`: rings, block sums, note tracker)."""
+    from stretto.engine import ModelConfig, MusicModel
+    from stretto.tokenizer import Vocabulary
+
+    config = ModelConfig.from_vocab(
+        Vocabulary(), mode="transformer", preset=preset, max_seq_len=max(tokens + 1, 2048)
+    )
+    model = MusicModel(config)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    cache = model.new_cache(1, tokens + 1)
+    return weights + sum(t.numel() * t.element_size() for t in cache.tensors())
+
+
+def _grid(
     quick: bool, device: str, seq_lens: Sequence[int] | None, presets: Sequence[str] | None
-) -> list[tuple[str, int]]:
+) -> tuple[Sequence[str], Sequence[int], Sequence[int]]:
+    """The presets, generated lengths and batch sizes of a run."""
     if quick:
         default_presets = ("small",) if device.startswith("cuda") else ("tiny",)
-        default_lens = shapes.QUICK_GENERATE_LENGTHS
-    else:
-        default_presets, default_lens = ("small", "base"), shapes.GENERATE_LENGTHS
-    return [(p, n) for p in (presets or default_presets) for n in (seq_lens or default_lens)]
+        return presets or default_presets, seq_lens or shapes.QUICK_GENERATE_LENGTHS, (1,)
+    return presets or ("small", "base"), seq_lens or shapes.GENERATE_LENGTHS, BATCH_SIZES
 
 
-def _measure(provider: str, preset: str, tokens: int, device: str) -> dict[str, Any]:
-    kwargs = {"provider": provider, "preset": preset, "tokens": tokens, "device": device}
-    if not device.startswith("cuda"):
-        return _measure_cpu(kwargs)
+def _cases(
+    grid: tuple[Sequence[str], Sequence[int], Sequence[int]], providers: Sequence[str] | None
+) -> list[tuple[str, int, int, str]]:
+    """(preset, generated length, batch, provider) of every measured row."""
+    chosen = [v for v in PROVIDERS if providers is None or v in providers]
+    presets, lengths, batches = grid
+    return [
+        (p, n, b, v)
+        for p in presets
+        for n in lengths
+        for b in batches
+        for v in chosen
+        if b == 1 or v in BATCHED_PROVIDERS
+    ]
+
+
+def _measure(kwargs: dict[str, Any], warmup: dict[str, Any]) -> dict[str, Any]:
+    if not kwargs["device"].startswith("cuda"):
+        return _measure_cpu(kwargs, warmup)
     import torch
 
     run = build_case(**kwargs)
-    build_case(provider, preset, WARMUP_TOKENS, device)()  # lazy initialisation, kernels
+    build_case(**warmup)()  # lazy initialisation, kernels; the steady state's compile
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()
     start = time.perf_counter()
     run()
-    synchronize(device)
+    synchronize(kwargs["device"])
     elapsed_ms = (time.perf_counter() - start) * 1e3
     result: dict[str, Any] = {
         "peak_mem_mb": (torch.cuda.max_memory_allocated() - before) / 2**20,
     }
-    return _with_time(result, elapsed_ms, tokens)
+    return _with_time(result, elapsed_ms, kwargs["tokens"] * kwargs["batch"])
 
 
-def _measure_cpu(kwargs: dict[str, Any]) -> dict[str, Any]:
+def _measure_cpu(kwargs: dict[str, Any], warmup: dict[str, Any]) -> dict[str, Any]:
     """Time and peak RSS of the same single generation, in one fresh child process."""
     probe = peak_rss_in_child(
-        build_case,
-        kwargs,
-        warmup_kwargs=dict(kwargs, tokens=WARMUP_TOKENS),
-        timed=True,
-        timeout_s=CPU_CASE_TIMEOUT_S,
+        build_case, kwargs, warmup_kwargs=warmup, timed=True, timeout_s=CPU_CASE_TIMEOUT_S
     )
     if "error" in probe:
         raise RuntimeError(f"in the child process: {probe['error']}")
     elapsed_ms = probe.pop("elapsed_ms")
     result: dict[str, Any] = {"peak_mem_mb": probe.pop("peak_mem_mb"), "extra": probe}
-    return _with_time(result, elapsed_ms, kwargs["tokens"])
+    return _with_time(result, elapsed_ms, kwargs["tokens"] * kwargs["batch"])
 
 
 def _with_time(result: dict[str, Any], elapsed_ms: float, tokens: int) -> dict[str, Any]:
@@ -205,30 +308,77 @@ def _with_time(result: dict[str, Any], elapsed_ms: float, tokens: int) -> dict[s
     return result
 
 
+def _warmup(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The warm-up before a measured case: the same generation for the steady states,
+    an eager one for the first calls (it compiles nothing), else a short one."""
+    provider = kwargs["provider"]
+    if provider in STEADY:
+        return dict(kwargs)
+    if provider in ("compiled-first-call", "compiled-disk-cache"):
+        return dict(kwargs, provider="cached-constrained", tokens=WARMUP_TOKENS)
+    return dict(kwargs, tokens=WARMUP_TOKENS)
+
+
 def run(
     *,
     quick: bool,
     device: str,
     seq_lens: Sequence[int] | None = None,
     presets: Sequence[str] | None = None,
+    providers: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows for every (preset, generated length, provider); see the module docstring."""
+    """Rows for every (preset, generated length, batch, provider) and a floor row per
+    (preset, length); see the module docstring."""
+    unknown = [v for v in providers or () if v not in (*PROVIDERS, "floor")]
+    if unknown:
+        raise ValueError(
+            f"unknown generate provider {unknown[0]!r}; known: {', '.join(PROVIDERS)}, floor"
+        )
     reason = generation_unavailable()
     if reason:
         return [skipped_row(SUITE, reason, provider=p, mode="generate") for p in PROVIDERS]
     rows: list[dict[str, Any]] = []
     dtype = "float32"
-    cases = [(p, n, v) for p, n in _cases(quick, device, seq_lens, presets) for v in PROVIDERS]
-    for i, (preset, tokens, provider) in enumerate(cases, 1):
+    caches: dict[tuple[str, int, int], str] = {}  # the steady state's Inductor cache folder
+    scratch = tempfile.TemporaryDirectory(prefix="stretto-inductor-")
+    grid = _grid(quick, device, seq_lens, presets)
+    cases = _cases(grid, providers)
+    floors = {}
+    bandwidth = copy_bandwidth(device)
+    for preset, tokens in ((p, n) for p in grid[0] for n in grid[1]):
+        nbytes = bytes_per_token(preset, tokens)
+        floor_ms = nbytes / bandwidth * 1e3
+        floors[preset, tokens] = floor_ms
+        rows.append(
+            {
+                "suite": SUITE,
+                "provider": "floor",
+                "mode": "generate",
+                "shape": f"{preset}-B1-T{tokens}",
+                "seq_len": tokens,
+                "dtype": dtype,
+                "median_ms": floor_ms * tokens,
+                "p20_ms": floor_ms * tokens,
+                "p80_ms": floor_ms * tokens,
+                "tokens_per_s": 1e3 / floor_ms,
+                "extra": {
+                    "preset": preset,
+                    "batch": 1,
+                    "bytes_per_token": nbytes,
+                    "copy_bandwidth_gb_s": bandwidth / 1e9,
+                },
+            }
+        )
+    for i, (preset, tokens, batch, provider) in enumerate(cases, 1):
         what = {
             "suite": SUITE,
             "provider": provider,
             "mode": "generate",
-            "shape": f"{preset}-B1-T{tokens}",
+            "shape": f"{preset}-B{batch}-T{tokens}",
             "seq_len": tokens,
             "dtype": dtype,
         }
-        missing = _provider_unavailable(provider)
+        missing = _provider_unavailable(provider, device)
         if missing:
             rows.append(skipped_row(reason=missing, **what))
             continue
@@ -236,12 +386,39 @@ def run(
             reason = f"no-cache baseline is run up to {FULL_FORWARD_MAX_TOKENS} tokens only"
             rows.append(skipped_row(reason=reason, **what))
             continue
-        progress(f"[generate] {i}/{len(cases)}: {provider}, preset {preset}, {tokens} tokens")
+        key = (preset, tokens, batch)
+        inductor_cache = None
+        if provider == "compiled":
+            inductor_cache = caches[key] = tempfile.mkdtemp(dir=scratch.name)
+        elif provider == "compiled-first-call":
+            inductor_cache = tempfile.mkdtemp(dir=scratch.name)
+        elif provider == "compiled-disk-cache":
+            if key not in caches:
+                reason = "the disk cache is the one `compiled` leaves: run that provider too"
+                rows.append(skipped_row(reason=reason, **what))
+                continue
+            inductor_cache = caches[key]
+        kwargs = dict(
+            provider=provider,
+            preset=preset,
+            tokens=tokens,
+            device=device,
+            batch=batch,
+            inductor_cache=inductor_cache,
+        )
+        progress(
+            f"[generate] {i}/{len(cases)}: {provider}, preset {preset}, batch {batch}, "
+            f"{tokens} tokens"
+        )
         try:
-            measured = _measure(provider, preset, tokens, device)
+            measured = _measure(kwargs, _warmup(kwargs))
         except Exception as exc:  # one failing case is a row, the others still run
             rows.append(dict(what, status=f"error: {type(exc).__name__}: {exc}"))
             continue
-        extra = measured.pop("extra", {})
-        rows.append(dict(what, **measured, extra=dict(extra, preset=preset)))
+        extra = dict(measured.pop("extra", {}), preset=preset, batch=batch)
+        if batch == 1 and (preset, tokens) in floors:
+            per_token_ms = measured["median_ms"] / tokens
+            extra["x_floor"] = per_token_ms / floors[preset, tokens]
+        rows.append(dict(what, **measured, extra=extra))
+    scratch.cleanup()
     return rows

@@ -75,13 +75,49 @@ def test_generate_times_and_measures_each_case_in_one_child(monkeypatch):
     monkeypatch.setattr(generate_bench, "PROVIDERS", ("cached",))
     rows = generate_bench.run(quick=True, device="cpu", seq_lens=[9], presets=["tiny"])
     assert [(r["provider"], r["seq_len"], r["extra"]["preset"]) for r in rows] == [
-        ("cached", 9, "tiny")
+        ("floor", 9, "tiny"),
+        ("cached", 9, "tiny"),
     ]
-    for r in rows:
-        assert "status" not in r, r
-        assert r["median_ms"] > 0 and r["median_ms"] == r["p20_ms"] == r["p80_ms"]
-        assert r["peak_mem_mb"] >= 0 and r["extra"]["peak_reset"] is True
-        assert r["tokens_per_s"] == pytest.approx(r["seq_len"] / (r["median_ms"] / 1e3))
+    floor, r = rows
+    assert "status" not in r, r
+    assert r["median_ms"] > 0 and r["median_ms"] == r["p20_ms"] == r["p80_ms"]
+    assert r["peak_mem_mb"] >= 0 and r["extra"]["peak_reset"] is True
+    assert r["tokens_per_s"] == pytest.approx(r["seq_len"] / (r["median_ms"] / 1e3))
+    # the floor: its bytes over the measured bandwidth, and each row's multiple of it
+    extra = floor["extra"]
+    per_token_s = extra["bytes_per_token"] / (extra["copy_bandwidth_gb_s"] * 1e9)
+    assert floor["median_ms"] == pytest.approx(per_token_s * 1e3 * 9)
+    assert r["extra"]["x_floor"] == pytest.approx(r["median_ms"] / floor["median_ms"])
+
+
+def test_the_floor_counts_every_weight_once_and_every_cache_tensor():
+    from stretto.engine import ModelConfig, MusicModel
+    from stretto.tokenizer import Vocabulary
+
+    config = ModelConfig.from_vocab(Vocabulary(), mode="transformer", preset="tiny")
+    model = MusicModel(config)
+    weights = 4 * sum(p.numel() for p in model.parameters())  # a tied head once
+    cache = model.new_cache(1, 301)
+    held = sum(t.numel() * t.element_size() for t in cache.tensors())
+    rings = 4 * config.n_layers * 2 * config.window * config.d_model  # keys and values
+    assert held > rings  # the rings, the block sums and the note tracker
+    assert generate_bench.bytes_per_token("tiny", 300) == weights + held
+
+
+def test_batches_are_asked_of_the_batched_providers_only():
+    grid = (("small",), (2048,), (1, 8, 32))
+    cases = generate_bench._cases(grid, ["cached", "compiled", "hf-llama"])
+    assert [(b, v) for _, _, b, v in cases] == [
+        (1, "cached"),
+        (1, "compiled"),
+        (1, "hf-llama"),
+        (8, "compiled"),
+        (8, "hf-llama"),
+        (32, "compiled"),
+        (32, "hf-llama"),
+    ]
+    with pytest.raises(ValueError, match="unknown generate provider 'jit'"):
+        generate_bench.run(quick=True, device="cpu", providers=["jit"])
 
 
 def test_generate_skips_the_no_cache_baseline_past_its_limit(monkeypatch):
@@ -91,7 +127,7 @@ def test_generate_skips_the_no_cache_baseline_past_its_limit(monkeypatch):
     monkeypatch.setattr(generate_bench, "FULL_FORWARD_MAX_TOKENS", 4)
     rows = generate_bench.run(quick=True, device="cpu", seq_lens=[5], presets=["tiny"])
     by_provider = {r["provider"]: r for r in rows}
-    assert by_provider.keys() == {"full-forward", "cached"}
+    assert by_provider.keys() == {"floor", "full-forward", "cached"}
     skipped = by_provider["full-forward"]
     assert skipped["suite"] == "generate" and skipped["seq_len"] == 5
     assert skipped["status"] == "skipped: no-cache baseline is run up to 4 tokens only"
@@ -130,8 +166,9 @@ def test_the_hf_llama_peer_is_a_skipped_row_without_transformers(monkeypatch):
         lambda name, *a: None if name == "transformers" else real(name, *a),
     )
     rows = generate_bench.run(quick=True, device="cpu", seq_lens=[5], presets=["tiny"])
-    assert [r["status"] for r in rows] == [
-        "skipped: transformers is not installed (pip install -e '.[hf]')"
+    assert [r.get("status") for r in rows] == [
+        None,  # the floor
+        "skipped: transformers is not installed (pip install -e '.[hf]')",
     ]
 
 
