@@ -50,6 +50,11 @@ if TYPE_CHECKING:  # annotations only: model.py imports this module
     from .model import MusicModel
 
 STOP_CHECK_EVERY = 32  # steps between the host syncs that ask "has every sequence ended?"
+# compile_step="auto": compile when a call decodes at least this many tokens (summed over
+# its rows) on a device of this type, the measured point where the compiled step's saving
+# repays its first call (docs/engine.md, "Compiled generation"). A device type without a
+# measurement decodes eagerly.
+AUTO_COMPILE_MIN_TOKENS = {"cpu": 4096}
 
 
 # -- sampling ----------------------------------------------------------------------------
@@ -183,7 +188,7 @@ def generate(
     note_off: str = "spread",
     at_limit: str = "release",
     shared_noise: bool = False,
-    compile_step: bool = False,
+    compile_step: bool | str = False,
 ) -> torch.Tensor:
     """Sample continuations of `model` (`model.generate(prompt, ...)` calls this);
     returns LongTensor `[B, N + T]` (prompt, then new tokens).
@@ -204,8 +209,11 @@ def generate(
     `note_off="spread"` (the probability of NOTE_OFFs of silent pitches goes to the
     sounding pitches) or `"mask"` (it is renormalized over every allowed token).
     `shared_noise`: every row samples with the same random draw at each step.
-    `compile_step`: the one-token step is compiled once (on CUDA, captured as a
-    CUDA graph and replayed per token unless Inductor skips it; see `DecodeStep`).
+    `compile_step`: True compiles the whole token step once per process and shapes
+    (`TokenStep`; on CUDA captured as a CUDA graph and replayed per token unless
+    Inductor skips it), with the same tokens as the eager step; a string is a
+    `torch.compile` mode; "auto" compiles when the call decodes at least
+    `AUTO_COMPILE_MIN_TOKENS[device type]` tokens over its rows.
     """
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool):
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
@@ -235,6 +243,14 @@ def generate(
     if z is not None:
         z = torch.as_tensor(z)
     batch_size = _batch(batch_size, prompt, z)
+    modes = ("auto", *list_mode_options())
+    if not (isinstance(compile_step, bool) or compile_step in modes):
+        raise ValueError(
+            f"compile_step must be a bool or one of {', '.join(modes)}, got {compile_step!r}"
+        )
+    if compile_step == "auto":
+        least = AUTO_COMPILE_MIN_TOKENS.get(device.type)
+        compile_step = least is not None and max_new_tokens * batch_size >= least
     z = _latent(model, z, batch_size, generator, device, dtype)
     ids = _prompt(model, prompt, batch_size, device)
     grammar = state = None

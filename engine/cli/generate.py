@@ -85,6 +85,7 @@ def _sampling(args) -> dict:
         "max_note_steps": args.max_note_steps,
         "note_off": args.note_off,
         "at_limit": args.at_limit,
+        "compile_step": {"on": True, "off": False}.get(args.compile, args.compile),
     }
 
 
@@ -188,6 +189,13 @@ def _sampling_arguments(p: argparse.ArgumentParser) -> None:
         help="a note at --max-note-steps: release it (default) or stop time until it ends",
     )
     p.add_argument("--unconstrained", action="store_true", help="sample without the grammar mask")
+    p.add_argument(
+        "--compile",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="compile the token step (the same tokens, faster once compiled): on, off, or "
+        "auto (default: when the tokens repay the compile, as measured on this device type)",
+    )
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if present)")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
 

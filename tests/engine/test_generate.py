@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
@@ -276,3 +278,30 @@ def test_the_model_method_is_the_function(make_model):
     with pytest.raises(TypeError, match="top_q"):
         model.generate(max_new_tokens=2, top_q=0.9)
     assert "note_off" in generate.__doc__ and "note_off" not in model.generate.__doc__
+
+
+def test_compile_step_auto_compiles_when_the_tokens_reach_the_measured_point(
+    make_model, monkeypatch
+):
+    """ "auto" asks for a compiled step exactly when tokens x rows reach the device
+    type's measured point, and stays eager on a device type never measured."""
+    from stretto.engine import generate
+
+    gen = importlib.import_module("stretto.engine.generate")
+    asked = []
+    real = gen.TokenStep.__init__
+
+    def record(self, *args, compile=False, **kwargs):
+        asked.append(compile)
+        real(self, *args, compile=False, **kwargs)  # the test runs eagerly either way
+
+    monkeypatch.setattr(gen.TokenStep, "__init__", record)
+    model = make_model("transformer")
+    monkeypatch.setattr(gen, "AUTO_COMPILE_MIN_TOKENS", {"cpu": 12})
+    generate(model, max_new_tokens=6, batch_size=2, compile_step="auto")
+    generate(model, max_new_tokens=5, batch_size=2, compile_step="auto")
+    monkeypatch.setattr(gen, "AUTO_COMPILE_MIN_TOKENS", {"cuda": 1})
+    generate(model, max_new_tokens=50, compile_step="auto")
+    assert asked == [True, False, False]
+    with pytest.raises(ValueError, match="compile_step must be a bool or one of auto"):
+        generate(model, max_new_tokens=2, compile_step="fast")
