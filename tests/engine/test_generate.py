@@ -283,8 +283,8 @@ def test_the_model_method_is_the_function(make_model):
 def test_compile_step_auto_compiles_when_the_tokens_reach_the_measured_point(
     make_model, monkeypatch
 ):
-    """ "auto" asks for a compiled step exactly when tokens x rows reach the device
-    type's measured point, and stays eager on a device type never measured."""
+    """With "auto" a compiled step is asked for exactly when the tokens per row reach
+    the device type's measured point, and never on a device type not measured."""
     from stretto.engine import generate
 
     gen = importlib.import_module("stretto.engine.generate")
@@ -297,8 +297,8 @@ def test_compile_step_auto_compiles_when_the_tokens_reach_the_measured_point(
 
     monkeypatch.setattr(gen.TokenStep, "__init__", record)
     model = make_model("transformer")
-    monkeypatch.setattr(gen, "AUTO_COMPILE_MIN_TOKENS", {"cpu": 12})
-    generate(model, max_new_tokens=6, batch_size=2, compile_step="auto")
+    monkeypatch.setattr(gen, "AUTO_COMPILE_MIN_TOKENS", {"cpu": 6})
+    generate(model, max_new_tokens=6, compile_step="auto")
     generate(model, max_new_tokens=5, batch_size=2, compile_step="auto")
     monkeypatch.setattr(gen, "AUTO_COMPILE_MIN_TOKENS", {"cuda": 1})
     generate(model, max_new_tokens=50, compile_step="auto")
