@@ -542,10 +542,11 @@ class QualityRun:
 
         from benchmarks import quality_cause as qc
         from benchmarks import quality_music as qm
+        from stretto.engine import generate
 
         b = self.budget
         shape = f"{b.preset}-T{length}-P{count}"
-        why = qc.sampler_support(model.generate)
+        why = qc.sampler_support(generate)  # model.generate forwards its options to it
         if why is not None:
             return [
                 skipped_row(
