@@ -40,6 +40,7 @@ import torch
 
 from stretto.engine import MusicModel
 from stretto.engine.evaluation import held_out_batches, unigram_nll
+from stretto.engine.generate import LISTENING_SAMPLING
 from stretto.tokenizer import MidiTokenizer, TokenDataset
 from stretto.tokenizer.statistics import polyphony
 
@@ -53,7 +54,7 @@ POLYPHONY_MAX_RATIO = 2.0
 POLYPHONY_TOKENS = 1024  # ids per piece (capped by the model's max_seq_len)
 POLYPHONY_PIECES = 4
 POLYPHONY_WINDOWS = 16
-SAMPLING = {"temperature": 1.0, "top_p": 0.95}
+SAMPLING = LISTENING_SAMPLING  # what `stretto generate` and the demo sample with
 
 
 def check_held_out(

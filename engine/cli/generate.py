@@ -12,7 +12,7 @@ import torch
 from stretto.engine import load_checkpoint
 from stretto.engine.cli.pianoroll import save_piano_roll
 from stretto.engine.cli.runs import RUN
-from stretto.engine.generate import interpolate
+from stretto.engine.generate import LISTENING_SAMPLING, interpolate
 from stretto.tokenizer import MidiTokenizer, Vocabulary
 
 GENERATE_DESCRIPTION = """\
@@ -165,9 +165,14 @@ def _trained_length(checkpoint: Path) -> int:
 
 def _sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens", type=int, default=1024, help="new tokens (default 1024)")
-    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
+    t, top_p = LISTENING_SAMPLING["temperature"], LISTENING_SAMPLING["top_p"]
+    p.add_argument(
+        "--temperature", type=float, default=t, help=f"0 = greedy (default {t}, measured)"
+    )
     p.add_argument("--top-k", type=int, default=None, help="keep the K likeliest tokens")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus mass in (0, 1]")
+    p.add_argument(
+        "--top-p", type=float, default=top_p, help=f"nucleus mass in (0, 1] (default {top_p})"
+    )
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument(
         "--max-note-steps",
