@@ -124,7 +124,12 @@ def _launch(spec: dict, tmp_path: Path, wait=range(WORLD)) -> list[subprocess.Co
 
 if __name__ == "__main__":
     _worker(json.loads(Path(sys.argv[1]).read_text()))
-    sys.exit(0)
+    # The rank's results are written and it has left the process group: exit without the
+    # interpreter's teardown, where torch's gloo threads now and then abort the process
+    # ("terminate called without an active exception", SIGABRT) after a clean run.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 # -- the tests -------------------------------------------------------------------------------
