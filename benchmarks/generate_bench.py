@@ -388,7 +388,8 @@ def run(
             continue
         key = (preset, tokens, batch)
         inductor_cache = None
-        if provider == "compiled":
+        if provider == "compiled" and not device.startswith("cuda"):
+            # a folder for the CPU child (CUDA runs in this process: its cache stays put)
             inductor_cache = caches[key] = tempfile.mkdtemp(dir=scratch.name)
         elif provider == "compiled-first-call":
             inductor_cache = tempfile.mkdtemp(dir=scratch.name)
@@ -416,7 +417,7 @@ def run(
             rows.append(dict(what, status=f"error: {type(exc).__name__}: {exc}"))
             continue
         extra = dict(measured.pop("extra", {}), preset=preset, batch=batch)
-        if batch == 1 and (preset, tokens) in floors:
+        if batch == 1:
             per_token_ms = measured["median_ms"] / tokens
             extra["x_floor"] = per_token_ms / floors[preset, tokens]
         rows.append(dict(what, **measured, extra=extra))

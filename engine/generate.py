@@ -392,9 +392,9 @@ class TokenStep(DecodeStep):
     graph per token, its inputs marked static); `generate` runs it with the eager step
     as the reference: for the same noise the compiled step picks the same tokens.
 
-    `sampling` holds `temperature`, `top_k`, `top_p` and `shared_noise` (see
-    `generate`), `policies` `note_off` and `at_limit`; `grammar` None samples without
-    constraints.
+    `sampling` holds `temperature`, `top_k` and `top_p` (see `generate`; a
+    `shared_noise` entry is the caller's, who draws `[1, V]` noise for it), `policies`
+    `note_off` and `at_limit`; `grammar` None samples without constraints.
     """
 
     def __init__(
