@@ -35,7 +35,6 @@ import torch
 from torch._dynamo.utils import counters, get_compilation_metrics
 from torch._inductor import list_mode_options
 
-from stretto.kernels import HierarchicalKVCache
 from stretto.tokenizer.vocabulary import Vocabulary
 
 from .grammar import (
@@ -45,6 +44,7 @@ from .grammar import (
     GrammarState,
     check_policies,
 )
+from .notes import DecodeCache
 
 if TYPE_CHECKING:  # annotations only: model.py imports this module
     from .model import MusicModel
@@ -273,21 +273,25 @@ def generate(
     was_training = model.training
     model.eval()  # no dropout while sampling
     try:
-        return _sample_loop(
+        out = sample_tokens(
             model,
             ids,
             z,
-            grammar,
-            state,
-            vocab,
             max_new_tokens,
-            generator,
-            sampling,
-            policies,
-            compile_step,
+            sampling=sampling,
+            grammar=grammar,
+            state=state,
+            policies=policies,
+            generator=generator,
+            compile_step=compile_step,
         )
     finally:
         model.train(was_training)
+    # Columns after the last END of every row are padding only: trim them.
+    is_end = out == vocab.END
+    length = torch.where(is_end.any(1), is_end.int().argmax(1) + 1, out.shape[1])  # [B]
+    length = torch.where((ids == vocab.END).any(1), 0, length)
+    return torch.cat([ids, out[:, : int(length.max())]], dim=1)
 
 
 class DecodeStep:
@@ -318,7 +322,7 @@ class DecodeStep:
     def __init__(
         self,
         model: MusicModel,
-        cache: list[HierarchicalKVCache],
+        cache: DecodeCache,
         z: torch.Tensor | None,
         *,
         compile: bool | str = False,
@@ -349,10 +353,7 @@ class DecodeStep:
         """The tensors the step reads or writes in place besides the model's own
         parameters and buffers: every block's cache tensors, the note state's tracker
         (`MusicModel.new_cache`), then z (vae modes)."""
-        if hasattr(self.cache, "tensors"):  # `MusicModel.new_cache`, note tracker included
-            held = self.cache.tensors()
-        else:
-            held = tuple(t for layer in self.cache for t in layer.tensors())
+        held = self.cache.tensors()
         return held if self.z is None else (*held, self.z)
 
     def cudagraph_skips(self) -> int:
@@ -395,12 +396,15 @@ class TokenStep(DecodeStep):
     `sampling` holds `temperature`, `top_k` and `top_p` (see `generate`; a
     `shared_noise` entry is the caller's, who draws `[1, V]` noise for it), `policies`
     `note_off` and `at_limit`; `grammar` None samples without constraints.
+    `record_allowed`: each step also writes the ids the grammar and its policies allow
+    (the tempered logits' finite entries, before top-k and top-p) into `allowed`
+    (`[B, V]` bool, all True without a grammar).
     """
 
     def __init__(
         self,
         model: MusicModel,
-        cache: list[HierarchicalKVCache],
+        cache: DecodeCache,
         z: torch.Tensor | None,
         logits: torch.Tensor,
         *,
@@ -410,9 +414,13 @@ class TokenStep(DecodeStep):
         sampling: dict,
         policies: dict,
         compile: bool | str = False,
+        record_allowed: bool = False,
     ):
         self.logits = logits.float().clone()  # owned: rewritten in place at every token
         self.ended = ended.clone()
+        self.allowed = None
+        if record_allowed:
+            self.allowed = torch.ones(self.logits.shape, dtype=torch.bool, device=logits.device)
         self.grammar, self.state, self.policies = grammar, state, policies
         # The temperature goes first, so the grammar's policies see the tempered logits.
         self.temperature = sampling["temperature"]
@@ -431,6 +439,8 @@ class TokenStep(DecodeStep):
         """`DecodeStep.static_tensors`, then `logits`, `ended`, the grammar state and
         the grammar's constant tables."""
         own = (self.logits, self.ended)
+        if self.allowed is not None:
+            own = (*own, self.allowed)
         if self.grammar is not None:
             tables = self.grammar.tables(self.logits.device).values()
             own = (*own, *self.state.tensors(), *tables)
@@ -442,6 +452,8 @@ class TokenStep(DecodeStep):
             logits = logits / self.temperature
         if self.grammar is not None:
             logits = self.grammar.sampling_logits(self.state, logits, **self.policies)
+            if self.allowed is not None:
+                self.allowed.copy_(logits.isfinite())
         token = sample(logits, noise=noise, **self.sampling)
         token = torch.where(self.ended, self.pad_id, token)
         if self.grammar is not None:
@@ -471,27 +483,41 @@ def _read_prompt(grammar: Grammar, ids: torch.Tensor, vocab: Vocabulary) -> Gram
     return grammar.to(state, ids.device)
 
 
-def _sample_loop(
-    model,
-    ids,
-    z,
-    grammar,
-    state,
-    vocab,
-    max_new_tokens,
-    generator,
-    sampling,
-    policies,
-    compile_step,
-):
-    """Prefill `ids` `[B, N]` through the decoder with fresh caches, then sample (under
-    the grammar from `state`, the state after the prompt, when `grammar` is given) one
-    `TokenStep` per token; the host only stores each token and, every
-    `STOP_CHECK_EVERY` tokens, asks whether every row has ended."""
+@torch.no_grad()
+def sample_tokens(
+    model: MusicModel,
+    ids: torch.Tensor,
+    z: torch.Tensor | None,
+    steps: int,
+    *,
+    sampling: dict,
+    policies: dict,
+    grammar: Grammar | None = None,
+    state: GrammarState | None = None,
+    generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
+    allowed: torch.Tensor | None = None,
+    compile_step: bool | str = False,
+) -> torch.Tensor:
+    """The sampling loop of `generate` and of the vae_gan's rollout: prefill `ids`
+    `[B, N]` (unpadded) through the decoder with fresh caches, then sample `steps`
+    tokens, one `TokenStep` each, in the model's current mode; returns them `[B, steps]`,
+    PAD after a row's END. No checks: `generate` checks its arguments first.
+
+    `sampling` and `policies` as in `TokenStep`; `grammar` None samples without rules,
+    else `state` is its state after `ids` (it advances in place). `noise`: the race's
+    exponential draws `[steps, B, V]` (`[steps, 1, V]` with `shared_noise`), drawn
+    here from `generator`, `STOP_CHECK_EVERY` tokens at a time, when None. `allowed`:
+    a bool buffer `[B, steps, V]` that receives the ids the grammar and its policies
+    allowed before each token. The host stores each token and, every `STOP_CHECK_EVERY`
+    tokens, stops once every row has ended (the rest is PAD); with `allowed` it runs
+    every step.
+    """
     b, n = ids.shape
     device = ids.device
-    cache = model.new_cache(b, n + max_new_tokens)
-    # Prompts hold no PAD (checked), so no padding mask: every token is real.
+    vocab = Vocabulary()
+    cache = model.new_cache(b, n + steps)
+    # Prompts hold no PAD, so no padding mask: every token is real.
     logits = model.decoder_logits(ids, None, z, None, cache)[:, -1]  # [B, V]
     step = TokenStep(
         model,
@@ -504,28 +530,26 @@ def _sample_loop(
         sampling=sampling,
         policies=policies,
         compile=compile_step,
+        record_allowed=allowed is not None,
     )
-    noise_rows = 1 if sampling["shared_noise"] else b
+    noise_rows = 1 if sampling.get("shared_noise") else b
     draws = sampling["temperature"] > 0
-    out = torch.full((b, max_new_tokens), vocab.PAD, dtype=torch.long, device=device)
-    steps = max_new_tokens
-    for i in range(max_new_tokens):
+    out = torch.full((b, steps), vocab.PAD, dtype=torch.long, device=device)
+    for i in range(steps):
         k = i % STOP_CHECK_EVERY
-        if k == 0 and draws:  # the race's noise for the next tokens, drawn in one go
-            count = min(STOP_CHECK_EVERY, max_new_tokens - i)
-            noise = torch.empty(count, noise_rows, vocab.size, device=device)
-            noise.exponential_(1.0, generator=generator)
-        out[:, i] = step(noise[k] if draws else None)
-        if (i + 1) % STOP_CHECK_EVERY == 0 and bool(step.ended.all()):
-            steps = i + 1
+        if k == 0 and draws and noise is None:  # the next tokens' noise, drawn in one go
+            count = min(STOP_CHECK_EVERY, steps - i)
+            chunk = torch.empty(count, noise_rows, vocab.size, device=device)
+            chunk.exponential_(1.0, generator=generator)
+        if not draws:
+            out[:, i] = step(None)
+        else:
+            out[:, i] = step(noise[i] if noise is not None else chunk[k])
+        if allowed is not None:
+            allowed[:, i] = step.allowed
+        elif (i + 1) % STOP_CHECK_EVERY == 0 and bool(step.ended.all()):
             break
-    out = out[:, :steps]
-    # Columns after the last END of every row are padding only: trim them.
-    is_end = out == vocab.END
-    first_end = is_end.int().argmax(1) + 1  # [B]
-    length = torch.where(is_end.any(1), first_end, steps)
-    length = torch.where((ids == vocab.END).any(1), 0, length)
-    return torch.cat([ids, out[:, : int(length.max())]], dim=1)
+    return out
 
 
 # -- interpolation -------------------------------------------------------------------------

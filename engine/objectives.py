@@ -30,6 +30,7 @@ from torch import nn
 
 from stretto.tokenizer.vocabulary import Vocabulary
 
+from .generate import sample_tokens
 from .grammar import Grammar
 
 if TYPE_CHECKING:  # annotations only: model.py imports this module
@@ -195,36 +196,40 @@ def bag_of_words_loss(
 def rollout(
     model: MusicModel, ids: torch.Tensor, z: torch.Tensor, step: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Free-running samples after a real prefix, through the cached decoder.
+    """Free-running samples after a real prefix, through `generate`'s sampling loop.
 
     Returns (tokens `[B, P + K]`: the first `gan_prefix` real tokens then `gan_span`
     sampled ones, each conditioned on the sampled tokens before it; the Gumbel noise
     `[B, K, V]` that chose them, -inf on the tokens the grammar forbade there, so that
-    a differentiable forward can rebuild the samples). Sampling is argmax(logits +
-    Gumbel noise) under the grammar mask, as `generate` samples by default: the fakes
-    are grammatical, and the discriminator has to judge the music.
+    a differentiable forward can rebuild the samples). The loop samples at temperature
+    1 under the grammar and the note limit (`note_off="mask"`: the allowed tokens keep
+    the model's own logits), by the exponential race against draws E; with
+    G = -log E that is argmax(logits + G) over the allowed tokens, so G is the Gumbel
+    noise. The fakes are grammatical, and the discriminator has to judge the music.
     """
     c = model.config
     p, k = c.gan_prefix, c.gan_span
     b = ids.shape[0]
     grammar = _grammar()
     state = grammar.initial_state(b, ids.device)
-    for t in range(p):
+    for t in range(p):  # real windows keep the grammar; read on the device, unchecked
         grammar.advance(state, ids[:, t])
-    cache = model.new_cache(b, p + k)
-    logits = model.decoder_logits(ids[:, :p], None, z, None, cache)[:, -1].float()  # [B, V]
-    noise = torch.empty(b, k, c.vocab_size, device=ids.device)
-    out = [ids[:, :p]]
-    for t in range(k):
-        g = -torch.empty_like(logits).exponential_().log()  # Gumbel(0, 1)
-        g = g.masked_fill(~grammar.allowed(state), float("-inf"))
-        noise[:, t] = g
-        token = (logits + g).argmax(-1)  # [B]
-        grammar.advance(state, token)
-        out.append(token[:, None])
-        if t + 1 < k:
-            logits = model.decoder_logits(token[:, None], None, z, None, cache)[:, 0].float()
-    return torch.cat(out, dim=1), noise
+    draws = torch.empty(k, b, c.vocab_size, device=ids.device).exponential_()  # E
+    allowed = torch.empty(b, k, c.vocab_size, dtype=torch.bool, device=ids.device)
+    tokens = sample_tokens(
+        model,
+        ids[:, :p],
+        z,
+        k,
+        sampling={"temperature": 1.0, "top_k": None, "top_p": None},
+        policies={"note_off": "mask", "at_limit": "release"},
+        grammar=grammar,
+        state=state,
+        noise=draws,
+        allowed=allowed,
+    )
+    gumbel = -draws.log().transpose(0, 1)  # [B, K, V]
+    return torch.cat([ids[:, :p], tokens], dim=1), gumbel.masked_fill(~allowed, float("-inf"))
 
 
 @functools.cache

@@ -305,3 +305,36 @@ def test_compile_step_auto_compiles_when_the_tokens_reach_the_measured_point(
     assert asked == [True, False, False]
     with pytest.raises(ValueError, match="compile_step must be a bool or one of auto"):
         generate(model, max_new_tokens=2, compile_step="fast")
+
+
+def test_the_vae_gan_rollout_samples_through_generates_loop(make_model, windows, vocab):
+    """The rollout's fakes come from `sample_tokens`; its Gumbel noise rebuilds them
+    from the teacher-forced logits (what the straight-through fakes rely on), its -inf
+    marks exactly what the grammar forbade, and the fakes keep the grammar."""
+    from stretto.engine.grammar import Grammar
+    from stretto.engine.objectives import rollout
+
+    model = make_model("vae_gan").eval()
+    c = model.config
+    p, k = c.gan_prefix, c.gan_span
+    ids = windows(p + k)
+    z = torch.randn(2, c.latent_dim)
+    torch.manual_seed(1)
+    tokens, noise = rollout(model, ids, z, 0)
+    assert tokens.shape == ids.shape and torch.equal(tokens[:, :p], ids[:, :p])
+    assert noise.shape == (2, k, vocab.size)
+    assert not torch.equal(tokens[:, p:], ids[:, p:])  # sampled, not copied
+    with torch.no_grad():
+        logits = model.decode(tokens, torch.ones_like(tokens, dtype=torch.bool), z=z)
+    assert torch.equal((logits[:, p - 1 : -1].float() + noise).argmax(-1), tokens[:, p:])
+    grammar = Grammar(vocab)
+    state = grammar.initial_state(2, "cpu")
+    for t in range(p + k):
+        if t >= p:
+            forbidden = grammar.sampling_logits(
+                state, torch.zeros(2, vocab.size), note_off="mask", at_limit="release"
+            ).isinf()
+            assert torch.equal(noise[:, t - p].isinf(), forbidden), t
+            assert forbidden.any()
+        assert bool((grammar.broken_rule(state, tokens[:, t]) < 0).all()), t
+        grammar.advance(state, tokens[:, t])
