@@ -36,8 +36,8 @@ SAMPLERS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("spread", {"note_off": "spread", "at_limit": "freeze"}),
     ("spread+release", {"note_off": "spread", "at_limit": "release"}),
 )
-TEMPERATURES = (1.0, 0.9)
-TOP_PS = (None, 0.95)
+TEMPERATURES = (1.0, 0.9, 0.8)
+TOP_PS = (None, 0.95, 0.9)
 
 
 def distance_labels() -> list[str]:

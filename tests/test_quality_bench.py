@@ -258,13 +258,10 @@ def test_the_sampler_comparison_needs_the_sampler_settings():
 
     assert qc.sampler_support(generate) is None
     variants = dict(qc.sampler_variants("spread"))
-    assert len(variants) == 3
+    assert len(variants) == len(qc.TEMPERATURES) * len(qc.TOP_PS) - 1
     assert all(v["note_off"] == "spread" for v in variants.values())
-    assert {(v["temperature"], v["top_p"]) for v in variants.values()} == {
-        (0.9, None),
-        (1.0, 0.95),
-        (0.9, 0.95),
-    }
+    pairs = {(v["temperature"], v["top_p"]) for v in variants.values()}
+    assert (1.0, None) not in pairs and (0.9, 0.95) in pairs and len(pairs) == len(variants)
 
 
 class SamplerStub:
@@ -284,7 +281,8 @@ class SamplerStub:
         return torch.as_tensor([ids] * batch_size)
 
 
-def test_the_sampler_comparison_runs_each_setting_then_varies_the_best():
+def _sampler_rows(half_a: list[int], half_b: list[int]):
+    """The sampler comparison of `SamplerStub` with those pieces as held-out halves."""
     from stretto.tokenizer import MidiTokenizer, Vocabulary
 
     tokenizer = MidiTokenizer()
@@ -293,15 +291,22 @@ def test_the_sampler_comparison_runs_each_setting_then_varies_the_best():
         stats = [qm.piece_statistics(tokenizer.decode(p)) | qm.note_statistics(p) for p in pieces]
         return qm.PieceSet.of(stats, [1.0] * len(pieces))
 
-    reference = piece_set([planted_ids()])
     far = qm.PieceSet.of([qm.piece_statistics(score_of([p + 1 for p in C_MAJOR]))], [0.0])
-    uni = {k: qm.distance(far, reference, k) for k in qm.STATISTICS}
+    halves = {}
+    for name, ids in (("A", half_a), ("B", half_b)):
+        held = piece_set([ids])
+        halves[name] = (held, {k: qm.distance(far, held, k) for k in qm.STATISTICS})
     run = object.__new__(quality_bench.QualityRun)
     run.budget, run.vocab, run.what = TINY, Vocabulary(), {}
     model = SamplerStub()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(quality_bench, "progress", lambda msg: None)
-        rows = run._samplers(model, 16, 2, piece_set, reference, uni)
+        rows = run._samplers(model, 16, 2, piece_set, halves)
+    return rows, model
+
+
+def test_the_sampler_comparison_runs_each_setting_then_varies_the_best():
+    rows, model = _sampler_rows(planted_ids(), planted_ids())
     names = [r["provider"] for r in rows]
     assert names[:3] == [name for name, _ in qc.SAMPLERS]
     by_name = {r["provider"]: r["extra"] for r in rows}
@@ -312,6 +317,19 @@ def test_the_sampler_comparison_runs_each_setting_then_varies_the_best():
     assert best == ["spread"]  # ties with spread+release: the first wins
     assert names[3:] == [name for name, _ in qc.sampler_variants("spread")]
     assert model.calls[3:] == [settings for _, settings in qc.sampler_variants("spread")]
+    assert sum(1 for r in rows if r["extra"].get("pick")) == 1
+
+
+def test_the_sampler_comparison_chooses_on_half_a_and_reports_on_half_b():
+    """Half A holds music without NOTE_OFFs (what the stub's "mask" setting makes),
+    half B the planted piece: the choice follows A, the reported figures B."""
+    masked = qm.drop_note_offs(planted_ids(end=False), 1.0, np.random.default_rng(0))
+    rows, _ = _sampler_rows(masked, planted_ids())
+    best = [r["provider"] for r in rows if r["extra"].get("best")]
+    assert best == ["mask"]
+    by_name = {r["provider"]: r["extra"] for r in rows}
+    # against B the mask is the worse setting, and the rows say so
+    assert by_name["mask"]["polyphony_distance"] > by_name["spread"]["polyphony_distance"]
 
 
 def test_the_sampler_comparison_is_a_skipped_row_without_the_settings(monkeypatch):
@@ -324,7 +342,7 @@ def test_the_sampler_comparison_is_a_skipped_row_without_the_settings(monkeypatc
         raise AssertionError("not to be called")
 
     monkeypatch.setattr(stretto.engine, "generate", old)
-    (row,) = run._samplers(None, 16, 2, None, None, None)
+    (row,) = run._samplers(None, 16, 2, None, None)
     assert row["mode"] == "sampler" and row["status"].startswith("skipped: sampler comparison")
     assert "note_off" in row["status"]
 
