@@ -221,7 +221,7 @@ def test_note_off_targets_measure_the_distance_from_the_note_on():
 
 
 def test_the_distance_multiple_column_reads_real_against_real():
-    from benchmarks.quality_report import music_table
+    from benchmarks.report import music_table
 
     assert qm.distance_multiple(0.3, 0.1) == pytest.approx(3.0)
     assert qm.distance_multiple(0.3, 0.0) is None
