@@ -1,5 +1,6 @@
 """`python -m benchmarks [SUITE ...] [--quick] [--device cuda|cpu] [--out DIR]
-[--seq-len N ...] [--preset NAME ...] [--corpus DIR] [--steps N] [--seconds S]`."""
+[--seq-len N ...] [--preset NAME ...] [--provider NAME ...] [--corpus DIR] [--steps N]
+[--seconds S] [--block N ...]`."""
 
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ examples:
                                                  a filtered run: these presets/lengths
   python -m benchmarks quality --corpus DIR      held-out likelihood per attention and
                                                  generated music against held-out music
+  python -m benchmarks quality --corpus DIR --seq-len 2048 --block 16 --block 128
+                                                 the likelihood part alone: WHA with each
+                                                 summary block beside the sliding window
 
 --seq-len N (repeatable) keeps only these lengths: the model, memory and generate
 suites run any positive length (generate: generated tokens); the attention suite runs
@@ -29,7 +33,8 @@ preset: tiny, small, base; default: model base, generate small and base; quick r
 tiny on a CPU). The filters are written beside "full run"/"quick run" in results.md.
 The quality suite trains on a corpus (--corpus DIR, MIDI files; default: the demo's
 chorales, which need music21) for a budget (--steps N per training run, or --seconds
-S per attention variant; default: its full or --quick budget), one --preset (tiny).
+S per attention variant; default: its full or --quick budget), one --preset (tiny);
+--block N (repeatable) makes it a block sweep.
 
 Results go to benchmarks/results/<device>/<YYYY-MM-DD>-<commit>/ (results.csv,
 results.json, results.md, PNG plots) and that device's section of
@@ -78,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "corpus": args.corpus,
                 "steps": args.steps,
                 "seconds": args.seconds,
+                "blocks": args.block,
                 "providers": args.provider,
             },
         )
@@ -154,6 +160,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="S",
         help="quality suite: stop each attention variant after S seconds of training",
+    )
+    parser.add_argument(
+        "--block",
+        type=_positive_int,
+        action="append",
+        metavar="N",
+        help="repeatable: quality suite: a block sweep, its likelihood part alone with WHA at "
+        "each of these summary block sizes beside the sliding window (no music part)",
     )
 
 

@@ -49,6 +49,10 @@ the validation files.
 Budget: `FULL` (default; about 15-25 minutes on a 2-core CPU) and `QUICK` (`--quick`,
 under 5), or `--steps N` (training steps per run) and `--seconds S` (a cap on each
 variant's training time), `--seq-len N` (lengths) and `--preset NAME`.
+
+Block sweep (`--block N`, repeatable): part 1 alone, its variants WHA with each of
+these summary block sizes (`wha-b<N>`, the preset's window) beside the sliding window,
+with the same baselines; parts 2 and 3 are not run.
 """
 
 from __future__ import annotations
@@ -88,6 +92,7 @@ class Budget:
     pieces: int = 24  # held-out pieces per half, and pieces sampled per source
     val_fraction: float = 0.1
     split_seed: int = 0
+    blocks: tuple[int, ...] = ()  # a block sweep's summary block sizes (part 1 alone)
 
 
 FULL = Budget()
@@ -111,9 +116,10 @@ def run(
     corpus: str | None = None,
     steps: int | None = None,
     seconds: float | None = None,
+    blocks: Sequence[int] | None = None,
     out_dir: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows of both parts (see the module docstring)."""
+    """Rows of every part, or of the block sweep (see the module docstring)."""
     budget = QUICK if quick else FULL
     changes: dict[str, Any] = {}
     if seq_lens:
@@ -126,6 +132,8 @@ def run(
         changes["steps"] = steps
     if seconds is not None:
         changes["seconds"] = seconds
+    if blocks:
+        changes["blocks"] = tuple(sorted(set(blocks)))
     budget = dataclasses.replace(budget, **changes)
     midi = Path(corpus) if corpus else demo_corpus()
     with tempfile.TemporaryDirectory(prefix="stretto-quality-") as tmp:
@@ -202,7 +210,8 @@ class QualityRun:
         baselines = self._baselines()
         for n in self.budget.seq_lens:
             rows += self._likelihood(n, baselines)
-        rows += self._music(baselines)
+        if not self.budget.blocks:  # a block sweep is part 1 alone
+            rows += self._music(baselines)
         return rows
 
     # -- part 1 ---------------------------------------------------------------------------
@@ -247,6 +256,7 @@ class QualityRun:
 
         from benchmarks.quality_likelihood import (
             VARIANTS,
+            block_variants,
             model_token_nll,
             score_batches,
             train_variants,
@@ -260,14 +270,16 @@ class QualityRun:
         train, val = self.split.datasets(n, val_stride=n)
         held, _ = held_out_batches(val, windows=b.eval_windows, batch_size=max(batch, 8))
         pad = self.vocab.PAD
-        configs = {name: self._config("transformer", n, **o) for name, o in VARIANTS.items()}
-        window, block = configs["wha"].window, configs["wha"].block
+        variants = block_variants(b.blocks) if b.blocks else VARIANTS
+        configs = {name: self._config("transformer", n, **o) for name, o in variants.items()}
+        window = configs["sliding-window"].window
         shape = f"{b.preset}-B{batch}-N{n}"
-        per_seed: dict[str, list] = {name: [] for name in VARIANTS}
+        per_seed: dict[str, list] = {name: [] for name in variants}
         for seed in b.seeds:
             progress(
-                f"[quality] likelihood: {n} tokens, seed {seed}, {b.steps} steps of "
-                f"{', '.join(VARIANTS)} side by side (window {window}, block {block})"
+                f"[quality] likelihood: {n} tokens, seed {seed}, {b.steps} steps side by side "
+                f"(window {window}): "
+                + ", ".join(f"{name} (block {c.block})" for name, c in configs.items())
             )
             trainers = {}
             for name, config in configs.items():

@@ -44,6 +44,13 @@ BIGRAM_ALPHAS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
 LN2 = math.log(2.0)
 
 
+def block_variants(blocks: Sequence[int]) -> dict[str, dict[str, Any]]:
+    """The variants of a block sweep: WHA with each summary block size (`wha-b<N>`),
+    beside the sliding window (no summaries)."""
+    variants: dict[str, dict[str, Any]] = {f"wha-b{b}": {"block": b} for b in blocks}
+    return variants | {"sliding-window": {"block": None}}
+
+
 def bucket_labels(seq_len: int) -> list[str]:
     """Labels of the position buckets a window of `seq_len` tokens has."""
     edges = [e for e in BUCKET_EDGES if e < seq_len] + [seq_len]

@@ -1,5 +1,13 @@
 """Writers for one run: results.csv, results.json, results.md, and the results README.
 
+results.md holds the speed table and, for the quality suite, its own tables drawn from
+its rows' `extra` (`quality_markdown`): the held-out likelihood per length and
+attention with the n-gram baselines; the distances of each source's pieces to held-out
+half B, statistic by statistic, with real against real as the reference (and each
+distance as a multiple of it); how each source's notes end; and the cause section
+(held-out NOTE_OFF probability by distance from the NOTE_ON, polyphony with NOTE_OFFs
+deleted, the sampler comparison).
+
 `python -m benchmarks.report RUN_DIR [--readme]` re-renders results.md and the plots of
 a run folder from its results.json (for a folder copied back from a GPU machine), and
 with `--readme` puts its table into benchmarks/results/README.md.
@@ -16,7 +24,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.schema import RESULTS_ROOT, ROW_FIELDS, is_measured
+from benchmarks.schema import (
+    QUALITY_SOURCES,
+    RESULTS_ROOT,
+    ROW_FIELDS,
+    is_measured,
+    quality_rows,
+    variant_rank,
+)
 
 CSV_NAME, JSON_NAME, MD_NAME = "results.csv", "results.json", "results.md"
 
@@ -64,6 +79,19 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return f"{value:.{decimals}f}"
 
 
+def _fixed(value: float | None, decimals: int = 3) -> str:
+    return "" if value is None else f"{value:.{decimals}f}"
+
+
+def _line(cells: Sequence[Any]) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _table(header: Sequence[str], body: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table: the `header` cells, then one line per row of `body`."""
+    return "\n".join([_line(header), "|" + "---|" * len(header), *map(_line, body)])
+
+
 def relative_times(rows: Sequence[Mapping[str, Any]]) -> list[float | None]:
     """Each measured row's median over the best median among rows of the same case.
 
@@ -87,11 +115,9 @@ def relative_times(rows: Sequence[Mapping[str, Any]]) -> list[float | None]:
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    header = (
-        "| suite | provider | mode | shape | dtype | median ms | p20-p80 ms | vs best "
-        "| peak MB | tokens/s | TFLOP/s | status |"
-    )
-    lines = [header, "|" + "---|" * header.count(" | ") + "---|"]
+    header = ["suite", "provider", "mode", "shape", "dtype", "median ms", "p20-p80 ms"]
+    header += ["vs best", "peak MB", "tokens/s", "TFLOP/s", "status"]
+    body = []
     for row, rel in zip(rows, relative_times(rows), strict=True):
         spread = ""
         if row.get("p20_ms") is not None and row.get("p80_ms") is not None:
@@ -110,8 +136,8 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
             _fmt(row.get("tflops")),
             str(row.get("status", "ok")).replace("|", "/"),
         ]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines)
+        body.append(cells)
+    return _table(header, body)
 
 
 def environment_line(meta: Mapping[str, Any]) -> str:
@@ -154,10 +180,9 @@ def render_markdown(
         markdown_table(rows),
         "",
     ]
-    if any(row.get("suite") == "quality" for row in rows):
-        from benchmarks.quality_report import quality_markdown
-
-        parts += [quality_markdown(rows), ""]
+    quality = quality_markdown(rows)
+    if quality:
+        parts += [quality, ""]
     for name in plots:
         parts += [f"![{Path(name).stem}]({name})", ""]
     return "\n".join(parts)
@@ -186,6 +211,288 @@ def write_run(
     names = [p.name for p in plot_files]
     _atomic_write(out_dir / MD_NAME, render_markdown(meta, rows, names))
     return plot_files
+
+
+# -- the quality suite's tables -------------------------------------------------------
+
+
+def likelihood_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    rows = [r for r in quality_rows(rows, "held-out-nll") if is_measured(r)]
+    if not rows:
+        return ""
+    labels: list[str] = []
+    for r in rows:
+        labels += [label for label in r["extra"].get("buckets") or {} if label not in labels]
+    labels.sort(key=lambda s: int(s.split("-")[0]))
+    header = (
+        ["length", "model", "NLL/token (seeds)", "bits/token", "NLL/s of music"]
+        + [f"pos {label}" for label in labels]
+        + ["past window", "NLL at equal time", "train step ms"]
+    )
+    body = []
+    for r in sorted(rows, key=lambda r: (r["seq_len"] or 0, variant_rank(r["provider"]))):
+        e = r["extra"]
+        nll = _fixed(e.get("nll"))
+        seeds = e.get("nll_seeds")
+        if seeds and len(seeds) > 1:
+            nll += f" ({', '.join(_fixed(v) for v in seeds)})"
+        model = r["provider"]
+        if e.get("kind") == "attention":
+            block = e.get("block")
+            model += f" (w{e.get('window')}" + (f", b{block})" if block else ")")
+            if e.get("attention") == "dense":
+                model = "dense"
+        buckets = e.get("buckets") or {}
+        body.append(
+            [
+                r["seq_len"],
+                model,
+                nll,
+                _fixed(e.get("bits")),
+                _fixed(e.get("nll_per_second"), 2),
+                *[_fixed(buckets.get(label)) for label in labels],
+                _fixed(e.get("past_window")),
+                _fixed(e.get("nll_equal_time")),
+                _fixed(r.get("median_ms"), 1),
+            ]
+        )
+    return _table(header, body)
+
+
+def music_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    from benchmarks.quality_music import HISTOGRAMS, NOTE_STATISTICS, STATISTICS, UNITS
+
+    rows = {r["provider"]: r for r in quality_rows(rows, "generated-vs-held-out")}
+    sources = [s for s in QUALITY_SOURCES if s in rows]
+    if not sources:
+        return ""
+    header = ["statistic", "distance"] + [
+        "real vs real (A vs B)" if s == "held-out-A" else s for s in sources
+    ]
+    distances = [r["extra"].get("distance") or {} for r in rows.values()]
+    stats = STATISTICS + tuple(s for s in NOTE_STATISTICS if any(s in d for d in distances))
+    body = []
+    for stat in stats:
+        measure = "1 - overlap" if stat in HISTOGRAMS else f"abs. mean diff. ({UNITS[stat]})"
+        cells = [stat if stat in STATISTICS else f"{stat} (not of the 9)", measure]
+        for source in sources:
+            e = rows[source]["extra"]
+            d = (e.get("distance") or {}).get(stat, {}).get("distance")
+            cell = _fixed(d)
+            multiple = (e.get("distance_multiple") or {}).get(stat)
+            real = (e.get("reference_distance") or {}).get(stat)
+            if multiple is not None and source != "held-out-A":
+                cell += f" ({multiple:.1f}x)"
+            elif real == 0 and d and source != "held-out-A":
+                cell += " (real: 0)"
+            if (e.get("closer_than_unigram") or {}).get(stat) is False:
+                cell += " (not < unigram)"
+            if (e.get("as_close_as_real") or {}).get(stat):
+                cell += " (<= real)"
+            cells.append(cell)
+        body.append(cells)
+    body.append((["", "", "**mean per piece**"] + [""] * (len(sources) - 1))[: len(header)])
+    for stat in (s for s in stats if s not in HISTOGRAMS):
+        reference = _mean(rows["held-out-B"], stat) if "held-out-B" in rows else ""
+        cells = [stat, f"mean ({UNITS[stat]}); half B: {reference}"]
+        body.append(cells + [_mean(rows[s], stat) for s in sources])
+    return _table(header, body)
+
+
+def _mean(row: Mapping[str, Any], stat: str) -> str:
+    return _fixed(((row["extra"].get("summary") or {}).get(stat) or {}).get("mean"))
+
+
+def _percent(share: float | None) -> str:
+    return "" if share is None else f"{100 * share:.1f}%"
+
+
+def endings_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """How each source's notes end (notes summed over its pieces)."""
+    from benchmarks.quality_music import ENDINGS
+
+    rows = {r["provider"]: r for r in quality_rows(rows, "generated-vs-held-out")}
+    header = ["source", "notes", "NOTE_OFF (model)", "re-struck", "closed at END / end", "at limit"]
+    body = []
+    for source in (s for s in ("held-out-B", *QUALITY_SOURCES) if s in rows):
+        endings = (rows[source]["extra"].get("summary") or {}).get("endings")
+        if endings:
+            total = sum(endings.values())
+            shares = [_percent(endings[k] / total if total else None) for k in ENDINGS]
+            body.append([source, f"{total:.0f}", *shares])
+    return _table(header, body) if body else ""
+
+
+def note_off_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Teacher-forced probability of the correct NOTE_OFF per distance bucket."""
+    parts = []
+    for r in (r for r in quality_rows(rows, "note-off-probability") if is_measured(r)):
+        e = r["extra"]
+        window, buckets = e.get("window"), e["buckets"]
+        heads = [
+            f"{label} *" if window and int(label.split("-")[0].rstrip("+")) > window else label
+            for label in buckets
+        ]
+        body = [
+            ["p(correct NOTE_OFF)", *(_fixed(b["p"]) for b in buckets.values())],
+            ["NOTE_OFFs", *(b["count"] for b in buckets.values())],
+        ]
+        parts.append(
+            f"Model `{r['provider']}`, attention window {window} tokens (`*`: every NOTE_ON "
+            f"of the bucket is out of the window), {e.get('pieces')} held-out pieces of "
+            f"{r['seq_len']} tokens.\n\n" + _table(["tokens from NOTE_ON", *heads], body)
+        )
+    return "\n\n".join(parts)
+
+
+def deletion_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Polyphony of held-out pieces with a share of their NOTE_OFFs deleted."""
+    found = [r for r in quality_rows(rows, "note-off-deletion") if is_measured(r)]
+    if not found:
+        return ""
+    body = [
+        [
+            f"{100 * float(share):.0f}%",
+            _fixed(v.get("polyphony"), 2),
+            _percent(v.get("closed_by_model")),
+        ]
+        for share, v in found[0]["extra"]["shares"].items()
+    ]
+    return _table(["NOTE_OFFs deleted", "polyphony (notes)", "closed by NOTE_OFF"], body)
+
+
+def sampler_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The sampler comparison, or the reason it was skipped."""
+    found = quality_rows(rows, "sampler")
+    if not any(is_measured(r) for r in found):
+        return "\n".join(f"- {r['status']}" for r in found)
+    header = [
+        "sampler",
+        "settings",
+        "polyphony (notes)",
+        "closed by NOTE_OFF",
+        "closer than unigram (of 9)",
+        "sample s",
+    ]
+    body = []
+    for r in found:
+        if not is_measured(r):
+            body.append([r["provider"], r["status"]] + [""] * (len(header) - 2))
+            continue
+        e = r["extra"]
+        body.append(
+            [
+                r["provider"] + (" (best)" if e.get("best") else ""),
+                ", ".join(f"{k}={v}" for k, v in (e.get("settings") or {}).items()),
+                _fixed(e.get("polyphony"), 2),
+                _percent(e.get("closed_by_model")),
+                e.get("closer_count"),
+                _fixed((r.get("median_ms") or 0) / 1e3, 1),
+            ]
+        )
+    return _table(header, body)
+
+
+def verdicts(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One sentence per mode: the statistics where it is not closer than the unigram
+    model's samples, and those where it is as close as real is to real."""
+    out = []
+    for r in quality_rows(rows, "generated-vs-held-out"):
+        closer = r["extra"].get("closer_than_unigram")
+        if not closer:
+            continue
+        worse = [k for k, ok in closer.items() if ok is False]
+        real = [k for k, ok in (r["extra"].get("as_close_as_real") or {}).items() if ok]
+        sentence = f"- {r['provider']}: closer to held-out than the unigram samples on "
+        sentence += f"{sum(1 for ok in closer.values() if ok)} of {len(closer)} statistics"
+        sentence += f" (not on: {', '.join(worse)})" if worse else " (all)"
+        sentence += f"; as close as real is to real on: {', '.join(real) or 'none'}."
+        out.append(sentence)
+    return out
+
+
+def quality_markdown(rows: Sequence[Mapping[str, Any]], *, heading: str = "##") -> str:
+    """The quality tables under `heading`-level titles; "" when the run has none."""
+    likelihood = likelihood_table(rows)
+    music = music_table(rows)
+    parts = []
+    if likelihood:
+        first = next(r for r in quality_rows(rows, "held-out-nll") if is_measured(r))
+        e = first["extra"]
+        parts += [
+            f"{heading} Quality: held-out likelihood",
+            "",
+            f"Corpus `{e.get('corpus')}`: {e.get('train_files')} training files, "
+            f"{e.get('validation_files')} held-out files; preset `{e.get('preset')}`. "
+            + LIKELIHOOD_NOTE,
+            "",
+            likelihood,
+            "",
+        ]
+    if music:
+        parts += [
+            f"{heading} Quality: generated music against held-out music",
+            "",
+            MUSIC_NOTE,
+            "",
+            music,
+            "",
+            *verdicts(rows),
+            "",
+        ]
+    cause = [
+        ("How notes end", endings_table(rows), ENDINGS_NOTE),
+        ("Teacher-forced NOTE_OFF probability by distance", note_off_table(rows), NOTE_OFF_NOTE),
+        ("Polyphony with NOTE_OFFs deleted", deletion_table(rows), DELETION_NOTE),
+        ("Samplers", sampler_table(rows), SAMPLER_NOTE),
+    ]
+    if any(table for _, table, _ in cause):
+        parts += [f"{heading} Quality: why generated notes do not end", ""]
+        for title, table, note in cause:
+            if table:
+                parts += [f"{heading}# {title}", "", note, "", table, ""]
+    return "\n".join(parts)
+
+
+LIKELIHOOD_NOTE = (
+    "NLL in nats per target token on windows of the held-out files, median over "
+    "seeds (each seed in parentheses), at equal steps; `pos a-b`: targets at those "
+    "positions of the window; `past window`: targets whose query is at or past "
+    "the window; `NLL at equal time`: each variant's curve read at the training "
+    "time of the fastest variant (step times measured side by side)."
+)
+MUSIC_NOTE = (
+    "Distance of each set of pieces to held-out half B (1 - overlap of the pooled "
+    "histogram, or the absolute difference of per-piece means); `real vs real` is "
+    "held-out half A, the reference. `(not < unigram)`: not closer than the "
+    "unigram model's samples; `(<= real)`: as close as real is to real; `(3.0x)`: "
+    "the distance as a multiple of real against real (`(real: 0)` where that is 0). "
+    "Rows `(not of the 9)` are note statistics reported beside the nine, not "
+    "counted in the verdicts."
+)
+ENDINGS_NOTE = (
+    "Each note of each source's pieces, by what ended it: a NOTE_OFF the model "
+    "emitted, a NOTE_ON on its sounding pitch (re-struck), nothing (closed by the "
+    "decoder at END or at the end of the piece; a real window's notes cut by its end "
+    "land here too), or a NOTE_OFF at the note-length limit."
+)
+NOTE_OFF_NOTE = (
+    "Mean probability the model gives, teacher-forced on held-out pieces, to each "
+    "NOTE_OFF that ends a sounding note, by its distance in tokens from that note's "
+    "NOTE_ON. A drop past the attention window points at context; low everywhere, at "
+    "what the model learnt."
+)
+DELETION_NOTE = (
+    "Held-out pieces (both halves) with a random share of their NOTE_OFFs deleted, "
+    "decoded and measured as the music table does: how far polyphony moves when "
+    "releases go missing."
+)
+SAMPLER_NOTE = (
+    "The transformer model's samples under each sampler setting (same seed and count "
+    "as the music table; validity from its unconstrained samples), then temperature "
+    "and top-p on the best setting (most statistics closer than unigram, then the "
+    "smallest polyphony distance)."
+)
 
 
 # -- results/README.md --------------------------------------------------------------
@@ -231,8 +538,6 @@ def update_results_readme(
         body = [markdown_table(speed)]
         text = _put_section(text, slug, f"{meta.get('device')}", meta, rel, body, shown)
     if quality:
-        from benchmarks.quality_report import quality_markdown
-
         shown = [p for p in plots if p.startswith("quality-")]
         body = [quality_markdown(quality, heading="###")]
         title = f"{meta.get('device')}: quality"

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ OPT_IN_SUITES = ("quality",)
 
 # Settings only some suites take (`run(..., corpus=...)`): the runner passes each one
 # to the suites whose `run` names it, and refuses one that no suite of the run takes.
-SUITE_OPTIONS = ("corpus", "steps", "seconds", "providers")
+SUITE_OPTIONS = ("corpus", "steps", "seconds", "blocks", "providers")
 
 # Suites that sweep `shapes.seq_lens(quick=..., scaling=True)`; when their `run` takes no
 # `seq_lens`, the runner filters their rows by length instead.
@@ -64,3 +64,28 @@ def progress(message: str) -> None:
 
 def is_measured(row: Mapping[str, Any]) -> bool:
     return str(row.get("status", "ok")) == "ok"
+
+
+# The quality suite's likelihood variants and music sources, in the order its tables and
+# figures show them (a block sweep's `wha-b<N>` variants take the place of `wha`).
+QUALITY_VARIANTS = ("wha", "wha-no-note-state", "sliding-window", "dense", "unigram", "bigram")
+QUALITY_SOURCES = (
+    "held-out-A",
+    "transformer",
+    "transformer-no-note-state",
+    "vae",
+    "vae_gan",
+    "unigram",
+)
+
+
+def quality_rows(rows: Sequence[Mapping[str, Any]], mode: str) -> list[Mapping[str, Any]]:
+    """The quality suite's rows of `mode`."""
+    return [r for r in rows if r.get("suite") == "quality" and r.get("mode") == mode]
+
+
+def variant_rank(name: str) -> int:
+    """Where a likelihood variant's row goes in the quality suite's tables and figures."""
+    if name.startswith("wha-b"):
+        return 0
+    return QUALITY_VARIANTS.index(name) if name in QUALITY_VARIANTS else len(QUALITY_VARIANTS)

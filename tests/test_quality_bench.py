@@ -221,7 +221,7 @@ def test_note_off_targets_measure_the_distance_from_the_note_on():
 
 
 def test_the_distance_multiple_column_reads_real_against_real():
-    from benchmarks.quality_report import music_table
+    from benchmarks.report import music_table
 
     assert qm.distance_multiple(0.3, 0.1) == pytest.approx(3.0)
     assert qm.distance_multiple(0.3, 0.0) is None
@@ -360,24 +360,32 @@ TINY = dataclasses.replace(
 
 
 @pytest.fixture(scope="module")
-def quality_run(midi_corpus, tmp_path_factory):
-    """One `quality --quick` run (shrunk to TINY) on the 20 smallest real files."""
+def small_corpus(midi_corpus, tmp_path_factory):
+    """The 20 smallest real files."""
     corpus = tmp_path_factory.mktemp("midi")
     for path in sorted(midi_corpus, key=lambda p: p.stat().st_size)[:20]:
         (corpus / path.name).symlink_to(path.resolve())
-    root = tmp_path_factory.mktemp("bench") / "results"
+    return corpus
+
+
+def quick_run(corpus, root, **options):
+    """A `quality --quick` run, shrunk to TINY, on `corpus`."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(quality_bench, "QUICK", TINY)
         mp.setattr(quality_bench, "progress", lambda msg: None)
-        result = core.run_benchmarks(
+        return core.run_benchmarks(
             ["quality"],
             quick=True,
             device="cpu",
             results_root=root,
-            options={"corpus": str(corpus)},
+            options={"corpus": str(corpus), **options},
             log=lambda msg: None,
         )
-    return result
+
+
+@pytest.fixture(scope="module")
+def quality_run(small_corpus, tmp_path_factory):
+    return quick_run(small_corpus, tmp_path_factory.mktemp("bench") / "results")
 
 
 def test_a_quick_run_writes_every_row_and_plot(quality_run):
@@ -431,3 +439,22 @@ def test_no_held_out_file_reaches_training(quality_run):
     train, held = set(split["train"]), set(split["validation"])
     assert held and train and not train & held
     assert len(train | held) == 20
+
+
+def test_a_block_sweep_is_the_likelihood_part_alone(small_corpus, tmp_path):
+    from benchmarks.__main__ import build_parser
+
+    blocks = build_parser().parse_args(["quality", "--block", "64", "--block", "16"]).block
+    result = quick_run(small_corpus, tmp_path / "results", blocks=blocks)
+    assert all(r["status"] == "ok" and r["mode"] == "held-out-nll" for r in result.rows)
+    got = {r["provider"]: r["extra"].get("block") for r in result.rows}
+    sweep = {"wha-b16": 16, "wha-b64": 64, "sliding-window": None}
+    assert got == sweep | {"unigram": None, "bigram": None}
+    assert result.meta["options"]["blocks"] == [64, 16]
+    md = (result.out_dir / "results.md").read_text()
+    assert "blocks [64, 16]" in md
+    models = [line.split(" | ")[1] for line in md.splitlines() if line.startswith("| 512 |")]
+    assert models[:3] == ["wha-b16 (w32, b16)", "wha-b64 (w32, b64)", "sliding-window (w32)"]
+    assert models[3:] == ["unigram", "bigram"]
+    assert (result.out_dir / "quality-nll-curves.png").is_file()
+    assert not (result.out_dir / "quality-generated-vs-held-out.png").exists()
