@@ -296,7 +296,67 @@ def music_table(rows: Sequence[Mapping[str, Any]]) -> str:
         reference = _mean(rows["held-out-B"], stat) if "held-out-B" in rows else ""
         cells = [stat, f"mean ({UNITS[stat]}); half B: {reference}"]
         body.append(cells + [_mean(rows[s], stat) for s in sources])
+    silences = [s for s in SILENCES if s in stats]
+    if silences:
+        title = ["", "", "**longest in any piece**"] + [""] * (len(sources) - 1)
+        body.append(title[: len(header)])
+    for stat in silences:
+        cells = [stat, f"max ({UNITS[stat]})"]
+        body.append(cells + [_fixed(_largest(rows[s], stat)) for s in sources])
     return _table(header, body)
+
+
+SILENCES = ("lead_silence", "longest_silence")
+
+
+def _largest(row: Mapping[str, Any], stat: str) -> float | None:
+    """The largest per-piece value of `stat` in a music row (None without values)."""
+    values = ((row["extra"].get("summary") or {}).get(stat) or {}).get("values") or []
+    kept = [v for v in values if v is not None]
+    return max(kept) if kept else None
+
+
+def _sampling_sentence(rows: Sequence[Mapping[str, Any]]) -> str:
+    """How the music table's sources sampled, as its rows record it ("" if they do not)."""
+    settings = {
+        json.dumps(r["extra"]["sampling"], sort_keys=True)
+        for r in quality_rows(rows, "generated-vs-held-out")
+        if r["extra"].get("sampling")
+    }
+    if len(settings) != 1:
+        return ""
+    sampling = ", ".join(f"{k}={v}" for k, v in json.loads(settings.pop()).items())
+    return f" Models and unigram sampled with {sampling} (`LISTENING_SAMPLING`)."
+
+
+def silence_verdicts(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One sentence per model source: whether any of its pieces opens with, or holds,
+    a silence longer than the longest silence of the held-out pieces (both halves)."""
+    found = {r["provider"]: r for r in quality_rows(rows, "generated-vs-held-out")}
+    held = [
+        v
+        for name in ("held-out-A", "held-out-B")
+        if name in found
+        for v in (_largest(found[name], stat) for stat in SILENCES)
+        if v is not None
+    ]
+    if not held:
+        return []
+    bound = max(held)
+    out = []
+    for name, r in found.items():
+        if r["extra"].get("kind") != "model":
+            continue
+        lead, inside = (_largest(r, stat) for stat in SILENCES)
+        if lead is None or inside is None:
+            continue
+        over = lead > bound or inside > bound
+        out.append(
+            f"- {name}: longest opening silence {lead:.3f} s, longest inside a piece "
+            f"{inside:.3f} s, against {bound:.3f} s in the held-out music: "
+            + ("longer." if over else "within it.")
+        )
+    return out
 
 
 def _mean(row: Mapping[str, Any], stat: str) -> str:
@@ -382,7 +442,9 @@ def sampler_table(rows: Sequence[Mapping[str, Any]]) -> str:
         e = r["extra"]
         body.append(
             [
-                r["provider"] + (" (best)" if e.get("best") else ""),
+                r["provider"]
+                + (" (best)" if e.get("best") else "")
+                + (" (pick)" if e.get("pick") else ""),
                 ", ".join(f"{k}={v}" for k, v in (e.get("settings") or {}).items()),
                 _fixed(e.get("polyphony"), 2),
                 _percent(e.get("closed_by_model")),
@@ -433,18 +495,19 @@ def quality_markdown(rows: Sequence[Mapping[str, Any]], *, heading: str = "##") 
         parts += [
             f"{heading} Quality: generated music against held-out music",
             "",
-            MUSIC_NOTE,
+            MUSIC_NOTE + _sampling_sentence(rows),
             "",
             music,
             "",
             *verdicts(rows),
+            *silence_verdicts(rows),
             "",
         ]
     cause = [
         ("How notes end", endings_table(rows), ENDINGS_NOTE),
         ("Teacher-forced NOTE_OFF probability by distance", note_off_table(rows), NOTE_OFF_NOTE),
         ("Polyphony with NOTE_OFFs deleted", deletion_table(rows), DELETION_NOTE),
-        ("Samplers", sampler_table(rows), SAMPLER_NOTE),
+        ("Samplers", sampler_table(rows), _sampler_note(rows)),
     ]
     if any(table for _, table, _ in cause):
         parts += [f"{heading} Quality: why generated notes do not end", ""]
@@ -490,9 +553,24 @@ DELETION_NOTE = (
 SAMPLER_NOTE = (
     "The transformer model's samples under each sampler setting (same seed and count "
     "as the music table; validity from its unconstrained samples), then temperature "
+    "and top-p on the best setting. `best` and `pick` (the best of every row) are "
+    "chosen against held-out half A (most statistics closer than unigram, then the "
+    "smallest polyphony distance); the columns are measured against half B, which "
+    "the choice never saw."
+)
+# Runs before the choice moved to half A chose the best setting on half B.
+SAMPLER_NOTE_HALF_B = (
+    "The transformer model's samples under each sampler setting (same seed and count "
+    "as the music table; validity from its unconstrained samples), then temperature "
     "and top-p on the best setting (most statistics closer than unigram, then the "
     "smallest polyphony distance)."
 )
+
+
+def _sampler_note(rows: Sequence[Mapping[str, Any]]) -> str:
+    found = quality_rows(rows, "sampler")
+    on_a = any("selection_key" in (r.get("extra") or {}) for r in found)
+    return SAMPLER_NOTE if on_a else SAMPLER_NOTE_HALF_B
 
 
 # -- results/README.md --------------------------------------------------------------

@@ -458,3 +458,24 @@ def test_a_block_sweep_is_the_likelihood_part_alone(small_corpus, tmp_path):
     assert models[3:] == ["unigram", "bigram"]
     assert (result.out_dir / "quality-nll-curves.png").is_file()
     assert not (result.out_dir / "quality-generated-vs-held-out.png").exists()
+
+
+def test_the_silence_verdict_flags_a_piece_that_opens_longer_than_held_out_music():
+    from benchmarks.report import silence_verdicts
+
+    def row(provider: str, kind: str, lead: list[float], inside: list[float]) -> dict:
+        summary = {"lead_silence": {"values": lead}, "longest_silence": {"values": inside}}
+        extra = {"kind": kind, "summary": summary}
+        music = {"suite": "quality", "mode": "generated-vs-held-out"}
+        return music | {"provider": provider, "extra": extra}
+
+    rows = [
+        row("held-out-A", "held-out", [0.0, 0.5], [2.0, 1.0]),
+        row("held-out-B", "held-out", [0.1, 0.0], [0.3, 0.2]),
+        row("quiet", "model", [0.2, 1.9], [0.4, 1.0]),
+        row("late", "model", [0.0, 14.2], [0.4, 0.1]),  # planted: opens with 14.2 s
+    ]
+    by_source = {line.split(":")[0][2:]: line for line in silence_verdicts(rows)}
+    assert set(by_source) == {"quiet", "late"}
+    assert by_source["quiet"].endswith("within it.") and "2.000 s" in by_source["quiet"]
+    assert by_source["late"].endswith("longer.")
