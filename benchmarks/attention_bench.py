@@ -37,8 +37,14 @@ from benchmarks import shapes
 from benchmarks.timing import bench_cpu, bench_cuda, cuda_peak_memory_mb, synchronize
 
 SUITE = "attention"
-PROVIDERS = ("stretto-triton", "stretto-torch", "flex", "sdpa-causal", "sdpa-dense-mask",
-             "flash-attn")  # fmt: skip
+PROVIDERS = (
+    "stretto-triton",
+    "stretto-torch",
+    "flex",
+    "sdpa-causal",
+    "sdpa-dense-mask",
+    "flash-attn",
+)
 MODES = ("fwd", "fwd+bwd")
 
 
@@ -91,9 +97,8 @@ def _stretto(backend: str, shape: shapes.AttentionShape, device: str):
 
     def attend(q, k, v):
         return hierarchical_attention(
-            q, k, v, window=shape.window, block=shape.block, causal=shape.causal,
-            backend=backend,
-        )  # fmt: skip
+            q, k, v, window=shape.window, block=shape.block, causal=shape.causal, backend=backend
+        )
 
     return attend
 
@@ -179,9 +184,12 @@ def _flash_attn(shape: shapes.AttentionShape, device: str):
     def attend(q, k, v):
         # flash-attn takes [B, N, H, D]; window_size=(left, right) counts keys besides i
         o = flash_attn_func(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True,
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            causal=True,
             window_size=(shape.window - 1, 0),
-        )  # fmt: skip
+        )
         return o.transpose(1, 2)
 
     return attend
@@ -236,8 +244,9 @@ def _inputs(shape: shapes.AttentionShape, dtype, device: str, grad: bool):
 
     gen = torch.Generator(device="cpu").manual_seed(0)
     size = (shape.batch, shape.heads, shape.seq_len, shape.head_dim)
-    q, k, v, do = (torch.randn(size, generator=gen).to(device=device, dtype=dtype)
-                   for _ in range(4))  # fmt: skip
+    q, k, v, do = (
+        torch.randn(size, generator=gen).to(device=device, dtype=dtype) for _ in range(4)
+    )
     if grad:
         q, k, v = (x.requires_grad_() for x in (q, k, v))
     return q, k, v, do
@@ -261,8 +270,14 @@ def _case(attend: Callable, mode: str, q, k, v, do) -> Callable[[], Any]:
 
 
 def _row(shape, provider: str, mode: str, dtype: str, **fields) -> dict[str, Any]:
-    row = {"suite": SUITE, "provider": provider, "mode": mode, "shape": shape.label,
-           "seq_len": shape.seq_len, "dtype": dtype}  # fmt: skip
+    row = {
+        "suite": SUITE,
+        "provider": provider,
+        "mode": mode,
+        "shape": shape.label,
+        "seq_len": shape.seq_len,
+        "dtype": dtype,
+    }
     row.update(fields)
     return row
 
@@ -326,8 +341,9 @@ def run(*, quick: bool, device: str) -> list[dict]:
             if cuda:
                 timings = {p: bench_cuda(c, grad_to_none=grads) for p, c in cases.items()}
             else:
-                timings = bench_cpu(cases, warmup=0, repeats=3 if quick else 7,
-                                    budget_s=20 if quick else 60)  # fmt: skip
+                timings = bench_cpu(
+                    cases, warmup=0, repeats=3 if quick else 7, budget_s=20 if quick else 60
+                )
             for provider, t in timings.items():
                 extra: dict[str, Any] = {"flops_counted": "WHA visible pairs"}
                 peak = None

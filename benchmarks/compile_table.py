@@ -55,8 +55,12 @@ HEAD_DIMS = (16, 32, 64, 128, 40)
 # (no mask); and a length that is not a multiple of 16 (Triton specialises ints by
 # divisibility, so N, and the offsets built from it, lose their alignment hints).
 SHAPES = ((True, 2048), (False, 2048), (True, 1023))
-_TRITON_DTYPES = {"torch.bfloat16": "bf16", "torch.float16": "fp16", "torch.float32": "fp32",
-                  "torch.bool": "u1"}  # fmt: skip
+_TRITON_DTYPES = {
+    "torch.bfloat16": "bf16",
+    "torch.float16": "fp16",
+    "torch.float32": "fp32",
+    "torch.bool": "u1",
+}
 
 
 @dataclass(frozen=True)
@@ -139,9 +143,17 @@ def variants(targets=(90, 80), full: bool = False, candidates: bool = False) -> 
                             chosen = cands if candidates and heaviest else cands[:1]
                             for cfg in chosen:
                                 out.append(
-                                    Variant(kernel, target, dtype, d, causal, sums,
-                                            cfg.to_json(), **shape)
-                                )  # fmt: skip
+                                    Variant(
+                                        kernel,
+                                        target,
+                                        dtype,
+                                        d,
+                                        causal,
+                                        sums,
+                                        cfg.to_json(),
+                                        **shape,
+                                    )
+                                )
     return out
 
 
@@ -195,8 +207,12 @@ def launch_arguments(variant: Variant) -> dict:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(variant.dtype, torch.float32)
     q = torch.empty(b, shapes.HEADS, n, d, dtype=dtype, device="meta")
     key_real = torch.ones(b, n, dtype=torch.bool, device="meta") if variant.padded else None
-    kw = dict(window=shapes.WINDOW, block=shapes.BLOCK if variant.summaries else None,
-              causal=variant.causal, scale=d**-0.5)  # fmt: skip
+    kw = dict(
+        window=shapes.WINDOW,
+        block=shapes.BLOCK if variant.summaries else None,
+        causal=variant.causal,
+        scale=d**-0.5,
+    )
     log: dict = {}
     recorders = {name: _Recorder(fn, log, name) for name, fn in fused.KERNELS.items()}
     tf32 = torch.backends.cuda.matmul.allow_tf32
@@ -286,12 +302,16 @@ def compile_variant(variant: Variant) -> Result:
             f.flush()
             usage = subprocess.run(
                 [_tool("cuobjdump"), "--dump-resource-usage", f.name],
-                capture_output=True, text=True, check=True,
-            ).stdout  # fmt: skip
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
             sass = subprocess.run(
                 [_tool("cuobjdump"), "--dump-sass", f.name],
-                capture_output=True, text=True, check=True,
-            ).stdout  # fmt: skip
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
         fields = dict(re.findall(r"(REG|STACK|LOCAL):(\d+)", usage))
         result.registers = int(fields["REG"])
         result.stack_bytes = int(fields["STACK"])

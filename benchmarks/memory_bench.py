@@ -41,9 +41,16 @@ def _torch_dtype(name: str):
 
 
 def build_attention_case(
-    provider: str, batch: int, heads: int, seq_len: int, head_dim: int, window: int,
-    block: int | None, dtype: str, device: str,
-) -> Callable[[], Any]:  # fmt: skip
+    provider: str,
+    batch: int,
+    heads: int,
+    seq_len: int,
+    head_dim: int,
+    window: int,
+    block: int | None,
+    dtype: str,
+    device: str,
+) -> Callable[[], Any]:
     """Inputs for one attention case and the forward+backward call to measure."""
     import torch
     import torch.nn.functional as F

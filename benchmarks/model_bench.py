@@ -93,9 +93,12 @@ def build_case(
 
     if phase == "train":
         trainer = Trainer(
-            model, [], config=TrainConfig(steps=10**9, warmup_steps=0), device=device,
+            model,
+            [],
+            config=TrainConfig(steps=10**9, warmup_steps=0),
+            device=device,
             progress=False,
-        )  # fmt: skip
+        )
         batch_dict = {"input_ids": ids, "attention_mask": mask}
 
         def run() -> None:

@@ -69,9 +69,16 @@ def test_attention_fwd_bwd(benchmark, provider):
         shapes.batch_size(DEVICE, SEQ_LEN), shapes.HEADS, SEQ_LEN, shapes.HEAD_DIM
     )
     step = build_attention_case(
-        provider, shape.batch, shape.heads, SEQ_LEN, shape.head_dim, shape.window,
-        shape.block, DTYPE, DEVICE,
-    )  # fmt: skip
+        provider,
+        shape.batch,
+        shape.heads,
+        SEQ_LEN,
+        shape.head_dim,
+        shape.window,
+        shape.block,
+        DTYPE,
+        DEVICE,
+    )
 
     def timed():
         step()

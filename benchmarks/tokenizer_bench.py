@@ -143,7 +143,7 @@ def per_file_rows(files: list[Path], *, repeats: int) -> list[dict[str, Any]]:
                 "dtype": "-",
                 **_spread(values),
                 "extra": extra,
-            }  # fmt: skip
+            }
         )
     if miditok_encode is None:
         rows.append(skipped_row(SUITE, miditok_note, provider="miditok-midilike", mode="per-file"))
@@ -189,8 +189,13 @@ def memory_rows(files: list[Path]) -> list[dict[str, Any]]:
     rows = []
     for provider, build in (("stretto-encode", _build_encode), ("symusic-load", _build_load)):
         probe = peak_rss_in_child(build, {"path": str(largest)})
-        row = {"suite": SUITE, "provider": provider, "mode": "peak-memory",
-               "shape": largest.name, "dtype": "-"}  # fmt: skip
+        row = {
+            "suite": SUITE,
+            "provider": provider,
+            "mode": "peak-memory",
+            "shape": largest.name,
+            "dtype": "-",
+        }
         if "error" in probe:
             row["status"] = f"error: {probe['error']}"
         else:

@@ -49,10 +49,27 @@ LOGGERS = ("tensorboard",)
 # and the smallest factor (a discriminator far ahead nearly stops, never freezes).
 BALANCE_GAIN, BALANCE_FLOOR = 0.5, 1e-3
 # TrainConfig's numeric fields by kind (bools are neither).
-_INT_FIELDS = ("steps", "batch_size", "grad_accum", "warmup_steps", "eval_every",
-               "eval_batches", "checkpoint_every", "log_every", "seed", "num_workers")  # fmt: skip
-_REAL_FIELDS = ("lr", "disc_lr", "disc_target_accuracy", "weight_decay", "min_lr_ratio",
-                "grad_clip", "dist_timeout_s")  # fmt: skip
+_INT_FIELDS = (
+    "steps",
+    "batch_size",
+    "grad_accum",
+    "warmup_steps",
+    "eval_every",
+    "eval_batches",
+    "checkpoint_every",
+    "log_every",
+    "seed",
+    "num_workers",
+)
+_REAL_FIELDS = (
+    "lr",
+    "disc_lr",
+    "disc_target_accuracy",
+    "weight_decay",
+    "min_lr_ratio",
+    "grad_clip",
+    "dist_timeout_s",
+)
 
 
 def _is_int(x: Any) -> bool:
@@ -443,9 +460,10 @@ class Trainer:
             cfg = self.config
             if isinstance(self.val_data, Dataset) and hasattr(self.val_data, "__len__"):
                 self._val = evaluation.held_out_batches(
-                    self.val_data, windows=cfg.eval_batches * cfg.batch_size,
+                    self.val_data,
+                    windows=cfg.eval_batches * cfg.batch_size,
                     batch_size=cfg.batch_size,
-                )  # fmt: skip
+                )
             else:
                 self._val = (list(itertools.islice(self.val_data, cfg.eval_batches)), None)
         return self._val

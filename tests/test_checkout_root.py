@@ -87,9 +87,11 @@ def without_kernels(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     target = Path(
         subprocess.run(
             [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
-    )  # fmt: skip
+    )
     source = Path(sysconfig.get_paths()["purelib"])
     for entry in source.iterdir():
         name = entry.name.lower()
@@ -114,16 +116,15 @@ def _run(args, env, timeout=600) -> subprocess.CompletedProcess:
 
 def _commands(python: Path, tmp: Path) -> dict[str, list]:
     bindir = python.parent
+    collect = ["--collect-only", "-q", "-p", "no:cacheprovider", "tests/integrations"]
+    generate = ["generate", "--quick", "--device", "cpu", "--seq-len", "48", "--no-plots"]
     return {
         "user-script": [python, "-c", USER_SCRIPT],
-        "pytest": [bindir / "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
-                   "tests/integrations"],
-        "python-m-pytest": [python, "-m", "pytest", "--collect-only", "-q", "-p",
-                            "no:cacheprovider", "tests/integrations"],
-        "benchmarks-generate": [python, "-m", "benchmarks", "generate", "--quick", "--device",
-                                "cpu", "--seq-len", "48", "--no-plots", "--out", tmp / "bench"],
+        "pytest": [bindir / "pytest", *collect],
+        "python-m-pytest": [python, "-m", "pytest", *collect],
+        "benchmarks-generate": [python, "-m", "benchmarks", *generate, "--out", tmp / "bench"],
         "stretto": [bindir / "stretto", "--help"],
-    }  # fmt: skip
+    }
 
 
 COMMANDS = ["user-script", "pytest", "python-m-pytest", "benchmarks-generate", "stretto"]
@@ -191,7 +192,11 @@ def test_the_guard_is_what_makes_the_user_script_work(with_kernels, tmp_path):
     (copy / "kernels").mkdir()
     (copy / "kernels" / "__init__.py").write_text("__all__ = []\n")  # the old placeholder
     out = subprocess.run(
-        [str(python), "-c", USER_SCRIPT], cwd=copy, env=env, capture_output=True, text=True,
+        [str(python), "-c", USER_SCRIPT],
+        cwd=copy,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=300,
-    )  # fmt: skip
+    )
     assert out.returncode != 0 and "kernels" in out.stderr

@@ -144,9 +144,11 @@ def _new_run(args: argparse.Namespace) -> Plan:
         if seq_len > 2048:
             model_set.setdefault("max_seq_len", seq_len)
         model = ModelConfig.from_vocab(
-            Vocabulary(), mode=args.mode or "transformer", preset=args.preset or "small",
+            Vocabulary(),
+            mode=args.mode or "transformer",
+            preset=args.preset or "small",
             **model_set,
-        )  # fmt: skip
+        )
     values = {**logged.get("train", {}), **_explicit(args), **train_set}
     if "train" not in logged and "warmup_steps" not in values:
         values["warmup_steps"] = min(100, max(values.get("steps", 1000) // 10, 0))

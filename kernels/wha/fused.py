@@ -73,8 +73,15 @@ POOL_ROWS = 32  # rows of a block summed per step of the pooling kernel
 
 
 @triton.jit
-def _load_rows(base, rows, limit, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-               CHECK_ROWS: tl.constexpr):  # fmt: skip
+def _load_rows(
+    base,
+    rows,
+    limit,
+    offs_d,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    CHECK_ROWS: tl.constexpr,
+):
     """[rows, BLOCK_D] tile of a row-major [*, HEAD_DIM] matrix; zeros outside."""
     ptrs = base + rows[:, None] * HEAD_DIM + offs_d[None, :]
     if CHECK_ROWS:
@@ -154,9 +161,22 @@ def _round_up(x, TILE: tl.constexpr):
 
 
 @triton.jit
-def _pool_kernel(K, V, KEY_REAL, KS, VS, INV_COUNT, H, N, NB, block,
-                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_KEY_REAL: tl.constexpr,
-                 BLOCK_T: tl.constexpr):  # fmt: skip
+def _pool_kernel(
+    K,
+    V,
+    KEY_REAL,
+    KS,
+    VS,
+    INV_COUNT,
+    H,
+    N,
+    NB,
+    block,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    HAS_KEY_REAL: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+):
     pid = tl.program_id(0)
     bh = (pid // NB).to(tl.int64)
     j = pid % NB
@@ -196,11 +216,33 @@ def _pool_kernel(K, V, KEY_REAL, KS, VS, INV_COUNT, H, N, NB, block,
 
 
 @triton.jit
-def _fwd_tiles(acc, m_i, l_i, q, rows, k_base, v_base, real_base, inv_base, start, end,
-               n_cols, N, window, block, qk_scale, offs_d,
-               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
-               IS_SUMMARY: tl.constexpr, HAS_REAL: tl.constexpr, MASKED: tl.constexpr,
-               TILE: tl.constexpr, DOT_PREC: tl.constexpr):  # fmt: skip
+def _fwd_tiles(
+    acc,
+    m_i,
+    l_i,
+    q,
+    rows,
+    k_base,
+    v_base,
+    real_base,
+    inv_base,
+    start,
+    end,
+    n_cols,
+    N,
+    window,
+    block,
+    qk_scale,
+    offs_d,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    IS_SUMMARY: tl.constexpr,
+    HAS_REAL: tl.constexpr,
+    MASKED: tl.constexpr,
+    TILE: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
     """Online softmax of the query tile over key (or summary) tiles [start, end)."""
     for n0 in range(start, end, TILE):
         cols = n0 + tl.arange(0, TILE)
@@ -236,11 +278,32 @@ def _fwd_tiles(acc, m_i, l_i, q, rows, k_base, v_base, real_base, inv_base, star
 
 
 @triton.jit
-def _fwd_kernel(Q, K, V, KS, VS, KEY_REAL, INV_COUNT, OUT, LSE,
-                H, N, NB, window, block, qk_scale,
-                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
-                HAS_SUM: tl.constexpr, HAS_KEY_REAL: tl.constexpr, DOT_PREC: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr):  # fmt: skip
+def _fwd_kernel(
+    Q,
+    K,
+    V,
+    KS,
+    VS,
+    KEY_REAL,
+    INV_COUNT,
+    OUT,
+    LSE,
+    H,
+    N,
+    NB,
+    window,
+    block,
+    qk_scale,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_SUM: tl.constexpr,
+    HAS_KEY_REAL: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
     tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16 and BLOCK_S >= 16, "tl.dot needs 16")
     tl.static_assert(BLOCK_D >= 16 and BLOCK_D >= HEAD_DIM, "head dim padded to >= 16")
 
@@ -274,20 +337,86 @@ def _fwd_kernel(Q, K, V, KS, VS, KEY_REAL, INV_COUNT, OUT, LSE,
     v_base = V + bh * N * HEAD_DIM
     kr = KEY_REAL + b * N
     acc, m_i, l_i = _fwd_tiles(
-        acc, m_i, l_i, q, rows, k_base, v_base, kr, INV_COUNT, start, f_lo, N, N, window,
-        block, qk_scale, offs_d, HEAD_DIM, BLOCK_D, CAUSAL, False, HAS_KEY_REAL, True,
-        BLOCK_N, DOT_PREC,
-    )  # fmt: skip
+        acc,
+        m_i,
+        l_i,
+        q,
+        rows,
+        k_base,
+        v_base,
+        kr,
+        INV_COUNT,
+        start,
+        f_lo,
+        N,
+        N,
+        window,
+        block,
+        qk_scale,
+        offs_d,
+        HEAD_DIM,
+        BLOCK_D,
+        CAUSAL,
+        False,
+        HAS_KEY_REAL,
+        True,
+        BLOCK_N,
+        DOT_PREC,
+    )
     acc, m_i, l_i = _fwd_tiles(
-        acc, m_i, l_i, q, rows, k_base, v_base, kr, INV_COUNT, f_lo, f_hi, N, N, window,
-        block, qk_scale, offs_d, HEAD_DIM, BLOCK_D, CAUSAL, False, HAS_KEY_REAL, False,
-        BLOCK_N, DOT_PREC,
-    )  # fmt: skip
+        acc,
+        m_i,
+        l_i,
+        q,
+        rows,
+        k_base,
+        v_base,
+        kr,
+        INV_COUNT,
+        f_lo,
+        f_hi,
+        N,
+        N,
+        window,
+        block,
+        qk_scale,
+        offs_d,
+        HEAD_DIM,
+        BLOCK_D,
+        CAUSAL,
+        False,
+        HAS_KEY_REAL,
+        False,
+        BLOCK_N,
+        DOT_PREC,
+    )
     acc, m_i, l_i = _fwd_tiles(
-        acc, m_i, l_i, q, rows, k_base, v_base, kr, INV_COUNT, f_hi, hi, N, N, window,
-        block, qk_scale, offs_d, HEAD_DIM, BLOCK_D, CAUSAL, False, HAS_KEY_REAL, True,
-        BLOCK_N, DOT_PREC,
-    )  # fmt: skip
+        acc,
+        m_i,
+        l_i,
+        q,
+        rows,
+        k_base,
+        v_base,
+        kr,
+        INV_COUNT,
+        f_hi,
+        hi,
+        N,
+        N,
+        window,
+        block,
+        qk_scale,
+        offs_d,
+        HEAD_DIM,
+        BLOCK_D,
+        CAUSAL,
+        False,
+        HAS_KEY_REAL,
+        True,
+        BLOCK_N,
+        DOT_PREC,
+    )
 
     if HAS_SUM:
         # Summary walks are short (N / block summaries, narrow tiles): every tile masked.
@@ -298,20 +427,64 @@ def _fwd_kernel(Q, K, V, KS, VS, KEY_REAL, INV_COUNT, OUT, LSE,
         #    j < j_hi for the tile's last row --
         j_hi = tl.minimum(tl.maximum(m_last - window + 1, 0) // block, NB)
         acc, m_i, l_i = _fwd_tiles(
-            acc, m_i, l_i, q, rows, ks_base, vs_base, kr, inv, 0, j_hi, NB, N, window,
-            block, qk_scale, offs_d, HEAD_DIM, BLOCK_D, CAUSAL, True, HAS_KEY_REAL, True,
-            BLOCK_S, DOT_PREC,
-        )  # fmt: skip
+            acc,
+            m_i,
+            l_i,
+            q,
+            rows,
+            ks_base,
+            vs_base,
+            kr,
+            inv,
+            0,
+            j_hi,
+            NB,
+            N,
+            window,
+            block,
+            qk_scale,
+            offs_d,
+            HEAD_DIM,
+            BLOCK_D,
+            CAUSAL,
+            True,
+            HAS_KEY_REAL,
+            True,
+            BLOCK_S,
+            DOT_PREC,
+        )
         if not CAUSAL:
             # -- summaries of blocks wholly after the band: first_j >= i + window --
             j_lo = tl.minimum((m0 + window + block - 1) // block, NB)
             # start past the first walk so no summary tile is visited twice
             start = tl.maximum(j_lo // BLOCK_S * BLOCK_S, _round_up(j_hi, BLOCK_S))
             acc, m_i, l_i = _fwd_tiles(
-                acc, m_i, l_i, q, rows, ks_base, vs_base, kr, inv, start, NB, NB, N,
-                window, block, qk_scale, offs_d, HEAD_DIM, BLOCK_D, CAUSAL, True,
-                HAS_KEY_REAL, True, BLOCK_S, DOT_PREC,
-            )  # fmt: skip
+                acc,
+                m_i,
+                l_i,
+                q,
+                rows,
+                ks_base,
+                vs_base,
+                kr,
+                inv,
+                start,
+                NB,
+                NB,
+                N,
+                window,
+                block,
+                qk_scale,
+                offs_d,
+                HEAD_DIM,
+                BLOCK_D,
+                CAUSAL,
+                True,
+                HAS_KEY_REAL,
+                True,
+                BLOCK_S,
+                DOT_PREC,
+            )
 
     # -- epilogue: normalise; rows that saw nothing get o = 0, lse = +inf --
     empty = l_i == 0.0
@@ -327,11 +500,34 @@ def _fwd_kernel(Q, K, V, KS, VS, KEY_REAL, INV_COUNT, OUT, LSE,
 
 
 @triton.jit
-def _dq_tiles(dq, q, do, lse, delta, rows, k_base, v_base, real_base, inv_base, start, end,
-              n_cols, N, window, block, qk_scale, offs_d,
-              HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
-              IS_SUMMARY: tl.constexpr, HAS_REAL: tl.constexpr, MASKED: tl.constexpr,
-              TILE: tl.constexpr, DOT_PREC: tl.constexpr):  # fmt: skip
+def _dq_tiles(
+    dq,
+    q,
+    do,
+    lse,
+    delta,
+    rows,
+    k_base,
+    v_base,
+    real_base,
+    inv_base,
+    start,
+    end,
+    n_cols,
+    N,
+    window,
+    block,
+    qk_scale,
+    offs_d,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    IS_SUMMARY: tl.constexpr,
+    HAS_REAL: tl.constexpr,
+    MASKED: tl.constexpr,
+    TILE: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
     """dq (unscaled) of the query tile over key (or summary) tiles [start, end)."""
     for n0 in range(start, end, TILE):
         cols = n0 + tl.arange(0, TILE)
@@ -361,11 +557,36 @@ def _dq_tiles(dq, q, do, lse, delta, rows, k_base, v_base, real_base, inv_base, 
 
 
 @triton.jit
-def _dq_kernel(Q, K, V, KS, VS, KEY_REAL, INV_COUNT, DO, OUT, LSE, DELTA, DQ,
-               H, N, NB, window, block, scale, qk_scale,
-               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
-               HAS_SUM: tl.constexpr, HAS_KEY_REAL: tl.constexpr, DOT_PREC: tl.constexpr,
-               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr):  # fmt: skip
+def _dq_kernel(
+    Q,
+    K,
+    V,
+    KS,
+    VS,
+    KEY_REAL,
+    INV_COUNT,
+    DO,
+    OUT,
+    LSE,
+    DELTA,
+    DQ,
+    H,
+    N,
+    NB,
+    window,
+    block,
+    scale,
+    qk_scale,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_SUM: tl.constexpr,
+    HAS_KEY_REAL: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
     tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16 and BLOCK_S >= 16, "tl.dot needs 16")
     tl.static_assert(BLOCK_D >= 16 and BLOCK_D >= HEAD_DIM, "head dim padded to >= 16")
 
@@ -402,20 +623,89 @@ def _dq_kernel(Q, K, V, KS, VS, KEY_REAL, INV_COUNT, DO, OUT, LSE, DELTA, DQ,
     v_base = V + bh * N * HEAD_DIM
     kr = KEY_REAL + b * N
     dq = _dq_tiles(
-        dq, q, do, lse, delta, rows, k_base, v_base, kr, INV_COUNT, start, f_lo, N, N,
-        window, block, qk_scale, offs_d, HEAD_DIM, BLOCK_D, CAUSAL, False, HAS_KEY_REAL,
-        True, BLOCK_N, DOT_PREC,
-    )  # fmt: skip
+        dq,
+        q,
+        do,
+        lse,
+        delta,
+        rows,
+        k_base,
+        v_base,
+        kr,
+        INV_COUNT,
+        start,
+        f_lo,
+        N,
+        N,
+        window,
+        block,
+        qk_scale,
+        offs_d,
+        HEAD_DIM,
+        BLOCK_D,
+        CAUSAL,
+        False,
+        HAS_KEY_REAL,
+        True,
+        BLOCK_N,
+        DOT_PREC,
+    )
     dq = _dq_tiles(
-        dq, q, do, lse, delta, rows, k_base, v_base, kr, INV_COUNT, f_lo, f_hi, N, N,
-        window, block, qk_scale, offs_d, HEAD_DIM, BLOCK_D, CAUSAL, False, HAS_KEY_REAL,
-        False, BLOCK_N, DOT_PREC,
-    )  # fmt: skip
+        dq,
+        q,
+        do,
+        lse,
+        delta,
+        rows,
+        k_base,
+        v_base,
+        kr,
+        INV_COUNT,
+        f_lo,
+        f_hi,
+        N,
+        N,
+        window,
+        block,
+        qk_scale,
+        offs_d,
+        HEAD_DIM,
+        BLOCK_D,
+        CAUSAL,
+        False,
+        HAS_KEY_REAL,
+        False,
+        BLOCK_N,
+        DOT_PREC,
+    )
     dq = _dq_tiles(
-        dq, q, do, lse, delta, rows, k_base, v_base, kr, INV_COUNT, f_hi, hi, N, N,
-        window, block, qk_scale, offs_d, HEAD_DIM, BLOCK_D, CAUSAL, False, HAS_KEY_REAL,
-        True, BLOCK_N, DOT_PREC,
-    )  # fmt: skip
+        dq,
+        q,
+        do,
+        lse,
+        delta,
+        rows,
+        k_base,
+        v_base,
+        kr,
+        INV_COUNT,
+        f_hi,
+        hi,
+        N,
+        N,
+        window,
+        block,
+        qk_scale,
+        offs_d,
+        HEAD_DIM,
+        BLOCK_D,
+        CAUSAL,
+        False,
+        HAS_KEY_REAL,
+        True,
+        BLOCK_N,
+        DOT_PREC,
+    )
 
     if HAS_SUM:
         # -- summaries before the band, then (non-causal) after it; see _fwd_kernel --
@@ -424,18 +714,64 @@ def _dq_kernel(Q, K, V, KS, VS, KEY_REAL, INV_COUNT, DO, OUT, LSE, DELTA, DQ,
         inv = INV_COUNT + b * NB
         j_hi = tl.minimum(tl.maximum(m_last - window + 1, 0) // block, NB)
         dq = _dq_tiles(
-            dq, q, do, lse, delta, rows, ks_base, vs_base, kr, inv, 0, j_hi, NB, N,
-            window, block, qk_scale, offs_d, HEAD_DIM, BLOCK_D, CAUSAL, True,
-            HAS_KEY_REAL, True, BLOCK_S, DOT_PREC,
-        )  # fmt: skip
+            dq,
+            q,
+            do,
+            lse,
+            delta,
+            rows,
+            ks_base,
+            vs_base,
+            kr,
+            inv,
+            0,
+            j_hi,
+            NB,
+            N,
+            window,
+            block,
+            qk_scale,
+            offs_d,
+            HEAD_DIM,
+            BLOCK_D,
+            CAUSAL,
+            True,
+            HAS_KEY_REAL,
+            True,
+            BLOCK_S,
+            DOT_PREC,
+        )
         if not CAUSAL:
             j_lo = tl.minimum((m0 + window + block - 1) // block, NB)
             start = tl.maximum(j_lo // BLOCK_S * BLOCK_S, _round_up(j_hi, BLOCK_S))
             dq = _dq_tiles(
-                dq, q, do, lse, delta, rows, ks_base, vs_base, kr, inv, start, NB, NB, N,
-                window, block, qk_scale, offs_d, HEAD_DIM, BLOCK_D, CAUSAL, True,
-                HAS_KEY_REAL, True, BLOCK_S, DOT_PREC,
-            )  # fmt: skip
+                dq,
+                q,
+                do,
+                lse,
+                delta,
+                rows,
+                ks_base,
+                vs_base,
+                kr,
+                inv,
+                start,
+                NB,
+                NB,
+                N,
+                window,
+                block,
+                qk_scale,
+                offs_d,
+                HEAD_DIM,
+                BLOCK_D,
+                CAUSAL,
+                True,
+                HAS_KEY_REAL,
+                True,
+                BLOCK_S,
+                DOT_PREC,
+            )
 
     # s = scale * q.k, so ds/dq carries one factor of scale
     _store_rows(DQ + bh * N * HEAD_DIM, rows, N, offs_d, dq * scale, HEAD_DIM, BLOCK_D)
@@ -447,11 +783,31 @@ def _dq_kernel(Q, K, V, KS, VS, KEY_REAL, INV_COUNT, DO, OUT, LSE, DELTA, DQ,
 
 
 @triton.jit
-def _dkv_tiles(dk, dv, k, v, cols, q_base, do_base, lse_base, delta_base, start, end, N,
-               window, block, qk_scale, offs_d,
-               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
-               IS_SUMMARY: tl.constexpr, MASKED: tl.constexpr, TILE: tl.constexpr,
-               DOT_PREC: tl.constexpr):  # fmt: skip
+def _dkv_tiles(
+    dk,
+    dv,
+    k,
+    v,
+    cols,
+    q_base,
+    do_base,
+    lse_base,
+    delta_base,
+    start,
+    end,
+    N,
+    window,
+    block,
+    qk_scale,
+    offs_d,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    IS_SUMMARY: tl.constexpr,
+    MASKED: tl.constexpr,
+    TILE: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
     """dk (unscaled), dv of a key (or summary) tile over query tiles [start, end).
 
     Works in the transposed layout [keys, TILE queries]. Column padding is left to the
@@ -486,11 +842,35 @@ def _dkv_tiles(dk, dv, k, v, cols, q_base, do_base, lse_base, delta_base, start,
 
 
 @triton.jit
-def _dsum_kernel(Q, KS, VS, KEY_REAL, INV_COUNT, DO, LSE, DELTA, DKS_PART, DVS_PART,
-                 BH, H, N, NB, window, block, scale, qk_scale, split_rows,
-                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
-                 HAS_KEY_REAL: tl.constexpr, DOT_PREC: tl.constexpr, BLOCK_M: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr):  # fmt: skip
+def _dsum_kernel(
+    Q,
+    KS,
+    VS,
+    KEY_REAL,
+    INV_COUNT,
+    DO,
+    LSE,
+    DELTA,
+    DKS_PART,
+    DVS_PART,
+    BH,
+    H,
+    N,
+    NB,
+    window,
+    block,
+    scale,
+    qk_scale,
+    split_rows,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_KEY_REAL: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
     """Partial gradients of BLOCK_S summaries over the query rows of one split."""
     tl.static_assert(BLOCK_M >= 16 and BLOCK_S >= 16, "tl.dot needs 16")
     n_splits = tl.cdiv(N, split_rows)
@@ -524,17 +904,80 @@ def _dsum_kernel(Q, KS, VS, KEY_REAL, INV_COUNT, DO, LSE, DELTA, DKS_PART, DVS_P
     f_lo = _round_up(tl.minimum(last_l + window, N), BLOCK_M)
     f_lo, f_hi = _interior(start, r1, f_lo, r1 // BLOCK_M * BLOCK_M, BLOCK_M)
     dk, dv = _dkv_tiles(
-        dk, dv, k, v, cols, q_base, do_base, lse_base, delta_base, start, f_lo, N, window,
-        block, qk_scale, offs_d, HEAD_DIM, BLOCK_D, CAUSAL, True, True, BLOCK_M, DOT_PREC,
-    )  # fmt: skip
+        dk,
+        dv,
+        k,
+        v,
+        cols,
+        q_base,
+        do_base,
+        lse_base,
+        delta_base,
+        start,
+        f_lo,
+        N,
+        window,
+        block,
+        qk_scale,
+        offs_d,
+        HEAD_DIM,
+        BLOCK_D,
+        CAUSAL,
+        True,
+        True,
+        BLOCK_M,
+        DOT_PREC,
+    )
     dk, dv = _dkv_tiles(
-        dk, dv, k, v, cols, q_base, do_base, lse_base, delta_base, f_lo, f_hi, N, window,
-        block, qk_scale, offs_d, HEAD_DIM, BLOCK_D, CAUSAL, True, False, BLOCK_M, DOT_PREC,
-    )  # fmt: skip
+        dk,
+        dv,
+        k,
+        v,
+        cols,
+        q_base,
+        do_base,
+        lse_base,
+        delta_base,
+        f_lo,
+        f_hi,
+        N,
+        window,
+        block,
+        qk_scale,
+        offs_d,
+        HEAD_DIM,
+        BLOCK_D,
+        CAUSAL,
+        True,
+        False,
+        BLOCK_M,
+        DOT_PREC,
+    )
     dk, dv = _dkv_tiles(
-        dk, dv, k, v, cols, q_base, do_base, lse_base, delta_base, f_hi, r1, N, window,
-        block, qk_scale, offs_d, HEAD_DIM, BLOCK_D, CAUSAL, True, True, BLOCK_M, DOT_PREC,
-    )  # fmt: skip
+        dk,
+        dv,
+        k,
+        v,
+        cols,
+        q_base,
+        do_base,
+        lse_base,
+        delta_base,
+        f_hi,
+        r1,
+        N,
+        window,
+        block,
+        qk_scale,
+        offs_d,
+        HEAD_DIM,
+        BLOCK_D,
+        CAUSAL,
+        True,
+        True,
+        BLOCK_M,
+        DOT_PREC,
+    )
     if not CAUSAL:
         # -- queries before the blocks: i <= first_j - window (all of the tile's up to
         #    first_j0 - window, some up to first_jlast - window); stop before the first
@@ -544,15 +987,55 @@ def _dsum_kernel(Q, KS, VS, KEY_REAL, INV_COUNT, DO, LSE, DELTA, DKS_PART, DVS_P
         f_hi = tl.minimum(tl.maximum(j0 * block - window + 1, 0), N) // BLOCK_M * BLOCK_M
         f_lo, f_hi = _interior(r0, hi, r0, f_hi, BLOCK_M)
         dk, dv = _dkv_tiles(
-            dk, dv, k, v, cols, q_base, do_base, lse_base, delta_base, f_lo, f_hi, N,
-            window, block, qk_scale, offs_d, HEAD_DIM, BLOCK_D, CAUSAL, True, False,
-            BLOCK_M, DOT_PREC,
-        )  # fmt: skip
+            dk,
+            dv,
+            k,
+            v,
+            cols,
+            q_base,
+            do_base,
+            lse_base,
+            delta_base,
+            f_lo,
+            f_hi,
+            N,
+            window,
+            block,
+            qk_scale,
+            offs_d,
+            HEAD_DIM,
+            BLOCK_D,
+            CAUSAL,
+            True,
+            False,
+            BLOCK_M,
+            DOT_PREC,
+        )
         dk, dv = _dkv_tiles(
-            dk, dv, k, v, cols, q_base, do_base, lse_base, delta_base, f_hi, hi, N,
-            window, block, qk_scale, offs_d, HEAD_DIM, BLOCK_D, CAUSAL, True, True,
-            BLOCK_M, DOT_PREC,
-        )  # fmt: skip
+            dk,
+            dv,
+            k,
+            v,
+            cols,
+            q_base,
+            do_base,
+            lse_base,
+            delta_base,
+            f_hi,
+            hi,
+            N,
+            window,
+            block,
+            qk_scale,
+            offs_d,
+            HEAD_DIM,
+            BLOCK_D,
+            CAUSAL,
+            True,
+            True,
+            BLOCK_M,
+            DOT_PREC,
+        )
 
     if HAS_KEY_REAL:
         # a block of padding only has no summary (and p may hold anything there)
@@ -565,11 +1048,38 @@ def _dsum_kernel(Q, KS, VS, KEY_REAL, INV_COUNT, DO, LSE, DELTA, DKS_PART, DVS_P
 
 
 @triton.jit
-def _dkv_kernel(Q, K, V, KEY_REAL, INV_COUNT, DO, LSE, DELTA, DKS_PART, DVS_PART, DK, DV,
-                BH, H, N, NB, window, block, scale, qk_scale, n_splits,
-                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
-                HAS_SUM: tl.constexpr, HAS_KEY_REAL: tl.constexpr, DOT_PREC: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr):  # fmt: skip
+def _dkv_kernel(
+    Q,
+    K,
+    V,
+    KEY_REAL,
+    INV_COUNT,
+    DO,
+    LSE,
+    DELTA,
+    DKS_PART,
+    DVS_PART,
+    DK,
+    DV,
+    BH,
+    H,
+    N,
+    NB,
+    window,
+    block,
+    scale,
+    qk_scale,
+    n_splits,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    HAS_SUM: tl.constexpr,
+    HAS_KEY_REAL: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
     tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16, "tl.dot needs 16")
     tl.static_assert(BLOCK_D >= 16 and BLOCK_D >= HEAD_DIM, "head dim padded to >= 16")
     n_tiles = tl.cdiv(N, BLOCK_N)
@@ -599,17 +1109,80 @@ def _dkv_kernel(Q, K, V, KEY_REAL, INV_COUNT, DO, LSE, DELTA, DKS_PART, DVS_PART
     lse_base = LSE + bh * N
     delta_base = DELTA + bh * N
     dk, dv = _dkv_tiles(
-        dk, dv, k, v, cols, q_base, do_base, lse_base, delta_base, start, f_lo, N, window,
-        block, qk_scale, offs_d, HEAD_DIM, BLOCK_D, CAUSAL, False, True, BLOCK_M, DOT_PREC,
-    )  # fmt: skip
+        dk,
+        dv,
+        k,
+        v,
+        cols,
+        q_base,
+        do_base,
+        lse_base,
+        delta_base,
+        start,
+        f_lo,
+        N,
+        window,
+        block,
+        qk_scale,
+        offs_d,
+        HEAD_DIM,
+        BLOCK_D,
+        CAUSAL,
+        False,
+        True,
+        BLOCK_M,
+        DOT_PREC,
+    )
     dk, dv = _dkv_tiles(
-        dk, dv, k, v, cols, q_base, do_base, lse_base, delta_base, f_lo, f_hi, N, window,
-        block, qk_scale, offs_d, HEAD_DIM, BLOCK_D, CAUSAL, False, False, BLOCK_M, DOT_PREC,
-    )  # fmt: skip
+        dk,
+        dv,
+        k,
+        v,
+        cols,
+        q_base,
+        do_base,
+        lse_base,
+        delta_base,
+        f_lo,
+        f_hi,
+        N,
+        window,
+        block,
+        qk_scale,
+        offs_d,
+        HEAD_DIM,
+        BLOCK_D,
+        CAUSAL,
+        False,
+        False,
+        BLOCK_M,
+        DOT_PREC,
+    )
     dk, dv = _dkv_tiles(
-        dk, dv, k, v, cols, q_base, do_base, lse_base, delta_base, f_hi, hi, N, window,
-        block, qk_scale, offs_d, HEAD_DIM, BLOCK_D, CAUSAL, False, True, BLOCK_M, DOT_PREC,
-    )  # fmt: skip
+        dk,
+        dv,
+        k,
+        v,
+        cols,
+        q_base,
+        do_base,
+        lse_base,
+        delta_base,
+        f_hi,
+        hi,
+        N,
+        window,
+        block,
+        qk_scale,
+        offs_d,
+        HEAD_DIM,
+        BLOCK_D,
+        CAUSAL,
+        False,
+        True,
+        BLOCK_M,
+        DOT_PREC,
+    )
     dk = dk * scale
 
     if HAS_SUM:
@@ -769,17 +1342,27 @@ def fused_forward(q, k, v, key_real, *, window, block, causal, scale):
     with device_guard(q):
         if has_sum:
             _pool_kernel[(b * h * nb,)](
-                k, v, kr, k_sum, v_sum, inv_count, h, n, nb, block,
-                HEAD_DIM=d, BLOCK_D=meta["BLOCK_D"], HAS_KEY_REAL=meta["HAS_KEY_REAL"],
-                BLOCK_T=16 if _INTERPRET else POOL_ROWS, num_warps=4,
-            )  # fmt: skip
+                k,
+                v,
+                kr,
+                k_sum,
+                v_sum,
+                inv_count,
+                h,
+                n,
+                nb,
+                block,
+                HEAD_DIM=d,
+                BLOCK_D=meta["BLOCK_D"],
+                HAS_KEY_REAL=meta["HAS_KEY_REAL"],
+                BLOCK_T=16 if _INTERPRET else POOL_ROWS,
+                num_warps=4,
+            )
         ks, vs, inv = (k_sum, v_sum, inv_count) if has_sum else (q, q, lse)
-        args = (q, k, v, ks, vs, kr, inv, o, lse,
-                h, n, max(nb, 1), window, block, float(scale) * LOG2E)  # fmt: skip
-        _launch(
-            "fwd", lambda bm, bn, bs: b * h * triton.cdiv(n, bm), args, kind, d,
-            dict(meta, CAUSAL=bool(causal)),
-        )  # fmt: skip
+        args = (q, k, v, ks, vs, kr, inv, o, lse)
+        args += (h, n, max(nb, 1), window, block, float(scale) * LOG2E)
+        meta = dict(meta, CAUSAL=bool(causal))
+        _launch("fwd", lambda bm, bn, bs: b * h * triton.cdiv(n, bm), args, kind, d, meta)
     return o, lse, k_sum, v_sum, inv_count
 
 
@@ -813,23 +1396,21 @@ def fused_backward(
     nb1 = max(nb, 1)
     with device_guard(q):
         # dq first: it also writes delta, which the key-major kernels read
-        _launch(
-            "dq", lambda bm, bn, bs: b * h * triton.cdiv(n, bm),
-            (q, k, v, ks, vs, kr, inv, do, o, lse, delta, dq, h, n, nb1, window, block,
-             *scales),
-            kind, d, meta,
-        )  # fmt: skip
+        args = (q, k, v, ks, vs, kr, inv, do, o, lse, delta, dq)
+        args += (h, n, nb1, window, block, *scales)
+        _launch("dq", lambda bm, bn, bs: b * h * triton.cdiv(n, bm), args, kind, d, meta)
         if has_sum:
+            args = (q, ks, vs, kr, inv, do, lse, delta, dks_part, dvs_part)
+            args += (b * h, h, n, nb, window, block, *scales, rows_per_split)
             _launch(
-                "dsum", lambda bm, bn, bs: b * h * triton.cdiv(nb, bs) * n_splits,
-                (q, ks, vs, kr, inv, do, lse, delta, dks_part, dvs_part, b * h, h, n, nb,
-                 window, block, *scales, rows_per_split),
-                kind, d, {k_: v_ for k_, v_ in meta.items() if k_ != "HAS_SUM"},
-            )  # fmt: skip
-        _launch(
-            "dkv", lambda bm, bn, bs: b * h * triton.cdiv(n, bn),
-            (q, k, v, kr, inv, do, lse, delta, dks_part, dvs_part, dk, dv, b * h, h, n, nb1,
-             window, block, *scales, n_splits),
-            kind, d, meta,
-        )  # fmt: skip
+                "dsum",
+                lambda bm, bn, bs: b * h * triton.cdiv(nb, bs) * n_splits,
+                args,
+                kind,
+                d,
+                {k_: v_ for k_, v_ in meta.items() if k_ != "HAS_SUM"},
+            )
+        args = (q, k, v, kr, inv, do, lse, delta, dks_part, dvs_part, dk, dv)
+        args += (b * h, h, n, nb1, window, block, *scales, n_splits)
+        _launch("dkv", lambda bm, bn, bs: b * h * triton.cdiv(n, bn), args, kind, d, meta)
     return dq, dk, dv

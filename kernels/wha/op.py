@@ -77,8 +77,9 @@ def wha_forward(
     summaries (then k_sum, v_sum, inv_count are empty).
     """
     forward, _ = _impl(backend)
-    return forward(q, k, v, key_real, window=window, block=_block(block), causal=causal,
-                   scale=scale)  # fmt: skip
+    return forward(
+        q, k, v, key_real, window=window, block=_block(block), causal=causal, scale=scale
+    )
 
 
 def _num_blocks(n: int, block: int) -> int:
@@ -121,8 +122,8 @@ def wha_backward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(dq, dk, dv), dk and dv including the gradient through the summaries' pooling."""
     _, backward = _impl(backend)
-    return backward(do, q, k, v, key_real, o, lse, k_sum, v_sum, inv_count, window=window,
-                    block=_block(block), causal=causal, scale=scale)  # fmt: skip
+    geometry = dict(window=window, block=_block(block), causal=causal, scale=scale)
+    return backward(do, q, k, v, key_real, o, lse, k_sum, v_sum, inv_count, **geometry)
 
 
 @wha_backward.register_fake
@@ -141,11 +142,9 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, do, _dlse, _dk_sum, _dv_sum, _dinv):
-    q, k, v, key_real, o, lse, k_sum, v_sum, inv_count = ctx.saved_tensors
-    window, block, causal, scale, backend = ctx.config
     # Upstream gradients may be non-contiguous, even stride-0 (out.sum().backward()).
-    dq, dk, dv = wha_backward(do.contiguous(), q, k, v, key_real, o, lse, k_sum, v_sum,
-                              inv_count, window, block, causal, scale, backend)  # fmt: skip
+    # The saved tensors, then the config, are wha_backward's arguments after do, in order.
+    dq, dk, dv = wha_backward(do.contiguous(), *ctx.saved_tensors, *ctx.config)
     return dq, dk, dv, None, None, None, None, None, None
 
 

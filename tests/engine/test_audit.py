@@ -318,8 +318,12 @@ def test_a_model_that_was_not_trained_is_reported(many, make_model, tmp_path, mo
     """A fresh model saved as a checkpoint: its held-out NLL is no better than unigram."""
     path = tmp_path / mode / "last.pt"
     make_model(mode).save(path)
-    cfg = R.AuditConfig(corpus=many, modes=(mode,), checkpoints=(str(path),),
-                        **{k: v for k, v in QUALITY.items() if k != "quality"})  # fmt: skip
+    cfg = R.AuditConfig(
+        corpus=many,
+        modes=(mode,),
+        checkpoints=(str(path),),
+        **{k: v for k, v in QUALITY.items() if k != "quality"},
+    )
     rows = R.run_audit(cfg)
     bad = failures(rows, "held-out loss")
     assert len(bad) == 1 and "not below it" in bad[0].detail, R.format_table(rows)

@@ -377,14 +377,13 @@ def test_stretto_train_under_torchrun(midi_corpus, tmp_path):
 
     build_corpus(midi_corpus[:3], tmp_path / "corpus", workers=1, progress=False)
     port = _free_port()
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
-        "--nproc-per-node", str(WORLD), "--rdzv-backend", "c10d",
-        "--rdzv-endpoint", f"127.0.0.1:{port}", "--local-addr", "127.0.0.1",
-        "-m", "stretto.engine.cli", "train", str(tmp_path / "corpus"), "--out",
-        str(tmp_path / "run"), "--preset", "tiny", "--seq-len", "64", "--steps", "2",
-        "--batch-size", "2", "--log-every", "1", "--device", "cpu", "--dist-timeout", "30",
-    ]  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1"]
+    cmd += ["--nproc-per-node", str(WORLD), "--rdzv-backend", "c10d"]
+    cmd += ["--rdzv-endpoint", f"127.0.0.1:{port}", "--local-addr", "127.0.0.1"]
+    cmd += ["-m", "stretto.engine.cli", "train", str(tmp_path / "corpus")]
+    cmd += ["--out", str(tmp_path / "run"), "--preset", "tiny", "--seq-len", "64"]
+    cmd += ["--steps", "2", "--batch-size", "2", "--log-every", "1"]
+    cmd += ["--device", "cpu", "--dist-timeout", "30"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(name, None)

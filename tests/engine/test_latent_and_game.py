@@ -32,9 +32,14 @@ def _train(split, mode: str, steps: int) -> tuple[MusicModel, list[dict]]:
     torch.manual_seed(0)
     model = MusicModel(ModelConfig.from_vocab(Vocabulary(), mode=mode, preset="tiny"))
     config = TrainConfig(
-        steps=steps, batch_size=4, lr=1e-3, warmup_steps=10, eval_every=steps,
-        eval_batches=8, log_every=50,
-    )  # fmt: skip
+        steps=steps,
+        batch_size=4,
+        lr=1e-3,
+        warmup_steps=10,
+        eval_every=steps,
+        eval_batches=8,
+        log_every=50,
+    )
     history = Trainer(model, train, val, config, device="cpu", progress=False).fit()
     return model.eval(), history
 

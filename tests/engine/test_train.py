@@ -26,9 +26,14 @@ def test_each_mode_overfits_a_fixed_batch(make_model, fixed_batch, mode, steps):
     with torch.no_grad():
         start = float(model.loss(fixed_batch)["recon"])
     config = TrainConfig(
-        steps=steps, lr=3e-3, warmup_steps=10, min_lr_ratio=1.0, weight_decay=0.0,
-        eval_every=0, log_every=10,
-    )  # fmt: skip
+        steps=steps,
+        lr=3e-3,
+        warmup_steps=10,
+        min_lr_ratio=1.0,
+        weight_decay=0.0,
+        eval_every=0,
+        log_every=10,
+    )
     history = Trainer(model, [fixed_batch], config=config, device="cpu", progress=False).fit()
     end = history[-1]["recon"]
     assert history[-1]["step"] == steps
@@ -94,8 +99,12 @@ def test_train_config_validation_and_cpu_precision(make_model, fixed_batch):
     with pytest.raises(ValueError, match="precision='fp8'"):
         TrainConfig(precision="fp8")
     with pytest.raises(ValueError, match="needs a CUDA device"):
-        Trainer(make_model("transformer"), [fixed_batch], config=TrainConfig(precision="bf16"),
-                device="cpu")  # fmt: skip
+        Trainer(
+            make_model("transformer"),
+            [fixed_batch],
+            config=TrainConfig(precision="bf16"),
+            device="cpu",
+        )
 
 
 def test_train_command_on_real_midi(midi_corpus, tmp_path, capsys):
@@ -104,9 +113,9 @@ def test_train_command_on_real_midi(midi_corpus, tmp_path, capsys):
     for path in midi_corpus[:2]:
         shutil.copy(path, midi / path.name)
     run = tmp_path / "run"
-    args = ["train", str(midi), "--mode", "vae_gan", "--seq-len", "64", "--preset", "tiny",
-            "--steps", "2", "--batch-size", "2", "--eval-every", "2", "--log-every", "1",
-            "--workers", "1", "--out", str(run)]  # fmt: skip
+    args = ["train", str(midi), "--mode", "vae_gan", "--seq-len", "64", "--preset", "tiny"]
+    args += ["--steps", "2", "--batch-size", "2", "--eval-every", "2", "--log-every", "1"]
+    args += ["--workers", "1", "--out", str(run)]
     assert stretto(args) == 0
     assert {"last.pt", "log.jsonl", "loss.png", "config.json"} <= {p.name for p in run.iterdir()}
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
@@ -150,9 +159,14 @@ def test_resume_continues_bit_for_bit(make_model, windows, tmp_path, monkeypatch
     came back."""
     data = _Windows(windows)
     config = TrainConfig(
-        steps=4, batch_size=3, lr=3e-3, warmup_steps=2, eval_every=0, checkpoint_every=2,
+        steps=4,
+        batch_size=3,
+        lr=3e-3,
+        warmup_steps=2,
+        eval_every=0,
+        checkpoint_every=2,
         log_every=1,
-    )  # fmt: skip
+    )
     overrides = {"dropout": 0.1, "word_dropout": 0.2, "adv_start_step": 0}
     overrides = {k: v for k, v in overrides.items() if mode != "transformer" or k == "dropout"}
     torch.manual_seed(5)
@@ -196,9 +210,10 @@ def test_a_resume_without_the_rng_drifts(make_model, windows, tmp_path, monkeypa
     resumed.resume(tmp_path / "one.pt")
     resumed.fit()
     differ = [
-        n for n, a in whole.model.state_dict().items()
+        n
+        for n, a in whole.model.state_dict().items()
         if not torch.equal(a, resumed.model.state_dict()[n])
-    ]  # fmt: skip
+    ]
     assert differ, "a resume that loses the RNG state must not reproduce the run"
 
 
@@ -241,9 +256,9 @@ def _tiny_run(midi_corpus, tmp_path, *extra):
     for path in midi_corpus[:4]:
         shutil.copy(path, midi / path.name)
     run = tmp_path / "run"
-    args = ["train", str(midi), "--mode", "vae", "--seq-len", "64", "--preset", "tiny",
-            "--steps", "2", "--batch-size", "2", "--eval-every", "2", "--log-every", "1",
-            "--out", str(run), *extra]  # fmt: skip
+    args = ["train", str(midi), "--mode", "vae", "--seq-len", "64", "--preset", "tiny"]
+    args += ["--steps", "2", "--batch-size", "2", "--eval-every", "2", "--log-every", "1"]
+    args += ["--out", str(run), *extra]
     return args, run
 
 

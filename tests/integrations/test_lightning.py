@@ -170,14 +170,28 @@ def _train_command_readings(run: Path, monkeypatch) -> list[TrainConfig]:
 def test_train_config_json_reads_the_same_in_lightning_and_the_train_command(
     vocab, tmp_path, monkeypatch
 ):
-    fields = {"steps": 7, "batch_size": 3, "lr": 1e-3, "betas": [0.8, 0.9],
-              "loggers": ["tensorboard"], "precision": "fp32", "seed": 5}  # fmt: skip
+    fields = {
+        "steps": 7,
+        "batch_size": 3,
+        "lr": 1e-3,
+        "betas": [0.8, 0.9],
+        "loggers": ["tensorboard"],
+        "precision": "fp32",
+        "seed": 5,
+    }
     (tmp_path / "train_config.json").write_text(json.dumps(fields))
     config = ModelConfig.from_vocab(vocab, preset="tiny")
     config.save_json(tmp_path / "config.json")
     lightning = MusicLightningModule(config, json.loads(json.dumps(fields))).train_config
-    want = TrainConfig(steps=7, batch_size=3, lr=1e-3, betas=(0.8, 0.9),
-                       loggers=("tensorboard",), precision="fp32", seed=5)  # fmt: skip
+    want = TrainConfig(
+        steps=7,
+        batch_size=3,
+        lr=1e-3,
+        betas=(0.8, 0.9),
+        loggers=("tensorboard",),
+        precision="fp32",
+        seed=5,
+    )
     assert lightning == want
     assert _train_command_readings(tmp_path, monkeypatch) == [want, want]
     assert TrainConfig.from_json(want.to_json()) == want
@@ -191,10 +205,11 @@ def test_train_config_json_reads_the_same_in_lightning_and_the_train_command(
         pytest.param({"steps": True}, "TrainConfig: steps=True must be an int", id="steps-bool"),
         pytest.param({"lr": "fast"}, "TrainConfig: lr='fast' must be a number", id="lr-str"),
         pytest.param({"betas": [0.9]}, "betas=(0.9,) must be a tuple of two", id="betas-one"),
-        pytest.param({"loggers": "tensorboard"}, "loggers='tensorboard' must be a tuple",
-                     id="loggers-str"),
+        pytest.param(
+            {"loggers": "tensorboard"}, "loggers='tensorboard' must be a tuple", id="loggers-str"
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_bad_train_config_field_is_one_line_in_both_readers(
     vocab, tmp_path, monkeypatch, fields, message
 ):

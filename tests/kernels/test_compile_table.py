@@ -26,8 +26,17 @@ from benchmarks import compile_table  # noqa: E402
 REPO = Path(__file__).resolve().parents[2]
 
 
-_VARIANT_FIELDS = ("kernel", "target", "dtype", "head_dim", "causal", "summaries", "config",
-                   "padded", "seq_len")  # fmt: skip
+_VARIANT_FIELDS = (
+    "kernel",
+    "target",
+    "dtype",
+    "head_dim",
+    "causal",
+    "summaries",
+    "config",
+    "padded",
+    "seq_len",
+)
 
 
 def _failures(row: dict) -> list[str]:
@@ -44,8 +53,12 @@ def test_every_kernel_compiles_for_hopper_and_a100(tmp_path):
     out = tmp_path / "compile-table.json"
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.compile_table", "--json", str(out)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=2300,
-    )  # fmt: skip
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=2300,
+    )
     assert out.is_file(), proc.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
 
@@ -59,8 +72,11 @@ def test_every_kernel_compiles_for_hopper_and_a100(tmp_path):
     assert {r["dtype"] for r in rows} >= {"bf16", "fp16", "fp32-tf32", "fp32-ieee"}
     assert {r["head_dim"] for r in rows} == {16, 32, 64, 128, 40}
     assert {(r["causal"], r["summaries"]) for r in rows if r["kernel"] == "fwd"} == {
-        (True, True), (True, False), (False, True), (False, False)
-    }  # fmt: skip
+        (True, True),
+        (True, False),
+        (False, True),
+        (False, False),
+    }
     # without a padding mask (the benchmark's case) and at a length that is not a
     # multiple of 16, every kernel, on both targets, in 16-bit and TF32
     for padded, seq_len in [(False, 2048), (True, 1023)]:
@@ -134,8 +150,8 @@ def test_specialization_is_tritons_own():
         pytest.skip("this Triton has no native_specialize_impl to compare with")
     from triton.backends.compiler import BaseBackend
 
-    values = [1, 2, 16, 48, 1023, 2048, 2**31 + 16, 0.125,
-              torch.empty(4, dtype=torch.bfloat16), torch.empty(4, dtype=torch.bool)]  # fmt: skip
+    values = [1, 2, 16, 48, 1023, 2048, 2**31 + 16, 0.125]
+    values += [torch.empty(4, dtype=torch.bfloat16), torch.empty(4, dtype=torch.bool)]
     for value in values:
         kind, hint = libtriton.native_specialize_impl(BaseBackend, value, False, True, True)
         assert compile_table.specialization(value) == (kind, hint == "D"), value

@@ -188,8 +188,9 @@ def test_fixed_shape_attend_equals_the_sliced_one():
     runs equals the eager path sliced by the host length, at every position."""
     b, h, n, d, window, block, *_ = CASES[0]
     q, k, v, mask = _inputs(CASES[0], torch.float64)
-    cache = HierarchicalKVCache(b, h, d, window=window, block=block, max_length=n,
-                                dtype=torch.float64)  # fmt: skip
+    cache = HierarchicalKVCache(
+        b, h, d, window=window, block=block, max_length=n, dtype=torch.float64
+    )
     for i in range(n):
         cache.append(k[:, :, i], v[:, :, i], mask[:, i])
         sliced = cache.attend(q[:, :, i])

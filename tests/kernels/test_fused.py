@@ -32,8 +32,16 @@ def _run_fused(q, k, v, key_real, do, *, window, block, causal, scale):
     kw = dict(window=window, block=block, causal=causal, scale=scale)
     o, lse, k_sum, v_sum, inv_count = fused.fused_forward(q, k, v, key_real, **kw)
     dq, dk, dv = fused.fused_backward(do, q, k, v, key_real, o, lse, k_sum, v_sum, inv_count, **kw)
-    return {"o": o, "lse": lse, "k_sum": k_sum, "v_sum": v_sum, "inv_count": inv_count,
-            "dq": dq, "dk": dk, "dv": dv}  # fmt: skip
+    return {
+        "o": o,
+        "lse": lse,
+        "k_sum": k_sum,
+        "v_sum": v_sum,
+        "inv_count": inv_count,
+        "dq": dq,
+        "dk": dk,
+        "dv": dv,
+    }
 
 
 def _run_reference(q, k, v, key_real, do, *, window, block, causal, scale):

@@ -41,8 +41,9 @@ def _run(q, k, v, up, mask, backend, **geometry):
     padded=st.booleans(),
     seed=st.integers(0, 2**16),
 )
-def test_triton_random_small_geometries(kernel_device, poisoned, n, window, block, causal,
-                                        padded, seed):  # fmt: skip
+def test_triton_random_small_geometries(
+    kernel_device, poisoned, n, window, block, causal, padded, seed
+):
     if op.fused_import_error() is not None:
         pytest.skip(f"fused kernels not importable: {op.fused_import_error()}")
     gen = torch.Generator().manual_seed(seed)

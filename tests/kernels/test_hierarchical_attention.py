@@ -415,7 +415,7 @@ class _LargestNewTensor(TorchDispatchMode):
         (7, 20, "row"),
         (40, 1, None),
         (50, 16, "end"),
-    ],  # fmt: skip
+    ],
     ids=lambda x: str(x),
 )
 def test_pooling_and_its_backward_match_the_reference(n, block, pad):

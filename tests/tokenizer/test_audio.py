@@ -171,8 +171,9 @@ def test_symusics_buffer_is_written_where_its_synthesizer_returns_one(
 
     monkeypatch.setattr(audio, "_symusic_synthesizer", StandIn)
     monkeypatch.setattr(audio, "_symusic_renders", lambda font: True)
-    rendered = render_wav(midi_corpus[1], tmp_path / "o.wav", soundfont=soundfont,
-                          sample_rate=8000, seconds=2.0)  # fmt: skip
+    rendered = render_wav(
+        midi_corpus[1], tmp_path / "o.wav", soundfont=soundfont, sample_rate=8000, seconds=2.0
+    )
     params, samples = _read_wav(tmp_path / "o.wav")
     assert rendered.renderer == "symusic" and asked == [(str(soundfont), 8000, 0)]
     assert (params.nchannels, params.framerate) == (2, 8000)

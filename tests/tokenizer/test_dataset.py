@@ -86,9 +86,10 @@ def test_every_window_decodes_to_the_notes_it_covers(corpus_dir, seq_len):
 
 
 @pytest.mark.parametrize(
-    "seq_len, stride", [(256, None), (512, None), (1024, 512), (2048, 700)],
+    "seq_len, stride",
+    [(256, None), (512, None), (1024, 512), (2048, 700)],
     ids=["L256-default", "L512-default", "L1024-s512", "L2048-s700"],
-)  # fmt: skip
+)
 def test_windows_cover_every_id(corpus_dir, seq_len, stride):
     ds = TokenDataset(corpus_dir, seq_len, stride=stride)
     spans: dict[int, list[tuple[int, int]]] = {}
@@ -120,9 +121,11 @@ def test_refuses_folder_without_corpus(tmp_path):
         TokenDataset(tmp_path, 512)
 
 
-@pytest.mark.parametrize("kwargs", [{"seq_len": 1}, {"seq_len": 64, "stride": 0},
-                                    {"seq_len": 64, "max_prefix": 64}],
-                         ids=["seq1", "stride0", "prefix-too-long"])  # fmt: skip
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"seq_len": 1}, {"seq_len": 64, "stride": 0}, {"seq_len": 64, "max_prefix": 64}],
+    ids=["seq1", "stride0", "prefix-too-long"],
+)
 def test_rejects_bad_arguments(corpus_dir, kwargs):
     with pytest.raises(ValueError):
         TokenDataset(corpus_dir, **kwargs)

@@ -158,9 +158,11 @@ def _track(notes, program=0, drum=False, controls=()) -> Track:
     t = Track("t", program, drum)
     a = np.array(notes, dtype=np.int64).reshape(-1, 4)
     t.notes = Note.from_numpy(
-        a[:, 0].astype(np.int32), a[:, 1].astype(np.int32), a[:, 2].astype(np.int8),
+        a[:, 0].astype(np.int32),
+        a[:, 1].astype(np.int32),
+        a[:, 2].astype(np.int8),
         a[:, 3].astype(np.int8),
-    )  # fmt: skip
+    )
     if controls:
         c = np.array(controls, dtype=np.int64).reshape(-1, 3)
         t.controls = ControlChange.from_numpy(
@@ -190,8 +192,15 @@ def test_only_drums(tok, tmp_path):
 
 
 def test_pitches_outside_piano_range_are_dropped_and_counted(tok):
-    score = _score(_track([(0, 480, 20, 80), (0, 480, 21, 80), (0, 480, 108, 80),
-                           (0, 480, 109, 80), (480, 480, 0, 80), (480, 480, 127, 80)]))  # fmt: skip
+    notes = [
+        (0, 480, 20, 80),
+        (0, 480, 21, 80),
+        (0, 480, 108, 80),
+        (0, 480, 109, 80),
+        (480, 480, 0, 80),
+        (480, 480, 127, 80),
+    ]
+    score = _score(_track(notes))
     ids = tok.encode(score)
     assert tok.last_encode_stats.dropped_pitch == 4
     assert sorted(tok.tokens(ids[np.isin(ids, V.NOTE_ON)])) == ["NOTE_ON(108)", "NOTE_ON(21)"]
@@ -202,13 +211,19 @@ def test_pitches_outside_piano_range_are_dropped_and_counted(tok):
     "notes, want",
     [
         # (tick, duration, pitch, velocity) at 120 BPM, tpq 480: 480 ticks = 0.5 s
-        pytest.param([(0, 960, 60, 80), (480, 960, 60, 90)], [(0.0, 0.5), (0.5, 1.5)],
-                     id="later-cuts-earlier"),
+        pytest.param(
+            [(0, 960, 60, 80), (480, 960, 60, 90)],
+            [(0.0, 0.5), (0.5, 1.5)],
+            id="later-cuts-earlier",
+        ),
         pytest.param([(0, 480, 60, 80), (0, 960, 60, 90)], [(0.0, 1.0)], id="same-onset-longest"),
-        pytest.param([(0, 2000, 60, 80), (100, 10, 60, 90), (960, 480, 60, 70)],
-                     [(0.0, 100 / 960), (100 / 960, 110 / 960), (1.0, 1.5)], id="three-nested"),
+        pytest.param(
+            [(0, 2000, 60, 80), (100, 10, 60, 90), (960, 480, 60, 70)],
+            [(0.0, 100 / 960), (100 / 960, 110 / 960), (1.0, 1.5)],
+            id="three-nested",
+        ),
     ],
-)  # fmt: skip
+)
 def test_same_pitch_overlaps(tok, notes, want):
     score = _score(_track(notes))
     got = sorted_notes(tok.decode(tok.encode(score)))
@@ -266,9 +281,14 @@ def test_tempo_order_at_one_instant(tok):
     toks = tok.tokens(tok.encode(score))
     i = toks.index("TIME_SHIFT(500.0ms)")
     assert toks[i + 1 :] == [
-        V.describe(V.tempo(150.0)), "NOTE_OFF(60)", "SUSTAIN_ON", "NOTE_ON(62)",
-        "TIME_SHIFT(406.25ms)", "NOTE_OFF(62)", "END",
-    ]  # fmt: skip
+        V.describe(V.tempo(150.0)),
+        "NOTE_OFF(60)",
+        "SUSTAIN_ON",
+        "NOTE_ON(62)",
+        "TIME_SHIFT(406.25ms)",
+        "NOTE_OFF(62)",
+        "END",
+    ]
 
 
 @pytest.mark.parametrize("channel", [0, 2, 9, 15], ids=["ch1", "ch3", "ch10-drums", "ch16"])
@@ -314,8 +334,11 @@ def test_note_off_names_its_instrument(tok):
 
 
 # -- decode is total -------------------------------------------------------------------
-@pytest.mark.parametrize("seed, length", [(0, 1), (1, 63), (2, 77), (3, 513), (4, 4096)],
-                         ids=["len1", "len63", "len77", "len513", "len4096"])  # fmt: skip
+@pytest.mark.parametrize(
+    "seed, length",
+    [(0, 1), (1, 63), (2, 77), (3, 513), (4, 4096)],
+    ids=["len1", "len63", "len77", "len513", "len4096"],
+)
 def test_decode_is_total_on_random_ids(tok, seed, length):
     ids = np.random.default_rng(seed).integers(0, V.size, size=length)
     score = tok.decode(ids)
@@ -325,8 +348,17 @@ def test_decode_is_total_on_random_ids(tok, seed, length):
 
 
 def test_decode_skips_what_breaks_the_grammar(tok):
-    ids = [V.START, V.PAD, V.note_off(60), V.UNK, V.note_on(60), V.time_shift(4),
-           V.note_on(62), V.END, V.note_on(64)]  # fmt: skip
+    ids = [
+        V.START,
+        V.PAD,
+        V.note_off(60),
+        V.UNK,
+        V.note_on(60),
+        V.time_shift(4),
+        V.note_on(62),
+        V.END,
+        V.note_on(64),
+    ]
     got = sorted_notes(tok.decode(ids))
     stats = tok.last_decode_stats
     assert (stats.skipped_special, stats.orphan_note_off, stats.after_end) == (2, 1, 1)
@@ -354,8 +386,9 @@ def test_max_seconds_bound_is_configurable():
 
 
 # -- the serialized score the encoder reads -----------------------------------------------
-_NOTE_BYTES = np.dtype([("time", "<i4"), ("duration", "<i4"), ("pitch", "i1"),
-                        ("velocity", "i1"), ("pad", "V2")])  # fmt: skip
+_NOTE_BYTES = np.dtype(
+    [("time", "<i4"), ("duration", "<i4"), ("pitch", "i1"), ("velocity", "i1"), ("pad", "V2")]
+)
 _CONTROL_BYTES = np.dtype([("time", "<i4"), ("number", "u1"), ("value", "u1"), ("pad", "V2")])
 _TEMPO_BYTES = np.dtype([("time", "<i4"), ("mspq", "<i4")])
 

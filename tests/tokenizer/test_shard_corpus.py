@@ -120,10 +120,10 @@ def test_cli_shard_and_merge(inputs, whole, tmp_path, capsys):
     for p in inputs:
         (src / p.name).write_bytes(p.read_bytes())
     for i in range(2):
-        assert stretto(["tokenize", str(src), str(tmp_path / f"p{i}"), "--shard", f"{i}/2",
-                        "--workers", "1"]) == 0  # fmt: skip
-    assert stretto(["tokenize", "--merge", str(tmp_path / "p1"), str(tmp_path / "p0"),
-                    str(tmp_path / "all")]) == 0  # fmt: skip
+        part = ["tokenize", str(src), str(tmp_path / f"p{i}"), "--shard", f"{i}/2"]
+        assert stretto([*part, "--workers", "1"]) == 0
+    parts = [str(tmp_path / "p1"), str(tmp_path / "p0")]
+    assert stretto(["tokenize", "--merge", *parts, str(tmp_path / "all")]) == 0
     got = _contents(tmp_path / "all")
     want = {s.rsplit("/", 1)[-1]: ids for s, ids in _contents(whole).items()}
     assert {s.rsplit("/", 1)[-1] for s in got} == want.keys()
