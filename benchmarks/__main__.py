@@ -85,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "seconds": args.seconds,
                 "blocks": args.block,
                 "providers": args.provider,
+                "batches": args.batch,
             },
         )
     except ValueError as exc:
@@ -139,6 +140,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="repeatable: generate suite: only these providers (cached, cached-constrained, "
         "compiled, compiled-first-call, compiled-disk-cache, full-forward, hf-llama, "
         "hf-llama-static; the floor rows are always written)",
+    )
+    parser.add_argument(
+        "--batch",
+        action="append",
+        type=int,
+        metavar="B",
+        help="repeatable: generate suite: only these batch sizes (default 1, 8 and 32 for "
+        "the batched providers; --quick: 1)",
     )
     parser.add_argument(
         "--corpus",

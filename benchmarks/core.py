@@ -328,6 +328,9 @@ def check_filters(
     for n in seq_lens or ():
         if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
             raise ValueError(f"a sequence length must be a positive integer, got {n!r}")
+    for b in (options or {}).get("batches") or ():
+        if isinstance(b, bool) or not isinstance(b, int) or b <= 0:
+            raise ValueError(f"a batch size must be a positive integer, got {b!r}")
     if seq_lens:
         for name in names:
             if name not in TABLE_SWEEP_SUITES:

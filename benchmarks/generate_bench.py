@@ -27,6 +27,12 @@ at -inf (so every case generates exactly its token count, every row of a batch t
   cache's keys, values and block sums at the last token) over the machine's copy
   bandwidth measured here (`copy_bandwidth`): the time no provider can beat at batch 1.
   Every measured row carries `x_floor`, its time per token over the floor.
+- `matmul-floor`: no generation either: the time one batch-1 token spends in its
+  matrix-vector products alone (`matmul_ms`: x @ W.T for every linear layer's weight,
+  the tied head included, eager, one after another), the cost of reading the weights
+  through torch's own kernels on this machine. Every batch-1 row carries `x_matmul`,
+  its time per token over it: how much the rest of the step (attention over the cache,
+  norms, the grammar, sampling, launches) adds.
 Batches: B = 1 for every provider; B = 8 and 32 for BATCHED_PROVIDERS (tokens/s summed
 over the rows, each row under its own grammar state).
 
@@ -69,6 +75,7 @@ PROVIDERS = (
     "hf-llama",
     "hf-llama-static",
 )
+FLOORS = ("floor", "matmul-floor")  # rows of every run, measured without generating
 BATCHED_PROVIDERS = ("cached-constrained", "compiled", "hf-llama")
 BATCH_SIZES = (1, 8, 32)  # quick: 1
 STEADY = ("compiled", "hf-llama-static")  # warm up on the measured shapes
@@ -227,6 +234,36 @@ def copy_bandwidth(device: str, nbytes: int = COPY_BYTES, repeats: int = 5) -> f
     return 2 * nbytes / best
 
 
+def matmul_ms(preset: str, device: str, repeats: int = 30) -> float:
+    """Milliseconds one batch-1 token of `preset` spends in its matrix-vector products:
+    `x @ W.T` for the weight of every `nn.Linear` of a transformer-mode model (the head
+    is the embedding, read once), eager, in the model's order; the median of `repeats`
+    passes after 3 untimed ones."""
+    import statistics
+
+    import torch
+    from torch import nn
+
+    from stretto.engine import ModelConfig, MusicModel
+    from stretto.tokenizer import Vocabulary
+
+    config = ModelConfig.from_vocab(Vocabulary(), mode="transformer", preset=preset)
+    model = MusicModel(config).to(device)
+    weights = [m.weight.detach() for m in model.modules() if isinstance(m, nn.Linear)]
+    inputs = [torch.randn(1, w.shape[1], device=device) for w in weights]
+    times = []
+    with torch.no_grad():
+        for i in range(repeats + 3):
+            synchronize(device)
+            start = time.perf_counter()
+            for x, w in zip(inputs, weights, strict=True):
+                torch.nn.functional.linear(x, w)
+            synchronize(device)
+            if i >= 3:
+                times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
 def bytes_per_token(preset: str, tokens: int) -> int:
     """What one decoding token of a batch-1 generation of `tokens` tokens reads, at its
     last token: every parameter once (the head is the embedding: one matrix) and every
@@ -244,13 +281,21 @@ def bytes_per_token(preset: str, tokens: int) -> int:
 
 
 def _grid(
-    quick: bool, device: str, seq_lens: Sequence[int] | None, presets: Sequence[str] | None
+    quick: bool,
+    device: str,
+    seq_lens: Sequence[int] | None,
+    presets: Sequence[str] | None,
+    batches: Sequence[int] | None = None,
 ) -> tuple[Sequence[str], Sequence[int], Sequence[int]]:
     """The presets, generated lengths and batch sizes of a run."""
+    if batches is not None and any(isinstance(b, bool) or b < 1 for b in batches):
+        raise ValueError(f"batch sizes must be >= 1, got {list(batches)}")
     if quick:
         default_presets = ("small",) if device.startswith("cuda") else ("tiny",)
-        return presets or default_presets, seq_lens or shapes.QUICK_GENERATE_LENGTHS, (1,)
-    return presets or ("small", "base"), seq_lens or shapes.GENERATE_LENGTHS, BATCH_SIZES
+        lengths = seq_lens or shapes.QUICK_GENERATE_LENGTHS
+        return presets or default_presets, lengths, batches or (1,)
+    lengths = seq_lens or shapes.GENERATE_LENGTHS
+    return presets or ("small", "base"), lengths, batches or BATCH_SIZES
 
 
 def _cases(
@@ -326,14 +371,15 @@ def run(
     seq_lens: Sequence[int] | None = None,
     presets: Sequence[str] | None = None,
     providers: Sequence[str] | None = None,
+    batches: Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows for every (preset, generated length, batch, provider) and a floor row per
-    (preset, length); see the module docstring."""
-    unknown = [v for v in providers or () if v not in (*PROVIDERS, "floor")]
+    """Rows for every (preset, generated length, batch, provider) and the floor rows per
+    (preset, length); see the module docstring. `batches` keeps those batch sizes (the
+    batched providers run every one of them, the others batch 1 only)."""
+    unknown = [v for v in providers or () if v not in (*PROVIDERS, *FLOORS)]
     if unknown:
-        raise ValueError(
-            f"unknown generate provider {unknown[0]!r}; known: {', '.join(PROVIDERS)}, floor"
-        )
+        known = ", ".join((*PROVIDERS, *FLOORS))
+        raise ValueError(f"unknown generate provider {unknown[0]!r}; known: {known}")
     reason = generation_unavailable()
     if reason:
         return [skipped_row(SUITE, reason, provider=p, mode="generate") for p in PROVIDERS]
@@ -341,34 +387,38 @@ def run(
     dtype = "float32"
     caches: dict[tuple[str, int, int], str] = {}  # the steady state's Inductor cache folder
     scratch = tempfile.TemporaryDirectory(prefix="stretto-inductor-")
-    grid = _grid(quick, device, seq_lens, presets)
+    grid = _grid(quick, device, seq_lens, presets, batches)
     cases = _cases(grid, providers)
-    floors = {}
+    floors, matmuls = {}, {}
     bandwidth = copy_bandwidth(device)
+    for preset in grid[0]:
+        matmuls[preset] = matmul_ms(preset, device)
     for preset, tokens in ((p, n) for p in grid[0] for n in grid[1]):
         nbytes = bytes_per_token(preset, tokens)
         floor_ms = nbytes / bandwidth * 1e3
         floors[preset, tokens] = floor_ms
-        rows.append(
-            {
-                "suite": SUITE,
-                "provider": "floor",
-                "mode": "generate",
-                "shape": f"{preset}-B1-T{tokens}",
-                "seq_len": tokens,
-                "dtype": dtype,
-                "median_ms": floor_ms * tokens,
-                "p20_ms": floor_ms * tokens,
-                "p80_ms": floor_ms * tokens,
-                "tokens_per_s": 1e3 / floor_ms,
-                "extra": {
-                    "preset": preset,
-                    "batch": 1,
-                    "bytes_per_token": nbytes,
-                    "copy_bandwidth_gb_s": bandwidth / 1e9,
-                },
-            }
-        )
+        shape = {"shape": f"{preset}-B1-T{tokens}", "seq_len": tokens, "dtype": dtype}
+        for provider, ms, extra in (
+            (
+                "floor",
+                floor_ms,
+                {"bytes_per_token": nbytes, "copy_bandwidth_gb_s": bandwidth / 1e9},
+            ),
+            ("matmul-floor", matmuls[preset], {"x_floor": matmuls[preset] / floor_ms}),
+        ):
+            rows.append(
+                {
+                    "suite": SUITE,
+                    "provider": provider,
+                    "mode": "generate",
+                    **shape,
+                    "median_ms": ms * tokens,
+                    "p20_ms": ms * tokens,
+                    "p80_ms": ms * tokens,
+                    "tokens_per_s": 1e3 / ms,
+                    "extra": {"preset": preset, "batch": 1, **extra},
+                }
+            )
     for i, (preset, tokens, batch, provider) in enumerate(cases, 1):
         what = {
             "suite": SUITE,
@@ -420,6 +470,7 @@ def run(
         if batch == 1:
             per_token_ms = measured["median_ms"] / tokens
             extra["x_floor"] = per_token_ms / floors[preset, tokens]
+            extra["x_matmul"] = per_token_ms / matmuls[preset]
         rows.append(dict(what, **measured, extra=extra))
     scratch.cleanup()
     return rows

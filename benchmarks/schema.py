@@ -28,7 +28,7 @@ OPT_IN_SUITES = ("quality",)
 
 # Settings only some suites take (`run(..., corpus=...)`): the runner passes each one
 # to the suites whose `run` names it, and refuses one that no suite of the run takes.
-SUITE_OPTIONS = ("corpus", "steps", "seconds", "blocks", "providers")
+SUITE_OPTIONS = ("corpus", "steps", "seconds", "blocks", "providers", "batches")
 
 # Suites that sweep `shapes.seq_lens(quick=..., scaling=True)`; when their `run` takes no
 # `seq_lens`, the runner filters their rows by length instead.

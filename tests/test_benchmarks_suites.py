@@ -76,9 +76,10 @@ def test_generate_times_and_measures_each_case_in_one_child(monkeypatch):
     rows = generate_bench.run(quick=True, device="cpu", seq_lens=[9], presets=["tiny"])
     assert [(r["provider"], r["seq_len"], r["extra"]["preset"]) for r in rows] == [
         ("floor", 9, "tiny"),
+        ("matmul-floor", 9, "tiny"),
         ("cached", 9, "tiny"),
     ]
-    floor, r = rows
+    floor, matmul, r = rows
     assert "status" not in r, r
     assert r["median_ms"] > 0 and r["median_ms"] == r["p20_ms"] == r["p80_ms"]
     assert r["peak_mem_mb"] >= 0 and r["extra"]["peak_reset"] is True
@@ -88,6 +89,31 @@ def test_generate_times_and_measures_each_case_in_one_child(monkeypatch):
     per_token_s = extra["bytes_per_token"] / (extra["copy_bandwidth_gb_s"] * 1e9)
     assert floor["median_ms"] == pytest.approx(per_token_s * 1e3 * 9)
     assert r["extra"]["x_floor"] == pytest.approx(r["median_ms"] / floor["median_ms"])
+    assert r["extra"]["x_matmul"] == pytest.approx(r["median_ms"] / matmul["median_ms"])
+    assert matmul["extra"]["x_floor"] == pytest.approx(matmul["median_ms"] / floor["median_ms"])
+
+
+def test_the_matmul_floor_multiplies_every_linear_weight_once(monkeypatch):
+    import torch
+    from torch import nn
+
+    from stretto.engine import ModelConfig, MusicModel
+    from stretto.tokenizer import Vocabulary
+
+    config = ModelConfig.from_vocab(Vocabulary(), mode="transformer", preset="tiny")
+    model = MusicModel(config)
+    expected = [tuple(m.weight.shape) for m in model.modules() if isinstance(m, nn.Linear)]
+    assert (config.vocab_size, config.d_model) in expected  # the head
+    seen = []
+    linear = torch.nn.functional.linear
+
+    def counting(x, w, *args):
+        seen.append((x.shape[0], tuple(w.shape)))
+        return linear(x, w, *args)
+
+    monkeypatch.setattr(torch.nn.functional, "linear", counting)
+    assert generate_bench.matmul_ms("tiny", "cpu", repeats=2) > 0
+    assert seen == [(1, shape) for shape in expected] * 5  # 3 untimed passes, then 2
 
 
 def test_the_floor_counts_every_weight_once_and_every_cache_tensor():
@@ -118,6 +144,24 @@ def test_batches_are_asked_of_the_batched_providers_only():
     ]
     with pytest.raises(ValueError, match="unknown generate provider 'jit'"):
         generate_bench.run(quick=True, device="cpu", providers=["jit"])
+    # --batch keeps those batch sizes
+    _, _, batches = generate_bench._grid(False, "cpu", None, ("base",), (1, 8))
+    assert batches == (1, 8)
+    cases = generate_bench._cases((("base",), (1024,), batches), ["compiled", "hf-llama-static"])
+    assert [(b, v) for _, _, b, v in cases] == [
+        (1, "compiled"),
+        (1, "hf-llama-static"),
+        (8, "compiled"),
+    ]
+    with pytest.raises(ValueError, match="a batch size must be a positive integer, got 0"):
+        core.check_filters(
+            ["generate"],
+            core.SUITES,
+            quick=True,
+            seq_lens=None,
+            presets=None,
+            options={"batches": [1, 0]},
+        )
 
 
 def test_generate_skips_the_no_cache_baseline_past_its_limit(monkeypatch):
@@ -127,7 +171,7 @@ def test_generate_skips_the_no_cache_baseline_past_its_limit(monkeypatch):
     monkeypatch.setattr(generate_bench, "FULL_FORWARD_MAX_TOKENS", 4)
     rows = generate_bench.run(quick=True, device="cpu", seq_lens=[5], presets=["tiny"])
     by_provider = {r["provider"]: r for r in rows}
-    assert by_provider.keys() == {"floor", "full-forward", "cached"}
+    assert by_provider.keys() == {"floor", "matmul-floor", "full-forward", "cached"}
     skipped = by_provider["full-forward"]
     assert skipped["suite"] == "generate" and skipped["seq_len"] == 5
     assert skipped["status"] == "skipped: no-cache baseline is run up to 4 tokens only"
