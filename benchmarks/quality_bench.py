@@ -42,9 +42,10 @@ the validation files.
    (`mode="note-off-probability"`), polyphony of held-out pieces with a share of their
    NOTE_OFFs deleted (`mode="note-off-deletion"`), and its samples under each sampler
    setting (`mode="sampler"`: the NOTE_OFF mask, the length limit, then temperature
-   and top-p on the best; a skipped row when `generate` takes no such settings). The
-   best policy and the pick among its variants are chosen against held-out half A
-   and reported against half B, which the choice never saw.
+   and top-p on the best; a skipped row when `generate` takes no such settings), each
+   against the unigram model sampled with the same settings. The best policy and the
+   pick among its variants are chosen against held-out half A and reported against
+   half B, which the choice never saw.
 
 Budget: `FULL` (default; about 15-25 minutes on a 2-core CPU) and `QUICK` (`--quick`,
 under 5), or `--steps N` (training steps per run) and `--seconds S` (a cap on each
@@ -500,13 +501,20 @@ class QualityRun:
             rows.append(row)
         rows += self._cause(models["transformer"], real_a + real_b, tokenizer)
         validity = list(sets["transformer"].scalars["validity"])
-        uni_a = {k: qm.distance(sets["unigram"], selection, k) for k in qm.STATISTICS}
+        unigram_validity = list(sets["unigram"].scalars["validity"])
+
+        def unigram(settings: dict[str, Any]):
+            ids = self._unigram_samples(baselines, count, length, grammar, settings)
+            return piece_set(_strip(ids, self.vocab), unigram_validity)
+
         rows += self._samplers(
             models["transformer"],
             length,
             count,
             lambda ids: piece_set(ids, validity),
-            {"B": (reference, uni), "A": (selection, uni_a)},
+            {"A": selection, "B": reference},
+            {k: real[k]["distance"] for k in qm.STATISTICS},
+            unigram,
         )
         return rows
 
@@ -551,12 +559,17 @@ class QualityRun:
             ),
         ]
 
-    def _samplers(self, model, length, count, piece_set, halves) -> list[dict[str, Any]]:
-        """Rows of the sampler comparison (see `quality_cause.SAMPLERS`). `halves`: per
-        held-out half, (its pieces, the unigram samples' distances to them). The choices
-        are made on half A (the best policy, then the pick among its temperature and
-        top-p variants) and every row is reported against half B, so the reported
-        figures are of music the choice never saw."""
+    def _samplers(
+        self, model, length, count, piece_set, halves, real, unigram
+    ) -> list[dict[str, Any]]:
+        """Rows of the sampler comparison (see `quality_cause.SAMPLERS`). `halves`: the
+        held-out halves' piece sets ("A", "B"); `real`: their distance per statistic
+        (real against real); `unigram(settings)`: the unigram model's samples under
+        the same settings, the baseline of each row. The choices are made on half A
+        (the best policy, then the pick among its temperature and top-p variants: the
+        most statistics as close to A as real is to real, then the most closer than the
+        unigram, then the nearest polyphony) and every row is reported against half B,
+        so the reported figures are of music the choice never saw."""
         import torch
 
         from benchmarks import quality_cause as qc
@@ -588,12 +601,17 @@ class QualityRun:
                 )
             seconds = time.perf_counter() - start
             s = piece_set(_strip(ids.tolist(), self.vocab))
-            reference, uni = halves["B"]
-            distance = {k: qm.distance(s, reference, k) for k in qm.STATISTICS}
-            closer = _closer(distance, uni)
-            held_a, uni_a = halves["A"]
-            distance_a = {k: qm.distance(s, held_a, k) for k in qm.STATISTICS}
-            closer_a = _closer(distance_a, uni_a)
+            baseline = unigram(settings)
+            per_half = {}
+            for half, held in halves.items():
+                d = {k: qm.distance(s, held, k) for k in qm.STATISTICS}
+                uni = {k: qm.distance(baseline, held, k) for k in qm.STATISTICS}
+                as_real = sum(
+                    1 for k in qm.STATISTICS if _less(d[k]["distance"], real[k], strict=False)
+                )
+                per_half[half] = d, _closer(d, uni), as_real
+            distance, closer, as_real = per_half["B"]
+            distance_a, closer_a, as_real_a = per_half["A"]
             summary = s.summary()
             extra = dict(
                 self.what,
@@ -603,8 +621,10 @@ class QualityRun:
                 endings=summary.get("endings"),
                 closer_than_unigram=closer,
                 closer_count=sum(1 for ok in closer.values() if ok),
+                as_close_as_real_count=as_real,
                 polyphony_distance=distance["polyphony"]["distance"],
                 selection_key=[
+                    as_real_a,
                     sum(1 for ok in closer_a.values() if ok),
                     -(distance_a["polyphony"]["distance"] or 0),
                 ],
@@ -622,7 +642,8 @@ class QualityRun:
             }
 
         def chosen(candidates: list[dict[str, Any]]) -> dict[str, Any]:
-            """On half A: most statistics closer than unigram, then polyphony nearest."""
+            """On half A: most statistics as close as real, then most closer than the
+            unigram, then polyphony nearest."""
             return max(candidates, key=lambda r: r["extra"]["selection_key"])
 
         rows = [measure(name, settings) for name, settings in qc.SAMPLERS]
@@ -676,19 +697,25 @@ class QualityRun:
         masked, free = _strip(masked.tolist(), self.vocab), _strip(free.tolist(), self.vocab)
         return masked, free, extra, model
 
-    def _unigram_samples(self, baselines, count: int, length: int, grammar) -> list[list[int]]:
+    def _unigram_samples(
+        self, baselines, count: int, length: int, grammar, settings: dict | None = None
+    ) -> list[list[int]]:
         """`count` sequences of `length` tokens from START, i.i.d. from the training
-        unigram distribution, under `grammar`'s rules and `generate`'s default sampling
-        policies when given, sampled as the models are (`LISTENING_SAMPLING`)."""
+        unigram distribution, under `grammar`'s rules when given, sampled as a model is
+        by `generate` with `settings` (default: `LISTENING_SAMPLING` and `generate`'s
+        policies): the temperature, then the grammar and its policies, then top-p."""
         import inspect
 
         import torch
 
         from stretto.engine import generate, sample
-        from stretto.engine.generate import LISTENING_SAMPLING as SAMPLING
+        from stretto.engine.generate import LISTENING_SAMPLING
 
         defaults = inspect.signature(generate).parameters
-        policies = {k: defaults[k].default for k in ("note_off", "at_limit")}
+        chosen = {k: defaults[k].default for k in ("note_off", "at_limit", "temperature", "top_p")}
+        chosen |= LISTENING_SAMPLING | (settings or {})
+        policies = {k: chosen[k] for k in ("note_off", "at_limit")}
+        temperature, top_p = chosen["temperature"], chosen["top_p"]
 
         generator = torch.Generator().manual_seed(self.budget.seeds[0])
         v = self.vocab
@@ -699,11 +726,14 @@ class QualityRun:
             state = grammar.initial_state(count, "cpu")
             grammar.advance(state, ids[:, 0])
         out = [ids[:, 0]]
+        scale = temperature if temperature > 0 else 1.0  # 0: greedy, on the raw logits
         for _ in range(length - 1):
-            logits = log_p.expand(count, -1)
+            logits = log_p.expand(count, -1) / scale
             if state is not None:
                 logits = grammar.sampling_logits(state, logits, **policies)
-            token = sample(logits, generator=generator, **SAMPLING)
+            token = sample(
+                logits, generator=generator, temperature=float(temperature > 0), top_p=top_p
+            )
             if state is not None:
                 grammar.advance(state, token)
             out.append(token)

@@ -432,6 +432,7 @@ def sampler_table(rows: Sequence[Mapping[str, Any]]) -> str:
         "polyphony (notes)",
         "closed by NOTE_OFF",
         "closer than unigram (of 9)",
+        "as close as real (of 9)",
         "sample s",
     ]
     body = []
@@ -449,6 +450,7 @@ def sampler_table(rows: Sequence[Mapping[str, Any]]) -> str:
                 _fixed(e.get("polyphony"), 2),
                 _percent(e.get("closed_by_model")),
                 e.get("closer_count"),
+                e.get("as_close_as_real_count", ""),
                 _fixed((r.get("median_ms") or 0) / 1e3, 1),
             ]
         )
@@ -553,10 +555,12 @@ DELETION_NOTE = (
 SAMPLER_NOTE = (
     "The transformer model's samples under each sampler setting (same seed and count "
     "as the music table; validity from its unconstrained samples), then temperature "
-    "and top-p on the best setting. `best` and `pick` (the best of every row) are "
-    "chosen against held-out half A (most statistics closer than unigram, then the "
-    "smallest polyphony distance); the columns are measured against half B, which "
-    "the choice never saw."
+    "and top-p on the best setting; `closer than unigram`: than the unigram model "
+    "sampled with the same settings; `as close as real`: statistics whose distance is "
+    "at most real against real. `best` and `pick` (the best of every row) are chosen "
+    "against held-out half A (most statistics as close as real, then most closer "
+    "than unigram, then the smallest polyphony distance); the columns are measured "
+    "against half B, which the choice never saw."
 )
 # Runs before the choice moved to half A chose the best setting on half B.
 SAMPLER_NOTE_HALF_B = (

@@ -39,6 +39,7 @@ from stretto.tokenizer.vocabulary import Vocabulary
 
 from .grammar import (
     DEFAULT_MAX_NOTE_STEPS,
+    DEFAULT_MAX_SILENCE_STEPS,
     GRAMMAR_RULES,
     Grammar,
     GrammarState,
@@ -195,6 +196,7 @@ def generate(
     z: torch.Tensor | None = None,
     constrained: bool = True,
     max_note_steps: int = DEFAULT_MAX_NOTE_STEPS,
+    max_silence_steps: int = DEFAULT_MAX_SILENCE_STEPS,
     note_off: str = "spread",
     at_limit: str = "release",
     shared_noise: bool = False,
@@ -217,7 +219,9 @@ def generate(
     `max_note_steps` x 15.625 ms, with `at_limit="release"` (the oldest note is
     released when it reaches the limit) or `"freeze"` (time stops until it is);
     `note_off="spread"` (the probability of NOTE_OFFs of silent pitches goes to the
-    sounding pitches) or `"mask"` (it is renormalized over every allowed token).
+    sounding pitches) or `"mask"` (it is renormalized over every allowed token); no
+    silence (no note sounding) longer than `max_silence_steps` steps, at the start of
+    the piece or inside it.
     `shared_noise`: every row samples with the same random draw at each step.
     `compile_step`: True compiles the whole token step once per process and shapes
     (`TokenStep`; on CUDA captured as a CUDA graph and replayed per token unless
@@ -265,7 +269,7 @@ def generate(
     ids = _prompt(model, prompt, batch_size, device)
     grammar = state = None
     if constrained:
-        grammar = Grammar(vocab, max_note_steps=max_note_steps)
+        grammar = Grammar(vocab, max_note_steps=max_note_steps, max_silence_steps=max_silence_steps)
         state = _read_prompt(grammar, ids, vocab)
     if max_new_tokens == 0:
         return ids.clone()

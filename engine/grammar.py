@@ -24,6 +24,11 @@ Generation adds sampling policies on top of the rules (`sampling_logits`):
   instrument, else only the INSTRUMENT token of its instrument (the NOTE_OFF follows).
   Either way no generated note is longer than the limit; under "release" time never
   stops (`stretto.tokenizer.grammar.longest_note` checks generated ids).
+- The silence limit (`max_silence_steps`): while no note sounds, a TIME_SHIFT that
+  would make the silence (since the last note ended, or since the start) longer than
+  the limit is forbidden, so a piece neither opens with nor holds a longer silence
+  (`stretto.tokenizer.grammar.longest_silence` checks generated ids); the next token
+  starts a note, or changes instrument, velocity or tempo first.
 - The NOTE_OFF family (`note_off`): the grammar forbids a NOTE_OFF of a silent pitch.
   `"mask"` removes those ids and renormalizes over every allowed id. `"spread"` keeps
   the family's probability and gives it to the sounding pitches: with `z` the logits,
@@ -57,6 +62,7 @@ from stretto.tokenizer.vocabulary import (
 __all__ = [
     "AT_LIMIT_POLICIES",
     "DEFAULT_MAX_NOTE_STEPS",
+    "DEFAULT_MAX_SILENCE_STEPS",
     "GRAMMAR_RULES",
     "NOTE_OFF_POLICIES",
     "Grammar",
@@ -67,6 +73,10 @@ __all__ = [
 NOTE_OFF_POLICIES = ("spread", "mask")
 _ORPHAN = GRAMMAR_RULES.index("orphan_note_off")
 AT_LIMIT_POLICIES = ("release", "freeze")
+# The longest silence generation makes: 2 s of 15.625 ms steps. Of the 126 training
+# files of the dev corpus's split (quality suite, seed 0), 102 never fall silent for
+# longer (per-file longest silence: median 0.72 s, 75th percentile 1.73 s).
+DEFAULT_MAX_SILENCE_STEPS = 128
 _TABLES: dict[tuple[str, torch.device], dict[str, torch.Tensor]] = {}
 
 
@@ -88,6 +98,7 @@ class GrammarState:
     has_note: torch.Tensor  # [B] bool
     ended: torch.Tensor  # [B] bool
     age: torch.Tensor  # [B, 16, 88] long: steps since onset, -1 = not sounding
+    quiet: torch.Tensor  # [B] long: steps with no note sounding since one last did
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
         """Every tensor of the state (`Grammar.advance` writes them in place)."""
@@ -96,13 +107,22 @@ class GrammarState:
 
 class Grammar:
     """The grammar's rules as a logits mask over `[B, V]`, and the generation policies
-    (`max_note_steps`, the longest note generation makes) on top (see the module
-    docstring)."""
+    (`max_note_steps`, the longest note generation makes; `max_silence_steps`, the
+    longest silence) on top (see the module docstring)."""
 
     def __init__(
-        self, vocab: Vocabulary | None = None, *, max_note_steps: int = DEFAULT_MAX_NOTE_STEPS
+        self,
+        vocab: Vocabulary | None = None,
+        *,
+        max_note_steps: int = DEFAULT_MAX_NOTE_STEPS,
+        max_silence_steps: int = DEFAULT_MAX_SILENCE_STEPS,
     ):
         self.max_note_steps = check_note_steps(max_note_steps)
+        if not isinstance(max_silence_steps, int) or isinstance(max_silence_steps, bool):
+            raise ValueError(f"max_silence_steps must be an int >= 1, got {max_silence_steps!r}")
+        if max_silence_steps < 1:
+            raise ValueError(f"max_silence_steps must be >= 1, got {max_silence_steps}")
+        self.max_silence_steps = max_silence_steps
         self.vocab = v = vocab or Vocabulary()
         self.n_inst, self.n_pitch = len(v.INSTRUMENT), len(v.NOTE_ON)
         self._signature = v.signature  # the tables' key (a hash: not read while tracing)
@@ -141,6 +161,7 @@ class Grammar:
             has_note=flags(),
             ended=flags(),
             age=torch.full((batch, self.n_inst, self.n_pitch), -1, dtype=torch.long, device=device),
+            quiet=torch.zeros(batch, dtype=torch.long, device=device),
         )
 
     @staticmethod
@@ -209,15 +230,19 @@ class Grammar:
         return z.masked_fill(~allowed, float("-inf"))
 
     def _limit_mask(self, state: GrammarState, at_limit: str) -> torch.Tensor:
-        """`[B, V]` bool: the ids the note limit leaves (every id when nothing sounds)."""
+        """`[B, V]` bool: the ids the note limit leaves while notes sound, and the
+        silence limit while none does."""
         tb = self.tables(state.inst.device)
         v = self.vocab
         live = (state.started & ~state.ended)[:, None]  # [B, 1]
         flat = state.age.flatten(1)  # [B, 16*88]
         oldest, cell = flat.max(1)  # [B]; -1 when nothing sounds
         sounding = (oldest >= 0)[:, None]
-        too_long = oldest[:, None] + tb["shift_steps"][None, :] > self.max_note_steps
-        keep = ~(live & sounding & too_long & (tb["shift_steps"] > 0))  # [B, V]
+        shift = tb["shift_steps"][None, :]  # [1, V], 0 for other ids
+        too_long = oldest[:, None] + shift > self.max_note_steps
+        too_quiet = state.quiet[:, None] + shift > self.max_silence_steps
+        too_far = torch.where(sounding, too_long, too_quiet)
+        keep = ~(live & too_far & (shift > 0))  # [B, V]
         if at_limit == "freeze":
             return keep
         # release: the oldest note at (or past) the limit must end before anything else
@@ -263,4 +288,6 @@ class Grammar:
         current = flat.gather(1, cell)[:, 0]
         new = torch.where(is_on, 0, torch.where(is_off, -1, current))
         state.age.copy_(flat.scatter(1, cell, new[:, None]).view_as(age))
+        sounds = (state.age >= 0).flatten(1).any(1)  # [B]
+        state.quiet.copy_(torch.where(sounds, 0, state.quiet + steps))
         state.ended |= live & (t == v.END)

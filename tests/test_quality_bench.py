@@ -292,16 +292,21 @@ def _sampler_rows(half_a: list[int], half_b: list[int]):
         return qm.PieceSet.of(stats, [1.0] * len(pieces))
 
     far = qm.PieceSet.of([qm.piece_statistics(score_of([p + 1 for p in C_MAJOR]))], [0.0])
-    halves = {}
-    for name, ids in (("A", half_a), ("B", half_b)):
-        held = piece_set([ids])
-        halves[name] = (held, {k: qm.distance(far, held, k) for k in qm.STATISTICS})
+    halves = {"A": piece_set([half_a]), "B": piece_set([half_b])}
+    asked = []
+
+    def unigram(settings):  # the baseline, asked once per setting
+        asked.append(settings)
+        return far
+
     run = object.__new__(quality_bench.QualityRun)
     run.budget, run.vocab, run.what = TINY, Vocabulary(), {}
     model = SamplerStub()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(quality_bench, "progress", lambda msg: None)
-        rows = run._samplers(model, 16, 2, piece_set, halves)
+        real = {k: qm.distance(halves["A"], halves["B"], k)["distance"] for k in qm.STATISTICS}
+        rows = run._samplers(model, 16, 2, piece_set, halves, real, unigram)
+    assert asked == [r["extra"]["settings"] for r in rows]
     return rows, model
 
 
@@ -342,7 +347,7 @@ def test_the_sampler_comparison_is_a_skipped_row_without_the_settings(monkeypatc
         raise AssertionError("not to be called")
 
     monkeypatch.setattr(stretto.engine, "generate", old)
-    (row,) = run._samplers(None, 16, 2, None, None)
+    (row,) = run._samplers(None, 16, 2, None, None, None, None)
     assert row["mode"] == "sampler" and row["status"].startswith("skipped: sampler comparison")
     assert "note_off" in row["status"]
 
@@ -479,3 +484,35 @@ def test_the_silence_verdict_flags_a_piece_that_opens_longer_than_held_out_music
     assert set(by_source) == {"quiet", "late"}
     assert by_source["quiet"].endswith("within it.") and "2.000 s" in by_source["quiet"]
     assert by_source["late"].endswith("longer.")
+
+
+def test_the_unigram_baseline_samples_with_the_settings_it_is_given():
+    import types
+
+    import torch
+
+    from stretto.engine import Grammar
+    from stretto.tokenizer import Vocabulary
+
+    v = Vocabulary()
+    log_p = torch.randn(v.size, generator=torch.Generator().manual_seed(0)).log_softmax(-1)
+    baselines = types.SimpleNamespace(unigram_log_p=log_p)
+    run = object.__new__(quality_bench.QualityRun)
+    run.budget, run.vocab = TINY, v
+    grammar = Grammar(v)
+
+    def walk(**settings):
+        return run._unigram_samples(baselines, 2, 40, grammar, settings)
+
+    greedy = walk(temperature=0.0)
+    assert greedy == walk(temperature=1.0, top_p=1e-6) and greedy[0] == greedy[1]
+    # by hand: the grammar and generate's default policies on the unigram, the argmax
+    state = grammar.initial_state(1, "cpu")
+    grammar.advance(state, torch.tensor([v.START]))
+    ids = [v.START]
+    for _ in range(39):
+        z = grammar.sampling_logits(state, log_p[None], note_off="spread", at_limit="release")
+        ids.append(int(z.argmax(-1)))
+        grammar.advance(state, torch.tensor(ids[-1:]))
+    assert greedy[0] == ids
+    assert walk(temperature=1.0, top_p=None) != greedy

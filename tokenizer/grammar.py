@@ -10,7 +10,9 @@ decodes. `stretto.engine.Grammar` is the same rules as a logits mask for samplin
 A note's length is no rule: real music holds notes for any time (pads, organ; one file
 of the dev corpus holds a note 139 s). The limit generation keeps (`max_note_steps`,
 8 s by default) is a sampling policy of `stretto.engine.Grammar`; `longest_note`
-measures what a sequence holds, to check generated ids against it.
+measures what a sequence holds, to check generated ids against it. Silence is no rule
+either; `longest_silence` measures the longest a sequence holds, which generation keeps
+at most its `max_silence_steps`.
 """
 
 from __future__ import annotations
@@ -88,6 +90,17 @@ def longest_note(
     return int(_longest_note(_ids(ids, v, "longest_note")))
 
 
+def longest_silence(
+    ids: Sequence[int] | np.ndarray | torch.Tensor, *, vocab: Vocabulary | None = None
+) -> int:
+    """The longest time `ids` holds with no note sounding, in steps (15.625 ms), as the
+    decoder reads them: from the start to the first note, between notes, and from the
+    last note to END or the last id. 0 when time never moves in silence. Generation
+    keeps this at most its `max_silence_steps`."""
+    v = vocab or Vocabulary()
+    return int(_longest_silence(_ids(ids, v, "longest_silence")))
+
+
 def _ids(ids, v: Vocabulary, who: str) -> np.ndarray:
     """`ids` as a 1-D int64 array of in-range ids (a torch tensor is read on the host)."""
     if hasattr(ids, "detach"):  # a torch tensor, on any device
@@ -102,6 +115,24 @@ def _ids(ids, v: Vocabulary, who: str) -> np.ndarray:
     if bad.size:
         raise ValueError(f"token id {int(arr[bad[0]])} is outside the vocabulary [0, {v.size})")
     return arr
+
+
+@numba.njit(cache=True, nogil=True)
+def _longest_silence(ids):
+    longest = quiet = 0
+    s, sustain, notes = new_state()
+    for pos in range(ids.shape[0]):
+        if s[ENDED] == 1:
+            break
+        silent = oldest_age(s, notes) < 0
+        before = s[NOW]
+        advance(s, sustain, notes, ids[pos])
+        if silent and s[NOW] != before:  # time moved with nothing sounding
+            quiet += s[NOW] - before
+            longest = max(longest, quiet)
+        elif oldest_age(s, notes) >= 0:
+            quiet = 0
+    return longest
 
 
 @numba.njit(cache=True, nogil=True)

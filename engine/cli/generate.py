@@ -13,15 +13,17 @@ from stretto.engine import load_checkpoint
 from stretto.engine.cli.pianoroll import save_piano_roll
 from stretto.engine.cli.runs import RUN
 from stretto.engine.generate import LISTENING_SAMPLING, interpolate
+from stretto.engine.grammar import DEFAULT_MAX_NOTE_STEPS, DEFAULT_MAX_SILENCE_STEPS
 from stretto.tokenizer import MidiTokenizer, Vocabulary
+from stretto.tokenizer.vocabulary import STEP_SECONDS
 
 GENERATE_DESCRIPTION = """\
 Generate a piece with the model in CHECKPOINT and write it as a MIDI file.
 
 Sampling is constrained by the token grammar (valid MIDI by construction, notes at most
---max-note-steps x 15.625 ms); --prompt continues a MIDI file (its first
---prompt-tokens tokens, at most the model's max_seq_len). vae checkpoints sample z from
-the prior. Existing files are never replaced unless --force is given.
+--max-note-steps x 15.625 ms, silences at most --max-silence-steps); --prompt continues
+a MIDI file (its first --prompt-tokens tokens, at most the model's max_seq_len). vae
+checkpoints sample z from the prior. Existing files are never replaced unless --force is given.
 
 example:
   stretto generate runs/vae/last.pt --out song.mid --tokens 1024 --top-p 0.95 \\
@@ -83,6 +85,7 @@ def _sampling(args) -> dict:
         "seed": args.seed,
         "constrained": not args.unconstrained,
         "max_note_steps": args.max_note_steps,
+        "max_silence_steps": args.max_silence_steps,
         "note_off": args.note_off,
         "at_limit": args.at_limit,
         "compile_step": {"on": True, "off": False}.get(args.compile, args.compile),
@@ -177,8 +180,16 @@ def _sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-note-steps",
         type=int,
-        default=512,
-        help="longest note in 15.625 ms steps (default 512 = 8 s)",
+        default=DEFAULT_MAX_NOTE_STEPS,
+        help=f"longest note in 15.625 ms steps (default {DEFAULT_MAX_NOTE_STEPS} = "
+        f"{DEFAULT_MAX_NOTE_STEPS * STEP_SECONDS:g} s)",
+    )
+    p.add_argument(
+        "--max-silence-steps",
+        type=int,
+        default=DEFAULT_MAX_SILENCE_STEPS,
+        help="longest silence, at the start or inside the piece, in 15.625 ms steps "
+        f"(default {DEFAULT_MAX_SILENCE_STEPS} = {DEFAULT_MAX_SILENCE_STEPS * STEP_SECONDS:g} s)",
     )
     p.add_argument(
         "--note-off",

@@ -230,7 +230,7 @@ TOKEN_CASES = {
     "transformer-unconstrained": ("transformer", dict(temperature=1.0, constrained=False)),
     "transformer-mask-freeze": (
         "transformer",
-        dict(note_off="mask", at_limit="freeze", max_note_steps=16),
+        dict(note_off="mask", at_limit="freeze", max_note_steps=16, max_silence_steps=8),
     ),
 }
 

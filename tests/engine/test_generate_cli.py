@@ -10,6 +10,7 @@ import torch
 
 from stretto.engine import ModelConfig, MusicModel
 from stretto.engine.cli import main
+from stretto.engine.grammar import DEFAULT_MAX_SILENCE_STEPS
 from stretto.tokenizer import MidiTokenizer, validate
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -140,3 +141,9 @@ def test_generate_passes_the_sampling_policies(checkpoint, tmp_path, monkeypatch
     with pytest.raises(SystemExit):
         main(["generate", *args, "--note-off", "drop", "--force"])
     assert "--note-off" in capsys.readouterr().err
+    assert seen["max_silence_steps"] == DEFAULT_MAX_SILENCE_STEPS
+    assert main(["generate", *args, "--max-silence-steps", "32", "--force"]) == 0
+    assert seen["max_silence_steps"] == 32
+    assert main(["generate", *args, "--max-silence-steps", "0", "--force"]) != 0
+    err = capsys.readouterr().err
+    assert "stretto generate: error:" in err and "max_silence_steps must be >= 1" in err

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stretto.engine.grammar import Grammar
+from stretto.engine.grammar import DEFAULT_MAX_SILENCE_STEPS, Grammar
 from stretto.tokenizer import MidiTokenizer, Vocabulary, validate
-from stretto.tokenizer.grammar import RULES, longest_note
+from stretto.tokenizer.grammar import RULES, longest_note, longest_silence
 
 V = Vocabulary()
 S, E, PAD = V.START, V.END, V.PAD
@@ -154,6 +154,7 @@ def test_untrained_constrained_outputs_are_valid(make_model, mode, note_off, at_
             seed=seed,
             batch_size=8,
             max_note_steps=24,
+            max_silence_steps=16,
             top_p=0.98,
             note_off=note_off,
             at_limit=at_limit,
@@ -161,6 +162,7 @@ def test_untrained_constrained_outputs_are_valid(make_model, mode, note_off, at_
         for row in out:
             assert validate(row) == [], (seed, validate(row))
             assert longest_note(row) <= 24, seed
+            assert longest_silence(row) <= 16, seed
 
 
 def test_trained_constrained_outputs_are_valid_and_decode_to_notes(make_model, windows, tmp_path):
@@ -212,7 +214,9 @@ def test_freeze_at_the_note_limit():
     assert allowed[:, OFF60].all() and not allowed[:, OFF60 + 1].any()
     grammar.advance(state, torch.tensor([OFF60, V.instrument(3)]))
     allowed = _allowed(grammar, state)
-    assert allowed[0, V.TIME_SHIFT.start : V.TIME_SHIFT.stop].all()
+    # Row 0 released its note: nothing sounds, so the silence limit bounds time instead
+    free = allowed[0, V.TIME_SHIFT.start : V.TIME_SHIFT.stop].nonzero()[:, 0].tolist()
+    assert free == list(range(DEFAULT_MAX_SILENCE_STEPS))
     # Row 1 switched instrument: the note of instrument 0 still bounds time, and
     # cannot be released from instrument 3.
     assert allowed[1, V.TIME_SHIFT.start : V.TIME_SHIFT.stop].sum() == 5

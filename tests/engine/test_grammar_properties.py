@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from stretto.engine import ModelConfig, MusicModel
 from stretto.engine.grammar import Grammar
 from stretto.tokenizer import Vocabulary, validate
-from stretto.tokenizer.grammar import longest_note
+from stretto.tokenizer.grammar import longest_note, longest_silence
 
 V = Vocabulary()
 
@@ -26,6 +26,7 @@ V = Vocabulary()
 @given(
     seed=st.integers(0, 2**16),
     max_note_steps=st.sampled_from([1, 2, 7, 64, 512]),
+    max_silence_steps=st.sampled_from([1, 5, 64, 10_000]),
     shift_bias=st.floats(-3.0, 6.0),
     note_bias=st.floats(-3.0, 3.0),
     end_bias=st.floats(-8.0, 2.0),
@@ -34,10 +35,18 @@ V = Vocabulary()
     at_limit=st.sampled_from(["release", "freeze"]),
 )
 def test_random_walk_over_the_grammar_mask_validates(
-    seed, max_note_steps, shift_bias, note_bias, end_bias, length, note_off, at_limit
+    seed,
+    max_note_steps,
+    max_silence_steps,
+    shift_bias,
+    note_bias,
+    end_bias,
+    length,
+    note_off,
+    at_limit,
 ):
     gen = torch.Generator().manual_seed(seed)
-    grammar = Grammar(V, max_note_steps=max_note_steps)
+    grammar = Grammar(V, max_note_steps=max_note_steps, max_silence_steps=max_silence_steps)
     batch = 4
     state = grammar.initial_state(batch, "cpu")
     ids = torch.full((batch, 1), V.START, dtype=torch.long)
@@ -60,6 +69,38 @@ def test_random_walk_over_the_grammar_mask_validates(
     for row in ids:
         assert validate(row) == [], row.tolist()
         assert longest_note(row) <= max_note_steps, row.tolist()
+        assert longest_silence(row) <= max_silence_steps, row.tolist()
+
+
+def _silent_walk(max_silence_steps: int) -> torch.Tensor:
+    """Ids of a walk over the mask whose logits favour TIME_SHIFT and hold NOTE_ONs back."""
+    gen = torch.Generator().manual_seed(0)
+    grammar = Grammar(V, max_silence_steps=max_silence_steps)
+    state = grammar.initial_state(8, "cpu")
+    ids = torch.full((8, 1), V.START, dtype=torch.long)
+    grammar.advance(state, ids[:, 0])
+    bias = torch.zeros(V.size)
+    bias[V.TIME_SHIFT.start : V.TIME_SHIFT.stop] = 4.0
+    bias[V.NOTE_ON.start : V.NOTE_ON.stop] = -2.0
+    for _ in range(120):
+        logits = grammar.sampling_logits(
+            state,
+            torch.randn(8, V.size, generator=gen) + bias,
+            note_off="spread",
+            at_limit="release",
+        )
+        token = torch.multinomial(logits.softmax(-1), 1, generator=gen)[:, 0]
+        grammar.advance(state, token)
+        ids = torch.cat([ids, token[:, None]], dim=1)
+    return ids
+
+
+def test_the_silence_limit_holds_where_the_walk_would_go_past_it():
+    free = max(longest_silence(row) for row in _silent_walk(100_000))
+    assert free > 64  # without the limit the walk falls silent for longer
+    for row in _silent_walk(64):
+        assert validate(row) == [], row.tolist()
+        assert longest_silence(row) <= 64, row.tolist()
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import torch
 
 from stretto.tokenizer import MidiTokenizer, Violation, Vocabulary, validate
 from stretto.tokenizer._windows import build_window, snap_to_boundary
-from stretto.tokenizer.grammar import RULES, longest_note
+from stretto.tokenizer.grammar import RULES, longest_note, longest_silence
 
 V = Vocabulary()
 S, E, PAD = V.START, V.END, V.PAD
@@ -132,6 +132,24 @@ def test_validate_refuses_bad_input(ids, kwargs, match):
 )
 def test_longest_note_counts_steps_as_the_decoder_reads_them(ids, steps):
     assert longest_note(ids) == steps
+
+
+@pytest.mark.parametrize(
+    "ids, steps",
+    [
+        pytest.param([S, I0, VEL, ON60, SHIFT(16), OFF60], 0, id="never-silent"),
+        pytest.param([S, SHIFT(30), SHIFT(4), I0, VEL, ON60, SHIFT(90)], 34, id="opening"),
+        pytest.param([S, I0, VEL, ON60, SHIFT(5), OFF60, SHIFT(7), SHIFT(2), ON60], 9, id="inside"),
+        # a NOTE_OFF under the pedal still ends the note as the state machine reads it
+        pytest.param([S, I0, VEL, ON60, V.SUSTAIN_ON, OFF60, SHIFT(12)], 12, id="pedal"),
+        pytest.param(
+            [S, I0, VEL, ON60, OFF60, SHIFT(3), ON60, SHIFT(1), OFF60, SHIFT(8)], 8, id="last"
+        ),
+        pytest.param([S, I0, VEL, SHIFT(6), E, SHIFT(40)], 6, id="stops-at-end"),
+    ],
+)
+def test_longest_silence_counts_steps_with_nothing_sounding(ids, steps):
+    assert longest_silence(ids) == steps
 
 
 def test_encoded_real_music_keeps_every_rule(midi_corpus):
