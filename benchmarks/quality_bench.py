@@ -567,9 +567,9 @@ class QualityRun:
         (real against real); `unigram(settings)`: the unigram model's samples under
         the same settings, the baseline of each row. The choices are made on half A
         (the best policy, then the pick among its temperature and top-p variants: the
-        most statistics as close to A as real is to real, then the most closer than the
-        unigram, then the nearest polyphony) and every row is reported against half B,
-        so the reported figures are of music the choice never saw."""
+        smallest mean distance to A as a multiple of real against real, over the
+        statistics whose real distance is not 0) and every row is reported against
+        half B, so the reported figures are of music the choice never saw."""
         import torch
 
         from benchmarks import quality_cause as qc
@@ -609,9 +609,12 @@ class QualityRun:
                 as_real = sum(
                     1 for k in qm.STATISTICS if _less(d[k]["distance"], real[k], strict=False)
                 )
-                per_half[half] = d, _closer(d, uni), as_real
-            distance, closer, as_real = per_half["B"]
-            distance_a, closer_a, as_real_a = per_half["A"]
+                multiples = [qm.distance_multiple(d[k]["distance"], real[k]) for k in d]
+                kept = [m for m in multiples if m is not None]
+                mean_multiple = sum(kept) / len(kept) if kept else float("inf")
+                per_half[half] = d, _closer(d, uni), as_real, mean_multiple
+            distance, closer, as_real, mean_multiple = per_half["B"]
+            mean_multiple_a = per_half["A"][3]
             summary = s.summary()
             extra = dict(
                 self.what,
@@ -622,12 +625,9 @@ class QualityRun:
                 closer_than_unigram=closer,
                 closer_count=sum(1 for ok in closer.values() if ok),
                 as_close_as_real_count=as_real,
+                mean_multiple=mean_multiple,
                 polyphony_distance=distance["polyphony"]["distance"],
-                selection_key=[
-                    as_real_a,
-                    sum(1 for ok in closer_a.values() if ok),
-                    -(distance_a["polyphony"]["distance"] or 0),
-                ],
+                selection_key=[-mean_multiple_a],
             )
             return {
                 "suite": SUITE,
@@ -642,8 +642,7 @@ class QualityRun:
             }
 
         def chosen(candidates: list[dict[str, Any]]) -> dict[str, Any]:
-            """On half A: most statistics as close as real, then most closer than the
-            unigram, then polyphony nearest."""
+            """On half A: the smallest mean distance multiple (the first of a tie)."""
             return max(candidates, key=lambda r: r["extra"]["selection_key"])
 
         rows = [measure(name, settings) for name, settings in qc.SAMPLERS]

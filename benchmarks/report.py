@@ -433,6 +433,7 @@ def sampler_table(rows: Sequence[Mapping[str, Any]]) -> str:
         "closed by NOTE_OFF",
         "closer than unigram (of 9)",
         "as close as real (of 9)",
+        "mean multiple of real",
         "sample s",
     ]
     body = []
@@ -451,6 +452,7 @@ def sampler_table(rows: Sequence[Mapping[str, Any]]) -> str:
                 _percent(e.get("closed_by_model")),
                 e.get("closer_count"),
                 e.get("as_close_as_real_count", ""),
+                _fixed(e.get("mean_multiple"), 2),
                 _fixed((r.get("median_ms") or 0) / 1e3, 1),
             ]
         )
@@ -557,10 +559,11 @@ SAMPLER_NOTE = (
     "as the music table; validity from its unconstrained samples), then temperature "
     "and top-p on the best setting; `closer than unigram`: than the unigram model "
     "sampled with the same settings; `as close as real`: statistics whose distance is "
-    "at most real against real. `best` and `pick` (the best of every row) are chosen "
-    "against held-out half A (most statistics as close as real, then most closer "
-    "than unigram, then the smallest polyphony distance); the columns are measured "
-    "against half B, which the choice never saw."
+    "at most real against real; `mean multiple of real`: the statistics' distances as "
+    "multiples of real against real, averaged (validity, 0 between real halves, left "
+    "out). `best` and `pick` (the best of every row) are chosen against held-out half "
+    "A, by the smallest mean multiple; the columns are measured against half B, which "
+    "the choice never saw."
 )
 # Runs before the choice moved to half A chose the best setting on half B.
 SAMPLER_NOTE_HALF_B = (
@@ -571,10 +574,23 @@ SAMPLER_NOTE_HALF_B = (
 )
 
 
+# Runs of 2026-12-06 before the mean multiple chose on half A by counts.
+SAMPLER_NOTE_HALF_A_COUNTS = (
+    "The transformer model's samples under each sampler setting (same seed and count "
+    "as the music table; validity from its unconstrained samples), then temperature "
+    "and top-p on the best setting. `best` and `pick` (the best of every row) are "
+    "chosen against held-out half A (most statistics closer than unigram, then the "
+    "smallest polyphony distance); the columns are measured against half B."
+)
+
+
 def _sampler_note(rows: Sequence[Mapping[str, Any]]) -> str:
-    found = quality_rows(rows, "sampler")
-    on_a = any("selection_key" in (r.get("extra") or {}) for r in found)
-    return SAMPLER_NOTE if on_a else SAMPLER_NOTE_HALF_B
+    extras = [r.get("extra") or {} for r in quality_rows(rows, "sampler")]
+    if any("mean_multiple" in e for e in extras):
+        return SAMPLER_NOTE
+    if any("selection_key" in e for e in extras):
+        return SAMPLER_NOTE_HALF_A_COUNTS
+    return SAMPLER_NOTE_HALF_B
 
 
 # -- results/README.md --------------------------------------------------------------

@@ -304,7 +304,10 @@ def _sampler_rows(half_a: list[int], half_b: list[int]):
     model = SamplerStub()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(quality_bench, "progress", lambda msg: None)
-        real = {k: qm.distance(halves["A"], halves["B"], k)["distance"] for k in qm.STATISTICS}
+        # real against real; 1 where the halves agree exactly, so every multiple counts
+        real = {
+            k: qm.distance(halves["A"], halves["B"], k)["distance"] or 1.0 for k in qm.STATISTICS
+        }
         rows = run._samplers(model, 16, 2, piece_set, halves, real, unigram)
     assert asked == [r["extra"]["settings"] for r in rows]
     return rows, model
@@ -335,6 +338,7 @@ def test_the_sampler_comparison_chooses_on_half_a_and_reports_on_half_b():
     by_name = {r["provider"]: r["extra"] for r in rows}
     # against B the mask is the worse setting, and the rows say so
     assert by_name["mask"]["polyphony_distance"] > by_name["spread"]["polyphony_distance"]
+    assert by_name["mask"]["mean_multiple"] > by_name["spread"]["mean_multiple"]
 
 
 def test_the_sampler_comparison_is_a_skipped_row_without_the_settings(monkeypatch):
