@@ -14,7 +14,7 @@
   probability of about 7%, against 27% with one pass).
 - `polyphony`: the mean number of pitches sounding at once (muspy's measure:
   `stretto.tokenizer.statistics.polyphony`) of `POLYPHONY_PIECES` pieces sampled from
-  START (grammar mask on, temperature 1, top-p 0.95: the demo's sampling) is at most
+  START (grammar mask on, `LISTENING_SAMPLING`: the demo's sampling) is at most
   `POLYPHONY_MAX_RATIO` times that of held-out windows of as many ids. A sampler that
   stops releasing notes (the grammar mask can take NOTE_OFF's probability away: SPEC,
   "Known pitfalls") piles notes up: windows of 1024 ids of twelve dev files measured
