@@ -592,6 +592,16 @@ class QualityRun:
                 )
             ]
 
+        def distances(pieces, held) -> dict[str, dict]:
+            return {k: qm.distance(pieces, held, k) for k in qm.STATISTICS}
+
+        def mean_multiple(d: dict[str, dict]) -> float:
+            """The distances as multiples of real against real, averaged (the statistics
+            whose real distance is 0 left out)."""
+            multiples = [qm.distance_multiple(d[k]["distance"], real[k]) for k in d]
+            kept = [m for m in multiples if m is not None]
+            return sum(kept) / len(kept) if kept else float("inf")
+
         def measure(name: str, settings: dict[str, Any]) -> dict[str, Any]:
             progress(f"[quality] sampler: {name}")
             start = time.perf_counter()
@@ -601,20 +611,11 @@ class QualityRun:
                 )
             seconds = time.perf_counter() - start
             s = piece_set(_strip(ids.tolist(), self.vocab))
-            baseline = unigram(settings)
-            per_half = {}
-            for half, held in halves.items():
-                d = {k: qm.distance(s, held, k) for k in qm.STATISTICS}
-                uni = {k: qm.distance(baseline, held, k) for k in qm.STATISTICS}
-                as_real = sum(
-                    1 for k in qm.STATISTICS if _less(d[k]["distance"], real[k], strict=False)
-                )
-                multiples = [qm.distance_multiple(d[k]["distance"], real[k]) for k in d]
-                kept = [m for m in multiples if m is not None]
-                mean_multiple = sum(kept) / len(kept) if kept else float("inf")
-                per_half[half] = d, _closer(d, uni), as_real, mean_multiple
-            distance, closer, as_real, mean_multiple = per_half["B"]
-            mean_multiple_a = per_half["A"][3]
+            distance = distances(s, halves["B"])
+            closer = _closer(distance, distances(unigram(settings), halves["B"]))
+            as_real = sum(
+                1 for k in qm.STATISTICS if _less(distance[k]["distance"], real[k], strict=False)
+            )
             summary = s.summary()
             extra = dict(
                 self.what,
@@ -625,9 +626,9 @@ class QualityRun:
                 closer_than_unigram=closer,
                 closer_count=sum(1 for ok in closer.values() if ok),
                 as_close_as_real_count=as_real,
-                mean_multiple=mean_multiple,
+                mean_multiple=mean_multiple(distance),
                 polyphony_distance=distance["polyphony"]["distance"],
-                selection_key=[-mean_multiple_a],
+                mean_multiple_a=mean_multiple(distances(s, halves["A"])),
             )
             return {
                 "suite": SUITE,
@@ -643,7 +644,7 @@ class QualityRun:
 
         def chosen(candidates: list[dict[str, Any]]) -> dict[str, Any]:
             """On half A: the smallest mean distance multiple (the first of a tie)."""
-            return max(candidates, key=lambda r: r["extra"]["selection_key"])
+            return min(candidates, key=lambda r: r["extra"]["mean_multiple_a"])
 
         rows = [measure(name, settings) for name, settings in qc.SAMPLERS]
         best = chosen(rows)
@@ -708,7 +709,7 @@ class QualityRun:
         import torch
 
         from stretto.engine import generate, sample
-        from stretto.engine.generate import LISTENING_SAMPLING
+        from stretto.engine.generate import LISTENING_SAMPLING, policy_logits
 
         defaults = inspect.signature(generate).parameters
         chosen = {k: defaults[k].default for k in ("note_off", "at_limit", "temperature", "top_p")}
@@ -725,11 +726,8 @@ class QualityRun:
             state = grammar.initial_state(count, "cpu")
             grammar.advance(state, ids[:, 0])
         out = [ids[:, 0]]
-        scale = temperature if temperature > 0 else 1.0  # 0: greedy, on the raw logits
         for _ in range(length - 1):
-            logits = log_p.expand(count, -1) / scale
-            if state is not None:
-                logits = grammar.sampling_logits(state, logits, **policies)
+            logits = policy_logits(log_p.expand(count, -1), temperature, grammar, state, policies)
             token = sample(
                 logits, generator=generator, temperature=float(temperature > 0), top_p=top_p
             )

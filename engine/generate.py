@@ -80,6 +80,24 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -
         raise ValueError(f"top_p must be None or in (0, 1], got {top_p!r}")
 
 
+def policy_logits(
+    logits: torch.Tensor,
+    temperature: float,
+    grammar: Grammar | None = None,
+    state: GrammarState | None = None,
+    policies: dict | None = None,
+) -> torch.Tensor:
+    """What top-k, top-p and the draw see (module docstring, "Sampling order"): `logits`
+    `[B, V]` divided by `temperature` (as they are at 0, greedy), then, with `grammar`,
+    its rules and generation `policies` after `state` (`Grammar.sampling_logits`:
+    forbidden ids at -inf). Sample them with `sample` at temperature 1 (0: greedy)."""
+    if temperature > 0:
+        logits = logits / temperature
+    if grammar is not None:
+        logits = grammar.sampling_logits(state, logits, **policies)
+    return logits
+
+
 def sample(
     logits: torch.Tensor,
     *,
@@ -451,13 +469,11 @@ class TokenStep(DecodeStep):
         return (*super().static_tensors(), *own)
 
     def _step(self, noise: torch.Tensor | None) -> torch.Tensor:
-        logits = self.logits
-        if self.temperature > 0:
-            logits = logits / self.temperature
-        if self.grammar is not None:
-            logits = self.grammar.sampling_logits(self.state, logits, **self.policies)
-            if self.allowed is not None:
-                self.allowed.copy_(logits.isfinite())
+        logits = policy_logits(
+            self.logits, self.temperature, self.grammar, self.state, self.policies
+        )
+        if self.allowed is not None:
+            self.allowed.copy_(logits.isfinite())
         token = sample(logits, noise=noise, **self.sampling)
         token = torch.where(self.ended, self.pad_id, token)
         if self.grammar is not None:

@@ -56,7 +56,7 @@ from stretto.tokenizer.vocabulary import (
     DEFAULT_MAX_NOTE_STEPS,
     GRAMMAR_RULES,
     Vocabulary,
-    check_note_steps,
+    check_steps,
 )
 
 __all__ = [
@@ -117,12 +117,8 @@ class Grammar:
         max_note_steps: int = DEFAULT_MAX_NOTE_STEPS,
         max_silence_steps: int = DEFAULT_MAX_SILENCE_STEPS,
     ):
-        self.max_note_steps = check_note_steps(max_note_steps)
-        if not isinstance(max_silence_steps, int) or isinstance(max_silence_steps, bool):
-            raise ValueError(f"max_silence_steps must be an int >= 1, got {max_silence_steps!r}")
-        if max_silence_steps < 1:
-            raise ValueError(f"max_silence_steps must be >= 1, got {max_silence_steps}")
-        self.max_silence_steps = max_silence_steps
+        self.max_note_steps = check_steps("max_note_steps", max_note_steps)
+        self.max_silence_steps = check_steps("max_silence_steps", max_silence_steps)
         self.vocab = v = vocab or Vocabulary()
         self.n_inst, self.n_pitch = len(v.INSTRUMENT), len(v.NOTE_ON)
         self._signature = v.signature  # the tables' key (a hash: not read while tracing)

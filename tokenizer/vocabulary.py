@@ -250,10 +250,11 @@ def tempo_bpm(b: int) -> float:
     return TEMPO_MIN_BPM + b * (TEMPO_MAX_BPM - TEMPO_MIN_BPM) / (NUM_TEMPOS - 1)
 
 
-def check_note_steps(max_note_steps: int) -> int:
-    """`max_note_steps` (the longest a note may sound, in grid steps), or ValueError."""
-    if not isinstance(max_note_steps, int) or isinstance(max_note_steps, bool):
-        raise ValueError(f"max_note_steps must be an int >= 1, got {max_note_steps!r}")
-    if max_note_steps < 1:
-        raise ValueError(f"max_note_steps must be >= 1, got {max_note_steps}")
-    return max_note_steps
+def check_steps(name: str, steps: int) -> int:
+    """`steps`, a length in grid steps named `name` (such as `max_note_steps`, the
+    longest a note may sound), or ValueError naming it."""
+    if not isinstance(steps, int) or isinstance(steps, bool):
+        raise ValueError(f"{name} must be an int >= 1, got {steps!r}")
+    if steps < 1:
+        raise ValueError(f"{name} must be >= 1, got {steps}")
+    return steps

@@ -45,16 +45,27 @@ def test_random_walk_over_the_grammar_mask_validates(
     note_off,
     at_limit,
 ):
-    gen = torch.Generator().manual_seed(seed)
     grammar = Grammar(V, max_note_steps=max_note_steps, max_silence_steps=max_silence_steps)
-    batch = 4
-    state = grammar.initial_state(batch, "cpu")
-    ids = torch.full((batch, 1), V.START, dtype=torch.long)
-    grammar.advance(state, ids[:, 0])
     bias = torch.zeros(V.size)
     bias[V.TIME_SHIFT.start : V.TIME_SHIFT.stop] = shift_bias
     bias[V.NOTE_ON.start : V.NOTE_OFF.stop] = note_bias
     bias[V.END] = end_bias
+    ids = _walk(
+        grammar, bias, batch=4, length=length, seed=seed, note_off=note_off, at_limit=at_limit
+    )
+    for row in ids:
+        assert validate(row) == [], row.tolist()
+        assert longest_note(row) <= max_note_steps, row.tolist()
+        assert longest_silence(row) <= max_silence_steps, row.tolist()
+
+
+def _walk(grammar, bias, *, batch, length, seed, note_off, at_limit) -> torch.Tensor:
+    """Ids `[batch, 1 + length]` from START, each next id drawn from random logits plus
+    `bias` under the mask and its policies (which must always leave an id to draw)."""
+    gen = torch.Generator().manual_seed(seed)
+    state = grammar.initial_state(batch, "cpu")
+    ids = torch.full((batch, 1), V.START, dtype=torch.long)
+    grammar.advance(state, ids[:, 0])
     for _ in range(length):
         logits = grammar.sampling_logits(
             state,
@@ -66,33 +77,16 @@ def test_random_walk_over_the_grammar_mask_validates(
         token = torch.multinomial(logits.softmax(-1), 1, generator=gen)[:, 0]
         grammar.advance(state, token)
         ids = torch.cat([ids, token[:, None]], dim=1)
-    for row in ids:
-        assert validate(row) == [], row.tolist()
-        assert longest_note(row) <= max_note_steps, row.tolist()
-        assert longest_silence(row) <= max_silence_steps, row.tolist()
+    return ids
 
 
 def _silent_walk(max_silence_steps: int) -> torch.Tensor:
-    """Ids of a walk over the mask whose logits favour TIME_SHIFT and hold NOTE_ONs back."""
-    gen = torch.Generator().manual_seed(0)
-    grammar = Grammar(V, max_silence_steps=max_silence_steps)
-    state = grammar.initial_state(8, "cpu")
-    ids = torch.full((8, 1), V.START, dtype=torch.long)
-    grammar.advance(state, ids[:, 0])
+    """A walk whose logits favour TIME_SHIFT and hold NOTE_ONs back."""
     bias = torch.zeros(V.size)
     bias[V.TIME_SHIFT.start : V.TIME_SHIFT.stop] = 4.0
     bias[V.NOTE_ON.start : V.NOTE_ON.stop] = -2.0
-    for _ in range(120):
-        logits = grammar.sampling_logits(
-            state,
-            torch.randn(8, V.size, generator=gen) + bias,
-            note_off="spread",
-            at_limit="release",
-        )
-        token = torch.multinomial(logits.softmax(-1), 1, generator=gen)[:, 0]
-        grammar.advance(state, token)
-        ids = torch.cat([ids, token[:, None]], dim=1)
-    return ids
+    grammar = Grammar(V, max_silence_steps=max_silence_steps)
+    return _walk(grammar, bias, batch=8, length=120, seed=0, note_off="spread", at_limit="release")
 
 
 def test_the_silence_limit_holds_where_the_walk_would_go_past_it():
