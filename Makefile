@@ -91,7 +91,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# GPU first light (benchmarks/gpu_run.sh). The GPU machines run CPython 3.12 with no
+# GPU first light (gpu/run.sh). The GPU machines run CPython 3.12 with no
 # network and no symusic: `make gpu-wheels` downloads the wheels of what they lack, at
 # the lock's versions, into .whl/ (git-ignored), which the run installs from; name .whl
 # in the device call's carry. `make gpu-rehearsal` runs the whole script on this CPU
@@ -111,8 +111,8 @@ REHEARSAL_BUDGET ?= 300
 gpu-rehearsal: $(STAMP36)
 	rm -rf $(REHEARSAL)
 	OUT=$(REHEARSAL) PYTHON=$(PY36) BENCH_DEVICE=cpu GPU_RUN_BUDGET=$(REHEARSAL_BUDGET) \
-	    PYTHONPATH=$(CURDIR)/benchmarks/gpu_image bash benchmarks/gpu_run.sh
-	$(PY36) -m benchmarks.first_light check --out $(REHEARSAL) --budget $(REHEARSAL_BUDGET)
+	    PYTHONPATH=$(CURDIR)/gpu/image bash gpu/run.sh
+	$(PY36) -m gpu.first_light check --out $(REHEARSAL) --budget $(REHEARSAL_BUDGET)
 
 # Arbitrary bytes into MidiTokenizer.encode for FUZZ_SECONDS, seeded from ../shared/midi;
 # findings land in tests/data/fuzz/ (replayed by make test). Not part of make test.

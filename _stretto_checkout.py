@@ -26,10 +26,10 @@ import os
 import sys
 
 # Top-level names the checkout's layout takes when its root is on sys.path. The first
-# four are Stretto's packages (imported as stretto.<name>); `benchmarks` and `tests`
+# four are Stretto's packages (imported as stretto.<name>); `benchmarks`, `gpu` and `tests`
 # are the checkout's own top-level packages and must stay free on the registry side.
 PACKAGE_FOLDERS = ("kernels", "engine", "tokenizer", "integrations")
-CHECKOUT_PACKAGES = ("benchmarks", "tests")
+CHECKOUT_PACKAGES = ("benchmarks", "gpu", "tests")
 RESERVED_NAMES = PACKAGE_FOLDERS + CHECKOUT_PACKAGES + ("_stretto_checkout",)
 
 

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def copy_source(copy: Path) -> None:
-    """Copy what import-linter reads (pyproject.toml, the package folders, benchmarks).
+    """Copy what import-linter reads (pyproject.toml, the package folders, benchmarks, gpu).
 
     Only the source: a checkout may hold virtual environments and wheels beside it
     (CI makes `.venv-triton36/`), gigabytes that one copy per case would put in /tmp.
@@ -29,7 +29,7 @@ def copy_source(copy: Path) -> None:
     copy.mkdir()
     shutil.copy(REPO / "pyproject.toml", copy / "pyproject.toml")
     skip = shutil.ignore_patterns("__pycache__", "results", "*.egg-info")
-    for folder in [*config["package-dir"].values(), "benchmarks"]:
+    for folder in [*config["package-dir"].values(), "benchmarks", "gpu"]:
         shutil.copytree(REPO / folder, copy / folder, ignore=skip)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,57 @@ def test_the_readme_links_every_page():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     for page in PAGES:
         assert f"(docs/{page.name})" in readme, f"README.md does not link docs/{page.name}"
+
+
+# A figure in prose: not inside a word (B32, fp16), commas as thousands separators.
+FIGURE = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?")
+
+
+def figures(text: str) -> list[str]:
+    return [m.group().replace(",", "") for m in FIGURE.finditer(text)]
+
+
+def unquoted_headline_figures(readme: str, root: Path) -> list[str]:
+    """Each figure in the result column of the README's headline table that is neither
+    in a file its row links nor a ratio of two figures of that result (to its printed
+    precision, give or take one unit: the figures are rounded); counts below 10 are
+    prose. One line per figure, naming the row."""
+    section = readme.split("## Headline numbers", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")][1:]
+    problems = []
+    for row in rows:
+        measured, result = row.split(" | ")[:2]
+        pool = set()
+        for target in LINK.findall(measured):
+            pool |= {Decimal(f) for f in figures((root / target).read_text(encoding="utf-8"))}
+        shown = figures(result)
+        values = [Decimal(f) for f in shown]
+        for text, value in zip(shown, values, strict=True):
+            if "." not in text and value < 10 or value in pool:
+                continue
+            unit = Decimal(1).scaleb(-len(text.partition(".")[2]))
+            ratios = (a / b for a in values for b in values if b and a != b)
+            if any(abs(r - value) <= unit * Decimal("1.5") for r in ratios):
+                continue
+            problems.append(f"{text} in {measured.strip('| ')[:60]!r}")
+    return problems
+
+
+def test_every_headline_figure_is_in_the_run_its_row_links():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert unquoted_headline_figures(readme, REPO) == []
+
+
+def test_a_figure_the_runs_do_not_hold_fails_the_headline_check():
+    """Planted faults: a time that no run measured, and a ratio of nothing in its row."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for old, new, figure in [
+        ("1.341 ms:", "1.314 ms:", "1.314"),
+        ("(dynamic cache, 1.75x)", "(dynamic cache, 1.95x)", "1.95"),
+    ]:
+        assert old in readme, old
+        planted = unquoted_headline_figures(readme.replace(old, new), REPO)
+        assert [p.split()[0] for p in planted] == [figure], planted
 
 
 @pytest.fixture

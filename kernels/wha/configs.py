@@ -1,7 +1,7 @@
 """Tile configurations of the fused kernels: one pinned config per kernel, dtype and head dim.
 
 Every config here was compiled ahead of time for sm_90 and sm_80 by
-`benchmarks/compile_table.py` (run by `tests/kernels/test_compile_table.py`), and the
+`gpu/compile_table.py` (run by `tests/kernels/test_compile_table.py`), and the
 pinned ones were chosen from those compiles: no register spills in 16-bit and TF32
 variants, shared memory within the target's limit. The table it writes is committed
 under `benchmarks/results/compile/`.

@@ -1,6 +1,6 @@
 """The Hopper and A100 compile check: every fused kernel compiled ahead of time, no GPU.
 
-`benchmarks/compile_table.py` compiles each kernel variant with Triton's public API for
+`gpu/compile_table.py` compiles each kernel variant with Triton's public API for
 `GPUTarget("cuda", 90, 32)` and `GPUTarget("cuda", 80, 32)` with the config the
 launcher pins, and reads registers, stack (spill) bytes, shared memory and the
 instruction mix from the binary. It runs in a subprocess without TRITON_INTERPRET (the
@@ -21,7 +21,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from benchmarks import compile_table  # noqa: E402
+from gpu import compile_table  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,7 +52,7 @@ def test_every_kernel_compiles_for_hopper_and_a100(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = tmp_path / "compile-table.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.compile_table", "--json", str(out)],
+        [sys.executable, "-m", "gpu.compile_table", "--json", str(out)],
         cwd=REPO,
         env=env,
         capture_output=True,

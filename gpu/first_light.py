@@ -1,6 +1,6 @@
-"""GPU first light: the stages of `benchmarks/gpu_run.sh`, each a process of its own.
+"""GPU first light: the stages of `gpu/run.sh`, each a process of its own.
 
-    python -m benchmarks.first_light STAGE --out DIR --deadline EPOCH_S [--device cuda|cpu]
+    python -m gpu.first_light STAGE --out DIR --deadline EPOCH_S [--device cuda|cpu]
 
 Stages, most valuable first (the script runs them in this order):
 
@@ -768,7 +768,7 @@ def summary(out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.first_light")
+    parser = argparse.ArgumentParser(prog="python -m gpu.first_light")
     parser.add_argument(
         "stage", choices=(*STAGES, "check", "summary"), help="a stage, or check or sum up a run"
     )

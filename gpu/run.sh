@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # GPU first light: one run on a CUDA machine that returns evidence whatever breaks.
 #
-#   STRETTO_COMMIT=$(git rev-parse HEAD) bash benchmarks/gpu_run.sh
-#   BENCH_DEVICE=cpu GPU_RUN_BUDGET=300 bash benchmarks/gpu_run.sh   # the CPU rehearsal
+#   STRETTO_COMMIT=$(git rev-parse HEAD) bash gpu/run.sh
+#   BENCH_DEVICE=cpu GPU_RUN_BUDGET=300 bash gpu/run.sh   # the CPU rehearsal
 #
 # Stages, most valuable first, each a process of its own under `timeout`, each writing
-# JSON lines to $OUT the moment it measures something (benchmarks/first_light.py):
+# JSON lines to $OUT the moment it measures something (gpu/first_light.py):
 #   1 probe        versions, device, missing packages, measured copy and matmul ceilings
 #   2 correctness  every kernel against the float64 reference, raw errors per case
 #   3 timing       the benchmark shape against SDPA flash and FlexAttention; N 512..8192
@@ -69,7 +69,7 @@ stage() {  # stage NAME END_PERCENT
     local until
     until=$(deadline "$2")
     say "stage $1 (until +$((until - START))s)"
-    timeout -k 5 $((until - $(date +%s) + 10)) "$PY" -m benchmarks.first_light "$1" \
+    timeout -k 5 $((until - $(date +%s) + 10)) "$PY" -m gpu.first_light "$1" \
         --out "$OUT" --deadline "$until" --device "$DEVICE" >>"$LOG" 2>&1
     say "stage $1 exit code $? (124: killed at its limit; its rows so far are kept)"
 }

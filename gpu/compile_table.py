@@ -1,7 +1,7 @@
 """Compile every fused kernel ahead of time for Hopper (sm_90) and A100 (sm_80), no GPU.
 
-    python -m benchmarks.compile_table [--targets 90 80] [--jobs 2] [--out DIR]
-                                       [--json FILE] [--full] [--candidates]
+    python -m gpu.compile_table [--targets 90 80] [--jobs 2] [--out DIR]
+                                [--json FILE] [--full] [--candidates]
 
 Each variant (kernel x target x operand kind x head dim x causal x summaries x key
 padding mask x sequence length; `variants` says which are in the default check set and
@@ -425,7 +425,7 @@ def default_out() -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.compile_table")
+    parser = argparse.ArgumentParser(prog="python -m gpu.compile_table")
     parser.add_argument("--targets", type=int, nargs="+", default=[90, 80], choices=[90, 80])
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--out", type=Path, default=None, help="folder for the table")
@@ -433,9 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full", action="store_true", help="the whole product of variants")
     parser.add_argument("--candidates", action="store_true", help="every autotune candidate")
     args = parser.parse_args(argv)
-    command = "python -m benchmarks.compile_table " + shlex.join(
-        sys.argv[1:] if argv is None else argv
-    )
+    command = "python -m gpu.compile_table " + shlex.join(sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
     results = run(variants(tuple(args.targets), args.full, args.candidates), args.jobs)
     elapsed = time.perf_counter() - start
