@@ -23,16 +23,20 @@ at -inf (so every case generates exactly its token count, every row of a batch t
   untrained). Needs transformers (the `hf` extra); without it its rows read "skipped".
 - `hf-llama-static`: the same with its static cache and its compiled forward
   (`cache_implementation="static"`, compiled on every device), steady state.
-- `floor`: no generation: the bytes one token reads (every weight once, plus the
-  cache's keys, values and block sums at the last token) over the machine's copy
-  bandwidth measured here (`copy_bandwidth`): the time no provider can beat at batch 1.
-  Every measured row carries `x_floor`, its time per token over the floor.
-- `matmul-floor`: no generation either: the time one batch-1 token spends in its
-  matrix-vector products alone (`matmul_ms`: x @ W.T for every linear layer's weight,
-  the tied head included, eager, one after another), the cost of reading the weights
-  through torch's own kernels on this machine. Every batch-1 row carries `x_matmul`,
-  its time per token over it: how much the rest of the step (attention over the cache,
-  norms, the grammar, sampling, launches) adds.
+- `floor`: no generation: the bytes one token reads at batch B (every weight once per
+  step, shared by the B rows, plus each row's cache: keys, values and block sums at the
+  last token) over the machine's copy bandwidth measured here (`copy_bandwidth`): the
+  time no provider can beat. Every measured row carries `x_floor`, its time per token
+  over the floor of its batch.
+- `matmul-floor`: no generation either: the time one step of B tokens spends in its
+  matrix products alone (`matmul_ms`: x @ W.T with x `[B, in]` for every linear layer's
+  weight, the tied head included, eager, one after another), per token: the cost of the
+  weights' arithmetic through torch's own kernels on this machine (memory-bound at
+  batch 1, compute-bound by batch 32). Every measured row carries `x_matmul`, its time
+  per token over the matmul floor of its batch: how much the rest of the step
+  (attention over the cache, norms, the grammar, sampling, launches) adds.
+The floors are per (preset, length, batch) of the run, so the ratio of two batches'
+floors says what the larger batch could gain at equal efficiency.
 Batches: B = 1 for every provider; B = 8 and 32 for BATCHED_PROVIDERS (tokens/s summed
 over the rows, each row under its own grammar state).
 
@@ -234,11 +238,11 @@ def copy_bandwidth(device: str, nbytes: int = COPY_BYTES, repeats: int = 5) -> f
     return 2 * nbytes / best
 
 
-def matmul_ms(preset: str, device: str, repeats: int = 30) -> float:
-    """Milliseconds one batch-1 token of `preset` spends in its matrix-vector products:
-    `x @ W.T` for the weight of every `nn.Linear` of a transformer-mode model (the head
-    is the embedding, read once), eager, in the model's order; the median of `repeats`
-    passes after 3 untimed ones."""
+def matmul_ms(preset: str, device: str, repeats: int = 30, batch: int = 1) -> float:
+    """Milliseconds one decoding step of `batch` tokens of `preset` spends in its matrix
+    products: `x @ W.T`, x `[batch, in]`, for the weight of every `nn.Linear` of a
+    transformer-mode model (the head is the embedding, read once), eager, in the model's
+    order; the median of `repeats` passes after 3 untimed ones."""
     import statistics
 
     import torch
@@ -250,7 +254,7 @@ def matmul_ms(preset: str, device: str, repeats: int = 30) -> float:
     config = ModelConfig.from_vocab(Vocabulary(), mode="transformer", preset=preset)
     model = MusicModel(config).to(device)
     weights = [m.weight.detach() for m in model.modules() if isinstance(m, nn.Linear)]
-    inputs = [torch.randn(1, w.shape[1], device=device) for w in weights]
+    inputs = [torch.randn(batch, w.shape[1], device=device) for w in weights]
     times = []
     with torch.no_grad():
         for i in range(repeats + 3):
@@ -264,10 +268,11 @@ def matmul_ms(preset: str, device: str, repeats: int = 30) -> float:
     return statistics.median(times)
 
 
-def bytes_per_token(preset: str, tokens: int) -> int:
-    """What one decoding token of a batch-1 generation of `tokens` tokens reads, at its
-    last token: every parameter once (the head is the embedding: one matrix) and every
-    tensor of the caches (`MusicModel.new_cache`: rings, block sums, note tracker)."""
+def bytes_per_token(preset: str, tokens: int, batch: int = 1) -> float:
+    """What one decoding token of a batch-`batch` generation of `tokens` tokens reads, at
+    its last token: every parameter once per step, shared by the batch (the head is the
+    embedding: one matrix), and every tensor of its row's caches (`MusicModel.new_cache`:
+    rings, block sums, note tracker)."""
     from stretto.engine import ModelConfig, MusicModel
     from stretto.tokenizer import Vocabulary
 
@@ -276,8 +281,8 @@ def bytes_per_token(preset: str, tokens: int) -> int:
     )
     model = MusicModel(config)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    cache = model.new_cache(1, tokens + 1)
-    return weights + sum(t.numel() * t.element_size() for t in cache.tensors())
+    cache = model.new_cache(batch, tokens + 1)
+    return (weights + sum(t.numel() * t.element_size() for t in cache.tensors())) / batch
 
 
 def _grid(
@@ -374,7 +379,7 @@ def run(
     batches: Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
     """Rows for every (preset, generated length, batch, provider) and the floor rows per
-    (preset, length); see the module docstring. `batches` keeps those batch sizes (the
+    (preset, length, batch); see the module docstring. `batches` keeps those batch sizes (the
     batched providers run every one of them, the others batch 1 only)."""
     unknown = [v for v in providers or () if v not in (*PROVIDERS, *FLOORS)]
     if unknown:
@@ -391,20 +396,22 @@ def run(
     cases = _cases(grid, providers)
     floors, matmuls = {}, {}
     bandwidth = copy_bandwidth(device)
-    for preset in grid[0]:
-        matmuls[preset] = matmul_ms(preset, device)
-    for preset, tokens in ((p, n) for p in grid[0] for n in grid[1]):
-        nbytes = bytes_per_token(preset, tokens)
+    presets, lengths, batches = grid
+    for preset, batch in ((p, b) for p in presets for b in batches):
+        matmuls[preset, batch] = matmul_ms(preset, device, batch=batch) / batch
+    for preset, tokens, batch in ((p, n, b) for p in presets for n in lengths for b in batches):
+        nbytes = bytes_per_token(preset, tokens, batch)
         floor_ms = nbytes / bandwidth * 1e3
-        floors[preset, tokens] = floor_ms
-        shape = {"shape": f"{preset}-B1-T{tokens}", "seq_len": tokens, "dtype": dtype}
+        floors[preset, tokens, batch] = floor_ms
+        matmul = matmuls[preset, batch]
+        shape = {"shape": f"{preset}-B{batch}-T{tokens}", "seq_len": tokens, "dtype": dtype}
         for provider, ms, extra in (
             (
                 "floor",
                 floor_ms,
                 {"bytes_per_token": nbytes, "copy_bandwidth_gb_s": bandwidth / 1e9},
             ),
-            ("matmul-floor", matmuls[preset], {"x_floor": matmuls[preset] / floor_ms}),
+            ("matmul-floor", matmul, {"x_floor": matmul / floor_ms}),
         ):
             rows.append(
                 {
@@ -412,11 +419,11 @@ def run(
                     "provider": provider,
                     "mode": "generate",
                     **shape,
-                    "median_ms": ms * tokens,
-                    "p20_ms": ms * tokens,
-                    "p80_ms": ms * tokens,
+                    "median_ms": ms * tokens * batch,
+                    "p20_ms": ms * tokens * batch,
+                    "p80_ms": ms * tokens * batch,
                     "tokens_per_s": 1e3 / ms,
-                    "extra": {"preset": preset, "batch": 1, **extra},
+                    "extra": {"preset": preset, "batch": batch, **extra},
                 }
             )
     for i, (preset, tokens, batch, provider) in enumerate(cases, 1):
@@ -467,10 +474,9 @@ def run(
             rows.append(dict(what, status=f"error: {type(exc).__name__}: {exc}"))
             continue
         extra = dict(measured.pop("extra", {}), preset=preset, batch=batch)
-        if batch == 1:
-            per_token_ms = measured["median_ms"] / tokens
-            extra["x_floor"] = per_token_ms / floors[preset, tokens]
-            extra["x_matmul"] = per_token_ms / matmuls[preset]
+        per_token_ms = measured["median_ms"] / (tokens * batch)
+        extra["x_floor"] = per_token_ms / floors[preset, tokens, batch]
+        extra["x_matmul"] = per_token_ms / matmuls[preset, batch]
         rows.append(dict(what, **measured, extra=extra))
     scratch.cleanup()
     return rows

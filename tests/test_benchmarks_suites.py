@@ -112,8 +112,10 @@ def test_the_matmul_floor_multiplies_every_linear_weight_once(monkeypatch):
         return linear(x, w, *args)
 
     monkeypatch.setattr(torch.nn.functional, "linear", counting)
-    assert generate_bench.matmul_ms("tiny", "cpu", repeats=2) > 0
-    assert seen == [(1, shape) for shape in expected] * 5  # 3 untimed passes, then 2
+    for batch in (1, 8):
+        seen.clear()
+        assert generate_bench.matmul_ms("tiny", "cpu", repeats=2, batch=batch) > 0
+        assert seen == [(batch, shape) for shape in expected] * 5  # 3 untimed, then 2
 
 
 def test_the_floor_counts_every_weight_once_and_every_cache_tensor():
@@ -128,6 +130,35 @@ def test_the_floor_counts_every_weight_once_and_every_cache_tensor():
     rings = 4 * config.n_layers * 2 * config.window * config.d_model  # keys and values
     assert held > rings  # the rings, the block sums and the note tracker
     assert generate_bench.bytes_per_token("tiny", 300) == weights + held
+    # a batch shares the weights and holds one cache per row (its counters once)
+    held4 = sum(t.numel() * t.element_size() for t in model.new_cache(4, 301).tensors())
+    assert 4 * held - held4 < held / 100
+    assert generate_bench.bytes_per_token("tiny", 300, batch=4) == (weights + held4) / 4
+
+
+def test_every_batch_has_its_floors_and_every_row_its_multiples(monkeypatch):
+    monkeypatch.setattr(generate_bench, "PROVIDERS", ("cached-constrained",))
+    monkeypatch.setattr(
+        generate_bench, "matmul_ms", lambda preset, device, batch=1: 2.0 * batch**0.5
+    )
+    rows = generate_bench.run(
+        quick=True, device="cpu", seq_lens=[6], presets=["tiny"], batches=[1, 2]
+    )
+    by = {(r["provider"], r["extra"]["batch"]): r for r in rows}
+    assert by.keys() == {
+        (p, b) for p in ("floor", "matmul-floor", "cached-constrained") for b in (1, 2)
+    }
+    for batch in (1, 2):
+        floor, matmul, r = (by[p, batch] for p in ("floor", "matmul-floor", "cached-constrained"))
+        assert floor["shape"] == matmul["shape"] == r["shape"] == f"tiny-B{batch}-T6"
+        assert floor["extra"]["bytes_per_token"] == generate_bench.bytes_per_token("tiny", 6, batch)
+        assert matmul["tokens_per_s"] == pytest.approx(1e3 * batch / (2.0 * batch**0.5))
+        # every row: generation of 6 tokens in each of `batch` rows, and its multiples
+        for row in (floor, matmul, r):
+            assert row["tokens_per_s"] == pytest.approx(6 * batch / (row["median_ms"] / 1e3))
+        assert r["extra"]["x_floor"] == pytest.approx(r["median_ms"] / floor["median_ms"])
+        assert r["extra"]["x_matmul"] == pytest.approx(r["median_ms"] / matmul["median_ms"])
+    assert by["floor", 2]["tokens_per_s"] > by["floor", 1]["tokens_per_s"]  # weights shared
 
 
 def test_batches_are_asked_of_the_batched_providers_only():
