@@ -24,11 +24,14 @@ the validation files.
    preset with WHA is trained with `Trainer` for the budget's steps on windows of the
    generation length (and the transformer once more with `note_state=False`, source
    `transformer-no-note-state`); it samples as many pieces as half A of the held-out set has
-   (from START, `constrained=True`, with the sampling of `stretto generate` and the
-   demo, `stretto.engine.generate.LISTENING_SAMPLING`), and as many again without
-   the grammar mask for the `validity` statistic. The unigram model samples the same
-   way (one token at a time under the same grammar mask and sampling, and without the
-   mask for `validity`). Every set is compared with half B of the held-out
+   (from START, `constrained=True`), and as many again without the grammar mask for
+   the `validity` statistic, with the sampling its mode's sampler comparison (part 3)
+   picks on half A (the no-note-state transformer with the transformer's pick; what
+   `stretto generate` and the demo use is `stretto.engine.generate.LISTENING_SAMPLING`,
+   set from these picks). The unigram model samples the same way (one token at a time
+   under the same grammar mask and sampling, and without the mask for `validity`):
+   each mode's verdicts are against the unigram sampled with that mode's pick, the
+   table's unigram column with the transformer's. Every set is compared with half B of the held-out
    pieces (windows of the generation length from the other half of the validation
    files); half A against half B is the reference distance, real against real. Rows:
    `mode="generated-vs-held-out"`, one per source; extra holds each statistic's
@@ -39,13 +42,14 @@ the validation files.
    real.
 3. The cause (`quality_cause`), on the transformer model of part 2: the teacher-forced
    probability of each held-out NOTE_OFF by its distance from the NOTE_ON
-   (`mode="note-off-probability"`), polyphony of held-out pieces with a share of their
-   NOTE_OFFs deleted (`mode="note-off-deletion"`), and its samples under each sampler
-   setting (`mode="sampler"`: the NOTE_OFF mask, the length limit, then temperature
-   and top-p on the best; a skipped row when `generate` takes no such settings), each
-   against the unigram model sampled with the same settings. The best policy and the
-   pick among its variants are chosen against held-out half A and reported against
-   half B, which the choice never saw.
+   (`mode="note-off-probability"`) and polyphony of held-out pieces with a share of
+   their NOTE_OFFs deleted (`mode="note-off-deletion"`); and, for each mode's model,
+   its samples under each sampler setting (`mode="sampler"`: the NOTE_OFF mask, the
+   length limit, then temperature and top-p on the best; a skipped row when
+   `generate` takes no such settings), each against the unigram model sampled with
+   the same settings. The best policy and the pick among its variants are chosen
+   against held-out half A and reported against half B, which the choice never saw;
+   the music table of part 2 samples each mode with its pick.
 
 Budget: `FULL` (default; about 15-25 minutes on a 2-core CPU) and `QUICK` (`--quick`,
 under 5), or `--steps N` (training steps per run) and `--seconds S` (a cap on each
@@ -59,6 +63,7 @@ with the same baselines; parts 2 and 3 are not run.
 from __future__ import annotations
 
 import dataclasses
+import json
 import statistics
 import tempfile
 import time
@@ -441,21 +446,51 @@ class QualityRun:
         sets["held-out-B"] = piece_set(real_b, real_b)
         sets["held-out-A"] = piece_set(real_a, real_a)
         info["held-out-A"] = info["held-out-B"] = {"kind": "held-out"}
-        models = {}
+        reference, selection = sets["held-out-B"], sets["held-out-A"]
+        real_distance = {k: qm.distance(selection, reference, k)["distance"] for k in qm.STATISTICS}
+        unigrams: dict[str, tuple[Any, float]] = {}  # by settings: (piece set, seconds)
+
+        def unigram(settings: dict[str, Any]):
+            """The unigram model sampled with `settings` (with and without the grammar
+            mask, for `validity`), once per settings."""
+            key = json.dumps(settings, sort_keys=True)
+            if key not in unigrams:
+                start = time.perf_counter()
+                masked = self._unigram_samples(baselines, count, length, grammar, settings)
+                free = self._unigram_samples(baselines, count, length, None, settings)
+                pieces = piece_set(_strip(masked, self.vocab), _strip(free, self.vocab))
+                unigrams[key] = pieces, time.perf_counter() - start
+            return unigrams[key][0]
+
+        models, picks, sampler_rows = {}, {}, []
         for mode in MODES:
-            masked, free, extra, models[mode] = self._sample_mode(mode, length, count)
+            models[mode], extra = self._train_mode(mode, length)
+            rows, picks[mode], (masked, free, seconds) = self._samplers(
+                models[mode],
+                mode,
+                length,
+                count,
+                piece_set,
+                {"A": selection, "B": reference},
+                real_distance,
+                unigram,
+            )
+            sampler_rows += rows
             sets[mode] = piece_set(masked, free)
-            info[mode] = extra
-        # the transformer again without the note state: what the note state moves
-        masked, free, extra, _ = self._sample_mode("transformer", length, count, note_state=False)
+            info[mode] = dict(extra, sampling=picks[mode], sample_s=seconds)
+        # the transformer again without the note state, sampled as the transformer
+        model, extra = self._train_mode("transformer", length, note_state=False)
+        masked, free, seconds = self._sample(model, picks["transformer"], length, count)
         sets[NO_NOTE_STATE] = piece_set(masked, free)
-        info[NO_NOTE_STATE] = extra
-        start = time.perf_counter()
-        masked = _strip(self._unigram_samples(baselines, count, length, grammar), self.vocab)
-        free = _strip(self._unigram_samples(baselines, count, length, None), self.vocab)
-        elapsed = time.perf_counter() - start
-        sets["unigram"] = piece_set(masked, free)
-        info["unigram"] = {"kind": "baseline", "sample_s": elapsed}
+        info[NO_NOTE_STATE] = dict(extra, sampling=picks["transformer"], sample_s=seconds)
+        # the music table's unigram column: sampled as the transformer (each mode's
+        # verdicts are against the unigram sampled with that mode's settings)
+        sets["unigram"] = unigram(picks["transformer"])
+        info["unigram"] = {
+            "kind": "baseline",
+            "sampling": picks["transformer"],
+            "sample_s": unigrams[json.dumps(picks["transformer"], sort_keys=True)][1],
+        }
 
         reference, selection = sets["held-out-B"], sets["held-out-A"]
         every = qm.STATISTICS + qm.NOTE_STATISTICS
@@ -464,7 +499,6 @@ class QualityRun:
             for name, s in sets.items()
         }
         real = distances["held-out-A"]
-        uni = distances["unigram"]
         rows = []
         for name, s in sets.items():
             extra = dict(self.what, **info[name])
@@ -476,7 +510,9 @@ class QualityRun:
                 for k in every
             }
             if info[name].get("kind") == "model":
-                extra["closer_than_unigram"] = _closer(distances[name], uni)
+                uni = unigram(info[name]["sampling"])
+                uni_distance = {k: qm.distance(uni, reference, k) for k in every}
+                extra["closer_than_unigram"] = _closer(distances[name], uni_distance)
                 extra["as_close_as_real"] = {
                     k: _less(distances[name][k]["distance"], real[k]["distance"], strict=False)
                     for k in qm.STATISTICS
@@ -500,23 +536,7 @@ class QualityRun:
                 )
             rows.append(row)
         rows += self._cause(models["transformer"], real_a + real_b, tokenizer)
-        validity = list(sets["transformer"].scalars["validity"])
-        unigram_validity = list(sets["unigram"].scalars["validity"])
-
-        def unigram(settings: dict[str, Any]):
-            ids = self._unigram_samples(baselines, count, length, grammar, settings)
-            return piece_set(_strip(ids, self.vocab), unigram_validity)
-
-        rows += self._samplers(
-            models["transformer"],
-            length,
-            count,
-            lambda ids: piece_set(ids, validity),
-            {"A": selection, "B": reference},
-            {k: real[k]["distance"] for k in qm.STATISTICS},
-            unigram,
-        )
-        return rows
+        return rows + sampler_rows
 
     # -- part 3 ---------------------------------------------------------------------------
     def _cause(self, model, pieces: list[list[int]], tokenizer) -> list[dict[str, Any]]:
@@ -560,18 +580,18 @@ class QualityRun:
         ]
 
     def _samplers(
-        self, model, length, count, piece_set, halves, real, unigram
-    ) -> list[dict[str, Any]]:
-        """Rows of the sampler comparison (see `quality_cause.SAMPLERS`). `halves`: the
-        held-out halves' piece sets ("A", "B"); `real`: their distance per statistic
-        (real against real); `unigram(settings)`: the unigram model's samples under
-        the same settings, the baseline of each row. The choices are made on half A
-        (the best policy, then the pick among its temperature and top-p variants: the
+        self, model, mode, length, count, piece_set, halves, real, unigram
+    ) -> tuple[list[dict[str, Any]], dict[str, Any], tuple[list, list, float]]:
+        """The sampler comparison of one mode's `model` (see `quality_cause.SAMPLERS`):
+        its rows, the settings it picks, and the pieces sampled with them (masked, free,
+        seconds) for the music table. `piece_set(masked, free)` measures pieces;
+        `halves`: the held-out halves' piece sets ("A", "B"); `real`: their distance per
+        statistic (real against real); `unigram(settings)`: the unigram model's samples
+        under the same settings, the baseline of each row. The choices are made on half
+        A (the best policy, then the pick among its temperature and top-p variants: the
         smallest mean distance to A as a multiple of real against real, over the
         statistics whose real distance is not 0) and every row is reported against
         half B, so the reported figures are of music the choice never saw."""
-        import torch
-
         from benchmarks import quality_cause as qc
         from benchmarks import quality_music as qm
         from stretto.engine import generate
@@ -580,17 +600,16 @@ class QualityRun:
         shape = f"{b.preset}-T{length}-P{count}"
         why = qc.sampler_support(generate)  # model.generate forwards its options to it
         if why is not None:
-            return [
-                skipped_row(
-                    SUITE,
-                    f"skipped: sampler comparison: {why}",
-                    provider="transformer",
-                    mode="sampler",
-                    shape=shape,
-                    seq_len=length,
-                    dtype="float32",
-                )
-            ]
+            row = skipped_row(
+                SUITE,
+                f"skipped: sampler comparison: {why}",
+                provider=mode,
+                mode="sampler",
+                shape=shape,
+                seq_len=length,
+                dtype="float32",
+            )
+            return [row], {}, self._sample(model, {}, length, count)
 
         def distances(pieces, held) -> dict[str, dict]:
             return {k: qm.distance(pieces, held, k) for k in qm.STATISTICS}
@@ -602,15 +621,12 @@ class QualityRun:
             kept = [m for m in multiples if m is not None]
             return sum(kept) / len(kept) if kept else float("inf")
 
+        samples = {}
+
         def measure(name: str, settings: dict[str, Any]) -> dict[str, Any]:
-            progress(f"[quality] sampler: {name}")
-            start = time.perf_counter()
-            with torch.inference_mode():
-                ids = model.generate(
-                    max_new_tokens=length - 1, batch_size=count, seed=b.seeds[0], **settings
-                )
-            seconds = time.perf_counter() - start
-            s = piece_set(_strip(ids.tolist(), self.vocab))
+            progress(f"[quality] sampler: {mode}, {name}")
+            masked, free, seconds = samples[name] = self._sample(model, settings, length, count)
+            s = piece_set(masked, free)
             distance = distances(s, halves["B"])
             closer = _closer(distance, distances(unigram(settings), halves["B"]))
             as_real = sum(
@@ -619,6 +635,7 @@ class QualityRun:
             summary = s.summary()
             extra = dict(
                 self.what,
+                model_mode=mode,
                 settings=settings,
                 polyphony=summary["polyphony"]["mean"],
                 closed_by_model=summary["closed_by_model"]["mean"],
@@ -638,7 +655,7 @@ class QualityRun:
                 "seq_len": length,
                 "dtype": "float32",
                 "median_ms": seconds * 1e3,
-                "tokens_per_s": count * length / seconds,
+                "tokens_per_s": 2 * count * length / seconds,
                 "extra": extra,
             }
 
@@ -650,16 +667,18 @@ class QualityRun:
         best = chosen(rows)
         best["extra"]["best"] = True
         rows += [measure(n, s) for n, s in qc.sampler_variants(best["provider"])]
-        chosen(rows)["extra"]["pick"] = True
-        return rows
+        pick = chosen(rows)
+        pick["extra"]["pick"] = True
+        return rows, pick["extra"]["settings"], samples[pick["provider"]]
 
-    def _sample_mode(self, mode: str, length: int, count: int, **overrides):
+    def _train_mode(self, mode: str, length: int, **overrides):
+        """A model of `mode` (the preset with `overrides`) trained for the budget's steps
+        on windows of `length` tokens, in eval mode, and what its row records."""
         import torch
 
         from stretto.engine import MusicModel
         from stretto.engine.data import BatchStream
         from stretto.engine.evaluation import held_out_batches, measure
-        from stretto.engine.generate import LISTENING_SAMPLING as SAMPLING
 
         b = self.budget
         seed = b.seeds[0]
@@ -678,42 +697,47 @@ class QualityRun:
         model = trainer.model.eval()
         held, files = held_out_batches(val, windows=b.eval_windows, batch_size=8)
         measured = measure(model, held, files, step=b.steps)
-        start = time.perf_counter()
-        with torch.inference_mode():
-            kw = dict(max_new_tokens=length - 1, batch_size=count, seed=seed, **SAMPLING)
-            masked = model.generate(constrained=True, **kw)
-            free = model.generate(constrained=False, **kw)
-        sample_s = time.perf_counter() - start
         extra = {
             "kind": "model",
             "model_mode": mode,
-            "sampling": SAMPLING,
             "note_state": config.note_state,
             "steps": b.steps,
             "train_s": train_s,
-            "sample_s": sample_s,
             "held_out": {k: v for k, v in measured.items() if k != "kl_dims"},
         }
-        masked, free = _strip(masked.tolist(), self.vocab), _strip(free.tolist(), self.vocab)
-        return masked, free, extra, model
+        return model, extra
+
+    def _sample(self, model, settings: dict[str, Any], length: int, count: int):
+        """`count` pieces of `length` tokens from START with `settings`, under the grammar
+        mask and without it (for `validity`), PAD and END stripped: (masked, free,
+        seconds)."""
+        import torch
+
+        start = time.perf_counter()
+        with torch.inference_mode():
+            kw = dict(max_new_tokens=length - 1, batch_size=count, seed=self.budget.seeds[0])
+            masked = model.generate(constrained=True, **kw, **settings)
+            free = model.generate(constrained=False, **kw, **settings)
+        seconds = time.perf_counter() - start
+        return _strip(masked.tolist(), self.vocab), _strip(free.tolist(), self.vocab), seconds
 
     def _unigram_samples(
         self, baselines, count: int, length: int, grammar, settings: dict | None = None
     ) -> list[list[int]]:
         """`count` sequences of `length` tokens from START, i.i.d. from the training
         unigram distribution, under `grammar`'s rules when given, sampled as a model is
-        by `generate` with `settings` (default: `LISTENING_SAMPLING` and `generate`'s
+        by `generate` with `settings` (default: `generate`'s own temperature, top-p and
         policies): the temperature, then the grammar and its policies, then top-p."""
         import inspect
 
         import torch
 
         from stretto.engine import generate, sample
-        from stretto.engine.generate import LISTENING_SAMPLING, policy_logits
+        from stretto.engine.generate import policy_logits
 
         defaults = inspect.signature(generate).parameters
         chosen = {k: defaults[k].default for k in ("note_off", "at_limit", "temperature", "top_p")}
-        chosen |= LISTENING_SAMPLING | (settings or {})
+        chosen |= settings or {}
         policies = {k: chosen[k] for k in ("note_off", "at_limit")}
         temperature, top_p = chosen["temperature"], chosen["top_p"]
 

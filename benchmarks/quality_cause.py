@@ -36,7 +36,7 @@ SAMPLERS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("spread", {"note_off": "spread", "at_limit": "freeze"}),
     ("spread+release", {"note_off": "spread", "at_limit": "release"}),
 )
-TEMPERATURES = (1.0, 0.9, 0.8)
+TEMPERATURES = (1.0, 0.9, 0.8, 0.7)
 TOP_PS = (None, 0.95, 0.9)
 
 

@@ -318,15 +318,21 @@ def _largest(row: Mapping[str, Any], stat: str) -> float | None:
 
 def _sampling_sentence(rows: Sequence[Mapping[str, Any]]) -> str:
     """How the music table's sources sampled, as its rows record it ("" if they do not)."""
-    settings = {
-        json.dumps(r["extra"]["sampling"], sort_keys=True)
+    sampled = {
+        r["provider"]: json.dumps(r["extra"]["sampling"], sort_keys=True)
         for r in quality_rows(rows, "generated-vs-held-out")
         if r["extra"].get("sampling")
     }
-    if len(settings) != 1:
+    if not sampled:
         return ""
-    sampling = ", ".join(f"{k}={v}" for k, v in json.loads(settings.pop()).items())
-    return f" Models and unigram sampled with {sampling} (`LISTENING_SAMPLING`)."
+
+    def words(settings: str) -> str:
+        return ", ".join(f"{k}={v}" for k, v in json.loads(settings).items())
+
+    if len(set(sampled.values())) == 1:
+        return f" Models and unigram sampled with {words(next(iter(sampled.values())))}."
+    each = "; ".join(f"{name}: {words(s)}" for name, s in sampled.items())
+    return f" Each source sampled with (every mode with its pick of the samplers): {each}."
 
 
 def silence_verdicts(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -427,6 +433,7 @@ def sampler_table(rows: Sequence[Mapping[str, Any]]) -> str:
     if not any(is_measured(r) for r in found):
         return "\n".join(f"- {r['status']}" for r in found)
     header = [
+        "model",
         "sampler",
         "settings",
         "polyphony (notes)",
@@ -438,12 +445,14 @@ def sampler_table(rows: Sequence[Mapping[str, Any]]) -> str:
     ]
     body = []
     for r in found:
+        e = r.get("extra") or {}
+        model = e.get("model_mode", "transformer")  # runs before 2026-12-07: one model
         if not is_measured(r):
-            body.append([r["provider"], r["status"]] + [""] * (len(header) - 2))
+            body.append([model, r["provider"], r["status"]] + [""] * (len(header) - 3))
             continue
-        e = r["extra"]
         body.append(
             [
+                model,
                 r["provider"]
                 + (" (best)" if e.get("best") else "")
                 + (" (pick)" if e.get("pick") else ""),
@@ -555,6 +564,20 @@ DELETION_NOTE = (
     "releases go missing."
 )
 SAMPLER_NOTE = (
+    "Each mode's model sampled under each sampler setting (the music table's seed and "
+    "count, with and without the grammar mask: validity from the unconstrained "
+    "samples), then temperature and top-p on the best setting; `closer than unigram`: "
+    "than the unigram model sampled with the same settings; `as close as real`: "
+    "statistics whose distance is at most real against real; `mean multiple of real`: "
+    "the statistics' distances as multiples of real against real, averaged (validity, "
+    "0 between real halves, left out). `best` and `pick` (the best of every row of its "
+    "model) are chosen against held-out half A, by the smallest mean multiple; the "
+    "columns are measured against half B, which the choice never saw. The music table "
+    "samples each mode with its pick."
+)
+# Runs of 2026-12-06: the transformer's comparison alone, the music table sampled with
+# LISTENING_SAMPLING.
+SAMPLER_NOTE_ONE_MODEL = (
     "The transformer model's samples under each sampler setting (same seed and count "
     "as the music table; validity from its unconstrained samples), then temperature "
     "and top-p on the best setting; `closer than unigram`: than the unigram model "
@@ -586,8 +609,10 @@ SAMPLER_NOTE_HALF_A_COUNTS = (
 
 def _sampler_note(rows: Sequence[Mapping[str, Any]]) -> str:
     extras = [r.get("extra") or {} for r in quality_rows(rows, "sampler")]
-    if any("mean_multiple" in e for e in extras):
+    if any("model_mode" in e for e in extras):
         return SAMPLER_NOTE
+    if any("mean_multiple" in e for e in extras):
+        return SAMPLER_NOTE_ONE_MODEL
     if any("selection_key" in e for e in extras):
         return SAMPLER_NOTE_HALF_A_COUNTS
     return SAMPLER_NOTE_HALF_B

@@ -51,14 +51,20 @@ if TYPE_CHECKING:  # annotations only: model.py imports this module
     from .model import MusicModel
 
 STOP_CHECK_EVERY = 32  # steps between the host syncs that ask "has every sequence ended?"
-# The sampling `stretto generate`, the demo and the audit use (`generate()` itself keeps
-# temperature 1 without top-p, the model's own distribution): the quality suite's pick
-# among temperatures 0.8-1 and top-p 0.9-1 (run 2026-12-06-edca86f: a tiny transformer
-# trained on the dev corpus, chosen on held-out half A by the smallest mean distance as a
-# multiple of real against real). Against half B, which the choice never saw: polyphony
-# 5.56 notes against 4.87, 91.6% of the notes closed by a NOTE_OFF, mean multiple 1.14;
-# temperature 1 alone 9.19 notes, 82.1%, 2.25.
-LISTENING_SAMPLING = {"temperature": 1.0, "top_p": 0.9}
+# The sampling `stretto generate`, the demo and the audit use for a model of each mode
+# (`generate()` itself keeps temperature 1 without top-p, the model's own
+# distribution): the quality suite's pick for that mode among its grammar policies,
+# then temperatures and top-p values, chosen on held-out half A by the smallest mean
+# distance as a multiple of real against real, and read on half B, which the choice
+# never saw (the run is named in docs/engine.md, Generation).
+_PICK = {"note_off": "spread", "at_limit": "release", "temperature": 1.0, "top_p": 0.9}
+LISTENING_SAMPLING: dict[str, dict[str, str | float | None]] = {
+    "transformer": dict(_PICK),
+    "vae": dict(_PICK),
+    "vae_gan": dict(_PICK),
+}
+
+
 # compile_step="auto": compile when a call decodes at least this many tokens per row on
 # a device of this type. CPU (small preset, batch 1, generate suite of 2026-12-06): the
 # compiled step saves 1.76 ms a token and its first call in a process costs 4.0 s more
@@ -68,7 +74,15 @@ LISTENING_SAMPLING = {"temperature": 1.0, "top_p": 0.9}
 AUTO_COMPILE_MIN_TOKENS = {"cpu": 2300}
 
 
-# -- sampling ----------------------------------------------------------------------------
+def listening_sampling(mode: str) -> dict[str, str | float | None]:
+    """The measured sampling for a model of `mode` (`note_off`, `at_limit`,
+    `temperature`, `top_p`): a copy of `LISTENING_SAMPLING[mode]`, for
+    `generate(**listening_sampling(mode))`."""
+    if mode not in LISTENING_SAMPLING:
+        raise ValueError(f"mode must be one of {tuple(LISTENING_SAMPLING)}, got {mode!r}")
+    return dict(LISTENING_SAMPLING[mode])
+
+
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
     if not isinstance(temperature, (int, float)) or isinstance(temperature, bool):
         raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")

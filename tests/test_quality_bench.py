@@ -271,10 +271,13 @@ class SamplerStub:
     def __init__(self):
         self.calls = []
 
-    def generate(self, *, max_new_tokens, batch_size, seed, note_off, at_limit, **sampling):
+    def generate(
+        self, *, max_new_tokens, batch_size, seed, constrained, note_off, at_limit, **sampling
+    ):
         import torch
 
-        self.calls.append(dict(sampling, note_off=note_off, at_limit=at_limit))
+        if constrained:  # each setting samples with the mask, then without it
+            self.calls.append(dict(sampling, note_off=note_off, at_limit=at_limit))
         ids = planted_ids(end=False)
         if note_off == "mask":
             ids = qm.drop_note_offs(ids, 1.0, np.random.default_rng(0))
@@ -287,7 +290,8 @@ def _sampler_rows(half_a: list[int], half_b: list[int]):
 
     tokenizer = MidiTokenizer()
 
-    def piece_set(pieces):
+    def piece_set(pieces, free=None):
+        assert free in (None, pieces)  # the stub samples alike with and without the mask
         stats = [qm.piece_statistics(tokenizer.decode(p)) | qm.note_statistics(p) for p in pieces]
         return qm.PieceSet.of(stats, [1.0] * len(pieces))
 
@@ -308,8 +312,15 @@ def _sampler_rows(half_a: list[int], half_b: list[int]):
         real = {
             k: qm.distance(halves["A"], halves["B"], k)["distance"] or 1.0 for k in qm.STATISTICS
         }
-        rows = run._samplers(model, 16, 2, piece_set, halves, real, unigram)
+        rows, pick, (masked, free, seconds) = run._samplers(
+            model, "vae", 16, 2, piece_set, halves, real, unigram
+        )
     assert asked == [r["extra"]["settings"] for r in rows]
+    assert all(r["extra"]["model_mode"] == "vae" for r in rows)
+    # the pick's settings and pieces, for the music table
+    (picked,) = [r for r in rows if r["extra"].get("pick")]
+    assert pick == picked["extra"]["settings"] and seconds > 0
+    assert masked == free and len(masked) == 2
     return rows, model
 
 
@@ -351,9 +362,11 @@ def test_the_sampler_comparison_is_a_skipped_row_without_the_settings(monkeypatc
         raise AssertionError("not to be called")
 
     monkeypatch.setattr(stretto.engine, "generate", old)
-    (row,) = run._samplers(None, 16, 2, None, None, None, None)
+    monkeypatch.setattr(run, "_sample", lambda model, settings, length, count: ([], [], 0.0))
+    (row,), pick, _ = run._samplers(None, "vae", 16, 2, None, None, None, None)
     assert row["mode"] == "sampler" and row["status"].startswith("skipped: sampler comparison")
-    assert "note_off" in row["status"]
+    assert "note_off" in row["status"] and row["provider"] == "vae"
+    assert pick == {}  # generate's own sampling
 
 
 TINY = dataclasses.replace(

@@ -14,7 +14,7 @@
   probability of about 7%, against 27% with one pass).
 - `polyphony`: the mean number of pitches sounding at once (muspy's measure:
   `stretto.tokenizer.statistics.polyphony`) of `POLYPHONY_PIECES` pieces sampled from
-  START (grammar mask on, `LISTENING_SAMPLING`: the demo's sampling) is at most
+  START (grammar mask on, the mode's `listening_sampling`, as the demo samples) is at most
   `POLYPHONY_MAX_RATIO` times that of held-out windows of as many ids. A sampler that
   stops releasing notes (the grammar mask can take NOTE_OFF's probability away: SPEC,
   "Known pitfalls") piles notes up: windows of 1024 ids of twelve dev files measured
@@ -40,7 +40,7 @@ import torch
 
 from stretto.engine import MusicModel
 from stretto.engine.evaluation import held_out_batches, unigram_nll
-from stretto.engine.generate import LISTENING_SAMPLING
+from stretto.engine.generate import listening_sampling
 from stretto.tokenizer import MidiTokenizer, TokenDataset
 from stretto.tokenizer.statistics import polyphony
 
@@ -54,7 +54,6 @@ POLYPHONY_MAX_RATIO = 2.0
 POLYPHONY_TOKENS = 1024  # ids per piece (capped by the model's max_seq_len)
 POLYPHONY_PIECES = 4
 POLYPHONY_WINDOWS = 16
-SAMPLING = LISTENING_SAMPLING  # what `stretto generate` and the demo sample with
 
 
 def check_held_out(
@@ -105,8 +104,10 @@ def check_discriminator(model: MusicModel, measured: dict[str, Any], n: int) -> 
 
 def generated_pieces(model: MusicModel, tokens: int, pieces: int, seed: int) -> list[np.ndarray]:
     """`pieces` sequences of at most `tokens` ids (START included) sampled from the model
-    under the grammar mask with `SAMPLING`."""
-    ids = model.generate(max_new_tokens=tokens - 1, batch_size=pieces, seed=seed, **SAMPLING)
+    under the grammar mask with the mode's `listening_sampling`, as `stretto generate`
+    and the demo sample."""
+    sampling = listening_sampling(model.config.mode)
+    ids = model.generate(max_new_tokens=tokens - 1, batch_size=pieces, seed=seed, **sampling)
     return [row.cpu().numpy() for row in ids]
 
 

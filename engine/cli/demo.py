@@ -36,7 +36,7 @@ from stretto.engine.cli.demo_corpus import (
 )
 from stretto.engine.cli.pianoroll import save_piano_roll
 from stretto.engine.cli.runs import write_run
-from stretto.engine.generate import LISTENING_SAMPLING
+from stretto.engine.generate import listening_sampling
 from stretto.tokenizer import FileSplit, MidiTokenizer, Vocabulary, validate
 from stretto.tokenizer.audio import SOUNDFONT_PACKAGE, find_soundfont, render_wav
 from stretto.tokenizer.corpus import MANIFEST, build_corpus
@@ -218,7 +218,8 @@ def _generate(mode: str, plan: DemoPlan, out: Path, log: _Log, font: Path | None
 
     model = load_checkpoint(out / mode / "last.pt").model.to(plan.device).eval()
     tokens = min(plan.generate_tokens, model.config.max_seq_len - 1)
-    ids = model.generate(max_new_tokens=tokens, seed=0, **LISTENING_SAMPLING)[0].cpu()
+    sampling = listening_sampling(model.config.mode)
+    ids = model.generate(max_new_tokens=tokens, seed=0, **sampling)[0].cpu()
     problems = validate(ids)
     tok = MidiTokenizer()
     midi = tok.decode_to_file(ids.numpy(), out / mode / "generated.mid")

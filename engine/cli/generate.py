@@ -12,7 +12,7 @@ import torch
 from stretto.engine import load_checkpoint
 from stretto.engine.cli.pianoroll import save_piano_roll
 from stretto.engine.cli.runs import RUN
-from stretto.engine.generate import LISTENING_SAMPLING, interpolate
+from stretto.engine.generate import interpolate, listening_sampling
 from stretto.engine.grammar import DEFAULT_MAX_NOTE_STEPS, DEFAULT_MAX_SILENCE_STEPS
 from stretto.tokenizer import MidiTokenizer, Vocabulary
 from stretto.tokenizer.vocabulary import STEP_SECONDS
@@ -77,17 +77,21 @@ def _encode(path: str, max_tokens: int):
     return torch.as_tensor(ids[:max_tokens], dtype=torch.long)
 
 
-def _sampling(args) -> dict:
+def _sampling(args, mode: str) -> dict:
+    """`generate`'s keywords from the arguments; the sampling not given (temperature,
+    top-p, the NOTE_OFF and note-limit policies) is the one measured for `mode`."""
+    given = {k: getattr(args, k) for k in ("temperature", "top_p", "note_off", "at_limit")}
+    chosen = listening_sampling(mode) | {k: v for k, v in given.items() if v is not None}
     return {
-        "temperature": args.temperature,
+        "temperature": chosen["temperature"],
         "top_k": args.top_k,
-        "top_p": args.top_p,
+        "top_p": chosen["top_p"],
         "seed": args.seed,
         "constrained": not args.unconstrained,
         "max_note_steps": args.max_note_steps,
         "max_silence_steps": args.max_silence_steps,
-        "note_off": args.note_off,
-        "at_limit": args.at_limit,
+        "note_off": chosen["note_off"],
+        "at_limit": chosen["at_limit"],
         "compile_step": {"on": True, "off": False}.get(args.compile, args.compile),
     }
 
@@ -118,7 +122,9 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.prompt:
         limit = args.prompt_tokens or model.config.max_seq_len
         prompt = _encode(args.prompt, limit)
-    ids = model.generate(prompt, max_new_tokens=args.tokens, **_sampling(args))[0]
+    ids = model.generate(prompt, max_new_tokens=args.tokens, **_sampling(args, model.config.mode))[
+        0
+    ]
     notes = _write(ids, out, png, title=f"{out.name}: {len(ids)} tokens")
     print(f"wrote {out} ({len(ids)} tokens, {notes} notes)" + (f" and {png}" if png else ""))
     return 0
@@ -144,7 +150,11 @@ def run_interpolate(args: argparse.Namespace) -> int:
     window = args.window or _trained_length(Path(args.checkpoint))
     pieces = [_encode(piece, window) for piece in (args.a, args.b)]
     _, out = interpolate(
-        model, *pieces, steps=args.steps, max_new_tokens=args.tokens, **_sampling(args)
+        model,
+        *pieces,
+        steps=args.steps,
+        max_new_tokens=args.tokens,
+        **_sampling(args, model.config.mode),
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     for k, ids in enumerate(out):
@@ -168,13 +178,16 @@ def _trained_length(checkpoint: Path) -> int:
 
 def _sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens", type=int, default=1024, help="new tokens (default 1024)")
-    t, top_p = LISTENING_SAMPLING["temperature"], LISTENING_SAMPLING["top_p"]
-    p.add_argument(
-        "--temperature", type=float, default=t, help=f"0 = greedy (default {t}, measured)"
+    measured = (
+        "default: measured for the checkpoint's mode, stretto.engine.generate.LISTENING_SAMPLING"
     )
+    p.add_argument("--temperature", type=float, default=None, help=f"0 = greedy ({measured})")
     p.add_argument("--top-k", type=int, default=None, help="keep the K likeliest tokens")
     p.add_argument(
-        "--top-p", type=float, default=top_p, help=f"nucleus mass in (0, 1] (default {top_p})"
+        "--top-p",
+        type=float,
+        default=None,
+        help=f"nucleus mass in (0, 1], 1 keeps all ({measured})",
     )
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument(
@@ -194,15 +207,15 @@ def _sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--note-off",
         choices=("spread", "mask"),
-        default="spread",
+        default=None,
         help="NOTE_OFFs of silent pitches: give their probability to the sounding pitches "
-        "(spread, default) or drop it (mask)",
+        f"(spread) or drop it (mask) ({measured})",
     )
     p.add_argument(
         "--at-limit",
         choices=("release", "freeze"),
-        default="release",
-        help="a note at --max-note-steps: release it (default) or stop time until it ends",
+        default=None,
+        help=f"a note at --max-note-steps: release it or stop time until it ends ({measured})",
     )
     p.add_argument("--unconstrained", action="store_true", help="sample without the grammar mask")
     p.add_argument(

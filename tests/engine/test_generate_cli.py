@@ -10,6 +10,7 @@ import torch
 
 from stretto.engine import ModelConfig, MusicModel
 from stretto.engine.cli import main
+from stretto.engine.generate import listening_sampling
 from stretto.engine.grammar import DEFAULT_MAX_SILENCE_STEPS
 from stretto.tokenizer import MidiTokenizer, validate
 
@@ -134,7 +135,8 @@ def test_generate_passes_the_sampling_policies(checkpoint, tmp_path, monkeypatch
     monkeypatch.setattr(MusicModel, "generate", spy)
     args = [str(checkpoint("transformer")), "--out", str(tmp_path / "a.mid"), "--tokens", "40"]
     assert main(["generate", *args]) == 0
-    assert (seen["note_off"], seen["at_limit"]) == ("spread", "release")
+    measured = listening_sampling("transformer")
+    assert {k: seen[k] for k in measured} == measured
     policies = ["--note-off", "mask", "--at-limit", "freeze", "--force"]
     assert main(["generate", *args, *policies]) == 0
     assert (seen["note_off"], seen["at_limit"]) == ("mask", "freeze")
@@ -147,3 +149,41 @@ def test_generate_passes_the_sampling_policies(checkpoint, tmp_path, monkeypatch
     assert main(["generate", *args, "--max-silence-steps", "0", "--force"]) != 0
     err = capsys.readouterr().err
     assert "stretto generate: error:" in err and "max_silence_steps must be >= 1" in err
+
+
+def test_each_mode_samples_with_its_measured_sampling(checkpoint, tmp_path, monkeypatch):
+    """A planted table of measured sampling per mode reaches `generate` by the
+    checkpoint's mode, and every flag given overrides its entry."""
+    import importlib
+
+    gen = importlib.import_module("stretto.engine.generate")  # the module, not the function
+    planted = {
+        "transformer": {
+            "note_off": "mask",
+            "at_limit": "freeze",
+            "temperature": 0.8,
+            "top_p": 0.95,
+        },
+        "vae": {"note_off": "spread", "at_limit": "release", "temperature": 0.7, "top_p": None},
+        "vae_gan": {"note_off": "spread", "at_limit": "freeze", "temperature": 0.9, "top_p": 0.9},
+    }
+    monkeypatch.setattr(gen, "LISTENING_SAMPLING", planted)
+    seen = {}
+    original = MusicModel.generate
+
+    def spy(self, *args, **kwargs):
+        seen.update(kwargs)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(MusicModel, "generate", spy)
+    for mode in ("transformer", "vae"):
+        out = tmp_path / f"{mode}.mid"
+        assert main(["generate", str(checkpoint(mode)), "--out", str(out), "--tokens", "20"]) == 0
+        assert {k: seen[k] for k in planted[mode]} == planted[mode], mode
+    given = ["--temperature", "1", "--top-p", "0.5", "--note-off", "spread", "--force"]
+    out = tmp_path / "transformer.mid"
+    assert main(["generate", str(checkpoint("transformer")), "--out", str(out), *given]) == 0
+    assert (seen["temperature"], seen["top_p"], seen["note_off"]) == (1.0, 0.5, "spread")
+    assert seen["at_limit"] == "freeze"  # not given: the measured one
+    with pytest.raises(ValueError, match="mode must be one of"):
+        gen.listening_sampling("gan")
