@@ -533,3 +533,24 @@ def test_the_unigram_baseline_samples_with_the_settings_it_is_given():
         grammar.advance(state, torch.tensor(ids[-1:]))
     assert greedy[0] == ids
     assert walk(temperature=1.0, top_p=None) != greedy
+
+
+def test_the_listening_sampling_is_each_modes_pick_in_the_committed_run():
+    """`LISTENING_SAMPLING` holds, for every mode, the settings the sampler comparison
+    of the run it names picked (a table changed without a run fails here)."""
+    import json
+    from pathlib import Path
+
+    from stretto.engine.generate import LISTENING_SAMPLING
+
+    run = Path(__file__).resolve().parents[1] / "benchmarks/results/cpu-amd-epyc/2026-12-07-00b858f"
+    rows = json.loads((run / "results.json").read_text())
+    rows = rows["rows"] if isinstance(rows, dict) else rows
+    picks = {
+        r["extra"]["model_mode"]: r["extra"]["settings"]
+        for r in rows
+        if r["mode"] == "sampler" and r["extra"].get("pick")
+    }
+    assert picks.keys() == LISTENING_SAMPLING.keys() == set(quality_bench.MODES)
+    for mode, settings in picks.items():
+        assert LISTENING_SAMPLING[mode] == settings, mode
