@@ -107,8 +107,8 @@ def plot_rows(
     colors = {label: palette[i % len(palette)] for i, label in enumerate(labels)}
     for metric, kind, ylabel in METRICS:
         for (suite, mode), providers in sorted(_series(rows, metric).items()):
-            if max(len(points) for points in providers.values()) < 2:
-                continue  # one length is a table entry, not a curve
+            if len({p[0] for points in providers.values() for p in points}) < 2:
+                continue  # one length is a table entry, not a curve (however many rows)
             fig, ax = plt.subplots(figsize=(6.4, 4.2))
             values = []
             for label, points in sorted(providers.items()):

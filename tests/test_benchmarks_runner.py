@@ -177,6 +177,9 @@ def test_plot_skips_unmeasured_lengthless_and_single_length_rows(tmp_path):
             {"provider": "a", "mode": "encode", "shape": "file.mid", "median_ms": 1.0},
             {"provider": "b", "mode": "fwd", "shape": "N512", "status": "skipped: absent"},
             {"provider": "c", "mode": "fwd", "shape": "N512", "median_ms": 2.0},
+            # one provider's rows of several models, all at one length: still no curve
+            {"provider": "d", "mode": "fwd", "shape": "N512", "median_ms": 2.0},
+            {"provider": "d", "mode": "fwd", "shape": "N512", "median_ms": 3.0},
         ]
     ]
     assert plot_rows(rows, tmp_path) == []
