@@ -124,15 +124,21 @@ def test_generation_leaves_the_model_and_autograd_alone(make_model):
     assert model.config == before and model.training and torch.is_grad_enabled()
 
 
-def test_generate_passes_the_sampling_policies(checkpoint, tmp_path, monkeypatch, capsys):
-    seen = {}
+@pytest.fixture
+def seen(monkeypatch) -> dict:
+    """The keywords of the last `MusicModel.generate` call (the call still runs)."""
+    kwargs_seen = {}
     original = MusicModel.generate
 
     def spy(self, *args, **kwargs):
-        seen.update(kwargs)
+        kwargs_seen.update(kwargs)
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(MusicModel, "generate", spy)
+    return kwargs_seen
+
+
+def test_generate_passes_the_sampling_policies(checkpoint, tmp_path, seen, capsys):
     args = [str(checkpoint("transformer")), "--out", str(tmp_path / "a.mid"), "--tokens", "40"]
     assert main(["generate", *args]) == 0
     measured = listening_sampling("transformer")
@@ -151,7 +157,7 @@ def test_generate_passes_the_sampling_policies(checkpoint, tmp_path, monkeypatch
     assert "stretto generate: error:" in err and "max_silence_steps must be >= 1" in err
 
 
-def test_each_mode_samples_with_its_measured_sampling(checkpoint, tmp_path, monkeypatch):
+def test_each_mode_samples_with_its_measured_sampling(checkpoint, tmp_path, monkeypatch, seen):
     """A planted table of measured sampling per mode reaches `generate` by the
     checkpoint's mode, and every flag given overrides its entry."""
     import importlib
@@ -168,14 +174,6 @@ def test_each_mode_samples_with_its_measured_sampling(checkpoint, tmp_path, monk
         "vae_gan": {"note_off": "spread", "at_limit": "freeze", "temperature": 0.9, "top_p": 0.9},
     }
     monkeypatch.setattr(gen, "LISTENING_SAMPLING", planted)
-    seen = {}
-    original = MusicModel.generate
-
-    def spy(self, *args, **kwargs):
-        seen.update(kwargs)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(MusicModel, "generate", spy)
     for mode in ("transformer", "vae"):
         out = tmp_path / f"{mode}.mid"
         assert main(["generate", str(checkpoint(mode)), "--out", str(out), "--tokens", "20"]) == 0
