@@ -492,7 +492,6 @@ class QualityRun:
             "sample_s": unigrams[json.dumps(picks["transformer"], sort_keys=True)][1],
         }
 
-        reference, selection = sets["held-out-B"], sets["held-out-A"]
         every = qm.STATISTICS + qm.NOTE_STATISTICS
         distances = {
             name: {stat: qm.distance(s, reference, stat) for stat in every}

@@ -272,6 +272,13 @@ def _signature(fn, variant: Variant):
     return sig, constexprs, attrs, options
 
 
+def _cuobjdump(flag: str, cubin: str) -> str:
+    """What `cuobjdump FLAG CUBIN` prints (CalledProcessError if it fails)."""
+    return subprocess.run(
+        [_tool("cuobjdump"), flag, cubin], capture_output=True, text=True, check=True
+    ).stdout
+
+
 def _tool(name: str) -> str:
     import triton
 
@@ -300,18 +307,8 @@ def compile_variant(variant: Variant) -> Result:
         with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
             f.write(compiled.asm["cubin"])
             f.flush()
-            usage = subprocess.run(
-                [_tool("cuobjdump"), "--dump-resource-usage", f.name],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-            sass = subprocess.run(
-                [_tool("cuobjdump"), "--dump-sass", f.name],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
+            usage = _cuobjdump("--dump-resource-usage", f.name)
+            sass = _cuobjdump("--dump-sass", f.name)
         fields = dict(re.findall(r"(REG|STACK|LOCAL):(\d+)", usage))
         result.registers = int(fields["REG"])
         result.stack_bytes = int(fields["STACK"])

@@ -122,9 +122,8 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.prompt:
         limit = args.prompt_tokens or model.config.max_seq_len
         prompt = _encode(args.prompt, limit)
-    ids = model.generate(prompt, max_new_tokens=args.tokens, **_sampling(args, model.config.mode))[
-        0
-    ]
+    sampling = _sampling(args, model.config.mode)
+    ids = model.generate(prompt, max_new_tokens=args.tokens, **sampling)[0]
     notes = _write(ids, out, png, title=f"{out.name}: {len(ids)} tokens")
     print(f"wrote {out} ({len(ids)} tokens, {notes} notes)" + (f" and {png}" if png else ""))
     return 0
