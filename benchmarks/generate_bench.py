@@ -30,9 +30,10 @@ at -inf (so every case generates exactly its token count, every row of a batch t
   over the floor of its batch.
 - `matmul-floor`: no generation either: the time one step of B tokens spends in its
   matrix products alone (`matmul_ms`: x @ W.T with x `[B, in]` for every linear layer's
-  weight, the tied head included, eager, one after another), per token: the cost of the
-  weights' arithmetic through torch's own kernels on this machine (memory-bound at
-  batch 1, compute-bound by batch 32). Every measured row carries `x_matmul`, its time
+  weight, the tied head included, one after another, in the forms the compiled step
+  uses: on a CPU those of `stretto.engine.decode_matmul`), per token: the cost of the
+  weights' arithmetic on this machine (memory-bound at batch 1, compute-bound by
+  batch 32). Every measured row carries `x_matmul`, its time
   per token over the matmul floor of its batch: how much the rest of the step
   (attention over the cache, norms, the grammar, sampling, launches) adds.
 The floors are per (preset, length, batch) of the run, so the ratio of two batches'
@@ -241,27 +242,36 @@ def copy_bandwidth(device: str, nbytes: int = COPY_BYTES, repeats: int = 5) -> f
 def matmul_ms(preset: str, device: str, repeats: int = 30, batch: int = 1) -> float:
     """Milliseconds one decoding step of `batch` tokens of `preset` spends in its matrix
     products: `x @ W.T`, x `[batch, in]`, for the weight of every `nn.Linear` of a
-    transformer-mode model (the head is the embedding, read once), eager, in the model's
-    order; the median of `repeats` passes after 3 untimed ones."""
+    transformer-mode model (the head is the embedding, read once), in the model's order,
+    done as the compiled step does them: on a CPU compiled with the step's own matmul
+    pass (`stretto.engine.decode_matmul`), elsewhere eager; the median of `repeats`
+    passes after 3 untimed ones."""
     import statistics
 
     import torch
     from torch import nn
 
     from stretto.engine import ModelConfig, MusicModel
+    from stretto.engine.decode_matmul import DECODE_MATMULS
     from stretto.tokenizer import Vocabulary
 
     config = ModelConfig.from_vocab(Vocabulary(), mode="transformer", preset=preset)
     model = MusicModel(config).to(device)
     weights = [m.weight.detach() for m in model.modules() if isinstance(m, nn.Linear)]
     inputs = [torch.randn(batch, w.shape[1], device=device) for w in weights]
+
+    def products(inputs: list[torch.Tensor], weights: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [torch.nn.functional.linear(x, w) for x, w in zip(inputs, weights, strict=True)]
+
+    if device == "cpu":
+        options = {"post_grad_custom_post_pass": DECODE_MATMULS}
+        products = torch.compile(products, fullgraph=True, dynamic=False, options=options)
     times = []
     with torch.no_grad():
         for i in range(repeats + 3):
             synchronize(device)
             start = time.perf_counter()
-            for x, w in zip(inputs, weights, strict=True):
-                torch.nn.functional.linear(x, w)
+            products(inputs, weights)
             synchronize(device)
             if i >= 3:
                 times.append((time.perf_counter() - start) * 1e3)

@@ -37,6 +37,7 @@ from torch._inductor import list_mode_options
 
 from stretto.tokenizer.vocabulary import Vocabulary
 
+from .decode_matmul import DECODE_MATMULS
 from .grammar import (
     DEFAULT_MAX_NOTE_STEPS,
     DEFAULT_MAX_SILENCE_STEPS,
@@ -340,7 +341,9 @@ class DecodeStep:
     `torch.compile(fullgraph=True, dynamic=False)`: on CUDA with
     `mode="reduce-overhead"`, which asks Inductor to capture the step as a CUDA graph
     and replay it for each token, elsewhere with the default mode. A string picks
-    another `torch.compile` mode (`torch._inductor.list_mode_options()`).
+    another `torch.compile` mode (`torch._inductor.list_mode_options()`). On the CPU
+    the step is compiled with that mode's options and `decode_matmul.DECODE_MATMULS`,
+    which does its matrix products at the speed of reading the weights.
 
     Inductor captures a graph only if the inputs the step mutates are static; otherwise
     it skips the graph without an error (a log line and a counter). The tensors of the
@@ -378,11 +381,18 @@ class DecodeStep:
         if self.compiled:
             for t in self.static_tensors():
                 torch._dynamo.mark_static_address(t)
+            device = next(model.parameters()).device
             mode = compile
             if compile is True:
-                device = next(model.parameters()).device
                 mode = "reduce-overhead" if device.type == "cuda" else None
-            fn = torch.compile(fn, fullgraph=True, dynamic=False, mode=mode)
+            if device.type == "cpu":  # the mode's options and the CPU's matrix products
+                options = {
+                    **list_mode_options(mode or "default"),
+                    "post_grad_custom_post_pass": DECODE_MATMULS,
+                }
+                fn = torch.compile(fn, fullgraph=True, dynamic=False, options=options)
+            else:
+                fn = torch.compile(fn, fullgraph=True, dynamic=False, mode=mode)
         self._fn = fn
 
     def static_tensors(self) -> tuple[torch.Tensor, ...]:

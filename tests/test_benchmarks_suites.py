@@ -98,6 +98,7 @@ def test_the_matmul_floor_multiplies_every_linear_weight_once(monkeypatch):
     from torch import nn
 
     from stretto.engine import ModelConfig, MusicModel
+    from stretto.engine.decode_matmul import DECODE_MATMULS
     from stretto.tokenizer import Vocabulary
 
     config = ModelConfig.from_vocab(Vocabulary(), mode="transformer", preset="tiny")
@@ -111,11 +112,21 @@ def test_the_matmul_floor_multiplies_every_linear_weight_once(monkeypatch):
         seen.append((x.shape[0], tuple(w.shape)))
         return linear(x, w, *args)
 
+    compiled = []
+
+    def eager_compile(fn, **kwargs):  # what it compiles, run eagerly so each call counts
+        compiled.append(kwargs)
+        return fn
+
     monkeypatch.setattr(torch.nn.functional, "linear", counting)
+    monkeypatch.setattr(torch, "compile", eager_compile)
     for batch in (1, 8):
         seen.clear()
         assert generate_bench.matmul_ms("tiny", "cpu", repeats=2, batch=batch) > 0
         assert seen == [(batch, shape) for shape in expected] * 5  # 3 untimed, then 2
+    # On the CPU the products are compiled as the decoding step compiles its own.
+    passes = [kw["options"]["post_grad_custom_post_pass"] for kw in compiled]
+    assert passes == [DECODE_MATMULS, DECODE_MATMULS]
 
 
 def test_the_floor_counts_every_weight_once_and_every_cache_tensor():

@@ -122,8 +122,24 @@ def test_a_cache_tensor_left_unmarked_is_found(make_model, windows, plant):
 
 
 def _compile_with(monkeypatch, backend) -> None:
-    """`torch.compile` as DecodeStep calls it (its arguments kept), with `backend`."""
+    """`torch.compile` as DecodeStep calls it (its arguments kept), with `backend`, which
+    receives the call's `options` (or `mode`) as keywords."""
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=backend))
+
+
+class _CountingInductor:
+    """Inductor with the options `torch.compile` was given, counting the frames it
+    compiles."""
+
+    def __init__(self):
+        self.frame_count = 0
+
+    def __call__(self, gm, example_inputs, options=None, mode=None):
+        from torch._inductor import list_mode_options
+
+        self.frame_count += 1
+        options = {**list_mode_options(mode or "default"), **(options or {})}
+        return torch._inductor.compile(gm, example_inputs, options=options)
 
 
 @pytest.mark.parametrize("kind", list(STEP_MODELS))
@@ -134,7 +150,7 @@ def test_compiled_decode_step_graph_inputs_are_static_but_the_token(
     step's static tensors, each of them marked."""
     graphs = []
 
-    def record(gm, example_inputs):
+    def record(gm, example_inputs, **options):
         graphs.append(list(example_inputs))
         return gm.forward
 
@@ -158,10 +174,8 @@ def test_compiled_decode_step_compiles_once_and_equals_eager(make_model, windows
     """The step as `generate(compile_step=True)` builds it, with Inductor: one compile
     for 100 tokens, each step's logits equal to the eager step's; no CUDA graph asked
     for on the CPU, so none skipped."""
-    from torch._dynamo.testing import CompileCounterWithBackend
-
     torch._dynamo.reset()
-    counter = CompileCounterWithBackend("inductor")
+    counter = _CountingInductor()
     _compile_with(monkeypatch, counter)
     model, ids, z = _model(make_model, windows, "vae")
     eager = _prefilled_step(model, ids, z)
@@ -262,10 +276,8 @@ def test_a_second_generate_of_the_same_shapes_does_not_compile_again(make_model,
     """The compile is paid once per process: the second `generate` with the same shapes
     (a new cache, a new grammar, another seed) reuses the compiled token step; another
     number of tokens (other cache shapes) compiles once more."""
-    from torch._dynamo.testing import CompileCounterWithBackend
-
     torch._dynamo.reset()
-    counter = CompileCounterWithBackend("inductor")
+    counter = _CountingInductor()
     _compile_with(monkeypatch, counter)
     model = make_model("transformer").eval()
     model.generate(max_new_tokens=40, seed=0, compile_step=True)
@@ -284,7 +296,7 @@ def test_compiled_token_step_graph_inputs_are_static_but_the_noise(make_model, m
 
     graphs = []
 
-    def record(gm, example_inputs):
+    def record(gm, example_inputs, **options):
         graphs.append(list(example_inputs))
         return gm.forward
 
