@@ -10,6 +10,11 @@ at -inf (so every case generates exactly its token count, every row of a batch t
 - `compiled`: `generate(compile_step=True)`, the whole token step (model, grammar,
   sampling, grammar update) compiled; steady state (the warm-up is a whole generation
   of the same shapes, so the timed one compiles nothing).
+- `compiled-aten-mm`, `compiled-broadcast`, `compiled-onednn` (CPU): `compiled` with
+  every matrix product of the step in one form of `stretto.engine.decode_matmul`
+  (`MATMUL_FORMS`): left to `aten.mm`, a broadcast sum, oneDNN's linear, whatever the
+  rows; side by side with `compiled` they show what each form costs at each batch, the
+  measurement behind `BROADCAST_MAX_ROWS`. Run only when `--provider` names them.
 - `compiled-first-call`: the same in a fresh process whose Inductor cache is empty (a
   new machine): the compile and the generation together, what a first `stretto
   generate --compile on` costs.
@@ -74,6 +79,9 @@ PROVIDERS = (
     "cached",
     "cached-constrained",
     "compiled",
+    "compiled-aten-mm",
+    "compiled-broadcast",
+    "compiled-onednn",
     "compiled-first-call",
     "compiled-disk-cache",
     "full-forward",
@@ -81,9 +89,16 @@ PROVIDERS = (
     "hf-llama-static",
 )
 FLOORS = ("floor", "matmul-floor")  # rows of every run, measured without generating
-BATCHED_PROVIDERS = ("cached-constrained", "compiled", "hf-llama")
+# The products of the compiled step in one form: DECODE_MATMULS's broadcast_max_rows and
+# onednn for each provider.
+MATMUL_FORMS = {
+    "compiled-aten-mm": (0, False),
+    "compiled-broadcast": (2**31, False),
+    "compiled-onednn": (0, True),
+}
+BATCHED_PROVIDERS = ("cached-constrained", "compiled", *MATMUL_FORMS, "hf-llama")
 BATCH_SIZES = (1, 8, 32)  # quick: 1
-STEADY = ("compiled", "hf-llama-static")  # warm up on the measured shapes
+STEADY = ("compiled", *MATMUL_FORMS, "hf-llama-static")  # warm up on the measured shapes
 COPY_BYTES = 2**28  # the buffer `copy_bandwidth` copies: far past any cache level
 FULL_FORWARD_MAX_TOKENS = 2048  # quadratic in the generated length beyond this
 WARMUP_TOKENS = 8  # the warm-up generation before each measured one
@@ -132,6 +147,10 @@ def build_case(
     never_end = torch.zeros(vocab.size, device=device)
     never_end[vocab.END] = float("-inf")
     model.head.register_forward_hook(lambda module, args, out: out + never_end)
+    if provider in MATMUL_FORMS:  # one child process per case: set for this case only
+        from stretto.engine.decode_matmul import DECODE_MATMULS
+
+        DECODE_MATMULS.broadcast_max_rows, DECODE_MATMULS.onednn = MATMUL_FORMS[provider]
 
     if provider in ("cached", "cached-constrained") or provider.startswith("compiled"):
         options = {
@@ -218,6 +237,8 @@ def _provider_unavailable(provider: str, device: str) -> str | None:
         return "transformers is not installed (pip install -e '.[hf]')"
     if provider in ("compiled-first-call", "compiled-disk-cache") and device.startswith("cuda"):
         return "a first call is measured in a fresh process, on the CPU only"
+    if provider in MATMUL_FORMS and device.startswith("cuda"):
+        return "the forms of stretto.engine.decode_matmul are the CPU step's"
     return None
 
 
@@ -317,7 +338,10 @@ def _cases(
     grid: tuple[Sequence[str], Sequence[int], Sequence[int]], providers: Sequence[str] | None
 ) -> list[tuple[str, int, int, str]]:
     """(preset, generated length, batch, provider) of every measured row."""
-    chosen = [v for v in PROVIDERS if providers is None or v in providers]
+    if providers is None:
+        chosen = [v for v in PROVIDERS if v not in MATMUL_FORMS]
+    else:
+        chosen = [v for v in PROVIDERS if v in providers]
     presets, lengths, batches = grid
     return [
         (p, n, b, v)
@@ -455,9 +479,11 @@ def run(
             continue
         key = (preset, tokens, batch)
         inductor_cache = None
-        if provider == "compiled" and not device.startswith("cuda"):
+        if provider in ("compiled", *MATMUL_FORMS) and not device.startswith("cuda"):
             # a folder for the CPU child (CUDA runs in this process: its cache stays put)
-            inductor_cache = caches[key] = tempfile.mkdtemp(dir=scratch.name)
+            inductor_cache = tempfile.mkdtemp(dir=scratch.name)
+            if provider == "compiled":
+                caches[key] = inductor_cache
         elif provider == "compiled-first-call":
             inductor_cache = tempfile.mkdtemp(dir=scratch.name)
         elif provider == "compiled-disk-cache":

@@ -206,6 +206,45 @@ def test_batches_are_asked_of_the_batched_providers_only():
         )
 
 
+def test_the_matmul_form_providers_run_only_when_named():
+    grid = (("small",), (2048,), (1, 8))
+    every = {v for _, _, _, v in generate_bench._cases(grid, None)}
+    assert every == set(generate_bench.PROVIDERS) - set(generate_bench.MATMUL_FORMS)
+    cases = generate_bench._cases(grid, ["compiled", "compiled-onednn"])
+    assert [(b, v) for _, _, b, v in cases] == [
+        (1, "compiled"),
+        (1, "compiled-onednn"),
+        (8, "compiled"),
+        (8, "compiled-onednn"),
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "provider, form",
+    [("compiled-broadcast", "broadcast"), ("compiled-onednn", "onednn"), ("compiled", None)],
+)
+def test_a_matmul_form_provider_compiles_every_product_in_its_form(monkeypatch, provider, form):
+    """At batch 3 the step's own choice is oneDNN; `compiled-broadcast` makes every
+    product a broadcast sum, `compiled-onednn` keeps oneDNN, and the case generates."""
+    import torch
+    import torch._inductor.config as inductor_config
+
+    from stretto.engine.decode_matmul import DECODE_MATMULS, onednn_available
+
+    if not onednn_available():
+        pytest.skip("this torch has no oneDNN")
+    for name in ("broadcast_max_rows", "onednn"):  # restored after the test
+        monkeypatch.setattr(DECODE_MATMULS, name, getattr(DECODE_MATMULS, name))
+    torch._dynamo.reset()
+    before = dict(DECODE_MATMULS.rewritten)
+    with inductor_config.patch(fx_graph_cache=False):
+        out = generate_bench.build_case(provider, "tiny", 4, "cpu", batch=3)()
+    assert out.shape == (3, 5)
+    done = {k: DECODE_MATMULS.rewritten[k] - before[k] for k in before}
+    assert done[form or "onednn"] > 0 and sum(done.values()) == done[form or "onednn"], done
+
+
 def test_generate_skips_the_no_cache_baseline_past_its_limit(monkeypatch):
     # a full run asks for 8192 tokens, past FULL_FORWARD_MAX_TOKENS: a skipped row, and
     # the cases before and after it are still measured

@@ -322,3 +322,26 @@ def test_compiled_token_step_graph_inputs_are_static_but_the_noise(make_model, m
     assert {id(t) for t in step.state.tensors()} <= held
     assert {id(t) for t in step.grammar.tables("cpu").values()} <= held
     assert id(step.logits) in held and id(step.ended) in held
+
+
+@pytest.mark.slow
+def test_only_the_first_token_checks_every_guard(make_model, monkeypatch):
+    """A compiled generation checks Dynamo's guards in full at its first token (where a
+    new shape recompiles) and only the differentiating ones for the rest, entered
+    once; an eager one changes no stance. The tokens are the eager ones."""
+    stances = []
+    real = torch.compiler.set_stance
+
+    def recording(*args, **kwargs):
+        stances.append((args, kwargs))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.compiler, "set_stance", recording)
+    torch._dynamo.reset()
+    model = make_model("transformer").eval()
+    kw = dict(max_new_tokens=40, seed=3, batch_size=2, temperature=0.9)
+    eager = model.generate(**kw)
+    assert stances == []
+    compiled = model.generate(**kw, compile_step=True)
+    assert stances == [(("default",), {"skip_guard_eval_unsafe": True})]
+    assert torch.equal(compiled, eager)
