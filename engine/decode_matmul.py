@@ -3,10 +3,11 @@
 A decoding step multiplies a few rows (one per sequence of the batch) by every weight
 matrix of the model, so its time is the time to read the weights. Inductor hands each
 such product to `aten.mm`, which on the CPU calls the BLAS torch was built with; with
-MKL on an AMD EPYC that reads the weights at a fraction of the machine's speed
-(benchmarks/results, generate suite: the `matmul-floor` rows before run 2026-12-07-...
-timed `F.linear` at 1.6-2.5x the copy floor). `DECODE_MATMULS`, the Inductor graph pass
-`DecodeStep` compiles its CPU step with, rewrites every `mm` and `addmm` of the step:
+MKL on an AMD EPYC that reads the weights at a fraction of the machine's speed (the
+generate suite's `matmul-floor` rows of run 2026-12-07-3b5705d, `F.linear` eager, took
+1.8x the copy floor's time at the small preset and 2.5x at the base). `DECODE_MATMULS`,
+the Inductor graph pass `DecodeStep` compiles its CPU step with, rewrites every `mm` and
+`addmm` of the step:
 
 - at most `BROADCAST_MAX_ROWS` rows: as the rows broadcast against the weight and summed
   over the inner dimension, which Inductor turns into one vectorized loop that streams
@@ -15,10 +16,12 @@ timed `F.linear` at 1.6-2.5x the copy floor). `DECODE_MATMULS`, the Inductor gra
   (`onednn_linear`), which blocks the product for the cache whatever the CPU's vendor;
 - anything else is left to `aten.mm`.
 
-`BROADCAST_MAX_ROWS` was chosen by generating 1,024 tokens with the compiled small
-preset, each form against the other, at batch 1, 2, 4, 8 and 32 (docs/engine.md,
-Compiled generation): the broadcast form is the faster at 1 and 2 rows, oneDNN from 4.
-The generate suite's `matmul-floor` rows time the products in the same forms.
+`BROADCAST_MAX_ROWS` comes from the generate suite's `compiled-aten-mm`,
+`compiled-broadcast` and `compiled-onednn` providers, the compiled small preset with
+every product in one form, side by side at batch 1, 2, 4, 8 and 32 (docs/engine.md,
+"Compiled generation: measured"): the broadcast form is the fastest at 1 and 2 rows,
+oneDNN from 8, the two level at 4. The suite's `matmul-floor` rows time the products in
+the forms the step uses.
 """
 
 from __future__ import annotations

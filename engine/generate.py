@@ -68,12 +68,12 @@ LISTENING_SAMPLING: dict[str, dict[str, str | float | None]] = {
 
 
 # compile_step="auto": compile when a call decodes at least this many tokens per row on
-# a device of this type. CPU (small preset, batch 1, generate suite of 2026-12-06): the
-# compiled step saves 1.76 ms a token and its first call in a process costs 4.0 s more
-# with Inductor's disk cache warm (20.8 s on a machine's first compile), so it repays
-# itself from about 2,300 tokens; batches save more per step. A device type without a
-# measurement decodes eagerly.
-AUTO_COMPILE_MIN_TOKENS = {"cpu": 2300}
+# a device of this type. CPU (small preset, batch 1, generate run 2026-12-07-974a079):
+# with Inductor's disk cache warm, the first compiled call in a process takes 4.20 s for
+# 1,024 tokens and 5.01 s for 2,048, eager 3.60 s and 8.13 s, so compiling pays from
+# about 1,200 tokens (where the two lines cross); the base preset gains more per token,
+# batches more per step. A device type without a measurement decodes eagerly.
+AUTO_COMPILE_MIN_TOKENS = {"cpu": 1200}
 
 
 def listening_sampling(mode: str) -> dict[str, str | float | None]:

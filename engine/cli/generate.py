@@ -222,7 +222,7 @@ def _sampling_arguments(p: argparse.ArgumentParser) -> None:
         choices=("auto", "on", "off"),
         default="auto",
         help="compile the token step (the same tokens, faster once compiled): on, off, or "
-        "auto (default: from 2,300 tokens on a CPU, where that repays the compile; eager on "
+        "auto (default: from 1,200 tokens on a CPU, where that repays the compile; eager on "
         "devices not measured yet)",
     )
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if present)")
