@@ -20,7 +20,7 @@ the Inductor graph pass `DecodeStep` compiles its CPU step with, rewrites every 
 `compiled-broadcast` and `compiled-onednn` providers, the compiled small preset with
 every product in one form, side by side at batch 1, 2, 4, 8 and 32 (docs/engine.md,
 "Compiled generation: measured"): the broadcast form is the fastest at 1 and 2 rows,
-oneDNN from 8, the two level at 4. The suite's `matmul-floor` rows time the products in
+oneDNN from 4. The suite's `matmul-floor` rows time the products in
 the forms the step uses.
 """
 
@@ -99,7 +99,11 @@ class DecodeMatmuls(CustomGraphPass):
             return None
         if a.shape[0] <= self.broadcast_max_rows:
             return "broadcast"
-        if self.onednn and a.dtype in (torch.float32, torch.bfloat16) and onednn_available():
+        if not self.onednn or not onednn_available():
+            return None
+        if a.dtype == torch.float32:
+            return "onednn"
+        if a.dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported():
             return "onednn"
         return None
 
