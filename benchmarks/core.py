@@ -229,9 +229,16 @@ def environment(device: str) -> dict[str, Any]:
 
 
 def default_out_dir(env: Mapping[str, Any], root: Path = RESULTS_ROOT) -> Path:
-    """`benchmarks/results/<device-slug>/<YYYY-MM-DD>-<shortcommit>/`."""
+    """`benchmarks/results/<device-slug>/<YYYY-MM-DD>-<shortcommit>/`, or with `-2`, `-3`,
+    ... after it when a run of the same day and commit already has that folder: a second
+    run never overwrites the first."""
     short = str(env["commit"])[:7] + ("-dirty" if env.get("commit_dirty") else "")
-    return root / str(env["device_slug"]) / f"{str(env['date'])[:10]}-{short}"
+    first = root / str(env["device_slug"]) / f"{str(env['date'])[:10]}-{short}"
+    folder, n = first, 1
+    while folder.exists():
+        n += 1
+        folder = first.with_name(f"{first.name}-{n}")
+    return folder
 
 
 # -- running ------------------------------------------------------------------------

@@ -153,6 +153,19 @@ def test_run_folder_layout(run, results_root):
         assert f"({name})" in md
 
 
+def test_a_second_run_of_the_same_day_and_commit_keeps_the_first(run, results_root):
+    """The folder of a run that exists already is never reused: the next run of the same
+    day and commit goes to `-2`, the one after to `-3`, and the first run's files stay."""
+    first = (run.out_dir / "results.json").read_text()
+    env = dict(ENV)
+    second = core.default_out_dir(env, results_root)
+    assert second == run.out_dir.with_name(run.out_dir.name + "-2")
+    second.mkdir()
+    assert core.default_out_dir(env, results_root) == run.out_dir.with_name(run.out_dir.name + "-3")
+    second.rmdir()
+    assert (run.out_dir / "results.json").read_text() == first
+
+
 def test_results_readme_keeps_other_devices(run, results_root, tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text((results_root / "README.md").read_text())
