@@ -129,6 +129,22 @@ def test_the_matmul_floor_multiplies_every_linear_weight_once(monkeypatch):
     assert passes == [DECODE_MATMULS, DECODE_MATMULS]
 
 
+@pytest.mark.slow
+def test_the_matmul_floor_of_more_batches_than_dynamos_recompile_limit():
+    """A run's matmul floors compile once per (preset, batch): more of them than Dynamo's
+    recompile limit of one function (8) are all timed, each in the step's form."""
+    import torch._inductor.config as inductor_config
+
+    from stretto.engine.decode_matmul import DECODE_MATMULS
+
+    for batch in range(1, 11):
+        before = dict(DECODE_MATMULS.rewritten)
+        with inductor_config.patch(fx_graph_cache=False):  # so the pass runs every time
+            assert generate_bench.matmul_ms("tiny", "cpu", repeats=1, batch=batch) > 0
+        done = {k: DECODE_MATMULS.rewritten[k] - before[k] for k in before}
+        assert sum(done.values()) > 0, f"batch {batch}: compiled nothing anew"
+
+
 def test_the_floor_counts_every_weight_once_and_every_cache_tensor():
     from stretto.engine import ModelConfig, MusicModel
     from stretto.tokenizer import Vocabulary
