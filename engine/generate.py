@@ -53,6 +53,10 @@ if TYPE_CHECKING:  # annotations only: model.py imports this module
     from .model import MusicModel
 
 STOP_CHECK_EVERY = 32  # steps between the host syncs that ask "has every sequence ended?"
+# The compiled step is one function compiled once per shape of its caches (batch, and
+# prompt plus new tokens over the block): Dynamo's default limit of 8 compiles of one
+# function made the ninth generation length of a process fail (fullgraph=True).
+STEP_RECOMPILE_LIMIT = 256
 # The sampling `stretto generate`, the demo and the audit use for a model of each mode
 # (`generate()` itself keeps temperature 1 without top-p, the model's own
 # distribution): the quality suite's pick for that mode among its grammar policies,
@@ -604,7 +608,9 @@ def sample_tokens(
     # (the noise: a view of the same shape, dtype and strides), so a compiled step checks
     # only the guards that tell its compiled entries apart (per token, the full check
     # costs about as much as a fifth of the small preset's step on a CPU).
-    if steps and not take(0):
+    with torch._dynamo.config.patch(recompile_limit=STEP_RECOMPILE_LIMIT):
+        done = steps == 0 or take(0)
+    if not done:
         with _guards_checked_once(step):
             for i in range(1, steps):
                 if take(i):

@@ -345,3 +345,25 @@ def test_only_the_first_token_checks_every_guard(make_model, monkeypatch):
     compiled = model.generate(**kw, compile_step=True)
     assert stances == [(("default",), {"skip_guard_eval_unsafe": True})]
     assert torch.equal(compiled, eager)
+
+
+@pytest.mark.slow
+def test_a_process_compiles_the_step_for_more_lengths_than_dynamos_default_limit(
+    make_model, monkeypatch
+):
+    """Every generation length with its own cache shapes compiles the step once; a
+    process that generates ten such lengths compiles ten times and fails on none
+    (Dynamo's default limit for one function is 8)."""
+    compiles = []
+
+    def record(gm, example_inputs, **options):
+        compiles.append(len(example_inputs))
+        return gm.forward
+
+    _compile_with(monkeypatch, record)
+    torch._dynamo.reset()
+    model = make_model("transformer").eval()  # blocks of 16: a new cache shape per 16
+    for tokens in range(8, 8 + 10 * 16, 16):
+        out = model.generate(max_new_tokens=tokens, seed=0, compile_step=True)
+        assert out.shape[1] <= tokens + 1
+    assert len(compiles) == 10
