@@ -453,6 +453,7 @@ class QualityRun:
         def unigram(settings: dict[str, Any]):
             """The unigram model sampled with `settings` (with and without the grammar
             mask, for `validity`), once per settings."""
+            settings = {k: v for k, v in settings.items() if k != "latent"}  # it has no z
             key = json.dumps(settings, sort_keys=True)
             if key not in unigrams:
                 start = time.perf_counter()
@@ -591,6 +592,8 @@ class QualityRun:
         smallest mean distance to A as a multiple of real against real, over the
         statistics whose real distance is not 0) and every row is reported against
         half B, so the reported figures are of music the choice never saw."""
+        import inspect
+
         from benchmarks import quality_cause as qc
         from benchmarks import quality_music as qm
         from stretto.engine import generate
@@ -662,10 +665,14 @@ class QualityRun:
             """On half A: the smallest mean distance multiple (the first of a tie)."""
             return min(candidates, key=lambda r: r["extra"]["mean_multiple_a"])
 
-        rows = [measure(name, settings) for name, settings in qc.SAMPLERS]
+        # a vae's z from the aggregate posterior and from the prior, where generate has both
+        takes_latent = "latent" in inspect.signature(generate).parameters
+        latent = takes_latent and getattr(model, "encoder", None) is not None
+        rows = [measure(name, settings) for name, settings in qc.samplers(latent)]
         best = chosen(rows)
         best["extra"]["best"] = True
-        rows += [measure(n, s) for n, s in qc.sampler_variants(best["provider"])]
+        variants = qc.sampler_variants(best["provider"], best["extra"]["settings"])
+        rows += [measure(n, s) for n, s in variants]
         pick = chosen(rows)
         pick["extra"]["pick"] = True
         return rows, pick["extra"]["settings"], samples[pick["provider"]]

@@ -9,10 +9,11 @@
 - `deletion_sensitivity`: polyphony (and the share of notes closed by a NOTE_OFF) of
   real windows with a share of their NOTE_OFFs deleted: how far the statistic moves
   when a model forgets that many releases.
-- `SAMPLERS` and `sampler_variants`: the settings of `generate` that the sampler
-  comparison runs (the NOTE_OFF mask and what happens at the note-length limit, then
-  temperature and top-p on the best of them); `sampler_support` says whether this
-  `generate` takes them.
+- `samplers` and `sampler_variants`: the settings of `generate` that the sampler
+  comparison runs (the NOTE_OFF mask and what happens at the note-length limit, for a
+  vae each with z from the aggregate posterior and from the prior, then temperature
+  and top-p on the best of them); `sampler_support` says whether this `generate`
+  takes them.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ SAMPLERS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("spread", {"note_off": "spread", "at_limit": "freeze"}),
     ("spread+release", {"note_off": "spread", "at_limit": "release"}),
 )
+# vae modes: z from the aggregate posterior (`generate`'s default) or the prior.
+PRIOR_SUFFIX = ", prior z"
 TEMPERATURES = (1.0, 0.9, 0.8, 0.7)
 TOP_PS = (None, 0.95, 0.9)
 
@@ -142,9 +145,19 @@ def sampler_support(generate: Callable[..., Any]) -> str | None:
     return None
 
 
-def sampler_variants(best: str) -> list[tuple[str, dict[str, Any]]]:
-    """The temperature and top-p variants of sampler `best` (not its plain setting)."""
-    base = dict(SAMPLERS)[best]
+def samplers(latent: bool) -> list[tuple[str, dict[str, Any]]]:
+    """`SAMPLERS`; with a `latent` (vae modes), each with z from the aggregate posterior
+    (`latent="posterior"`, same name) and again from the prior (name + `PRIOR_SUFFIX`)."""
+    if not latent:
+        return list(SAMPLERS)
+    posterior = [(name, dict(kw, latent="posterior")) for name, kw in SAMPLERS]
+    prior = [(name + PRIOR_SUFFIX, dict(kw, latent="prior")) for name, kw in SAMPLERS]
+    return posterior + prior
+
+
+def sampler_variants(best: str, base: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The temperature and top-p variants of sampler `best`, whose settings are `base`
+    (not its plain setting)."""
     out = []
     for t in TEMPERATURES:
         for top_p in TOP_PS:

@@ -52,6 +52,9 @@ from .notes import DecodeCache
 if TYPE_CHECKING:  # annotations only: model.py imports this module
     from .model import MusicModel
 
+# Where a vae's z comes from when none is given: the aggregate posterior (the encoder's
+# posteriors over the training windows, MusicModel.latent_distribution) or N(0, I).
+LATENTS = ("posterior", "prior")
 STOP_CHECK_EVERY = 32  # steps between the host syncs that ask "has every sequence ended?"
 # The compiled step is one function compiled once per shape of its caches (batch, and
 # prompt plus new tokens over the block): Dynamo's default limit of 8 compiles of one
@@ -192,12 +195,15 @@ def _vocab(model: MusicModel) -> Vocabulary:
     return v
 
 
-def _latent(model, z, batch_size: int, generator, device, dtype):
+def _latent(model, z, batch_size: int, generator, device, dtype, latent: str = "posterior"):
     c = model.config
     if model.encoder is None:
         return None
     if z is None:
         z = torch.randn(batch_size, c.latent_dim, generator=generator, device=device)
+        if latent == "posterior":
+            mean, std = model.latent_distribution()
+            z = mean.to(device) + std.to(device) * z
     if z.dim() == 1:
         z = z[None]
     if z.dim() != 2 or z.shape[1] != c.latent_dim:
@@ -232,6 +238,7 @@ def generate(
     seed: int | None = None,
     batch_size: int = 1,
     z: torch.Tensor | None = None,
+    latent: str = "posterior",
     constrained: bool = True,
     max_note_steps: int = DEFAULT_MAX_NOTE_STEPS,
     max_silence_steps: int = DEFAULT_MAX_SILENCE_STEPS,
@@ -247,8 +254,10 @@ def generate(
     once; then up to `max_new_tokens` tokens are decoded one at a time through one
     bounded cache per decoder block (module docstring). A row that
     emits END is padded with PAD afterwards; the output is cut after the last END
-    when every row has ended. vae modes: `z` `[latent_dim]` or `[B, latent_dim]`,
-    sampled from N(0, I) when None. Sampling: `temperature` (0 = greedy), `top_k`
+    when every row has ended. vae modes: `z` `[latent_dim]` or `[B, latent_dim]`;
+    when None, drawn from the aggregate posterior (`latent="posterior"`,
+    `MusicModel.latent_distribution`) or from the prior N(0, I) (`latent="prior"`),
+    the same draw scaled either way. Sampling: `temperature` (0 = greedy), `top_k`
     (larger than the vocabulary keeps all), `top_p` (1.0 keeps all); `seed` makes it
     reproducible on one device. `constrained` masks the logits with the grammar of
     `stretto.engine.grammar`, so the output passes `stretto.tokenizer.validate`; the
@@ -275,6 +284,8 @@ def generate(
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     check_sampling(temperature, top_k, top_p)
     check_policies(note_off, at_limit)
+    if latent not in LATENTS:
+        raise ValueError(f"latent must be one of {', '.join(LATENTS)}, got {latent!r}")
     policies = {"note_off": note_off, "at_limit": at_limit}
     sampling = {
         "temperature": temperature,
@@ -303,7 +314,7 @@ def generate(
     if compile_step == "auto":
         least = AUTO_COMPILE_MIN_TOKENS.get(device.type)
         compile_step = least is not None and max_new_tokens >= least
-    z = _latent(model, z, batch_size, generator, device, dtype)
+    z = _latent(model, z, batch_size, generator, device, dtype, latent)
     ids = _prompt(model, prompt, batch_size, device)
     grammar = state = None
     if constrained:

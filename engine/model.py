@@ -43,6 +43,10 @@ _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8)
 # enough that z moves the decoder from the first step (measured in docs/engine.md's vae
 # section), small enough that an untrained z does not swamp the token stream.
 MODULATION_INIT_STD = 0.5
+# vae modes: every encoding in training mode moves the aggregate posterior's running
+# moments this far towards its batch's (as BatchNorm's running statistics), so that
+# they describe the encoder of the last few dozen steps.
+LATENT_MOMENTUM = 0.05
 
 
 class MusicModel(nn.Module):
@@ -52,7 +56,8 @@ class MusicModel(nn.Module):
     logits `[B, N, V]`, where logits[:, i] predicts token i + 1. `input_ids` is
     `[B, N]` integer with every id in `[0, vocab_size)`; `attention_mask` `[B, N]` bool
     (True = real token) defaults to `input_ids != PAD`. In the vae modes z defaults to
-    the encoder's sample (training) or its mean (eval). Losses: `loss(batch, step=)` and
+    the encoder's sample (training) or its mean (eval); `latent_distribution()` is the
+    aggregate posterior that `generate` draws z from. Losses: `loss(batch, step=)` and
     `discriminator_loss(batch)` (see `stretto.engine.objectives`).
 
     Hugging Face conventions: `model(input_ids, attention_mask, labels)` returns a
@@ -82,6 +87,10 @@ class MusicModel(nn.Module):
         if is_vae:
             self.encoder = Stack(c.encoder_layers, c.d_model, c.n_heads, c.d_ff, c, causal=False)
             self.to_stats = nn.Linear(c.d_model, 2 * c.latent_dim)  # -> [mu ; logvar]
+            # the aggregate posterior's running moments, E[mu] and E[mu^2 + sigma^2] over
+            # training windows; N(0, I) until the first training step
+            self.register_buffer("latent_mean", torch.zeros(c.latent_dim))
+            self.register_buffer("latent_second_moment", torch.ones(c.latent_dim))
         # vae: the auxiliary bag-of-words head, one token distribution from z alone
         self.bow_head = (
             nn.Linear(c.latent_dim, c.vocab_size) if is_vae and c.bow_weight > 0 else None
@@ -194,7 +203,39 @@ class MusicModel(nn.Module):
         x = self.embed(input_ids)  # [B, N, C]
         h = self.encoder(x, mask)
         mu, logvar = self.to_stats(masked_mean(h, mask)).chunk(2, dim=-1)  # [B, L] each
-        return mu, logvar.clamp(-30.0, 20.0)
+        logvar = logvar.clamp(-30.0, 20.0)
+        if self.training:
+            self._track_latent(mu, logvar)
+        return mu, logvar
+
+    @torch.no_grad()
+    def _track_latent(self, mu: torch.Tensor, logvar: torch.Tensor) -> None:
+        """Move the aggregate posterior's running moments `LATENT_MOMENTUM` of the way
+        to this batch's."""
+        mean = mu.float().mean(0)
+        second = (mu.float().square() + logvar.float().exp()).mean(0)
+        self.latent_mean.lerp_(mean.to(self.latent_mean.dtype), LATENT_MOMENTUM)
+        self.latent_second_moment.lerp_(second.to(self.latent_second_moment.dtype), LATENT_MOMENTUM)
+
+    def latent_distribution(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """vae modes: (mean, std) `[latent_dim]` each of the aggregate posterior, the
+        diagonal Gaussian with the moments of q(z|x) over the training windows (running
+        estimates, updated by every encoding in training mode). A model never trained
+        returns the prior's (0, 1). What `generate` samples z from by default: a KL
+        that the free bits and beta schedule keep small leaves the posteriors far
+        inside the prior (measured in docs/engine.md's vae section)."""
+        if self.encoder is None:
+            raise ValueError(f"mode {self.config.mode!r} has no latent (vae modes only)")
+        mean = self.latent_mean.float()
+        var = (self.latent_second_moment.float() - mean.square()).clamp(min=1e-8)
+        return mean, var.sqrt()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # A vae saved before the aggregate posterior was tracked loads with the prior.
+        if self.encoder is not None:
+            for name in ("latent_mean", "latent_second_moment"):
+                state_dict.setdefault(prefix + name, getattr(self, name).detach().clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @staticmethod
     def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

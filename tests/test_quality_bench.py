@@ -257,11 +257,24 @@ def test_the_sampler_comparison_needs_the_sampler_settings():
     from stretto.engine import generate
 
     assert qc.sampler_support(generate) is None
-    variants = dict(qc.sampler_variants("spread"))
+    variants = dict(qc.sampler_variants("spread", dict(qc.SAMPLERS)["spread"]))
     assert len(variants) == len(qc.TEMPERATURES) * len(qc.TOP_PS) - 1
     assert all(v["note_off"] == "spread" for v in variants.values())
     pairs = {(v["temperature"], v["top_p"]) for v in variants.values()}
     assert (1.0, None) not in pairs and (0.9, 0.95) in pairs and len(pairs) == len(variants)
+
+
+def test_a_vae_is_sampled_with_z_from_the_posterior_and_from_the_prior():
+    plain = qc.samplers(latent=False)
+    assert plain == list(qc.SAMPLERS)
+    both = qc.samplers(latent=True)
+    assert len(both) == 2 * len(plain)
+    assert [s["latent"] for _, s in both] == ["posterior"] * 3 + ["prior"] * 3
+    assert [n for n, _ in both[3:]] == [n + qc.PRIOR_SUFFIX for n, _ in plain]
+    # each keeps its policy, and the variants keep the best's latent
+    assert all({k: s[k] for k in p} == p for (_, s), (_, p) in zip(both, plain * 2, strict=True))
+    variants = qc.sampler_variants("spread, prior z", both[4][1])
+    assert {v["latent"] for _, v in variants} == {"prior"}
 
 
 class SamplerStub:
@@ -334,8 +347,9 @@ def test_the_sampler_comparison_runs_each_setting_then_varies_the_best():
     assert by_name["mask"]["polyphony"] > by_name["spread"]["polyphony"]
     best = [r["provider"] for r in rows if r["extra"].get("best")]
     assert best == ["spread"]  # ties with spread+release: the first wins
-    assert names[3:] == [name for name, _ in qc.sampler_variants("spread")]
-    assert model.calls[3:] == [settings for _, settings in qc.sampler_variants("spread")]
+    variants = qc.sampler_variants("spread", dict(qc.SAMPLERS)["spread"])
+    assert names[3:] == [name for name, _ in variants]
+    assert model.calls[3:] == [settings for _, settings in variants]
     assert sum(1 for r in rows if r["extra"].get("pick")) == 1
 
 

@@ -82,7 +82,16 @@ def _sampling(args, mode: str) -> dict:
     top-p, the NOTE_OFF and note-limit policies) is the one measured for `mode`."""
     given = {k: getattr(args, k) for k in ("temperature", "top_p", "note_off", "at_limit")}
     chosen = listening_sampling(mode) | {k: v for k, v in given.items() if v is not None}
-    return {
+    latent = {}
+    if getattr(args, "latent", None) is not None:
+        if mode == "transformer":
+            raise ValueError(
+                "--latent is for vae and vae_gan checkpoints; this one is a transformer"
+            )
+        latent = {"latent": args.latent}
+    elif "latent" in chosen and mode != "transformer":
+        latent = {"latent": chosen["latent"]}
+    return latent | {
         "temperature": chosen["temperature"],
         "top_k": args.top_k,
         "top_p": chosen["top_p"],
@@ -243,6 +252,14 @@ def register(subparsers) -> None:
         "--prompt-tokens", type=int, default=None, help="use the prompt's first N tokens"
     )
     p.add_argument("--png", metavar="ROLL.png", help="also draw a piano roll")
+    p.add_argument(
+        "--latent",
+        choices=("posterior", "prior"),
+        default=None,
+        help="vae modes: draw z from the aggregate posterior of the training windows or "
+        "from N(0, I) (default: measured for the checkpoint's mode, "
+        "stretto.engine.generate.LISTENING_SAMPLING; else posterior)",
+    )
     _sampling_arguments(p)
     p.set_defaults(func=run_generate)
 

@@ -211,6 +211,76 @@ def test_z_checks(make_model):
     assert out.shape[0] == 4
 
 
+def _planted_posterior(model, mean: float, std: float) -> None:
+    model.latent_mean.fill_(mean)
+    model.latent_second_moment.fill_(mean**2 + std**2)
+
+
+def test_z_comes_from_the_aggregate_posterior_unless_the_prior_is_asked(make_model):
+    from stretto.engine.generate import _latent
+
+    vae = make_model("vae").eval()
+    mean, std = vae.latent_distribution()  # never trained: the prior
+    assert torch.equal(mean, torch.zeros(16)) and torch.equal(std, torch.ones(16))
+    prior = vae.generate(max_new_tokens=24, batch_size=2, seed=3, latent="prior")
+    assert torch.equal(vae.generate(max_new_tokens=24, batch_size=2, seed=3), prior)
+
+    _planted_posterior(vae, 4.0, 0.5)
+    draw = torch.randn(2, 16, generator=torch.Generator().manual_seed(3))
+    for latent, want in (("posterior", 4.0 + 0.5 * draw), ("prior", draw)):
+        got = _latent(vae, None, 2, torch.Generator().manual_seed(3), "cpu", torch.float32, latent)
+        torch.testing.assert_close(got, want)
+    # a given z is used as it is
+    z = torch.full((16,), -1.0)
+    assert torch.equal(_latent(vae, z, 2, None, "cpu", torch.float32, "posterior")[1], z)
+    with pytest.raises(ValueError, match="latent must be one of posterior, prior, got 'normal'"):
+        vae.generate(max_new_tokens=2, latent="normal")
+
+
+def test_training_encodings_move_the_aggregate_posterior_and_eval_ones_do_not(make_model, windows):
+    from stretto.engine.model import LATENT_MOMENTUM
+
+    vae = make_model("vae")
+    ids = windows(64)
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    vae.eval()
+    vae.latent_stats(ids, mask)
+    assert torch.equal(vae.latent_mean, torch.zeros(16))
+    vae.train()
+    mu, logvar = vae.latent_stats(ids, mask)
+    mu, var = mu.detach(), logvar.detach().exp()
+    torch.testing.assert_close(vae.latent_mean, LATENT_MOMENTUM * mu.mean(0))
+    second = (1 - LATENT_MOMENTUM) + LATENT_MOMENTUM * (mu.square() + var).mean(0)
+    torch.testing.assert_close(vae.latent_second_moment, second)
+    # the loss of every training path encodes, so it moves them too
+    before = vae.latent_mean.clone()
+    vae.loss({"input_ids": ids, "attention_mask": mask})
+    assert not torch.equal(vae.latent_mean, before)
+
+
+def test_the_aggregate_posterior_is_saved_and_an_older_vae_loads_with_the_prior(
+    make_model, tmp_path
+):
+    vae = make_model("vae")
+    _planted_posterior(vae, 2.0, 0.25)
+    vae.save(tmp_path / "vae.pt")
+    loaded = type(vae).load(tmp_path / "vae.pt")
+    for a, b in zip(loaded.latent_distribution(), vae.latent_distribution(), strict=True):
+        torch.testing.assert_close(a, b)
+    vae.save_pretrained(tmp_path / "hf")
+    again = type(vae).from_pretrained(tmp_path / "hf")
+    torch.testing.assert_close(again.latent_distribution()[0], torch.full((16,), 2.0))
+    older = {
+        k: v
+        for k, v in vae.state_dict().items()
+        if k not in ("latent_mean", "latent_second_moment")
+    }
+    fresh = make_model("vae")
+    fresh.load_state_dict(older)  # strict
+    assert torch.equal(fresh.latent_distribution()[1], torch.ones(16))
+    assert "latent_mean" not in make_model("transformer").state_dict()
+
+
 def test_prompt_rows_and_batch(make_model, windows):
     model = make_model("transformer").eval()
     prompt = windows(40)  # [2, 40] real music: passes the grammar

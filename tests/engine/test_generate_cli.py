@@ -185,3 +185,29 @@ def test_each_mode_samples_with_its_measured_sampling(checkpoint, tmp_path, monk
     assert seen["at_limit"] == "freeze"  # not given: the measured one
     with pytest.raises(ValueError, match="mode must be one of"):
         gen.listening_sampling("gan")
+
+
+def test_latent_flag_reaches_generate_for_a_vae_only(
+    checkpoint, tmp_path, monkeypatch, seen, capsys
+):
+    """--latent picks where a vae's z comes from; a measured "latent" in the table is
+    the default; a transformer refuses the flag in one line."""
+    import importlib
+
+    gen = importlib.import_module("stretto.engine.generate")
+    planted = {mode: dict(gen.LISTENING_SAMPLING[mode]) for mode in gen.LISTENING_SAMPLING}
+    planted["vae"]["latent"] = "prior"
+    monkeypatch.setattr(gen, "LISTENING_SAMPLING", planted)
+    out = str(tmp_path / "vae.mid")
+    assert main(["generate", str(checkpoint("vae")), "--out", out, "--tokens", "8"]) == 0
+    assert seen["latent"] == "prior"
+    args = ["generate", str(checkpoint("vae")), "--out", out, "--tokens", "8", "--force"]
+    assert main([*args, "--latent", "posterior"]) == 0
+    assert seen["latent"] == "posterior"
+    seen.clear()
+    out = str(tmp_path / "t.mid")
+    assert (
+        main(["generate", str(checkpoint("transformer")), "--out", out, "--latent", "prior"]) != 0
+    )
+    err = capsys.readouterr().err
+    assert "--latent is for vae and vae_gan checkpoints" in err and "latent" not in seen

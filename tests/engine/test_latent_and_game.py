@@ -56,6 +56,26 @@ def test_a_short_vae_run_uses_its_latent_on_unseen_files(vae):
     assert val["active_units"] > 0, val
 
 
+def test_the_running_aggregate_posterior_matches_the_training_windows_posteriors(vae, split):
+    """The moments tracked while training equal those of q(z|x) recomputed over the
+    training windows afterwards, and lie far inside the prior (why z is drawn from
+    them): the encoder of the last steps, not N(0, I)."""
+    model, _ = vae
+    train, _ = split.datasets(SEQ_LEN)
+    batches, _ = held_out_batches(train, windows=64, batch_size=16)
+    with torch.no_grad():
+        stats = [model.encode(b["input_ids"], b["attention_mask"]) for b in batches]
+    mu = torch.cat([m for m, _ in stats])
+    var = torch.cat([lv.exp() for _, lv in stats])
+    mean = mu.mean(0)
+    std = (mu.square().mean(0) + var.mean(0) - mean.square()).sqrt()
+    tracked_mean, tracked_std = model.latent_distribution()
+    # per dimension, within a fifth of the spread; the spreads within 25% overall
+    assert float((tracked_mean - mean).abs().max() / std.mean()) < 0.2
+    assert 0.8 < float(tracked_std.mean() / std.mean()) < 1.25
+    assert float(std.mean()) < 0.8  # the prior's is 1
+
+
 def test_interpolation_endpoints_reconstruct_their_own_input(vae, split):
     """Along the arc between two held-out windows of different files, each endpoint
     decodes its own window better than the opposite endpoint does (on average over
