@@ -22,16 +22,19 @@ the validation files.
    holds the NLLs (median over seeds, each seed's value, the curves).
 2. Generated music (`quality_music`). Each mode (transformer, vae, vae_gan) of the
    preset with WHA is trained with `Trainer` for the budget's steps on windows of the
-   generation length (and the transformer once more with `note_state=False`, source
-   `transformer-no-note-state`); it samples as many pieces as half A of the held-out set has
-   (from START, `constrained=True`), and as many again without the grammar mask for
-   the `validity` statistic, with the sampling its mode's sampler comparison (part 3)
-   picks on half A (the no-note-state transformer with the transformer's pick; what
-   `stretto generate` and the demo use is `stretto.engine.generate.LISTENING_SAMPLING`,
-   set from these picks). The unigram model samples the same way (one token at a time
-   under the same grammar mask and sampling, and without the mask for `validity`):
-   each mode's verdicts are against the unigram sampled with that mode's pick, the
-   table's unigram column with the transformer's. Every set is compared with half B of the held-out
+   generation length, once from each of the budget's seeds (and the transformer once
+   more with `note_state=False`, source `transformer-no-note-state`); each model
+   samples as many pieces as half A of the held-out set has (from START,
+   `constrained=True`, its training seed as the sampling seed), and as many again
+   without the grammar mask for the `validity` statistic, with the sampling its
+   mode's sampler comparison (part 3, on the first seed's model) picks on half A (the
+   no-note-state transformer with the transformer's pick; what `stretto generate` and
+   the demo use is `stretto.engine.generate.LISTENING_SAMPLING`, set from these
+   picks); a source's set pools its seeds' pieces. The unigram model samples the same
+   way, with as many seeds (one token at a time under the same grammar mask and
+   sampling, and without the mask for `validity`): each mode's verdicts are against
+   the unigram sampled with that mode's pick, the table's unigram column with the
+   transformer's. Every set is compared with half B of the held-out
    pieces (windows of the generation length from the other half of the validation
    files); half A against half B is the reference distance, real against real. Rows:
    `mode="generated-vs-held-out"`, one per source; extra holds each statistic's
@@ -430,7 +433,7 @@ class QualityRun:
         count = len(real_a)
         progress(
             f"[quality] music: {count} + {len(real_b)} held-out pieces of {length} tokens, "
-            f"{count} samples per source"
+            f"{count} samples per source and seed (seeds {', '.join(map(str, b.seeds))})"
         )
 
         def piece_set(masked: list[list[int]], free: list[list[int]] | list[float]):
@@ -448,25 +451,56 @@ class QualityRun:
         info["held-out-A"] = info["held-out-B"] = {"kind": "held-out"}
         reference, selection = sets["held-out-B"], sets["held-out-A"]
         real_distance = {k: qm.distance(selection, reference, k)["distance"] for k in qm.STATISTICS}
-        unigrams: dict[str, tuple[Any, float]] = {}  # by settings: (piece set, seconds)
+        unigrams: dict[str, tuple[Any, float]] = {}  # by settings and seeds: (pieces, seconds)
 
-        def unigram(settings: dict[str, Any]):
-            """The unigram model sampled with `settings` (with and without the grammar
-            mask, for `validity`), once per settings."""
+        def unigram_key(settings: dict[str, Any], seeds: Sequence[int]) -> str:
             settings = {k: v for k, v in settings.items() if k != "latent"}  # it has no z
-            key = json.dumps(settings, sort_keys=True)
+            return json.dumps([settings, list(seeds)], sort_keys=True)
+
+        def unigram(settings: dict[str, Any], seeds: Sequence[int] = b.seeds[:1]):
+            """The unigram model sampled with `settings` (with and without the grammar
+            mask, for `validity`), `count` pieces per seed pooled, once per settings."""
+            key = unigram_key(settings, seeds)
             if key not in unigrams:
                 start = time.perf_counter()
-                masked = self._unigram_samples(baselines, count, length, grammar, settings)
-                free = self._unigram_samples(baselines, count, length, None, settings)
+                masked, free = [], []
+                for seed in seeds:
+                    masked += self._unigram_samples(
+                        baselines, count, length, grammar, settings, seed=seed
+                    )
+                    free += self._unigram_samples(
+                        baselines, count, length, None, settings, seed=seed
+                    )
                 pieces = piece_set(_strip(masked, self.vocab), _strip(free, self.vocab))
                 unigrams[key] = pieces, time.perf_counter() - start
             return unigrams[key][0]
 
+        def pooled(name: str, mode: str, first, extra: dict, settings: dict, **overrides):
+            """`sets[name]` and `info[name]`: the first seed's model's pieces `first`
+            (masked, free, seconds) and those of a model of `mode` trained from each
+            further seed of the budget, sampled alike with that seed, pooled."""
+            masked, free, seconds = list(first[0]), list(first[1]), first[2]
+            held, train_s = [extra["held_out"]], extra["train_s"]
+            for seed in b.seeds[1:]:
+                model, more = self._train_mode(mode, length, seed=seed, **overrides)
+                more_masked, more_free, more_s = self._sample(model, settings, length, count, seed)
+                masked, free, seconds = masked + more_masked, free + more_free, seconds + more_s
+                held.append(more["held_out"])
+                train_s += more["train_s"]
+            sets[name] = piece_set(masked, free)
+            info[name] = dict(
+                extra,
+                sampling=settings,
+                sample_s=seconds,
+                seeds=list(b.seeds),
+                held_out_seeds=held,
+                train_s=train_s,
+            )
+
         models, picks, sampler_rows = {}, {}, []
         for mode in MODES:
             models[mode], extra = self._train_mode(mode, length)
-            rows, picks[mode], (masked, free, seconds) = self._samplers(
+            rows, picks[mode], first = self._samplers(
                 models[mode],
                 mode,
                 length,
@@ -477,20 +511,20 @@ class QualityRun:
                 unigram,
             )
             sampler_rows += rows
-            sets[mode] = piece_set(masked, free)
-            info[mode] = dict(extra, sampling=picks[mode], sample_s=seconds)
+            pooled(mode, mode, first, extra, picks[mode])
         # the transformer again without the note state, sampled as the transformer
         model, extra = self._train_mode("transformer", length, note_state=False)
-        masked, free, seconds = self._sample(model, picks["transformer"], length, count)
-        sets[NO_NOTE_STATE] = piece_set(masked, free)
-        info[NO_NOTE_STATE] = dict(extra, sampling=picks["transformer"], sample_s=seconds)
+        first = self._sample(model, picks["transformer"], length, count)
+        pooled(NO_NOTE_STATE, "transformer", first, extra, picks["transformer"], note_state=False)
         # the music table's unigram column: sampled as the transformer (each mode's
-        # verdicts are against the unigram sampled with that mode's settings)
-        sets["unigram"] = unigram(picks["transformer"])
+        # verdicts are against the unigram sampled with that mode's settings), as many
+        # pieces as a model source
+        sets["unigram"] = unigram(picks["transformer"], b.seeds)
         info["unigram"] = {
             "kind": "baseline",
             "sampling": picks["transformer"],
-            "sample_s": unigrams[json.dumps(picks["transformer"], sort_keys=True)][1],
+            "sample_s": unigrams[unigram_key(picks["transformer"], b.seeds)][1],
+            "seeds": list(b.seeds),
         }
 
         every = qm.STATISTICS + qm.NOTE_STATISTICS
@@ -510,7 +544,7 @@ class QualityRun:
                 for k in every
             }
             if info[name].get("kind") == "model":
-                uni = unigram(info[name]["sampling"])
+                uni = unigram(info[name]["sampling"], b.seeds)
                 uni_distance = {k: qm.distance(uni, reference, k) for k in every}
                 extra["closer_than_unigram"] = _closer(distances[name], uni_distance)
                 extra["as_close_as_real"] = {
@@ -532,7 +566,7 @@ class QualityRun:
                     median_ms=seconds * 1e3,
                     p20_ms=seconds * 1e3,
                     p80_ms=seconds * 1e3,
-                    tokens_per_s=2 * count * length / seconds,
+                    tokens_per_s=2 * s.pieces * length / seconds,
                 )
             rows.append(row)
         rows += self._cause(models["transformer"], real_a + real_b, tokenizer)
@@ -677,9 +711,10 @@ class QualityRun:
         pick["extra"]["pick"] = True
         return rows, pick["extra"]["settings"], samples[pick["provider"]]
 
-    def _train_mode(self, mode: str, length: int, **overrides):
+    def _train_mode(self, mode: str, length: int, seed: int | None = None, **overrides):
         """A model of `mode` (the preset with `overrides`) trained for the budget's steps
-        on windows of `length` tokens, in eval mode, and what its row records."""
+        on windows of `length` tokens from `seed` (default: the budget's first), in eval
+        mode, and what its row records."""
         import torch
 
         from stretto.engine import MusicModel
@@ -687,11 +722,13 @@ class QualityRun:
         from stretto.engine.evaluation import held_out_batches, measure
 
         b = self.budget
-        seed = b.seeds[0]
+        seed = b.seeds[0] if seed is None else seed
         batch = max(1, b.tokens_per_batch // length)
         train, val = self.split.datasets(length, val_stride=length)
         what = mode + "".join(f", {k}={v}" for k, v in overrides.items())
-        progress(f"[quality] music: training {what} for {b.steps} steps on {length} tokens")
+        progress(
+            f"[quality] music: training {what} for {b.steps} steps on {length} tokens, seed {seed}"
+        )
         torch.manual_seed(seed)
         config = self._config(mode, length, **overrides)
         trainer = self._trainer(MusicModel(config), batch, seed, b.steps)
@@ -708,32 +745,43 @@ class QualityRun:
             "model_mode": mode,
             "note_state": config.note_state,
             "steps": b.steps,
+            "seed": seed,
             "train_s": train_s,
             "held_out": {k: v for k, v in measured.items() if k != "kl_dims"},
         }
         return model, extra
 
-    def _sample(self, model, settings: dict[str, Any], length: int, count: int):
-        """`count` pieces of `length` tokens from START with `settings`, under the grammar
-        mask and without it (for `validity`), PAD and END stripped: (masked, free,
-        seconds)."""
+    def _sample(
+        self, model, settings: dict[str, Any], length: int, count: int, seed: int | None = None
+    ):
+        """`count` pieces of `length` tokens from START with `settings` and sampling
+        `seed` (default: the budget's first), under the grammar mask and without it (for
+        `validity`), PAD and END stripped: (masked, free, seconds)."""
         import torch
 
         start = time.perf_counter()
         with torch.inference_mode():
-            kw = dict(max_new_tokens=length - 1, batch_size=count, seed=self.budget.seeds[0])
+            seed = self.budget.seeds[0] if seed is None else seed
+            kw = dict(max_new_tokens=length - 1, batch_size=count, seed=seed)
             masked = model.generate(constrained=True, **kw, **settings)
             free = model.generate(constrained=False, **kw, **settings)
         seconds = time.perf_counter() - start
         return _strip(masked.tolist(), self.vocab), _strip(free.tolist(), self.vocab), seconds
 
     def _unigram_samples(
-        self, baselines, count: int, length: int, grammar, settings: dict | None = None
+        self,
+        baselines,
+        count: int,
+        length: int,
+        grammar,
+        settings: dict | None = None,
+        seed: int | None = None,
     ) -> list[list[int]]:
         """`count` sequences of `length` tokens from START, i.i.d. from the training
         unigram distribution, under `grammar`'s rules when given, sampled as a model is
         by `generate` with `settings` (default: `generate`'s own temperature, top-p and
-        policies): the temperature, then the grammar and its policies, then top-p."""
+        policies): the temperature, then the grammar and its policies, then top-p; the
+        draws from `seed` (default: the budget's first)."""
         import inspect
 
         import torch
@@ -747,7 +795,7 @@ class QualityRun:
         policies = {k: chosen[k] for k in ("note_off", "at_limit")}
         temperature, top_p = chosen["temperature"], chosen["top_p"]
 
-        generator = torch.Generator().manual_seed(self.budget.seeds[0])
+        generator = torch.Generator().manual_seed(self.budget.seeds[0] if seed is None else seed)
         v = self.vocab
         ids = torch.full((count, 1), v.START, dtype=torch.long)
         log_p = baselines.unigram_log_p.float()

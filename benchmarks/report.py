@@ -329,10 +329,23 @@ def _sampling_sentence(rows: Sequence[Mapping[str, Any]]) -> str:
     def words(settings: str) -> str:
         return ", ".join(f"{k}={v}" for k, v in json.loads(settings).items())
 
+    seeds = {
+        tuple(r["extra"]["seeds"])
+        for r in quality_rows(rows, "generated-vs-held-out")
+        if len(r["extra"].get("seeds") or ()) > 1
+    }
+    pooled = ""
+    if len(seeds) == 1:
+        (chosen,) = seeds
+        pooled = (
+            f" Each model source pools the pieces of models trained from seeds "
+            f"{', '.join(map(str, chosen))} (each sampled with its seed), the unigram as "
+            "many seeds' samples."
+        )
     if len(set(sampled.values())) == 1:
-        return f" Models and unigram sampled with {words(next(iter(sampled.values())))}."
+        return pooled + f" Models and unigram sampled with {words(next(iter(sampled.values())))}."
     each = "; ".join(f"{name}: {words(s)}" for name, s in sampled.items())
-    return f" Each source sampled with (every mode with its pick of the samplers): {each}."
+    return pooled + f" Each source sampled with (every mode with its pick of the samplers): {each}."
 
 
 def silence_verdicts(rows: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -440,7 +440,12 @@ def test_a_quick_run_writes_every_row_and_plot(quality_run):
             assert set(extra["buckets"]) == set(bucket_labels(512))
             assert np.isfinite(extra["nll"]) and np.isfinite(extra["nll_equal_time"])
         music_row = row["mode"] == "generated-vs-held-out"
+        if music_row and row["provider"] in models | {"unigram"}:
+            # every seed's model (or unigram draw) adds its pieces to the source's set
+            assert row["extra"]["seeds"] == list(TINY.seeds)
+            assert row["extra"]["summary"]["pieces"] == TINY.pieces * len(TINY.seeds)
         if music_row and row["provider"] in models:
+            assert len(row["extra"]["held_out_seeds"]) == len(TINY.seeds)
             assert set(row["extra"]["distance"]) == set(qm.STATISTICS + qm.NOTE_STATISTICS)
             assert set(row["extra"]["closer_than_unigram"]) == set(qm.STATISTICS)
         if music_row:
@@ -465,6 +470,7 @@ def test_a_quick_run_writes_every_row_and_plot(quality_run):
     md = (out / "results.md").read_text()
     assert "## Quality: held-out likelihood" in md
     assert "## Quality: generated music against held-out music" in md
+    assert "pools the pieces of models trained from seeds 0, 1" in md
     assert "## Quality: why generated notes do not end" in md
     for title in ("How notes end", "Teacher-forced NOTE_OFF probability", "Samplers"):
         assert f"### {title}" in md, title
