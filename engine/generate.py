@@ -58,19 +58,33 @@ LATENTS = ("posterior", "prior")
 STOP_CHECK_EVERY = 32  # steps between the host syncs that ask "has every sequence ended?"
 # The compiled step is one function compiled once per shape of its caches (batch, and
 # prompt plus new tokens over the block): Dynamo's default limit of 8 compiles of one
-# function made the ninth generation length of a process fail (fullgraph=True).
+# function made the ninth generation length of a process fail (fullgraph=True). A
+# step's first call runs under this limit instead.
 STEP_RECOMPILE_LIMIT = 256
 # The sampling `stretto generate`, the demo and the audit use for a model of each mode
 # (`generate()` itself keeps temperature 1 without top-p, the model's own
-# distribution): the quality suite's pick for that mode among its grammar policies,
-# then temperatures and top-p values, chosen on held-out half A by the smallest mean
-# distance as a multiple of real against real, and read on half B, which the choice
-# never saw: run 2026-12-07-00b858f (tiny models trained 400 steps on the dev corpus;
-# docs/engine.md, Generation), which tests/test_quality_bench.py holds this table to.
+# distribution): the quality suite's pick for that mode among its grammar policies (for
+# the vae modes each with z from the aggregate posterior and from the prior), then
+# temperatures and top-p, chosen on held-out half A by the smallest mean distance as a
+# multiple of real against real, and read on half B, which the choice never saw: run
+# 2026-12-07-ec9a291 (tiny models trained 400 steps on the dev corpus; docs/engine.md,
+# Generation), which tests/test_quality_bench.py holds this table to.
 LISTENING_SAMPLING: dict[str, dict[str, str | float | None]] = {
     "transformer": {"note_off": "spread", "at_limit": "freeze", "temperature": 1.0, "top_p": 0.9},
-    "vae": {"note_off": "spread", "at_limit": "freeze", "temperature": 0.8, "top_p": 0.95},
-    "vae_gan": {"note_off": "mask", "at_limit": "freeze", "temperature": 0.7, "top_p": 0.9},
+    "vae": {
+        "note_off": "spread",
+        "at_limit": "freeze",
+        "latent": "posterior",
+        "temperature": 0.7,
+        "top_p": None,
+    },
+    "vae_gan": {
+        "note_off": "spread",
+        "at_limit": "release",
+        "latent": "posterior",
+        "temperature": 0.9,
+        "top_p": 0.9,
+    },
 }
 
 

@@ -563,7 +563,7 @@ def test_the_listening_sampling_is_each_modes_pick_in_the_committed_run():
 
     from stretto.engine.generate import LISTENING_SAMPLING
 
-    run = Path(__file__).resolve().parents[1] / "benchmarks/results/cpu-amd-epyc/2026-12-07-00b858f"
+    run = Path(__file__).resolve().parents[1] / "benchmarks/results/cpu-amd-epyc/2026-12-07-ec9a291"
     rows = json.loads((run / "results.json").read_text())
     rows = rows["rows"] if isinstance(rows, dict) else rows
     picks = {
