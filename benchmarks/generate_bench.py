@@ -15,6 +15,11 @@ at -inf (so every case generates exactly its token count, every row of a batch t
   (`MATMUL_FORMS`): left to `aten.mm`, a broadcast sum, oneDNN's linear, whatever the
   rows; side by side with `compiled` they show what each form costs at each batch, the
   measurement behind `BROADCAST_MAX_ROWS`. Run only when `--provider` names them.
+- `compiled-profile`: `compiled`'s timed generation under `torch.profiler` (Inductor's
+  CPU kernels each recorded as an event): where a step's time goes, the
+  PROFILE_EVENTS events with the most self time per step (and the rest), in
+  `extra["profile"]`. Its own time includes the profiler's overhead, so read speed
+  from `compiled`. Run only when `--provider` names it.
 - `compiled-first-call`: the same in a fresh process whose Inductor cache is empty (a
   new machine): the compile and the generation together, what a first `stretto
   generate --compile on` costs.
@@ -63,11 +68,14 @@ every row reads "skipped: generation not implemented"; no number is ever filled 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import json
 import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from benchmarks import shapes
@@ -82,6 +90,7 @@ PROVIDERS = (
     "compiled-aten-mm",
     "compiled-broadcast",
     "compiled-onednn",
+    "compiled-profile",
     "compiled-first-call",
     "compiled-disk-cache",
     "full-forward",
@@ -96,7 +105,10 @@ MATMUL_FORMS = {
     "compiled-broadcast": (2**31, False),
     "compiled-onednn": (0, True),
 }
-BATCHED_PROVIDERS = ("cached-constrained", "compiled", *MATMUL_FORMS, "hf-llama")
+PROFILED = "compiled-profile"
+PROFILE_EVENTS = 12  # events listed per profiled case, by self time
+NAMED_ONLY = (*MATMUL_FORMS, PROFILED)  # run only when --provider names them
+BATCHED_PROVIDERS = ("cached-constrained", "compiled", *NAMED_ONLY, "hf-llama")
 BATCH_SIZES = (1, 8, 32)  # quick: 1
 STEADY = ("compiled", *MATMUL_FORMS, "hf-llama-static")  # warm up on the measured shapes
 COPY_BYTES = 2**28  # the buffer `copy_bandwidth` copies: far past any cache level
@@ -128,10 +140,12 @@ def build_case(
     device: str,
     batch: int = 1,
     inductor_cache: str | None = None,
+    profile_path: str | None = None,
 ) -> Callable[[], Any]:
     """A transformer-mode model of `preset` and the call generating `tokens` tokens for
     each of `batch` rows; `inductor_cache` is the folder Inductor caches its compiled
-    code in (set before anything compiles)."""
+    code in (set before anything compiles); `compiled-profile` writes its profile to
+    `profile_path` (JSON, see `profile_summary`)."""
     if inductor_cache is not None:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = inductor_cache
     import torch
@@ -161,11 +175,28 @@ def build_case(
             "compile_step": provider.startswith("compiled"),
         }
 
+        if provider == PROFILED:
+            import torch._inductor.config as inductor_config
+
+            inductor_config.cpp.enable_kernel_profile = True  # one event per C++ kernel
+
         def run():
-            with torch.inference_mode():
+            profiler = contextlib.nullcontext()
+            if provider == PROFILED and profile_path is not None:  # not in the warm-up
+                activities = [torch.profiler.ProfilerActivity.CPU]
+                if torch.device(device).type == "cuda":
+                    activities.append(torch.profiler.ProfilerActivity.CUDA)
+                profiler = torch.profiler.profile(activities=activities)
+            start = time.perf_counter()
+            with profiler, torch.inference_mode():
                 out = model.generate(**options)
+            synchronize(device)
+            elapsed_s = time.perf_counter() - start
             if out.shape != (batch, tokens + 1):
                 raise RuntimeError(f"generated {list(out.shape)}, not {[batch, tokens + 1]}")
+            if provider == PROFILED and profile_path is not None:
+                summary = profile_summary(profiler.key_averages(), tokens, elapsed_s)
+                Path(profile_path).write_text(json.dumps(summary))
             return out
 
     elif provider == "full-forward":
@@ -206,6 +237,42 @@ def build_case(
     else:
         raise ValueError(f"unknown generation provider {provider!r}")
     return run
+
+
+def profile_summary(events, steps: int, elapsed_s: float) -> dict[str, Any]:
+    """What one profiled generation of `steps` token steps spent, from
+    `profiler.key_averages()`: the PROFILE_EVENTS events with the most self time (CPU,
+    or the device's where it ran one), each in microseconds per step, its share of all
+    events' self time and its calls per step, then the rest as one line; and the wall
+    time per step (`elapsed_s`, the profiler's overhead included)."""
+    device = any(getattr(e, "self_device_time_total", 0) > 0 for e in events)
+    clock = "self_device_time_total" if device else "self_cpu_time_total"
+    timed = sorted(
+        ((e.key, float(getattr(e, clock)), int(e.count)) for e in events),
+        key=lambda item: -item[1],
+    )
+    total = sum(t for _, t, _ in timed) or 1.0
+    top = [
+        {"event": name, "us_per_step": t / steps, "share": t / total, "calls_per_step": n / steps}
+        for name, t, n in timed[:PROFILE_EVENTS]
+    ]
+    rest = timed[PROFILE_EVENTS:]
+    if rest:
+        t = sum(t for _, t, _ in rest)
+        top.append(
+            {
+                "event": f"the other {len(rest)} events",
+                "us_per_step": t / steps,
+                "share": t / total,
+                "calls_per_step": sum(n for _, _, n in rest) / steps,
+            }
+        )
+    return {
+        "clock": "device" if device else "cpu",
+        "events": top,
+        "self_us_per_step": total / steps,
+        "wall_us_per_step": elapsed_s * 1e6 / steps,
+    }
 
 
 def hf_llama(config, device: str):
@@ -344,7 +411,7 @@ def _cases(
 ) -> list[tuple[str, int, int, str]]:
     """(preset, generated length, batch, provider) of every measured row."""
     if providers is None:
-        chosen = [v for v in PROVIDERS if v not in MATMUL_FORMS]
+        chosen = [v for v in PROVIDERS if v not in NAMED_ONLY]
     else:
         chosen = [v for v in PROVIDERS if v in providers]
     presets, lengths, batches = grid
@@ -403,6 +470,8 @@ def _warmup(kwargs: dict[str, Any]) -> dict[str, Any]:
     provider = kwargs["provider"]
     if provider in STEADY:
         return dict(kwargs)
+    if provider == PROFILED:  # compiled on the measured shapes, nothing profiled
+        return dict(kwargs, profile_path=None)
     if provider in ("compiled-first-call", "compiled-disk-cache"):
         return dict(kwargs, provider="cached-constrained", tokens=WARMUP_TOKENS)
     return dict(kwargs, tokens=WARMUP_TOKENS)
@@ -484,7 +553,7 @@ def run(
             continue
         key = (preset, tokens, batch)
         inductor_cache = None
-        fresh = ("compiled", *MATMUL_FORMS, "compiled-first-call")
+        fresh = ("compiled", *NAMED_ONLY, "compiled-first-call")
         if provider in fresh and not device.startswith("cuda"):
             # a folder for the CPU child (CUDA runs in this process: its cache stays put)
             inductor_cache = tempfile.mkdtemp(dir=scratch.name)
@@ -504,6 +573,8 @@ def run(
             batch=batch,
             inductor_cache=inductor_cache,
         )
+        if provider == PROFILED:
+            kwargs["profile_path"] = os.path.join(scratch.name, f"profile-{i}.json")
         progress(
             f"[generate] {i}/{len(cases)}: {provider}, preset {preset}, batch {batch}, "
             f"{tokens} tokens"
@@ -514,6 +585,9 @@ def run(
             rows.append(dict(what, status=f"error: {type(exc).__name__}: {exc}"))
             continue
         extra = dict(measured.pop("extra", {}), preset=preset, batch=batch)
+        if provider == PROFILED:
+            with open(kwargs["profile_path"]) as f:
+                extra["profile"] = json.load(f)
         per_token_ms = measured["median_ms"] / (tokens * batch)
         extra["x_floor"] = per_token_ms / floors[preset, tokens, batch]
         extra["x_matmul"] = per_token_ms / matmuls[preset, batch]

@@ -183,6 +183,9 @@ def render_markdown(
     quality = quality_markdown(rows)
     if quality:
         parts += [quality, ""]
+    profiles = profile_markdown(rows)
+    if profiles:
+        parts += [profiles, ""]
     for name in plots:
         parts += [f"![{Path(name).stem}]({name})", ""]
     return "\n".join(parts)
@@ -211,6 +214,51 @@ def write_run(
     names = [p.name for p in plot_files]
     _atomic_write(out_dir / MD_NAME, render_markdown(meta, rows, names))
     return plot_files
+
+
+PROFILE_NOTE = (
+    "Each profiled generation (provider `compiled-profile`: the compiled token step under "
+    "`torch.profiler`, each of Inductor's CPU kernels recorded as an event) by event, "
+    "the events with the most self time first: microseconds per token step (one token "
+    "for each row of the batch), share of the events' self time, calls per step. "
+    "`wall` is the step's wall time under the profiler, overhead included; read speed "
+    "from the `compiled` rows."
+)
+
+
+def _short(name: str, limit: int = 80) -> str:
+    """An event name fit for a table cell."""
+    name = name.replace("|", "/").replace("`", "'")
+    return name if len(name) <= limit else name[: limit - 1] + "…"
+
+
+def profile_markdown(rows: Sequence[Mapping[str, Any]], *, heading: str = "##") -> str:
+    """The generate suite's profiles, one table per profiled case; "" without any."""
+    profiled = [r for r in rows if (r.get("extra") or {}).get("profile")]
+    if not profiled:
+        return ""
+    parts = [f"{heading} Generation: where a token step's time goes", "", PROFILE_NOTE, ""]
+    for r in profiled:
+        p = r["extra"]["profile"]
+        parts += [
+            f"`{r['shape']}`: wall {p['wall_us_per_step']:,.0f} µs per step, events "
+            f"{p['self_us_per_step']:,.0f} µs ({p['clock']} self time).",
+            "",
+            _table(
+                ["event", "µs per step", "share", "calls per step"],
+                [
+                    [
+                        f"`{_short(e['event'])}`",
+                        f"{e['us_per_step']:,.1f}",
+                        _percent(e["share"]),
+                        f"{e['calls_per_step']:.2f}",
+                    ]
+                    for e in p["events"]
+                ],
+            ),
+            "",
+        ]
+    return "\n".join(parts).rstrip()
 
 
 # -- the quality suite's tables -------------------------------------------------------

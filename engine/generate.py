@@ -99,7 +99,8 @@ AUTO_COMPILE_MIN_TOKENS = {"cpu": 1200}
 
 def listening_sampling(mode: str) -> dict[str, str | float | None]:
     """The measured sampling for a model of `mode` (`note_off`, `at_limit`,
-    `temperature`, `top_p`): a copy of `LISTENING_SAMPLING[mode]`, for
+    `temperature`, `top_p`, and `latent` for the vae modes): a copy of
+    `LISTENING_SAMPLING[mode]`, for
     `generate(**listening_sampling(mode))`."""
     if mode not in LISTENING_SAMPLING:
         raise ValueError(f"mode must be one of {tuple(LISTENING_SAMPLING)}, got {mode!r}")
@@ -404,6 +405,7 @@ class DecodeStep:
             )
         self.model, self.cache, self.z = model, cache, z
         self.compiled = compile is not False
+        self._called = False
         # Inductor's records are per process: remember where they stood.
         self._skips_before = counters["inductor"]["cudagraph_skips"]
         self._metrics_before = get_compilation_metrics()[-1:]
@@ -451,8 +453,15 @@ class DecodeStep:
     def _step(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model.decoder_logits(tokens[:, None], None, self.z, None, self.cache)[:, 0]
 
-    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self._fn(tokens)
+    def __call__(self, *inputs: torch.Tensor | None) -> torch.Tensor:
+        if self._called:
+            return self._fn(*inputs)
+        # The first call compiles the step for these caches' shapes, or picks the code
+        # compiled for them: a process may hold more shapes than Dynamo's default limit.
+        with torch._dynamo.config.patch(recompile_limit=STEP_RECOMPILE_LIMIT):
+            out = self._fn(*inputs)
+        self._called = True
+        return out
 
 
 class TokenStep(DecodeStep):
@@ -633,8 +642,7 @@ def sample_tokens(
     # (the noise: a view of the same shape, dtype and strides), so a compiled step checks
     # only the guards that tell its compiled entries apart (per token, the full check
     # costs about as much as a fifth of the small preset's step on a CPU).
-    with torch._dynamo.config.patch(recompile_limit=STEP_RECOMPILE_LIMIT):
-        done = steps == 0 or take(0)
+    done = steps == 0 or take(0)
     if not done:
         with _guards_checked_once(step):
             for i in range(1, steps):

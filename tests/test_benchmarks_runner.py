@@ -411,3 +411,27 @@ def test_naming_every_suite_in_another_order_is_not_a_filter():
     every = list(reversed(core.SUITES))
     assert core.run_filters(every, core.SUITES, None, None) == {}
     assert core.run_filters(every[:1], core.SUITES, None, None) == {"suites": every[:1]}
+
+
+def test_a_profiled_generation_gets_its_table():
+    from benchmarks.report import profile_markdown
+
+    events = [
+        {
+            "event": "cpp_fused_" + "x" * 100,
+            "us_per_step": 300.0,
+            "share": 0.6,
+            "calls_per_step": 1,
+        },
+        {"event": "a|b", "us_per_step": 150.0, "share": 0.3, "calls_per_step": 2.5},
+        {"event": "the other 7 events", "us_per_step": 50.0, "share": 0.1, "calls_per_step": 9},
+    ]
+    profile = {"clock": "cpu", "events": events, "self_us_per_step": 500.0, "wall_us_per_step": 640}
+    row = {"provider": "compiled-profile", "shape": "small-B1-T2048", "extra": {"profile": profile}}
+    md = profile_markdown([row, {"provider": "compiled", "shape": "small-B1-T2048", "extra": {}}])
+    assert md.startswith("## Generation: where a token step's time goes")
+    assert "`small-B1-T2048`: wall 640 µs per step, events 500 µs (cpu self time)." in md
+    lines = [line for line in md.splitlines() if line.startswith("| `")]
+    assert len(lines) == 3 and len(lines[0].split("`")[1]) == 80
+    assert lines[1] == "| `a/b` | 150.0 | 30.0% | 2.50 |"
+    assert profile_markdown([row | {"extra": {}}]) == ""

@@ -222,10 +222,11 @@ def test_batches_are_asked_of_the_batched_providers_only():
         )
 
 
-def test_the_matmul_form_providers_run_only_when_named():
+def test_the_matmul_form_and_profile_providers_run_only_when_named():
     grid = (("small",), (2048,), (1, 8))
     every = {v for _, _, _, v in generate_bench._cases(grid, None)}
-    assert every == set(generate_bench.PROVIDERS) - set(generate_bench.MATMUL_FORMS)
+    named = {*generate_bench.MATMUL_FORMS, "compiled-profile"}
+    assert every == set(generate_bench.PROVIDERS) - named
     cases = generate_bench._cases(grid, ["compiled", "compiled-onednn"])
     assert [(b, v) for _, _, b, v in cases] == [
         (1, "compiled"),
@@ -259,6 +260,29 @@ def test_a_matmul_form_provider_compiles_every_product_in_its_form(monkeypatch, 
     assert out.shape == (3, 5)
     done = {k: DECODE_MATMULS.rewritten[k] - before[k] for k in before}
     assert done[form or "onednn"] > 0 and sum(done.values()) == done[form or "onednn"], done
+
+
+@pytest.mark.slow
+def test_the_profiled_case_says_where_a_steps_time_goes():
+    """`compiled-profile` runs the compiled generation under the profiler, in its child
+    process: its row lists the events with the most self time per step, Inductor's own
+    kernels among them, shares that sum to 1 and a total within the step's wall time."""
+    rows = generate_bench.run(
+        quick=True, device="cpu", seq_lens=[40], presets=["tiny"], providers=["compiled-profile"]
+    )
+    (row,) = [r for r in rows if r["provider"] == "compiled-profile"]
+    assert "status" not in row, row.get("status")
+    profile = row["extra"]["profile"]
+    events = profile["events"]
+    assert len(events) == generate_bench.PROFILE_EVENTS + 1
+    assert events[-1]["event"].startswith("the other ")
+    assert sum(e["share"] for e in events) == pytest.approx(1.0)
+    top = [e["us_per_step"] for e in events[:-1]]
+    assert top == sorted(top, reverse=True) and top[0] > 0
+    assert any("cpp_fused" in e["event"] for e in events), events
+    assert 0 < profile["self_us_per_step"] <= profile["wall_us_per_step"]
+    steps_us = row["median_ms"] * 1e3 / 40
+    assert profile["wall_us_per_step"] <= steps_us * 1.01
 
 
 def test_generate_skips_the_no_cache_baseline_past_its_limit(monkeypatch):

@@ -367,3 +367,29 @@ def test_a_process_compiles_the_step_for_more_lengths_than_dynamos_default_limit
         out = model.generate(max_new_tokens=tokens, seed=0, compile_step=True)
         assert out.shape[1] <= tokens + 1
     assert len(compiles) == 10
+
+
+@pytest.mark.slow
+def test_a_decode_step_used_directly_compiles_for_more_cache_shapes_than_the_default_limit(
+    make_model, monkeypatch
+):
+    """`DecodeStep` built by hand over caches of ten shapes compiles ten times and fails
+    on none: its first call, where it compiles, runs under STEP_RECOMPILE_LIMIT."""
+    from stretto.engine.generate import DecodeStep
+
+    compiles = []
+
+    def record(gm, example_inputs, **options):
+        compiles.append(len(example_inputs))
+        return gm.forward
+
+    _compile_with(monkeypatch, record)
+    torch._dynamo.reset()
+    model = make_model("transformer").eval()
+    token = torch.tensor([model.config.vocab_size - 1])
+    with torch.no_grad():
+        for length in range(16, 16 + 10 * 16, 16):  # blocks of 16: a new shape each
+            step = DecodeStep(model, model.new_cache(1, length), None, compile=True)
+            for _ in range(3):  # later calls reuse the compiled code
+                assert step(token).shape == (1, model.config.vocab_size)
+    assert len(compiles) == 10
