@@ -127,6 +127,22 @@ def _compile_with(monkeypatch, backend) -> None:
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=backend))
 
 
+def _recorded_graphs(monkeypatch, reset: bool = True) -> list[list]:
+    """`torch.compile` as DecodeStep calls it, with a backend that appends each compiled
+    graph's example inputs to the returned list and runs the graph as traced; Dynamo
+    reset first (unless `reset` is False)."""
+    graphs: list[list] = []
+
+    def record(gm, example_inputs, **options):
+        graphs.append(list(example_inputs))
+        return gm.forward
+
+    _compile_with(monkeypatch, record)
+    if reset:
+        torch._dynamo.reset()
+    return graphs
+
+
 class _CountingInductor:
     """Inductor with the options `torch.compile` was given, counting the frames it
     compiles."""
@@ -148,13 +164,7 @@ def test_compiled_decode_step_graph_inputs_are_static_but_the_token(
 ):
     """What Dynamo lifts as graph inputs: the token ids, the model's parameters, and the
     step's static tensors, each of them marked."""
-    graphs = []
-
-    def record(gm, example_inputs, **options):
-        graphs.append(list(example_inputs))
-        return gm.forward
-
-    _compile_with(monkeypatch, record)
+    graphs = _recorded_graphs(monkeypatch, reset=False)
     model, ids, z = _model(make_model, windows, kind)
     step = _prefilled_step(model, ids, z, compile=True)
     with torch.no_grad():
@@ -294,14 +304,7 @@ def test_compiled_token_step_graph_inputs_are_static_but_the_noise(make_model, m
     note tracker, grammar state and tables, logits, ended)."""
     from stretto.engine.generate import TokenStep
 
-    graphs = []
-
-    def record(gm, example_inputs, **options):
-        graphs.append(list(example_inputs))
-        return gm.forward
-
-    _compile_with(monkeypatch, record)
-    torch._dynamo.reset()
+    graphs = _recorded_graphs(monkeypatch)
     model = make_model("vae").eval()
     real_init = TokenStep.__init__
     steps = []
@@ -354,14 +357,7 @@ def test_a_process_compiles_the_step_for_more_lengths_than_dynamos_default_limit
     """Every generation length with its own cache shapes compiles the step once; a
     process that generates ten such lengths compiles ten times and fails on none
     (Dynamo's default limit for one function is 8)."""
-    compiles = []
-
-    def record(gm, example_inputs, **options):
-        compiles.append(len(example_inputs))
-        return gm.forward
-
-    _compile_with(monkeypatch, record)
-    torch._dynamo.reset()
+    compiles = _recorded_graphs(monkeypatch)
     model = make_model("transformer").eval()  # blocks of 16: a new cache shape per 16
     for tokens in range(8, 8 + 10 * 16, 16):
         out = model.generate(max_new_tokens=tokens, seed=0, compile_step=True)
@@ -377,14 +373,7 @@ def test_a_decode_step_used_directly_compiles_for_more_cache_shapes_than_the_def
     on none: its first call, where it compiles, runs under STEP_RECOMPILE_LIMIT."""
     from stretto.engine.generate import DecodeStep
 
-    compiles = []
-
-    def record(gm, example_inputs, **options):
-        compiles.append(len(example_inputs))
-        return gm.forward
-
-    _compile_with(monkeypatch, record)
-    torch._dynamo.reset()
+    compiles = _recorded_graphs(monkeypatch)
     model = make_model("transformer").eval()
     token = torch.tensor([model.config.vocab_size - 1])
     with torch.no_grad():
