@@ -76,6 +76,28 @@ def _random_ids(gen: torch.Generator, n: int, start: bool = True) -> list[int]:
     return out
 
 
+@pytest.mark.parametrize("seed", range(3), ids=[f"seed{s}" for s in range(3)])
+def test_the_whole_vocabularys_rules_equal_the_rules_of_each_id(seed):
+    """`allowed` and `sampling_logits` read every id's rules by broadcasting
+    (`_broken_vocab`); `broken_rule` reads the given ids' rules by gathering
+    (`_broken`): on sequences that break every rule, the two agree at every position,
+    for every id, rule by rule (orphan_note_off apart, the others together)."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = [_random_ids(gen, 120, start=k % 6 != 0) for k in range(24)]
+    grammar = Grammar(V)
+    state = grammar.initial_state(len(rows), "cpu")
+    ids = torch.tensor(rows)
+    cols = torch.arange(V.size).expand(len(rows), -1)
+    orphan_rule = RULES.index("orphan_note_off")
+    for pos in range(ids.shape[1]):
+        broken = grammar._broken(state, cols)  # [R, B, V]
+        others, orphan = grammar._broken_vocab(state)
+        assert torch.equal(orphan, broken[orphan_rule]), pos
+        rest = torch.cat([broken[:orphan_rule], broken[orphan_rule + 1 :]]).any(0)
+        assert torch.equal(others, rest), pos
+        grammar.advance(state, ids[:, pos])
+
+
 @pytest.mark.parametrize("max_note_steps", [1, 7, 512])
 @pytest.mark.parametrize("seed", range(4), ids=[f"seed{s}" for s in range(4)])
 def test_the_mask_breaks_the_rule_validate_names_at_every_position(seed, max_note_steps):
