@@ -223,7 +223,7 @@ class MusicModel(nn.Module):
         estimates, updated by every encoding in training mode). A model never trained
         returns the prior's (0, 1). What `generate` samples z from by default: a KL
         that the free bits and beta schedule keep small leaves the posteriors far
-        inside the prior (measured in docs/engine.md's vae section)."""
+        inside the prior (docs/engine.md, "Where z comes from")."""
         if self.encoder is None:
             raise ValueError(f"mode {self.config.mode!r} has no latent (vae modes only)")
         mean = self.latent_mean.float()
@@ -233,8 +233,10 @@ class MusicModel(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         # A vae saved before the aggregate posterior was tracked loads with the prior.
         if self.encoder is not None:
-            for name in ("latent_mean", "latent_second_moment"):
-                state_dict.setdefault(prefix + name, getattr(self, name).detach().clone())
+            state_dict.setdefault(prefix + "latent_mean", torch.zeros_like(self.latent_mean))
+            state_dict.setdefault(
+                prefix + "latent_second_moment", torch.ones_like(self.latent_second_moment)
+            )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @staticmethod
