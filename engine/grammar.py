@@ -165,22 +165,30 @@ class Grammar:
         """The same state on `device`."""
         return GrammarState(**{k: getattr(state, k).to(device) for k in state.__dataclass_fields__})
 
-    def _broken(self, state: GrammarState, cols: torch.Tensor) -> torch.Tensor:
-        """`[R, B, C]` bool: rule r is broken by the token `cols[b, c]` (`[B, C]` long)
-        after `state`; the rules' conditions, in `GRAMMAR_RULES` order."""
-        tb = self.tables(state.inst.device)
-        b = state.inst.shape[0]
+    @staticmethod
+    def _when(state: GrammarState) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The rules' conditions after `state`: `[B, 1]` bool per rule but
+        orphan_note_off (the rule breaks for the ids it binds where its condition holds),
+        and `[B, 88]` bool, the pitches silent on the current instrument inside the piece
+        (orphan_note_off's, per pitch)."""
         live = (state.started & ~state.ended)[:, None]  # [B, 1]: inside the piece
-        rows = torch.arange(b, device=cols.device)
-        sounding = state.age[rows, state.inst.clamp(min=0)] >= 0  # [B, 88]
         when = {
             "start": ~state.started[:, None],
             "special": live,
             "after_end": state.ended[:, None],
             "instrument_first": live & (state.inst < 0)[:, None],
             "velocity_first": live & ~state.has_vel[:, None],
-            "orphan_note_off": live & ~sounding.gather(1, tb["off_pitch"][cols]),
         }
+        rows = torch.arange(state.inst.shape[0], device=state.inst.device)
+        silent = live & (state.age[rows, state.inst.clamp(min=0)] < 0)  # [B, 88]
+        return when, silent
+
+    def _broken(self, state: GrammarState, cols: torch.Tensor) -> torch.Tensor:
+        """`[R, B, C]` bool: rule r is broken by the token `cols[b, c]` (`[B, C]` long)
+        after `state`; the rules' conditions, in `GRAMMAR_RULES` order."""
+        tb = self.tables(state.inst.device)
+        when, silent = self._when(state)
+        when["orphan_note_off"] = silent.gather(1, tb["off_pitch"][cols])
         broken = torch.stack([when[rule].expand_as(cols) for rule in GRAMMAR_RULES])
         return broken & tb["binds"][:, cols]
 
@@ -193,20 +201,11 @@ class Grammar:
         tb = self.tables(state.inst.device)
         v = self.vocab
         b = state.inst.shape[0]
-        live = (state.started & ~state.ended)[:, None]  # [B, 1]
-        when = {
-            "start": ~state.started[:, None],
-            "special": live,
-            "after_end": state.ended[:, None],
-            "instrument_first": live & (state.inst < 0)[:, None],
-            "velocity_first": live & ~state.has_vel[:, None],
-        }
-        others = torch.zeros(b, v.size, dtype=torch.bool, device=state.inst.device)
+        when, silent = self._when(state)
+        others = torch.zeros(b, v.size, dtype=torch.bool, device=silent.device)
         for r, rule in enumerate(GRAMMAR_RULES):
             if r != _ORPHAN:
                 others = others | (when[rule] & tb["binds"][r])
-        rows = torch.arange(b, device=state.inst.device)
-        silent = live & (state.age[rows, state.inst.clamp(min=0)] < 0)  # [B, 88]
         before = torch.zeros(b, v.NOTE_OFF.start, dtype=torch.bool, device=silent.device)
         after = torch.zeros(b, v.size - v.NOTE_OFF.stop, dtype=torch.bool, device=silent.device)
         orphan = torch.cat([before, silent, after], 1) & tb["binds"][_ORPHAN]
