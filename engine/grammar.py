@@ -195,9 +195,9 @@ class Grammar:
     def _broken_vocab(self, state: GrammarState) -> tuple[torch.Tensor, torch.Tensor]:
         """`_broken` for every id of the vocabulary, split: (`[B, V]` bool, a rule other
         than orphan_note_off is broken by the id; `[B, V]` bool, orphan_note_off is).
-        Broadcasts and one slice instead of `_broken`'s gathers: indirect loads kept a
-        compiled step from vectorizing the mask (at batch 32 it took most of the step
-        outside the model)."""
+        Broadcasts and one slice instead of `_broken`'s gathers, which made the compiled
+        mask and sampling about twice as slow at batch 32 (docs/engine.md, "Where a
+        step's time goes")."""
         tb = self.tables(state.inst.device)
         v = self.vocab
         b = state.inst.shape[0]
