@@ -180,9 +180,11 @@ def build_case(
 
             inductor_config.cpp.enable_kernel_profile = True  # one event per C++ kernel
 
+        profiling = provider == PROFILED and profile_path is not None  # not in the warm-up
+
         def run():
             profiler = contextlib.nullcontext()
-            if provider == PROFILED and profile_path is not None:  # not in the warm-up
+            if profiling:
                 activities = [torch.profiler.ProfilerActivity.CPU]
                 if torch.device(device).type == "cuda":
                     activities.append(torch.profiler.ProfilerActivity.CUDA)
@@ -194,7 +196,7 @@ def build_case(
             elapsed_s = time.perf_counter() - start
             if out.shape != (batch, tokens + 1):
                 raise RuntimeError(f"generated {list(out.shape)}, not {[batch, tokens + 1]}")
-            if provider == PROFILED and profile_path is not None:
+            if profiling:
                 summary = profile_summary(profiler.key_averages(), tokens, elapsed_s)
                 Path(profile_path).write_text(json.dumps(summary))
             return out

@@ -642,8 +642,7 @@ def sample_tokens(
     # (the noise: a view of the same shape, dtype and strides), so a compiled step checks
     # only the guards that tell its compiled entries apart (per token, the full check
     # costs about as much as a fifth of the small preset's step on a CPU).
-    done = steps == 0 or take(0)
-    if not done:
+    if steps and not take(0):
         with _guards_checked_once(step):
             for i in range(1, steps):
                 if take(i):
