@@ -711,6 +711,10 @@ class QualityRun:
         pick["extra"]["pick"] = True
         return rows, pick["extra"]["settings"], samples[pick["provider"]]
 
+    def _seed(self, seed: int | None) -> int:
+        """`seed`, or the budget's first when None."""
+        return self.budget.seeds[0] if seed is None else seed
+
     def _train_mode(self, mode: str, length: int, seed: int | None = None, **overrides):
         """A model of `mode` (the preset with `overrides`) trained for the budget's steps
         on windows of `length` tokens from `seed` (default: the budget's first), in eval
@@ -722,7 +726,7 @@ class QualityRun:
         from stretto.engine.evaluation import held_out_batches, measure
 
         b = self.budget
-        seed = b.seeds[0] if seed is None else seed
+        seed = self._seed(seed)
         batch = max(1, b.tokens_per_batch // length)
         train, val = self.split.datasets(length, val_stride=length)
         what = mode + "".join(f", {k}={v}" for k, v in overrides.items())
@@ -761,8 +765,7 @@ class QualityRun:
 
         start = time.perf_counter()
         with torch.inference_mode():
-            seed = self.budget.seeds[0] if seed is None else seed
-            kw = dict(max_new_tokens=length - 1, batch_size=count, seed=seed)
+            kw = dict(max_new_tokens=length - 1, batch_size=count, seed=self._seed(seed))
             masked = model.generate(constrained=True, **kw, **settings)
             free = model.generate(constrained=False, **kw, **settings)
         seconds = time.perf_counter() - start
@@ -790,12 +793,13 @@ class QualityRun:
         from stretto.engine.generate import policy_logits
 
         defaults = inspect.signature(generate).parameters
-        chosen = {k: defaults[k].default for k in ("note_off", "at_limit", "temperature", "top_p")}
+        policy_names = ("note_off", "at_limit", "note_on")
+        chosen = {k: defaults[k].default for k in (*policy_names, "temperature", "top_p")}
         chosen |= settings or {}
-        policies = {k: chosen[k] for k in ("note_off", "at_limit")}
+        policies = {k: chosen[k] for k in policy_names}
         temperature, top_p = chosen["temperature"], chosen["top_p"]
 
-        generator = torch.Generator().manual_seed(self.budget.seeds[0] if seed is None else seed)
+        generator = torch.Generator().manual_seed(self._seed(seed))
         v = self.vocab
         ids = torch.full((count, 1), v.START, dtype=torch.long)
         log_p = baselines.unigram_log_p.float()

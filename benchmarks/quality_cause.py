@@ -10,10 +10,10 @@
   real windows with a share of their NOTE_OFFs deleted: how far the statistic moves
   when a model forgets that many releases.
 - `samplers` and `sampler_variants`: the settings of `generate` that the sampler
-  comparison runs (the NOTE_OFF mask and what happens at the note-length limit, for a
-  vae each with z from the aggregate posterior and from the prior, then temperature
-  and top-p on the best of them); `sampler_support` says whether this `generate`
-  takes them.
+  comparison runs (the NOTE_OFF mask, what happens at the note-length limit and to a
+  NOTE_ON of a sounding pitch, for a vae each with z from the aggregate posterior and
+  from the prior, then temperature and top-p on the best of them); `sampler_support`
+  says whether this `generate` takes them.
 """
 
 from __future__ import annotations
@@ -30,12 +30,18 @@ DELETION_SHARES = (0.0, 0.1, 0.25, 0.5)
 
 # (name, keyword arguments of `generate`): the grammar mask as it was (a NOTE_OFF
 # only where the model put it, time frozen at the length limit), the NOTE_OFF family's
-# probability spread over the sounding pitches, and that with notes released at the
-# limit instead of freezing time.
+# probability spread over the sounding pitches, that with notes released at the limit
+# instead of freezing time, and both of those with a sounding pitch's NOTE_ON turned
+# into its NOTE_OFF ("off-first": the data never strikes a sounding pitch again).
 SAMPLERS: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("mask", {"note_off": "mask", "at_limit": "freeze"}),
-    ("spread", {"note_off": "spread", "at_limit": "freeze"}),
-    ("spread+release", {"note_off": "spread", "at_limit": "release"}),
+    ("mask", {"note_off": "mask", "at_limit": "freeze", "note_on": "restrike"}),
+    ("spread", {"note_off": "spread", "at_limit": "freeze", "note_on": "restrike"}),
+    ("spread+release", {"note_off": "spread", "at_limit": "release", "note_on": "restrike"}),
+    ("spread+off-first", {"note_off": "spread", "at_limit": "freeze", "note_on": "off-first"}),
+    (
+        "spread+release+off-first",
+        {"note_off": "spread", "at_limit": "release", "note_on": "off-first"},
+    ),
 )
 # vae modes: z from the aggregate posterior (`generate`'s default) or the prior.
 PRIOR_SUFFIX = ", prior z"

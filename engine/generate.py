@@ -6,7 +6,8 @@ the device.
 Sampling order at each step: the logits are divided by the temperature; the grammar
 and its generation policies apply to the tempered logits (`Grammar.sampling_logits`:
 the note limit under `at_limit`, the NOTE_OFF family under `note_off`, so "spread"
-keeps the family's probability of the distribution actually sampled); then top-k, then
+keeps the family's probability of the distribution actually sampled, and the NOTE_ONs
+of sounding pitches under `note_on`); then top-k, then
 top-p, then the draw. Temperature 0 applies the grammar to the raw logits and takes
 the argmax.
 
@@ -70,10 +71,17 @@ STEP_RECOMPILE_LIMIT = 256
 # 2026-12-07-ec9a291 (tiny models trained 400 steps on the dev corpus; docs/engine.md,
 # Generation), which tests/test_quality_bench.py holds this table to.
 LISTENING_SAMPLING: dict[str, dict[str, str | float | None]] = {
-    "transformer": {"note_off": "spread", "at_limit": "freeze", "temperature": 1.0, "top_p": 0.9},
+    "transformer": {
+        "note_off": "spread",
+        "at_limit": "freeze",
+        "note_on": "restrike",
+        "temperature": 1.0,
+        "top_p": 0.9,
+    },
     "vae": {
         "note_off": "spread",
         "at_limit": "freeze",
+        "note_on": "restrike",
         "latent": "posterior",
         "temperature": 0.7,
         "top_p": None,
@@ -81,6 +89,7 @@ LISTENING_SAMPLING: dict[str, dict[str, str | float | None]] = {
     "vae_gan": {
         "note_off": "spread",
         "at_limit": "release",
+        "note_on": "restrike",
         "latent": "posterior",
         "temperature": 0.9,
         "top_p": 0.9,
@@ -259,6 +268,7 @@ def generate(
     max_silence_steps: int = DEFAULT_MAX_SILENCE_STEPS,
     note_off: str = "spread",
     at_limit: str = "release",
+    note_on: str = "restrike",
     shared_noise: bool = False,
     compile_step: bool | str = False,
 ) -> torch.Tensor:
@@ -281,7 +291,9 @@ def generate(
     `max_note_steps` x 15.625 ms, with `at_limit="release"` (the oldest note is
     released when it reaches the limit) or `"freeze"` (time stops until it is);
     `note_off="spread"` (the probability of NOTE_OFFs of silent pitches goes to the
-    sounding pitches) or `"mask"` (it is renormalized over every allowed token); no
+    sounding pitches) or `"mask"` (it is renormalized over every allowed token);
+    `note_on="restrike"` (a NOTE_ON of a sounding pitch strikes it again, as the model
+    scores it) or `"off-first"` (its probability goes to that pitch's NOTE_OFF); no
     silence (no note sounding) longer than `max_silence_steps` steps, at the start of
     the piece or inside it.
     `shared_noise`: every row samples with the same random draw at each step.
@@ -298,10 +310,10 @@ def generate(
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     check_sampling(temperature, top_k, top_p)
-    check_policies(note_off, at_limit)
+    check_policies(note_off, at_limit, note_on)
     if latent not in LATENTS:
         raise ValueError(f"latent must be one of {', '.join(LATENTS)}, got {latent!r}")
-    policies = {"note_off": note_off, "at_limit": at_limit}
+    policies = {"note_off": note_off, "at_limit": at_limit, "note_on": note_on}
     sampling = {
         "temperature": temperature,
         "top_k": top_k,
@@ -480,7 +492,7 @@ class TokenStep(DecodeStep):
 
     `sampling` holds `temperature`, `top_k` and `top_p` (see `generate`; a
     `shared_noise` entry is the caller's, who draws `[1, V]` noise for it), `policies`
-    `note_off` and `at_limit`; `grammar` None samples without constraints.
+    `note_off`, `at_limit` and `note_on`; `grammar` None samples without constraints.
     `record_allowed`: each step also writes the ids the grammar and its policies allow
     (the tempered logits' finite entries, before top-k and top-p) into `allowed`
     (`[B, V]` bool, all True without a grammar).

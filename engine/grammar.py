@@ -39,6 +39,12 @@ Generation adds sampling policies on top of the rules (`sampling_logits`):
   `logsumexp(z[F]) - logsumexp(z[S])` to `z[S]`, so that after it each id of `A` outside
   `S` keeps `exp(z_t) / sum_(A | F) exp(z)` and `S` shares `P(F)` in proportion to
   `exp(z)`. With `S` empty the family gets nothing (the plain mask).
+- A NOTE_ON of a sounding pitch (`note_on`): the rules allow it (the note is struck
+  again: the sounding one ends there), but encoded data never holds one, since the
+  tokenizer ends a note with its NOTE_OFF before the next note of its pitch starts.
+  `"restrike"` samples it as the model scores it. `"off-first"` gives its probability
+  to that pitch's NOTE_OFF, after the NOTE_OFF family's policy: the note is released
+  as the data would release it, and the model then decides whether to strike it again.
 
 END does not require closing the notes still sounding: the decoder closes them at END.
 A sequence without END is valid (generation may stop at its token budget). The order of
@@ -65,6 +71,7 @@ __all__ = [
     "DEFAULT_MAX_SILENCE_STEPS",
     "GRAMMAR_RULES",
     "NOTE_OFF_POLICIES",
+    "NOTE_ON_POLICIES",
     "Grammar",
     "GrammarState",
     "check_policies",
@@ -73,6 +80,7 @@ __all__ = [
 NOTE_OFF_POLICIES = ("spread", "mask")
 _ORPHAN = GRAMMAR_RULES.index("orphan_note_off")
 AT_LIMIT_POLICIES = ("release", "freeze")
+NOTE_ON_POLICIES = ("restrike", "off-first")
 # The longest silence generation makes: 2 s of 15.625 ms steps. Of the 126 training
 # files of the dev corpus's split (quality suite, seed 0), 102 never fall silent for
 # longer (per-file longest silence: median 0.72 s, 75th percentile 1.73 s).
@@ -80,12 +88,15 @@ DEFAULT_MAX_SILENCE_STEPS = 128
 _TABLES: dict[tuple[str, torch.device], dict[str, torch.Tensor]] = {}
 
 
-def check_policies(note_off: str, at_limit: str) -> None:
+def check_policies(note_off: str, at_limit: str, note_on: str = "restrike") -> None:
     """ValueError naming the parameter when a sampling policy is not one of its choices."""
-    if note_off not in NOTE_OFF_POLICIES:
-        raise ValueError(f"note_off must be one of {NOTE_OFF_POLICIES}, got {note_off!r}")
-    if at_limit not in AT_LIMIT_POLICIES:
-        raise ValueError(f"at_limit must be one of {AT_LIMIT_POLICIES}, got {at_limit!r}")
+    for name, value, choices in (
+        ("note_off", note_off, NOTE_OFF_POLICIES),
+        ("at_limit", at_limit, AT_LIMIT_POLICIES),
+        ("note_on", note_on, NOTE_ON_POLICIES),
+    ):
+        if value not in choices:
+            raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
 @dataclass
@@ -218,13 +229,44 @@ class Grammar:
         return ~(others | orphan)
 
     def sampling_logits(
-        self, state: GrammarState, logits: torch.Tensor, *, note_off: str, at_limit: str
+        self,
+        state: GrammarState,
+        logits: torch.Tensor,
+        *,
+        note_off: str,
+        at_limit: str,
+        note_on: str = "restrike",
     ) -> torch.Tensor:
         """`logits` `[B, V]` (already divided by the temperature) with the rules and the
-        generation policies applied: forbidden ids at -inf, and under `note_off="spread"`
-        the NOTE_OFF family's probability moved onto the sounding pitches (module
-        docstring). On the device, no host synchronisation; top-k / top-p come after."""
-        check_policies(note_off, at_limit)
+        generation policies applied: forbidden ids at -inf, under `note_off="spread"`
+        the NOTE_OFF family's probability moved onto the sounding pitches, and under
+        `note_on="off-first"` each sounding pitch's NOTE_ON probability onto its
+        NOTE_OFF (module docstring). On the device, no host synchronisation; top-k /
+        top-p come after."""
+        check_policies(note_off, at_limit, note_on)
+        z = self._note_off_logits(state, logits, note_off=note_off, at_limit=at_limit)
+        if note_on == "restrike":
+            return z
+        return self._off_first(z)
+
+    def _off_first(self, z: torch.Tensor) -> torch.Tensor:
+        """`z` (`[B, V]`, the rules and the other policies applied) with the probability
+        of each allowed NOTE_ON of a sounding pitch moved onto that pitch's NOTE_OFF. A
+        NOTE_OFF is allowed exactly when its pitch sounds on the current instrument, so
+        the pitches whose NOTE_OFF and NOTE_ON are both finite are those that move."""
+        v = self.vocab
+        on = z[:, v.NOTE_ON.start : v.NOTE_ON.stop]
+        off = z[:, v.NOTE_OFF.start : v.NOTE_OFF.stop]
+        moves = off.isfinite() & on.isfinite()  # [B, 88]
+        off = torch.where(moves, torch.logaddexp(off, on), off)
+        on = on.masked_fill(moves, float("-inf"))
+        assert v.NOTE_ON.stop == v.NOTE_OFF.start  # the two families sit side by side
+        return torch.cat([z[:, : v.NOTE_ON.start], on, off, z[:, v.NOTE_OFF.stop :]], 1)
+
+    def _note_off_logits(
+        self, state: GrammarState, logits: torch.Tensor, *, note_off: str, at_limit: str
+    ) -> torch.Tensor:
+        """`sampling_logits` before the NOTE_ON policy."""
         tb = self.tables(state.inst.device)
         others, orphan = self._broken_vocab(state)  # [B, V] each
         allowed = ~(others | orphan)

@@ -49,6 +49,14 @@ MODULATION_INIT_STD = 0.5
 LATENT_MOMENTUM = 0.05
 
 
+def _prior_moments(latent_dim: int) -> dict[str, torch.Tensor]:
+    """The aggregate posterior's buffers holding the prior N(0, I): E[z] = 0, E[z^2] = 1."""
+    return {
+        "latent_mean": torch.zeros(latent_dim),
+        "latent_second_moment": torch.ones(latent_dim),
+    }
+
+
 class MusicModel(nn.Module):
     """The music model. Build it with `MusicModel(ModelConfig.from_vocab(vocab, ...))`.
 
@@ -89,8 +97,8 @@ class MusicModel(nn.Module):
             self.to_stats = nn.Linear(c.d_model, 2 * c.latent_dim)  # -> [mu ; logvar]
             # the aggregate posterior's running moments, E[mu] and E[mu^2 + sigma^2] over
             # training windows; N(0, I) until the first training step
-            self.register_buffer("latent_mean", torch.zeros(c.latent_dim))
-            self.register_buffer("latent_second_moment", torch.ones(c.latent_dim))
+            for name, value in _prior_moments(c.latent_dim).items():
+                self.register_buffer(name, value)
         # vae: the auxiliary bag-of-words head, one token distribution from z alone
         self.bow_head = (
             nn.Linear(c.latent_dim, c.vocab_size) if is_vae and c.bow_weight > 0 else None
@@ -233,10 +241,8 @@ class MusicModel(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         # A vae saved before the aggregate posterior was tracked loads with the prior.
         if self.encoder is not None:
-            state_dict.setdefault(prefix + "latent_mean", torch.zeros_like(self.latent_mean))
-            state_dict.setdefault(
-                prefix + "latent_second_moment", torch.ones_like(self.latent_second_moment)
-            )
+            for name, value in _prior_moments(self.config.latent_dim).items():
+                state_dict.setdefault(prefix + name, value.to(self.latent_mean))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @staticmethod

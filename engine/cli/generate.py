@@ -13,7 +13,13 @@ from stretto.engine import load_checkpoint
 from stretto.engine.cli.pianoroll import save_piano_roll
 from stretto.engine.cli.runs import RUN
 from stretto.engine.generate import interpolate, listening_sampling
-from stretto.engine.grammar import DEFAULT_MAX_NOTE_STEPS, DEFAULT_MAX_SILENCE_STEPS
+from stretto.engine.grammar import (
+    AT_LIMIT_POLICIES,
+    DEFAULT_MAX_NOTE_STEPS,
+    DEFAULT_MAX_SILENCE_STEPS,
+    NOTE_OFF_POLICIES,
+    NOTE_ON_POLICIES,
+)
 from stretto.tokenizer import MidiTokenizer, Vocabulary
 from stretto.tokenizer.vocabulary import STEP_SECONDS
 
@@ -23,7 +29,9 @@ Generate a piece with the model in CHECKPOINT and write it as a MIDI file.
 Sampling is constrained by the token grammar (valid MIDI by construction, notes at most
 --max-note-steps x 15.625 ms, silences at most --max-silence-steps); --prompt continues
 a MIDI file (its first --prompt-tokens tokens, at most the model's max_seq_len). vae
-checkpoints sample z from the prior. Existing files are never replaced unless --force is given.
+checkpoints draw z from the aggregate posterior of their training windows (--latent).
+Sampling not given is the one measured for the checkpoint's mode. Existing files are
+never replaced unless --force is given.
 
 example:
   stretto generate runs/vae/last.pt --out song.mid --tokens 1024 --top-p 0.95 \\
@@ -79,28 +87,19 @@ def _encode(path: str, max_tokens: int):
 
 def _sampling(args, mode: str) -> dict:
     """`generate`'s keywords from the arguments; the sampling not given (temperature,
-    top-p, the NOTE_OFF and note-limit policies) is the one measured for `mode`."""
-    given = {k: getattr(args, k) for k in ("temperature", "top_p", "note_off", "at_limit")}
+    top-p, the grammar's policies, where a vae's z comes from) is the one measured for
+    `mode`."""
+    if getattr(args, "latent", None) is not None and mode == "transformer":
+        raise ValueError("--latent is for vae and vae_gan checkpoints; this one is a transformer")
+    names = ("temperature", "top_p", "note_off", "at_limit", "note_on", "latent")
+    given = {k: getattr(args, k, None) for k in names}
     chosen = listening_sampling(mode) | {k: v for k, v in given.items() if v is not None}
-    latent = {}
-    if getattr(args, "latent", None) is not None:
-        if mode == "transformer":
-            raise ValueError(
-                "--latent is for vae and vae_gan checkpoints; this one is a transformer"
-            )
-        latent = {"latent": args.latent}
-    elif "latent" in chosen and mode != "transformer":
-        latent = {"latent": chosen["latent"]}
-    return latent | {
-        "temperature": chosen["temperature"],
+    return chosen | {
         "top_k": args.top_k,
-        "top_p": chosen["top_p"],
         "seed": args.seed,
         "constrained": not args.unconstrained,
         "max_note_steps": args.max_note_steps,
         "max_silence_steps": args.max_silence_steps,
-        "note_off": chosen["note_off"],
-        "at_limit": chosen["at_limit"],
         "compile_step": {"on": True, "off": False}.get(args.compile, args.compile),
     }
 
@@ -214,16 +213,23 @@ def _sampling_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--note-off",
-        choices=("spread", "mask"),
+        choices=NOTE_OFF_POLICIES,
         default=None,
         help="NOTE_OFFs of silent pitches: give their probability to the sounding pitches "
         f"(spread) or drop it (mask) ({measured})",
     )
     p.add_argument(
         "--at-limit",
-        choices=("release", "freeze"),
+        choices=AT_LIMIT_POLICIES,
         default=None,
         help=f"a note at --max-note-steps: release it or stop time until it ends ({measured})",
+    )
+    p.add_argument(
+        "--note-on",
+        choices=NOTE_ON_POLICIES,
+        default=None,
+        help="a NOTE_ON of a sounding pitch: strike it again (restrike) or give its "
+        f"probability to that pitch's NOTE_OFF (off-first) ({measured})",
     )
     p.add_argument("--unconstrained", action="store_true", help="sample without the grammar mask")
     p.add_argument(

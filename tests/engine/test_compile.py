@@ -248,7 +248,10 @@ def _ending_early(model, weight: float = 4.0):
 
 TOKEN_CASES = {
     # mode, generate's options
-    "transformer-sampled": ("transformer", dict(temperature=0.9, top_k=200, top_p=0.95)),
+    "transformer-sampled": (
+        "transformer",
+        dict(temperature=0.9, top_k=200, top_p=0.95, note_on="off-first"),
+    ),
     "vae-sampled": ("vae", dict(temperature=1.1)),
     "vae_gan-greedy": ("vae_gan", dict(temperature=0)),
     "transformer-unconstrained": ("transformer", dict(temperature=1.0, constrained=False)),

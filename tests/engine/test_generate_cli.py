@@ -143,9 +143,12 @@ def test_generate_passes_the_sampling_policies(checkpoint, tmp_path, seen, capsy
     assert main(["generate", *args]) == 0
     measured = listening_sampling("transformer")
     assert {k: seen[k] for k in measured} == measured
-    policies = ["--note-off", "mask", "--at-limit", "freeze", "--force"]
-    assert main(["generate", *args, *policies]) == 0
-    assert (seen["note_off"], seen["at_limit"]) == ("mask", "freeze")
+    policies = ["--note-off", "mask", "--at-limit", "freeze", "--note-on", "off-first"]
+    assert main(["generate", *args, *policies, "--force"]) == 0
+    assert (seen["note_off"], seen["at_limit"], seen["note_on"]) == ("mask", "freeze", "off-first")
+    with pytest.raises(SystemExit):
+        main(["generate", *args, "--note-on", "again", "--force"])
+    assert "--note-on" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["generate", *args, "--note-off", "drop", "--force"])
     assert "--note-off" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """The grammar's mask (`Grammar`): it agrees with `stretto.tokenizer.validate` rule by
 rule and token by token, its generation policies (the note limit under "release" and
-"freeze", the NOTE_OFF family under "spread" and "mask") do what they say, and
+"freeze", the NOTE_OFF family under "spread" and "mask", a sounding pitch's NOTE_ON
+under "restrike" and "off-first") do what they say, and
 constrained sampling only produces valid pieces, with no note over the limit, that
 decode to notes. `validate` itself is tested in tests/tokenizer/test_grammar.py."""
 
@@ -366,11 +367,94 @@ def test_spread_is_batched_and_keeps_the_family_mass():
     assert torch.allclose(q[1:], m[1:], atol=1e-7)
 
 
+def test_off_first_moves_a_sounding_pitchs_note_on_onto_its_note_off():
+    """A planted case: pitches 60 and 62 sound. The model puts 30% on striking 60
+    again, 10% on its NOTE_OFF, 10% on a silent pitch's NOTE_ON, the rest elsewhere.
+    "off-first" gives NOTE_OFF 60 the 40% and NOTE_ON 60 nothing, 62 likewise, and
+    leaves every other id (the silent pitch's NOTE_ON) as "restrike" has it; on another
+    instrument, where nothing sounds, the two are the same."""
+    grammar = Grammar(V)
+    on62, on64, off62 = V.note_on(62), V.note_on(64), V.note_off(62)
+    state = _state_after(grammar, [[S, I0, VEL, ON60, on62, SHIFT(2)]])
+    p = torch.full((V.size,), 1e-6)
+    p[ON60], p[OFF60], p[on64], p[off62] = 0.30, 0.10, 0.10, 0.05
+    logits = (p / p.sum()).log()[None]
+    policies = dict(note_off="mask", at_limit="freeze")
+    restrike = grammar.sampling_logits(state, logits, **policies, note_on="restrike").softmax(-1)
+    first = grammar.sampling_logits(state, logits, **policies, note_on="off-first").softmax(-1)
+    assert first[0, ON60] == 0 and restrike[0, ON60] > 0.25
+    assert torch.allclose(first[0, OFF60], restrike[0, OFF60] + restrike[0, ON60])
+    assert first[0, on62] == 0
+    assert torch.allclose(first[0, off62], restrike[0, off62] + restrike[0, on62])
+    others = torch.ones(V.size, dtype=torch.bool)
+    others[[ON60, OFF60, on62, off62]] = False
+    assert torch.allclose(first[0, others], restrike[0, others])
+    assert first[0, on64] > 0.08
+    grammar.advance(state, torch.tensor([V.instrument(2)]))
+    restrike = grammar.sampling_logits(state, logits, **policies, note_on="restrike")
+    assert torch.equal(
+        grammar.sampling_logits(state, logits, **policies, note_on="off-first"), restrike
+    )
+
+
+@pytest.mark.parametrize("note_off", ["spread", "mask"])
+def test_off_first_is_batched_and_keeps_the_mass(note_off):
+    """Random logits over states that sound, that sound on another instrument and that
+    are at the note limit ("release" forces one id): "off-first" equals "restrike" with
+    each sounding pitch's NOTE_ON probability added to its NOTE_OFF."""
+    grammar = Grammar(V, max_note_steps=4)
+    on62 = V.note_on(62)
+    rows = [
+        [S, I0, VEL, ON60, on62, SHIFT(3)],
+        [S, I0, VEL, ON60, V.instrument(5), SHIFT(3)],
+        [S, I0, VEL, ON60, on62, SHIFT(4)],  # at the limit: only OFF60 may come
+    ]
+    state = _state_after(grammar, rows)
+    logits = torch.randn(3, V.size, generator=torch.Generator().manual_seed(1)) * 3
+    policies = dict(note_off=note_off, at_limit="release")
+    r = grammar.sampling_logits(state, logits, **policies, note_on="restrike").softmax(-1)
+    f = grammar.sampling_logits(state, logits, **policies, note_on="off-first").softmax(-1)
+    on, off = slice(V.NOTE_ON.start, V.NOTE_ON.stop), slice(V.NOTE_OFF.start, V.NOTE_OFF.stop)
+    expected = r.clone()
+    moves = (r[:, off] > 0) & (r[:, on] > 0)
+    assert moves.sum(1).tolist() == [2, 0, 0]
+    expected[:, off] += torch.where(moves, r[:, on], 0.0)
+    expected[:, on] = torch.where(moves, 0.0, r[:, on])
+    assert torch.allclose(f, expected, atol=1e-7)
+    assert torch.allclose(f.sum(-1), torch.ones(3))
+
+
+def test_off_first_generates_no_struck_again_note(make_model):
+    """An untrained model, which strikes sounding pitches again under "restrike", never
+    does under "off-first", and its pieces stay valid."""
+    from stretto.tokenizer import _state as st
+
+    model = make_model("transformer").eval()
+
+    def struck_again(note_on: str) -> int:
+        ids = model.generate(max_new_tokens=300, seed=0, batch_size=4, note_on=note_on)
+        count = 0
+        for row in ids.tolist():
+            assert validate(row) == []
+            s, sustain, notes = st.new_state()
+            for t in row:
+                if V.NOTE_ON.start <= t < V.NOTE_ON.stop:
+                    inst = max(int(s[st.INST]), 0)
+                    count += int(notes[inst, t - V.NOTE_ON.start, st.NOTE_ID] >= 0)
+                if st.advance(s, sustain, notes, t) == st.DID_END:
+                    break
+        return count
+
+    assert struck_again("restrike") > 0
+    assert struck_again("off-first") == 0
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
         pytest.param({"note_off": "drop"}, "note_off must be one of", id="note_off"),
         pytest.param({"at_limit": "stop"}, "at_limit must be one of", id="at_limit"),
+        pytest.param({"note_on": "again"}, "note_on must be one of", id="note_on"),
         pytest.param({"note_off": None}, "note_off", id="note_off-None"),
     ],
 )
