@@ -27,7 +27,7 @@ the validation files.
    samples as many pieces as half A of the held-out set has (from START,
    `constrained=True`, its training seed as the sampling seed), and as many again
    without the grammar mask for the `validity` statistic, with the sampling its
-   mode's sampler comparison (part 3, on the first seed's model) picks on half A (the
+   mode's sampler comparison (part 3, on the same models) picks on half A (the
    no-note-state transformer with the transformer's pick; what `stretto generate` and
    the demo use is `stretto.engine.generate.LISTENING_SAMPLING`, set from these
    picks); a source's set pools its seeds' pieces. The unigram model samples the same
@@ -45,14 +45,15 @@ the validation files.
    real.
 3. The cause (`quality_cause`), on the transformer model of part 2: the teacher-forced
    probability of each held-out NOTE_OFF by its distance from the NOTE_ON
-   (`mode="note-off-probability"`) and polyphony of held-out pieces with a share of
-   their NOTE_OFFs deleted (`mode="note-off-deletion"`); and, for each mode's model,
-   its samples under each sampler setting (`mode="sampler"`: the NOTE_OFF mask, the
-   length limit, then temperature and top-p on the best; a skipped row when
-   `generate` takes no such settings), each against the unigram model sampled with
-   the same settings. The best policy and the pick among its variants are chosen
-   against held-out half A and reported against half B, which the choice never saw;
-   the music table of part 2 samples each mode with its pick.
+   (`mode="note-off-probability"`, the first seed's model) and polyphony of held-out
+   pieces with a share of their NOTE_OFFs deleted (`mode="note-off-deletion"`); and,
+   for each mode, its models' pieces under each sampler setting (`mode="sampler"`:
+   the grammar's policies, then temperature and top-p on the best; every seed's model
+   sampled with its seed and the pieces pooled, as in the music table; a skipped row
+   when `generate` takes no such settings), each against the unigram model sampled
+   with the same settings and as many seeds. The best policy and the pick among its
+   variants are chosen against held-out half A and reported against half B, which the
+   choice never saw; the music table of part 2 holds each mode's pick's pieces.
 
 Budget: `FULL` (default; about 15-25 minutes on a 2-core CPU) and `QUICK` (`--quick`,
 under 5), or `--steps N` (training steps per run) and `--seconds S` (a cap on each
@@ -457,7 +458,7 @@ class QualityRun:
             settings = {k: v for k, v in settings.items() if k != "latent"}  # it has no z
             return json.dumps([settings, list(seeds)], sort_keys=True)
 
-        def unigram(settings: dict[str, Any], seeds: Sequence[int] = b.seeds[:1]):
+        def unigram(settings: dict[str, Any], seeds: Sequence[int] = b.seeds):
             """The unigram model sampled with `settings` (with and without the grammar
             mask, for `validity`), `count` pieces per seed pooled, once per settings."""
             key = unigram_key(settings, seeds)
@@ -475,33 +476,28 @@ class QualityRun:
                 unigrams[key] = pieces, time.perf_counter() - start
             return unigrams[key][0]
 
-        def pooled(name: str, mode: str, first, extra: dict, settings: dict, **overrides):
-            """`sets[name]` and `info[name]`: the first seed's model's pieces `first`
-            (masked, free, seconds) and those of a model of `mode` trained from each
-            further seed of the budget, sampled alike with that seed, pooled."""
-            masked, free, seconds = list(first[0]), list(first[1]), first[2]
-            held, train_s = [extra["held_out"]], extra["train_s"]
-            for seed in b.seeds[1:]:
-                model, more = self._train_mode(mode, length, seed=seed, **overrides)
-                more_masked, more_free, more_s = self._sample(model, settings, length, count, seed)
-                masked, free, seconds = masked + more_masked, free + more_free, seconds + more_s
-                held.append(more["held_out"])
-                train_s += more["train_s"]
+        def record(name: str, trained: list, pieces, settings: dict) -> None:
+            """`sets[name]` and `info[name]`: the pieces (masked, free, seconds) that
+            the models `trained` (one (model, extra) per seed of the budget) sampled
+            with `settings`, pooled."""
+            masked, free, seconds = pieces
+            extra = trained[0][1]
             sets[name] = piece_set(masked, free)
             info[name] = dict(
                 extra,
                 sampling=settings,
                 sample_s=seconds,
                 seeds=list(b.seeds),
-                held_out_seeds=held,
-                train_s=train_s,
+                held_out_seeds=[more["held_out"] for _, more in trained],
+                train_s=sum(more["train_s"] for _, more in trained),
             )
 
         models, picks, sampler_rows = {}, {}, []
         for mode in MODES:
-            models[mode], extra = self._train_mode(mode, length)
-            rows, picks[mode], first = self._samplers(
-                models[mode],
+            trained = [self._train_mode(mode, length, seed=seed) for seed in b.seeds]
+            models[mode] = trained[0][0]
+            rows, picks[mode], pieces = self._samplers(
+                [model for model, _ in trained],
                 mode,
                 length,
                 count,
@@ -511,15 +507,17 @@ class QualityRun:
                 unigram,
             )
             sampler_rows += rows
-            pooled(mode, mode, first, extra, picks[mode])
+            record(mode, trained, pieces, picks[mode])
         # the transformer again without the note state, sampled as the transformer
-        model, extra = self._train_mode("transformer", length, note_state=False)
-        first = self._sample(model, picks["transformer"], length, count)
-        pooled(NO_NOTE_STATE, "transformer", first, extra, picks["transformer"], note_state=False)
+        trained = [
+            self._train_mode("transformer", length, seed=seed, note_state=False) for seed in b.seeds
+        ]
+        pieces = self._sample_seeds([m for m, _ in trained], picks["transformer"], length, count)
+        record(NO_NOTE_STATE, trained, pieces, picks["transformer"])
         # the music table's unigram column: sampled as the transformer (each mode's
         # verdicts are against the unigram sampled with that mode's settings), as many
         # pieces as a model source
-        sets["unigram"] = unigram(picks["transformer"], b.seeds)
+        sets["unigram"] = unigram(picks["transformer"])
         info["unigram"] = {
             "kind": "baseline",
             "sampling": picks["transformer"],
@@ -544,7 +542,7 @@ class QualityRun:
                 for k in every
             }
             if info[name].get("kind") == "model":
-                uni = unigram(info[name]["sampling"], b.seeds)
+                uni = unigram(info[name]["sampling"])
                 uni_distance = {k: qm.distance(uni, reference, k) for k in every}
                 extra["closer_than_unigram"] = _closer(distances[name], uni_distance)
                 extra["as_close_as_real"] = {
@@ -614,11 +612,13 @@ class QualityRun:
         ]
 
     def _samplers(
-        self, model, mode, length, count, piece_set, halves, real, unigram
+        self, models, mode, length, count, piece_set, halves, real, unigram
     ) -> tuple[list[dict[str, Any]], dict[str, Any], tuple[list, list, float]]:
-        """The sampler comparison of one mode's `model` (see `quality_cause.SAMPLERS`):
-        its rows, the settings it picks, and the pieces sampled with them (masked, free,
-        seconds) for the music table. `piece_set(masked, free)` measures pieces;
+        """The sampler comparison of one mode's `models` (one per seed of the budget,
+        each sampled with its seed and the pieces pooled; see
+        `quality_cause.SAMPLERS`): its rows, the settings it picks, and the pieces
+        sampled with them (masked, free, seconds) for the music table. `piece_set(masked,
+        free)` measures pieces;
         `halves`: the held-out halves' piece sets ("A", "B"); `real`: their distance per
         statistic (real against real); `unigram(settings)`: the unigram model's samples
         under the same settings, the baseline of each row. The choices are made on half
@@ -645,7 +645,7 @@ class QualityRun:
                 seq_len=length,
                 dtype="float32",
             )
-            return [row], {}, self._sample(model, {}, length, count)
+            return [row], {}, self._sample_seeds(models, {}, length, count)
 
         def distances(pieces, held) -> dict[str, dict]:
             return {k: qm.distance(pieces, held, k) for k in qm.STATISTICS}
@@ -661,7 +661,9 @@ class QualityRun:
 
         def measure(name: str, settings: dict[str, Any]) -> dict[str, Any]:
             progress(f"[quality] sampler: {mode}, {name}")
-            masked, free, seconds = samples[name] = self._sample(model, settings, length, count)
+            masked, free, seconds = samples[name] = self._sample_seeds(
+                models, settings, length, count
+            )
             s = piece_set(masked, free)
             distance = distances(s, halves["B"])
             closer = _closer(distance, distances(unigram(settings), halves["B"]))
@@ -672,6 +674,7 @@ class QualityRun:
             extra = dict(
                 self.what,
                 model_mode=mode,
+                seeds=list(b.seeds),
                 settings=settings,
                 polyphony=summary["polyphony"]["mean"],
                 closed_by_model=summary["closed_by_model"]["mean"],
@@ -701,7 +704,7 @@ class QualityRun:
 
         # a vae's z from the aggregate posterior and from the prior, where generate has both
         takes_latent = "latent" in inspect.signature(generate).parameters
-        latent = takes_latent and getattr(model, "encoder", None) is not None
+        latent = takes_latent and getattr(models[0], "encoder", None) is not None
         rows = [measure(name, settings) for name, settings in qc.samplers(latent)]
         best = chosen(rows)
         best["extra"]["best"] = True
@@ -770,6 +773,15 @@ class QualityRun:
             free = model.generate(constrained=False, **kw, **settings)
         seconds = time.perf_counter() - start
         return _strip(masked.tolist(), self.vocab), _strip(free.tolist(), self.vocab), seconds
+
+    def _sample_seeds(self, models, settings: dict[str, Any], length: int, count: int):
+        """`_sample` of each of `models` (one per seed of the budget) with its seed,
+        pooled: (masked, free, seconds)."""
+        masked, free, seconds = [], [], 0.0
+        for model, seed in zip(models, self.budget.seeds, strict=True):
+            more_masked, more_free, more_s = self._sample(model, settings, length, count, seed)
+            masked, free, seconds = masked + more_masked, free + more_free, seconds + more_s
+        return masked, free, seconds
 
     def _unigram_samples(
         self,

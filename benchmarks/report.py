@@ -624,6 +624,19 @@ DELETION_NOTE = (
     "decoded and measured as the music table does: how far polyphony moves when "
     "releases go missing."
 )
+SAMPLER_NOTE_SEEDS = (
+    "Each mode's models (one per seed, each sampled with its seed, the pieces pooled, "
+    "as the music table does) under each sampler setting (with and without the grammar "
+    "mask: validity from the unconstrained samples), then temperature and top-p on the "
+    "best setting; `closer than unigram`: than the unigram model sampled with the same "
+    "settings and seeds; `as close as real`: statistics whose distance is at most real "
+    "against real; `mean multiple of real`: the statistics' distances as multiples of "
+    "real against real, averaged (validity, 0 between real halves, left out). `best` "
+    "and `pick` (the best of every row of its mode) are chosen against held-out half A, "
+    "by the smallest mean multiple; the columns are measured against half B, which the "
+    "choice never saw. The music table holds each mode's pick's pieces."
+)
+# Runs up to 2026-12-07-ab8a39a: the comparison on the first seed's model alone.
 SAMPLER_NOTE = (
     "Each mode's model sampled under each sampler setting (the music table's seed and "
     "count, with and without the grammar mask: validity from the unconstrained "
@@ -670,6 +683,8 @@ SAMPLER_NOTE_HALF_A_COUNTS = (
 
 def _sampler_note(rows: Sequence[Mapping[str, Any]]) -> str:
     extras = [r.get("extra") or {} for r in quality_rows(rows, "sampler")]
+    if any(len(e.get("seeds") or ()) > 1 for e in extras):
+        return SAMPLER_NOTE_SEEDS
     if any("model_mode" in e for e in extras):
         return SAMPLER_NOTE
     if any("mean_multiple" in e for e in extras):

@@ -323,7 +323,8 @@ def _sampler_rows(half_a: list[int], half_b: list[int]):
 
     run = object.__new__(quality_bench.QualityRun)
     run.budget, run.vocab, run.what = TINY, Vocabulary(), {}
-    model = SamplerStub()
+    models = [SamplerStub() for _ in TINY.seeds]  # one per seed, as the music table's
+    model = models[0]
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(quality_bench, "progress", lambda msg: None)
         # real against real; 1 where the halves agree exactly, so every multiple counts
@@ -331,14 +332,17 @@ def _sampler_rows(half_a: list[int], half_b: list[int]):
             k: qm.distance(halves["A"], halves["B"], k)["distance"] or 1.0 for k in qm.STATISTICS
         }
         rows, pick, (masked, free, seconds) = run._samplers(
-            model, "vae", 16, 2, piece_set, halves, real, unigram
+            models, "vae", 16, 2, piece_set, halves, real, unigram
         )
     assert asked == [r["extra"]["settings"] for r in rows]
     assert all(r["extra"]["model_mode"] == "vae" for r in rows)
-    # the pick's settings and pieces, for the music table
+    assert all(r["extra"]["seeds"] == list(TINY.seeds) for r in rows)
+    # every setting sampled every seed's model
+    assert models[1].calls == models[0].calls
+    # the pick's settings and pieces (every seed's), for the music table
     (picked,) = [r for r in rows if r["extra"].get("pick")]
     assert pick == picked["extra"]["settings"] and seconds > 0
-    assert masked == free and len(masked) == 2
+    assert masked == free and len(masked) == 2 * len(TINY.seeds)
     return rows, model
 
 
@@ -382,8 +386,9 @@ def test_the_sampler_comparison_is_a_skipped_row_without_the_settings(monkeypatc
         raise AssertionError("not to be called")
 
     monkeypatch.setattr(stretto.engine, "generate", old)
-    monkeypatch.setattr(run, "_sample", lambda model, settings, length, count: ([], [], 0.0))
-    (row,), pick, _ = run._samplers(None, "vae", 16, 2, None, None, None, None)
+    monkeypatch.setattr(run, "_sample", lambda model, settings, length, count, seed: ([], [], 0.0))
+    models = [None] * len(TINY.seeds)
+    (row,), pick, _ = run._samplers(models, "vae", 16, 2, None, None, None, None)
     assert row["mode"] == "sampler" and row["status"].startswith("skipped: sampler comparison")
     assert "note_off" in row["status"] and row["provider"] == "vae"
     assert pick == {}  # generate's own sampling
@@ -465,6 +470,15 @@ def test_a_quick_run_writes_every_row_and_plot(quality_run):
         r["status"] == "ok" or r["status"].startswith("skipped: sampler comparison")
         for r in samplers
     )
+    # each mode's music row holds its pick's pieces: the same models, seeds and draws
+    music_rows = {r["provider"]: r for r in rows if r["mode"] == "generated-vs-held-out"}
+    for r in samplers:
+        if r["status"] == "ok" and r["extra"].get("pick"):
+            mode = r["extra"]["model_mode"]
+            assert r["extra"]["seeds"] == list(TINY.seeds)
+            summary = music_rows[mode]["extra"]["summary"]
+            assert summary["polyphony"]["mean"] == r["extra"]["polyphony"], mode
+            assert summary["closed_by_model"]["mean"] == r["extra"]["closed_by_model"], mode
     out = quality_run.out_dir
     for name in (
         "quality-nll-curves.png",
