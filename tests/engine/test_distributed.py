@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -72,7 +73,25 @@ def _worker(spec: dict) -> None:
 
 # -- the launcher ------------------------------------------------------------------------
 def _free_port() -> int:
-    with socket.socket() as s:
+    """A free port for the rendezvous, from below the kernel's ephemeral range.
+
+    Rank 0 binds it seconds after the launcher picked it (once torch is imported). A
+    port from the ephemeral range may be handed to another socket meanwhile: the gloo
+    ranks of tests running beside this one bind ephemeral ports all the time, and a
+    rank that reaches a stranger's socket can wait in silence until the launcher's
+    timeout. Below that range only a port picked the same way can collide."""
+    ranges = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    low = int(ranges.read_text().split()[0]) if ranges.exists() else 0
+    rng = random.Random()  # seeded from the OS: each worker of the run draws its own
+    for _ in range(64 if low > 20_000 else 0):
+        port = rng.randrange(20_000, low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # no range known (or none free below it): the kernel's pick
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
