@@ -68,31 +68,32 @@ STEP_RECOMPILE_LIMIT = 256
 # the vae modes each with z from the aggregate posterior and from the prior), then
 # temperatures and top-p, chosen on held-out half A by the smallest mean distance as a
 # multiple of real against real, and read on half B, which the choice never saw: run
-# 2026-12-07-ec9a291 (tiny models trained 400 steps on the dev corpus; docs/engine.md,
-# Generation), which tests/test_quality_bench.py holds this table to.
+# 2026-12-07-21e0979 (tiny models trained 400 steps from two seeds on the dev corpus,
+# each seed's pieces pooled; docs/engine.md, Generation), which
+# tests/test_quality_bench.py holds this table to.
 LISTENING_SAMPLING: dict[str, dict[str, str | float | None]] = {
     "transformer": {
         "note_off": "spread",
         "at_limit": "freeze",
-        "note_on": "restrike",
+        "note_on": "off-first",
         "temperature": 1.0,
         "top_p": 0.9,
     },
     "vae": {
         "note_off": "spread",
-        "at_limit": "freeze",
-        "note_on": "restrike",
+        "at_limit": "release",
+        "note_on": "off-first",
         "latent": "posterior",
-        "temperature": 0.7,
-        "top_p": None,
+        "temperature": 0.9,
+        "top_p": 0.95,
     },
     "vae_gan": {
         "note_off": "spread",
         "at_limit": "release",
         "note_on": "restrike",
         "latent": "posterior",
-        "temperature": 0.9,
-        "top_p": 0.9,
+        "temperature": 1.0,
+        "top_p": 0.95,
     },
 }
 
@@ -268,7 +269,7 @@ def generate(
     max_silence_steps: int = DEFAULT_MAX_SILENCE_STEPS,
     note_off: str = "spread",
     at_limit: str = "release",
-    note_on: str = "restrike",
+    note_on: str = "off-first",
     shared_noise: bool = False,
     compile_step: bool | str = False,
 ) -> torch.Tensor:
@@ -292,8 +293,9 @@ def generate(
     released when it reaches the limit) or `"freeze"` (time stops until it is);
     `note_off="spread"` (the probability of NOTE_OFFs of silent pitches goes to the
     sounding pitches) or `"mask"` (it is renormalized over every allowed token);
-    `note_on="restrike"` (a NOTE_ON of a sounding pitch strikes it again, as the model
-    scores it) or `"off-first"` (its probability goes to that pitch's NOTE_OFF); no
+    `note_on="off-first"` (the probability of a NOTE_ON of a sounding pitch goes to
+    that pitch's NOTE_OFF) or `"restrike"` (it strikes the pitch again, as the model
+    scores it); no
     silence (no note sounding) longer than `max_silence_steps` steps, at the start of
     the piece or inside it.
     `shared_noise`: every row samples with the same random draw at each step.

@@ -583,7 +583,7 @@ def test_the_listening_sampling_is_each_modes_pick_in_the_committed_run():
 
     from stretto.engine.generate import LISTENING_SAMPLING
 
-    run = Path(__file__).resolve().parents[1] / "benchmarks/results/cpu-amd-epyc/2026-12-07-ec9a291"
+    run = Path(__file__).resolve().parents[1] / "benchmarks/results/cpu-amd-epyc/2026-12-07-21e0979"
     rows = json.loads((run / "results.json").read_text())
     rows = rows["rows"] if isinstance(rows, dict) else rows
     picks = {

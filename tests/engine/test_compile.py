@@ -250,7 +250,7 @@ TOKEN_CASES = {
     # mode, generate's options
     "transformer-sampled": (
         "transformer",
-        dict(temperature=0.9, top_k=200, top_p=0.95, note_on="off-first"),
+        dict(temperature=0.9, top_k=200, top_p=0.95, note_on="restrike"),
     ),
     "vae-sampled": ("vae", dict(temperature=1.1)),
     "vae_gan-greedy": ("vae_gan", dict(temperature=0)),
