@@ -295,9 +295,8 @@ def generate(
     sounding pitches) or `"mask"` (it is renormalized over every allowed token);
     `note_on="off-first"` (the probability of a NOTE_ON of a sounding pitch goes to
     that pitch's NOTE_OFF) or `"restrike"` (it strikes the pitch again, as the model
-    scores it); no
-    silence (no note sounding) longer than `max_silence_steps` steps, at the start of
-    the piece or inside it.
+    scores it); no silence (no note sounding) longer than `max_silence_steps` steps,
+    at the start of the piece or inside it.
     `shared_noise`: every row samples with the same random draw at each step.
     `compile_step`: True compiles the whole token step once per process and shapes
     (`TokenStep`; on CUDA captured as a CUDA graph and replayed per token unless
