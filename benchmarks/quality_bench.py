@@ -633,7 +633,7 @@ class QualityRun:
         from stretto.engine import generate
 
         b = self.budget
-        shape = f"{b.preset}-T{length}-P{count}"
+        shape = f"{b.preset}-T{length}-P{count * len(models)}"  # every seed's pieces
         why = qc.sampler_support(generate)  # model.generate forwards its options to it
         if why is not None:
             row = skipped_row(
@@ -694,7 +694,7 @@ class QualityRun:
                 "seq_len": length,
                 "dtype": "float32",
                 "median_ms": seconds * 1e3,
-                "tokens_per_s": 2 * count * length / seconds,
+                "tokens_per_s": 2 * s.pieces * length / seconds,  # with and without the mask
                 "extra": extra,
             }
 

@@ -625,7 +625,7 @@ DELETION_NOTE = (
     "releases go missing."
 )
 SAMPLER_NOTE_SEEDS = (
-    "Each mode's models (one per seed, each sampled with its seed, the pieces pooled, "
+    "Each mode's models (one per seed of the run, each sampled with its seed, the pieces pooled, "
     "as the music table does) under each sampler setting (with and without the grammar "
     "mask: validity from the unconstrained samples), then temperature and top-p on the "
     "best setting; `closer than unigram`: than the unigram model sampled with the same "
@@ -683,7 +683,7 @@ SAMPLER_NOTE_HALF_A_COUNTS = (
 
 def _sampler_note(rows: Sequence[Mapping[str, Any]]) -> str:
     extras = [r.get("extra") or {} for r in quality_rows(rows, "sampler")]
-    if any(len(e.get("seeds") or ()) > 1 for e in extras):
+    if any("seeds" in e for e in extras):
         return SAMPLER_NOTE_SEEDS
     if any("model_mode" in e for e in extras):
         return SAMPLER_NOTE

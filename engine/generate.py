@@ -63,8 +63,8 @@ STOP_CHECK_EVERY = 32  # steps between the host syncs that ask "has every sequen
 # step's first call runs under this limit instead.
 STEP_RECOMPILE_LIMIT = 256
 # The sampling `stretto generate`, the demo and the audit use for a model of each mode
-# (`generate()` itself keeps temperature 1 without top-p, the model's own
-# distribution): the quality suite's pick for that mode among its grammar policies (for
+# (`generate()` itself keeps temperature 1 without top-p, and the grammar's measured
+# default policies): the quality suite's pick for that mode among its grammar policies (for
 # the vae modes each with z from the aggregate posterior and from the prior), then
 # temperatures and top-p, chosen on held-out half A by the smallest mean distance as a
 # multiple of real against real, and read on half B, which the choice never saw: run
@@ -108,10 +108,9 @@ AUTO_COMPILE_MIN_TOKENS = {"cpu": 1200}
 
 
 def listening_sampling(mode: str) -> dict[str, str | float | None]:
-    """The measured sampling for a model of `mode` (`note_off`, `at_limit`,
+    """The measured sampling for a model of `mode` (`note_off`, `at_limit`, `note_on`,
     `temperature`, `top_p`, and `latent` for the vae modes): a copy of
-    `LISTENING_SAMPLING[mode]`, for
-    `generate(**listening_sampling(mode))`."""
+    `LISTENING_SAMPLING[mode]`, for `generate(**listening_sampling(mode))`."""
     if mode not in LISTENING_SAMPLING:
         raise ValueError(f"mode must be one of {tuple(LISTENING_SAMPLING)}, got {mode!r}")
     return dict(LISTENING_SAMPLING[mode])

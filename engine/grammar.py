@@ -88,7 +88,7 @@ DEFAULT_MAX_SILENCE_STEPS = 128
 _TABLES: dict[tuple[str, torch.device], dict[str, torch.Tensor]] = {}
 
 
-def check_policies(note_off: str, at_limit: str, note_on: str = "restrike") -> None:
+def check_policies(note_off: str, at_limit: str, note_on: str) -> None:
     """ValueError naming the parameter when a sampling policy is not one of its choices."""
     for name, value, choices in (
         ("note_off", note_off, NOTE_OFF_POLICIES),
@@ -131,6 +131,8 @@ class Grammar:
         self.max_note_steps = check_steps("max_note_steps", max_note_steps)
         self.max_silence_steps = check_steps("max_silence_steps", max_silence_steps)
         self.vocab = v = vocab or Vocabulary()
+        if v.NOTE_ON.stop != v.NOTE_OFF.start:  # `_off_first` slices the two side by side
+            raise ValueError("the vocabulary's NOTE_OFF ids must follow its NOTE_ON ids")
         self.n_inst, self.n_pitch = len(v.INSTRUMENT), len(v.NOTE_ON)
         self._signature = v.signature  # the tables' key (a hash: not read while tracing)
 
@@ -235,7 +237,7 @@ class Grammar:
         *,
         note_off: str,
         at_limit: str,
-        note_on: str = "restrike",
+        note_on: str,
     ) -> torch.Tensor:
         """`logits` `[B, V]` (already divided by the temperature) with the rules and the
         generation policies applied: forbidden ids at -inf, under `note_off="spread"`
@@ -247,20 +249,21 @@ class Grammar:
         z = self._note_off_logits(state, logits, note_off=note_off, at_limit=at_limit)
         if note_on == "restrike":
             return z
-        return self._off_first(z)
+        return self._off_first(state, z)
 
-    def _off_first(self, z: torch.Tensor) -> torch.Tensor:
+    def _off_first(self, state: GrammarState, z: torch.Tensor) -> torch.Tensor:
         """`z` (`[B, V]`, the rules and the other policies applied) with the probability
-        of each allowed NOTE_ON of a sounding pitch moved onto that pitch's NOTE_OFF. A
-        NOTE_OFF is allowed exactly when its pitch sounds on the current instrument, so
-        the pitches whose NOTE_OFF and NOTE_ON are both finite are those that move."""
+        of each allowed NOTE_ON of a pitch sounding on the current instrument moved onto
+        that pitch's NOTE_OFF (which the rules allow; where the note limit forces a
+        release, every NOTE_ON is already forbidden and nothing moves)."""
         v = self.vocab
+        _, silent = self._when(state)
+        sounding = ~silent & (state.started & ~state.ended)[:, None]  # [B, 88]
         on = z[:, v.NOTE_ON.start : v.NOTE_ON.stop]
         off = z[:, v.NOTE_OFF.start : v.NOTE_OFF.stop]
-        moves = off.isfinite() & on.isfinite()  # [B, 88]
+        moves = sounding & on.isfinite()
         off = torch.where(moves, torch.logaddexp(off, on), off)
         on = on.masked_fill(moves, float("-inf"))
-        assert v.NOTE_ON.stop == v.NOTE_OFF.start  # the two families sit side by side
         return torch.cat([z[:, : v.NOTE_ON.start], on, off, z[:, v.NOTE_OFF.stop :]], 1)
 
     def _note_off_logits(

@@ -202,8 +202,9 @@ def rollout(
     sampled ones, each conditioned on the sampled tokens before it; the Gumbel noise
     `[B, K, V]` that chose them, -inf on the tokens the grammar forbade there, so that
     a differentiable forward can rebuild the samples). The loop samples at temperature
-    1 under the grammar and the note limit (`note_off="mask"`: the allowed tokens keep
-    the model's own logits), by the exponential race against draws E; with
+    1 under the grammar and the note limit (`note_off="mask"` and `note_on="restrike"`:
+    the allowed tokens keep the model's own logits), by the exponential race against
+    draws E; with
     G = -log E that is argmax(logits + G) over the allowed tokens, so G is the Gumbel
     noise. The fakes are grammatical, and the discriminator has to judge the music.
     """
@@ -222,7 +223,7 @@ def rollout(
         z,
         k,
         sampling={"temperature": 1.0, "top_k": None, "top_p": None},
-        policies={"note_off": "mask", "at_limit": "release"},
+        policies={"note_off": "mask", "at_limit": "release", "note_on": "restrike"},
         grammar=grammar,
         state=state,
         noise=draws,

@@ -343,6 +343,10 @@ def _sampler_rows(half_a: list[int], half_b: list[int]):
     (picked,) = [r for r in rows if r["extra"].get("pick")]
     assert pick == picked["extra"]["settings"] and seconds > 0
     assert masked == free and len(masked) == 2 * len(TINY.seeds)
+    pieces = 2 * len(TINY.seeds)  # every seed's pieces, sampled with and without the mask
+    for r in rows:
+        assert r["shape"].endswith(f"-P{pieces}"), r["shape"]
+        assert r["tokens_per_s"] == pytest.approx(2 * pieces * 16 / (r["median_ms"] / 1e3))
     return rows, model
 
 
@@ -374,6 +378,19 @@ def test_the_sampler_comparison_chooses_on_half_a_and_reports_on_half_b():
     # against B the mask is the worse setting, and the rows say so
     assert by_name["mask"]["polyphony_distance"] > by_name["spread"]["polyphony_distance"]
     assert by_name["mask"]["mean_multiple"] > by_name["spread"]["mean_multiple"]
+
+
+def test_the_sampler_table_says_whether_it_pooled_the_seeds():
+    """A run that records the seeds of its sampler rows pooled them (even one seed);
+    older runs sampled the first seed's model alone, and their table says so."""
+    from benchmarks import report
+
+    def rows(**extra):
+        return [{"suite": "quality", "mode": "sampler", "extra": {"model_mode": "vae", **extra}}]
+
+    assert report._sampler_note(rows(seeds=[0])) == report.SAMPLER_NOTE_SEEDS
+    assert report._sampler_note(rows(seeds=[0, 1])) == report.SAMPLER_NOTE_SEEDS
+    assert report._sampler_note(rows()) == report.SAMPLER_NOTE
 
 
 def test_the_sampler_comparison_is_a_skipped_row_without_the_settings(monkeypatch):
@@ -564,11 +581,12 @@ def test_the_unigram_baseline_samples_with_the_settings_it_is_given():
     greedy = walk(temperature=0.0)
     assert greedy == walk(temperature=1.0, top_p=1e-6) and greedy[0] == greedy[1]
     # by hand: the grammar and generate's default policies on the unigram, the argmax
+    defaults = dict(note_off="spread", at_limit="release", note_on="off-first")
     state = grammar.initial_state(1, "cpu")
     grammar.advance(state, torch.tensor([v.START]))
     ids = [v.START]
     for _ in range(39):
-        z = grammar.sampling_logits(state, log_p[None], note_off="spread", at_limit="release")
+        z = grammar.sampling_logits(state, log_p[None], **defaults)
         ids.append(int(z.argmax(-1)))
         grammar.advance(state, torch.tensor(ids[-1:]))
     assert greedy[0] == ids

@@ -91,8 +91,9 @@ def _sampling(args, mode: str) -> dict:
     `mode`."""
     if getattr(args, "latent", None) is not None and mode == "transformer":
         raise ValueError("--latent is for vae and vae_gan checkpoints; this one is a transformer")
-    names = ("temperature", "top_p", "note_off", "at_limit", "note_on", "latent")
-    given = {k: getattr(args, k, None) for k in names}
+    names = ("temperature", "top_p", "note_off", "at_limit", "note_on")
+    given = {k: getattr(args, k) for k in names}
+    given["latent"] = getattr(args, "latent", None)  # `stretto interpolate` has no --latent
     chosen = listening_sampling(mode) | {k: v for k, v in given.items() if v is not None}
     return chosen | {
         "top_k": args.top_k,

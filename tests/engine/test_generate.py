@@ -403,9 +403,9 @@ def test_the_vae_gan_rollout_samples_through_generates_loop(make_model, windows,
     state = grammar.initial_state(2, "cpu")
     for t in range(p + k):
         if t >= p:
-            forbidden = grammar.sampling_logits(
-                state, torch.zeros(2, vocab.size), note_off="mask", at_limit="release"
-            ).isinf()
+            policies = dict(note_off="mask", at_limit="release", note_on="restrike")
+            forbidden = grammar.sampling_logits(state, torch.zeros(2, vocab.size), **policies)
+            forbidden = forbidden.isinf()
             assert torch.equal(noise[:, t - p].isinf(), forbidden), t
             assert forbidden.any()
         assert bool((grammar.broken_rule(state, tokens[:, t]) < 0).all()), t

@@ -159,16 +159,16 @@ def _briefly_trained(make_model, windows):
 
 
 POLICIES = [
-    pytest.param("spread", "release", id="spread-release"),
-    pytest.param("mask", "freeze", id="mask-freeze"),
-    pytest.param("spread", "freeze", id="spread-freeze"),
-    pytest.param("mask", "release", id="mask-release"),
+    pytest.param("spread", "release", "off-first", id="spread-release-off-first"),
+    pytest.param("mask", "freeze", "restrike", id="mask-freeze-restrike"),
+    pytest.param("spread", "freeze", "off-first", id="spread-freeze-off-first"),
+    pytest.param("mask", "release", "restrike", id="mask-release-restrike"),
 ]
 
 
-@pytest.mark.parametrize("note_off, at_limit", POLICIES)
+@pytest.mark.parametrize("note_off, at_limit, note_on", POLICIES)
 @pytest.mark.parametrize("mode", ["transformer", "vae", "vae_gan"])
-def test_untrained_constrained_outputs_are_valid(make_model, mode, note_off, at_limit):
+def test_untrained_constrained_outputs_are_valid(make_model, mode, note_off, at_limit, note_on):
     model = make_model(mode).eval()
     for seed in range(3):
         # A short note limit so the limit's policy is taken often.
@@ -181,6 +181,7 @@ def test_untrained_constrained_outputs_are_valid(make_model, mode, note_off, at_
             top_p=0.98,
             note_off=note_off,
             at_limit=at_limit,
+            note_on=note_on,
         )
         for row in out:
             assert validate(row) == [], (seed, validate(row))
@@ -219,7 +220,9 @@ def _state_after(grammar: Grammar, rows: list[list[int]]):
 
 def _allowed(grammar, state, note_off="mask", at_limit="freeze") -> torch.Tensor:
     logits = torch.zeros(state.inst.shape[0], V.size)
-    out = grammar.sampling_logits(state, logits, note_off=note_off, at_limit=at_limit)
+    out = grammar.sampling_logits(
+        state, logits, note_off=note_off, at_limit=at_limit, note_on="restrike"
+    )
     return out > float("-inf")
 
 
@@ -286,7 +289,9 @@ def test_release_never_freezes_time():
         state = _state_after(grammar, [[S, I0, VEL, ON60]])
         ids = [S, I0, VEL, ON60]
         for _ in range(200):
-            z = grammar.sampling_logits(state, bias, note_off="spread", at_limit=at_limit)
+            z = grammar.sampling_logits(
+                state, bias, note_off="spread", at_limit=at_limit, note_on="restrike"
+            )
             token = z.argmax(-1)
             grammar.advance(state, token)
             ids.append(int(token))
@@ -315,7 +320,9 @@ def test_spread_moves_the_note_off_family_onto_the_sounding_pitches():
     p[rest] = 0.10 / rest.sum()
     p = p / p.sum()
     logits = p.log()[None]
-    spread = grammar.sampling_logits(state, logits, note_off="spread", at_limit="release")
+    spread = grammar.sampling_logits(
+        state, logits, note_off="spread", at_limit="release", note_on="restrike"
+    )
     q = spread.softmax(-1)[0]
     # the ids the rules and the note limit allow (the limit drops the two longest
     # shifts), plus the silent pitch's NOTE_OFF
@@ -327,14 +334,20 @@ def test_spread_moves_the_note_off_family_onto_the_sounding_pitches():
     assert q[off64] == 0
     assert torch.allclose(q[V.TIME_SHIFT.start], torch.tensor(0.20 / total), rtol=1e-4)
     assert torch.allclose(q.sum(), torch.tensor(1.0))
-    masked = grammar.sampling_logits(state, logits, note_off="mask", at_limit="release")
+    masked = grammar.sampling_logits(
+        state, logits, note_off="mask", at_limit="release", note_on="restrike"
+    )
     r = masked.softmax(-1)[0]
     assert torch.allclose(r[OFF60], torch.tensor(0.075 / (total - 0.60)), rtol=1e-4)
     # nothing sounds on the current instrument: the family gets nothing
     grammar.advance(state, torch.tensor([V.instrument(2)]))
-    q = grammar.sampling_logits(state, logits, note_off="spread", at_limit="release")
+    q = grammar.sampling_logits(
+        state, logits, note_off="spread", at_limit="release", note_on="restrike"
+    )
     assert (q[0, V.NOTE_OFF.start : V.NOTE_OFF.stop] == float("-inf")).all()
-    masked = grammar.sampling_logits(state, logits, note_off="mask", at_limit="release")
+    masked = grammar.sampling_logits(
+        state, logits, note_off="mask", at_limit="release", note_on="restrike"
+    )
     assert torch.allclose(q.softmax(-1), masked.softmax(-1))
 
 
@@ -354,8 +367,12 @@ def test_spread_is_batched_and_keeps_the_family_mass():
     allowed = grammar.allowed(state)
     off = torch.zeros(V.size, dtype=torch.bool)
     off[V.NOTE_OFF.start : V.NOTE_OFF.stop] = True
-    q = grammar.sampling_logits(state, logits, note_off="spread", at_limit="release").softmax(-1)
-    m = grammar.sampling_logits(state, logits, note_off="mask", at_limit="release").softmax(-1)
+    q = grammar.sampling_logits(
+        state, logits, note_off="spread", at_limit="release", note_on="restrike"
+    ).softmax(-1)
+    m = grammar.sampling_logits(
+        state, logits, note_off="mask", at_limit="release", note_on="restrike"
+    ).softmax(-1)
     kept = _allowed(grammar, state, at_limit="release")  # the rules and the note limit
     widened = logits.masked_fill(~(kept | off), float("-inf")).softmax(-1)
     sounding = allowed[0] & off

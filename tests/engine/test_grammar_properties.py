@@ -33,6 +33,7 @@ V = Vocabulary()
     length=st.integers(1, 200),
     note_off=st.sampled_from(["spread", "mask"]),
     at_limit=st.sampled_from(["release", "freeze"]),
+    note_on=st.sampled_from(["restrike", "off-first"]),
 )
 def test_random_walk_over_the_grammar_mask_validates(
     seed,
@@ -44,22 +45,22 @@ def test_random_walk_over_the_grammar_mask_validates(
     length,
     note_off,
     at_limit,
+    note_on,
 ):
     grammar = Grammar(V, max_note_steps=max_note_steps, max_silence_steps=max_silence_steps)
     bias = torch.zeros(V.size)
     bias[V.TIME_SHIFT.start : V.TIME_SHIFT.stop] = shift_bias
     bias[V.NOTE_ON.start : V.NOTE_OFF.stop] = note_bias
     bias[V.END] = end_bias
-    ids = _walk(
-        grammar, bias, batch=4, length=length, seed=seed, note_off=note_off, at_limit=at_limit
-    )
+    policies = dict(note_off=note_off, at_limit=at_limit, note_on=note_on)
+    ids = _walk(grammar, bias, batch=4, length=length, seed=seed, **policies)
     for row in ids:
         assert validate(row) == [], row.tolist()
         assert longest_note(row) <= max_note_steps, row.tolist()
         assert longest_silence(row) <= max_silence_steps, row.tolist()
 
 
-def _walk(grammar, bias, *, batch, length, seed, note_off, at_limit) -> torch.Tensor:
+def _walk(grammar, bias, *, batch, length, seed, **policies) -> torch.Tensor:
     """Ids `[batch, 1 + length]` from START, each next id drawn from random logits plus
     `bias` under the mask and its policies (which must always leave an id to draw)."""
     gen = torch.Generator().manual_seed(seed)
@@ -70,8 +71,7 @@ def _walk(grammar, bias, *, batch, length, seed, note_off, at_limit) -> torch.Te
         logits = grammar.sampling_logits(
             state,
             torch.randn(batch, V.size, generator=gen) + bias,
-            note_off=note_off,
-            at_limit=at_limit,
+            **policies,
         )
         assert (logits > float("-inf")).any(dim=1).all(), "the mask left nothing to sample"
         token = torch.multinomial(logits.softmax(-1), 1, generator=gen)[:, 0]
@@ -86,7 +86,8 @@ def _silent_walk(max_silence_steps: int) -> torch.Tensor:
     bias[V.TIME_SHIFT.start : V.TIME_SHIFT.stop] = 4.0
     bias[V.NOTE_ON.start : V.NOTE_ON.stop] = -2.0
     grammar = Grammar(V, max_silence_steps=max_silence_steps)
-    return _walk(grammar, bias, batch=8, length=120, seed=0, note_off="spread", at_limit="release")
+    policies = dict(note_off="spread", at_limit="release", note_on="off-first")
+    return _walk(grammar, bias, batch=8, length=120, seed=0, **policies)
 
 
 def test_the_silence_limit_holds_where_the_walk_would_go_past_it():
