@@ -195,24 +195,38 @@ def _finite_grads(model: MusicModel) -> str | None:
 
 def train_step(model: MusicModel, batch: dict) -> dict[str, float]:
     """One forward, loss and backward (both losses in vae_gan, its adversarial term on);
-    raises on a non-finite loss or gradient. Returns the loss terms as floats."""
-    step = model.config.adv_start_step  # every term of every mode is live from here
-    model.train()
-    model.zero_grad(set_to_none=True)
-    out = model.loss(batch, step=step)
-    terms = {k: float(v.detach()) for k, v in out.items()}
-    out["loss"].backward()
-    if model.discriminator is not None:
-        d = model.discriminator_loss(batch, step=step)
-        terms["disc_loss"] = float(d["loss"].detach())
-        d["loss"].backward()
-    bad = [k for k, v in terms.items() if not math.isfinite(v)]
-    if bad:
-        raise FloatingPointError(f"non-finite loss terms {bad}")
-    name = _finite_grads(model)
-    if name is not None:
-        raise FloatingPointError(f"non-finite gradient in {name}")
-    return terms
+    raises on a non-finite loss or gradient. Returns the loss terms as floats.
+
+    The model is left as it was found: its buffers (a vae's aggregate-posterior moments,
+    which every training-mode encoding moves), its train or eval mode, and no
+    gradients, so the checks after it (the polyphony of sampled pieces) see the model
+    that was trained."""
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    was_training = model.training
+    try:
+        step = model.config.adv_start_step  # every term of every mode is live from here
+        model.train()
+        model.zero_grad(set_to_none=True)
+        out = model.loss(batch, step=step)
+        terms = {k: float(v.detach()) for k, v in out.items()}
+        out["loss"].backward()
+        if model.discriminator is not None:
+            d = model.discriminator_loss(batch, step=step)
+            terms["disc_loss"] = float(d["loss"].detach())
+            d["loss"].backward()
+        bad = [k for k, v in terms.items() if not math.isfinite(v)]
+        if bad:
+            raise FloatingPointError(f"non-finite loss terms {bad}")
+        name = _finite_grads(model)
+        if name is not None:
+            raise FloatingPointError(f"non-finite gradient in {name}")
+        return terms
+    finally:
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
 
 
 def check_train_step(model: MusicModel, batch: dict) -> Finding:
