@@ -193,17 +193,29 @@ def _finite_grads(model: MusicModel) -> str | None:
     return None
 
 
-def train_step(model: MusicModel, batch: dict) -> dict[str, float]:
-    """One forward, loss and backward (both losses in vae_gan, its adversarial term on);
-    raises on a non-finite loss or gradient. Returns the loss terms as floats.
-
-    The model is left as it was found: its buffers (a vae's aggregate-posterior moments,
-    which every training-mode encoding moves), its train or eval mode, and no
-    gradients, so the checks after it (the polyphony of sampled pieces) see the model
-    that was trained."""
+@contextlib.contextmanager
+def _left_as_found(model: MusicModel):
+    """Whatever runs inside leaves `model` as it was: its buffers (a vae's
+    aggregate-posterior moments, which every training-mode encoding moves), its train or
+    eval mode, and no gradients, so the checks after it (the polyphony of sampled
+    pieces) see the model that was trained."""
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
     was_training = model.training
     try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+
+
+def train_step(model: MusicModel, batch: dict) -> dict[str, float]:
+    """One forward, loss and backward (both losses in vae_gan, its adversarial term on);
+    raises on a non-finite loss or gradient. Returns the loss terms as floats. The model
+    is left as it was found (`_left_as_found`)."""
+    with _left_as_found(model):
         step = model.config.adv_start_step  # every term of every mode is live from here
         model.train()
         model.zero_grad(set_to_none=True)
@@ -221,19 +233,13 @@ def train_step(model: MusicModel, batch: dict) -> dict[str, float]:
         if name is not None:
             raise FloatingPointError(f"non-finite gradient in {name}")
         return terms
-    finally:
-        with torch.no_grad():
-            for buffer, saved in buffers:
-                buffer.copy_(saved)
-        model.zero_grad(set_to_none=True)
-        model.train(was_training)
 
 
 def check_train_step(model: MusicModel, batch: dict) -> Finding:
     """Forward, loss and backward succeed with finite losses and gradients."""
     mode, n = model.config.mode, batch["input_ids"].shape[1]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _left_as_found(model):
             logits = model(batch["input_ids"], batch["attention_mask"])
         b = batch["input_ids"].shape[0]
         if tuple(logits.shape) != (b, n, model.config.vocab_size):

@@ -200,12 +200,14 @@ def test_non_finite_gradients_are_reported(corpus, make_model):
     assert not row.ok and "non-finite" in row.detail
 
 
+@pytest.mark.parametrize("training", [True, False], ids=["as-loaded", "eval"])
 @pytest.mark.parametrize("mode", ["vae", "vae_gan"])
-def test_the_structural_checks_leave_the_model_as_they_found_it(corpus, make_model, mode):
+def test_the_structural_checks_leave_the_model_as_they_found_it(corpus, make_model, mode, training):
     """The train-step and resource checks run training-mode encodings, which move a
     vae's aggregate-posterior moments; the audit's later checks sample with them, so
-    they must come back as they were (and the mode and gradients with them)."""
-    model = make_model(mode).eval()
+    they must come back as they were (and the mode and gradients with them). A loaded
+    checkpoint is in training mode, so the train-step check's plain forward counts too."""
+    model = make_model(mode).train(training)
     batches = {n: A.pick_batch(A.TokenDataset(corpus, n), 2) for n in (128, 256)}
     before = {k: v.clone() for k, v in model.state_dict().items()}
     assert A.check_train_step(model, batches[128]).ok
@@ -214,7 +216,7 @@ def test_the_structural_checks_leave_the_model_as_they_found_it(corpus, make_mod
     assert all(torch.equal(before[k], after[k]) for k in before), [
         k for k in before if not torch.equal(before[k], after[k])
     ]
-    assert not model.training
+    assert model.training == training
     assert all(p.grad is None for p in model.parameters())
     # what it guards against: a training-mode encoding moves the moments
     model.train()
