@@ -452,20 +452,21 @@ class QualityRun:
         info["held-out-A"] = info["held-out-B"] = {"kind": "held-out"}
         reference, selection = sets["held-out-B"], sets["held-out-A"]
         real_distance = {k: qm.distance(selection, reference, k)["distance"] for k in qm.STATISTICS}
-        unigrams: dict[str, tuple[Any, float]] = {}  # by settings and seeds: (pieces, seconds)
+        unigrams: dict[str, tuple[Any, float]] = {}  # by settings: (pieces, seconds)
 
-        def unigram_key(settings: dict[str, Any], seeds: Sequence[int]) -> str:
+        def unigram_key(settings: dict[str, Any]) -> str:
             settings = {k: v for k, v in settings.items() if k != "latent"}  # it has no z
-            return json.dumps([settings, list(seeds)], sort_keys=True)
+            return json.dumps(settings, sort_keys=True)
 
-        def unigram(settings: dict[str, Any], seeds: Sequence[int] = b.seeds):
+        def unigram(settings: dict[str, Any]):
             """The unigram model sampled with `settings` (with and without the grammar
-            mask, for `validity`), `count` pieces per seed pooled, once per settings."""
-            key = unigram_key(settings, seeds)
+            mask, for `validity`), `count` pieces per seed of the budget pooled, as a
+            model source is; once per settings."""
+            key = unigram_key(settings)
             if key not in unigrams:
                 start = time.perf_counter()
                 masked, free = [], []
-                for seed in seeds:
+                for seed in b.seeds:
                     masked += self._unigram_samples(
                         baselines, count, length, grammar, settings, seed=seed
                     )
@@ -521,7 +522,7 @@ class QualityRun:
         info["unigram"] = {
             "kind": "baseline",
             "sampling": picks["transformer"],
-            "sample_s": unigrams[unigram_key(picks["transformer"], b.seeds)][1],
+            "sample_s": unigrams[unigram_key(picks["transformer"])][1],
             "seeds": list(b.seeds),
         }
 

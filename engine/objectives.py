@@ -204,9 +204,8 @@ def rollout(
     a differentiable forward can rebuild the samples). The loop samples at temperature
     1 under the grammar and the note limit (`note_off="mask"` and `note_on="restrike"`:
     the allowed tokens keep the model's own logits), by the exponential race against
-    draws E; with
-    G = -log E that is argmax(logits + G) over the allowed tokens, so G is the Gumbel
-    noise. The fakes are grammatical, and the discriminator has to judge the music.
+    draws E; with G = -log E that is argmax(logits + G) over the allowed tokens, so G is
+    the Gumbel noise. The fakes are grammatical, and the discriminator has to judge the music.
     """
     c = model.config
     p, k = c.gan_prefix, c.gan_span
