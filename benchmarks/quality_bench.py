@@ -10,7 +10,8 @@ the validation files.
 1. Likelihood (`quality_likelihood`). One transformer-mode model of the preset (default
    `tiny`), trained from the same seed on the same batches with three attentions: WHA
    with the preset's window and block, the same without the note state
-   (`note_state=False`), WHA without summaries (`block=None`, sliding window) and
+   (`note_state=False`) and without the instrument state (`instrument_state=False`),
+   WHA without summaries (`block=None`, sliding window) and
    dense causal SDPA, interleaved step by step so their step times are
    measured side by side. For each length and seed, held-out NLL per token, bits per
    token, NLL per second of music, NLL per position bucket and past the window; at
@@ -23,12 +24,13 @@ the validation files.
 2. Generated music (`quality_music`). Each mode (transformer, vae, vae_gan) of the
    preset with WHA is trained with `Trainer` for the budget's steps on windows of the
    generation length, once from each of the budget's seeds (and the transformer once
-   more with `note_state=False`, source `transformer-no-note-state`); each model
+   more with each state off: `note_state=False`, source `transformer-no-note-state`,
+   and `instrument_state=False`, source `transformer-no-instrument-state`); each model
    samples as many pieces as half A of the held-out set has (from START,
    `constrained=True`, its training seed as the sampling seed), and as many again
    without the grammar mask for the `validity` statistic, with the sampling its
    mode's sampler comparison (part 3, on the same models) picks on half A (the
-   no-note-state transformer with the transformer's pick; what `stretto generate` and
+   transformers without a state with the transformer's pick; what `stretto generate` and
    the demo use is `stretto.engine.generate.LISTENING_SAMPLING`, set from these
    picks); a source's set pools its seeds' pieces. The unigram model samples the same
    way, with as many seeds (one token at a time under the same grammar mask and
@@ -80,7 +82,11 @@ from benchmarks.schema import REPO_ROOT, SuiteUnavailable, progress, skipped_row
 
 SUITE = "quality"
 MODES = ("transformer", "vae", "vae_gan")
-NO_NOTE_STATE = "transformer-no-note-state"  # the transformer with note_state=False
+# the transformer with one state switched off, sampled with the transformer's pick
+WITHOUT_STATE = {
+    "transformer-no-note-state": {"note_state": False},
+    "transformer-no-instrument-state": {"instrument_state": False},
+}
 DEMO_CORPUS_CACHE = REPO_ROOT / "data" / "demo-corpus"
 
 
@@ -367,6 +373,7 @@ class QualityRun:
             kind="attention",
             attention=config.attention,
             note_state=config.note_state,
+            instrument_state=config.instrument_state,
             window=config.window,
             block=config.block,
             batch=batch,
@@ -509,12 +516,11 @@ class QualityRun:
             )
             sampler_rows += rows
             record(mode, trained, pieces, picks[mode])
-        # the transformer again without the note state, sampled as the transformer
-        trained = [
-            self._train_mode("transformer", length, seed=seed, note_state=False) for seed in b.seeds
-        ]
-        pieces = self._sample_seeds([m for m, _ in trained], picks["transformer"], length, count)
-        record(NO_NOTE_STATE, trained, pieces, picks["transformer"])
+        for name, off in WITHOUT_STATE.items():
+            trained = [self._train_mode("transformer", length, seed=s, **off) for s in b.seeds]
+            models_off = [m for m, _ in trained]
+            pieces = self._sample_seeds(models_off, picks["transformer"], length, count)
+            record(name, trained, pieces, picks["transformer"])
         # the music table's unigram column: sampled as the transformer (each mode's
         # verdicts are against the unigram sampled with that mode's settings), as many
         # pieces as a model source
@@ -752,6 +758,7 @@ class QualityRun:
             "kind": "model",
             "model_mode": mode,
             "note_state": config.note_state,
+            "instrument_state": config.instrument_state,
             "steps": b.steps,
             "seed": seed,
             "train_s": train_s,

@@ -36,6 +36,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "wha": {},
     # the same model without the note state (`ModelConfig.note_state`)
     "wha-no-note-state": {"note_state": False},
+    # ... and without the instrument state (`ModelConfig.instrument_state`)
+    "wha-no-instrument-state": {"instrument_state": False},
     "sliding-window": {"block": None},
     "dense": {"attention": "dense"},
 }

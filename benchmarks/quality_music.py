@@ -33,6 +33,7 @@ are reported beside them, not counted in "closer than unigram on N of 9"):
 | `duration_p95` | scalar, s | 95th percentile of the note durations |
 | `lead_silence` | scalar, s | time before the first onset |
 | `longest_silence` | scalar, s | longest time inside the piece with no note sounding |
+| `instruments` | scalar, instruments | instruments (families, drums one) that strike a note |
 
 muspy (0.5.0, installed beside torch 2.13.0 without pulling torch, whose use in muspy
 is an optional extra) defines pitch range, polyphony and the empty-beat rate in ticks
@@ -82,6 +83,7 @@ NOTE_STATISTICS = (
     "duration_p95",
     "lead_silence",
     "longest_silence",
+    "instruments",
 )
 ENDINGS = ("note_off", "restruck", "at_end", "at_limit")
 NOTE_OFF, RESTRUCK, AT_END, AT_LIMIT = range(len(ENDINGS))
@@ -91,6 +93,7 @@ UNITS = {
     "duration_p95": "s",
     "lead_silence": "s",
     "longest_silence": "s",
+    "instruments": "instruments",
     "pitch_range": "semitones",
     "polyphony": "notes",
     "note_density": "notes/s",
@@ -185,7 +188,7 @@ def token_validity(ids: Sequence[int], validate: Callable[[list[int]], list]) ->
 
 def note_endings(ids: Sequence[int], max_note_steps: int | None = None) -> dict[str, np.ndarray]:
     """Every note of a sequence as the decoder reads it: {"onset", "end" (steps),
-    "ending" (index into `ENDINGS`)}, in the order the notes start.
+    "ending" (index into `ENDINGS`), "instrument"}, in the order the notes start.
 
     `max_note_steps` (default: the grammar's, `DEFAULT_MAX_NOTE_STEPS`): a NOTE_OFF
     that ends a note this many steps or more after its onset counts as `at_limit`.
@@ -198,6 +201,7 @@ def note_endings(ids: Sequence[int], max_note_steps: int | None = None) -> dict[
     onset: list[int] = []
     end: list[int] = []
     ending: list[int] = []
+    instrument: list[int] = []
     for t in ids:
         did = st.advance(s, sustain, notes, int(t))
         now, j = int(s[st.NOW]), int(s[st.CLOSED])
@@ -209,6 +213,7 @@ def note_endings(ids: Sequence[int], max_note_steps: int | None = None) -> dict[
             onset.append(now)
             end.append(-1)
             ending.append(AT_END)
+            instrument.append(max(int(s[st.INST]), 0))
         elif did == st.DID_NOTE_OFF:
             end[j] = max(now, onset[j] + 1)  # a zero-length note lasts one step
             ending[j] = AT_LIMIT if now - onset[j] >= limit else NOTE_OFF
@@ -220,6 +225,7 @@ def note_endings(ids: Sequence[int], max_note_steps: int | None = None) -> dict[
         "onset": np.asarray(onset, dtype=np.int64),
         "end": np.asarray(end, dtype=np.int64),
         "ending": np.asarray(ending, dtype=np.int64),
+        "instrument": np.asarray(instrument, dtype=np.int64),
     }
 
 
@@ -244,6 +250,7 @@ def note_statistics(ids: Sequence[int], max_note_steps: int | None = None) -> di
         "duration_p95": float(np.percentile(durations, 95)),
         "lead_silence": float(onset.min() * STEP_SECONDS),
         "longest_silence": float(max(gaps.max(initial=0), 0) * STEP_SECONDS),
+        "instruments": float(np.unique(notes["instrument"]).size),
         "endings": endings,
     }
 

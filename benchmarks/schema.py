@@ -68,11 +68,20 @@ def is_measured(row: Mapping[str, Any]) -> bool:
 
 # The quality suite's likelihood variants and music sources, in the order its tables and
 # figures show them (a block sweep's `wha-b<N>` variants take the place of `wha`).
-QUALITY_VARIANTS = ("wha", "wha-no-note-state", "sliding-window", "dense", "unigram", "bigram")
+QUALITY_VARIANTS = (
+    "wha",
+    "wha-no-note-state",
+    "wha-no-instrument-state",
+    "sliding-window",
+    "dense",
+    "unigram",
+    "bigram",
+)
 QUALITY_SOURCES = (
     "held-out-A",
     "transformer",
     "transformer-no-note-state",
+    "transformer-no-instrument-state",
     "vae",
     "vae_gan",
     "unigram",

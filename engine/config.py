@@ -32,8 +32,9 @@ class ModelConfig:
 
     Note state: with `note_state` the decoder is told at every position which pitches
     sound on the current instrument, how many notes sound and how long the oldest has
-    lasted, read from the ids before it (`stretto.engine.notes`); the vocabulary is the
-    same either way.
+    lasted, read from the ids before it (`stretto.engine.notes`); with
+    `instrument_state`, which instrument is current and which instruments the piece has
+    struck a note on so far. The vocabulary is the same either way.
 
     Attention: `attention="wha"` calls `stretto.kernels.hierarchical_attention` with
     `window`, `block` (None = plain sliding window) and `attention_backend`;
@@ -80,6 +81,8 @@ class ModelConfig:
     tie_embeddings: bool = True
     # the decoder reads the note state at every position (`stretto.engine.notes`)
     note_state: bool = True
+    # ... and the current instrument and the instruments played so far
+    instrument_state: bool = True
     # -- attention --------------------------------------------------------------------
     attention: str = "wha"
     attention_backend: str = "auto"
@@ -143,7 +146,9 @@ class ModelConfig:
             self.block is None or (_is_int(self.block) and self.block >= 1),
             f"block={self.block} must be None or >= 1",
         )
-        need(isinstance(self.note_state, bool), f"note_state={self.note_state!r} must be a bool")
+        for name in ("note_state", "instrument_state"):
+            value = getattr(self, name)
+            need(isinstance(value, bool), f"{name}={value!r} must be a bool")
         need(0.0 <= self.dropout < 1.0, f"dropout={self.dropout} not in [0, 1)")
         need(self.rope_base > 1.0, f"rope_base={self.rope_base} must be > 1")
         if self.mode != "transformer":
@@ -257,8 +262,8 @@ class ModelConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"ModelConfig: unknown fields {unknown}")
-        # A config written before `note_state` existed describes a model without it.
-        return cls(**{"note_state": False, **data})
+        # A config written before a state switch existed describes a model without it.
+        return cls(**{"note_state": False, "instrument_state": False, **data})
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

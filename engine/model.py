@@ -35,7 +35,14 @@ from .checkpoint import (
 from .config import ModelConfig
 from .generate import generate
 from .layers import Discriminator, Stack, masked_mean
-from .notes import DecodeCache, NoteEmbedding, NoteFeatures, NoteTracker, note_features
+from .notes import (
+    DecodeCache,
+    InstrumentEmbedding,
+    NoteEmbedding,
+    NoteFeatures,
+    NoteTracker,
+    note_features,
+)
 from .outputs import MusicModelOutput
 
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8)
@@ -105,13 +112,23 @@ class MusicModel(nn.Module):
         )
         self.discriminator = Discriminator(c) if c.mode == "vae_gan" else None
         self.notes: NoteEmbedding | None = None
+        self.instruments: InstrumentEmbedding | None = None
         self._init_weights()
-        # Built and drawn last: a model with and one without the note state, from the
-        # same seed, start with the same weights everywhere else.
-        if c.note_state:
-            self.notes = NoteEmbedding(c.d_model)
-            for p in self.notes.parameters():
-                nn.init.normal_(p, std=0.02)
+        # Built last, each from its own generator seeded by one draw: models with and
+        # without either state, from the same seed, start with the same weights
+        # everywhere else.
+        seed = int(torch.randint(2**62, (), device="cpu"))
+        states = [
+            (c.note_state, NoteEmbedding, "notes"),
+            (c.instrument_state, InstrumentEmbedding, "instruments"),
+        ]
+        for offset, (on, kind, name) in enumerate(states):
+            if on:
+                setattr(self, name, kind(c.d_model))
+                generator = torch.Generator(device="cpu").manual_seed(seed + offset)
+                with torch.no_grad():  # drawn on the CPU, whatever the default device
+                    for p in getattr(self, name).parameters():
+                        p.copy_(0.02 * torch.randn(p.shape, generator=generator, device="cpu"))
 
     def _init_weights(self) -> None:
         depth_scale = 1.0 / math.sqrt(2 * max(self.config.n_layers, 1))
@@ -254,7 +271,7 @@ class MusicModel(nn.Module):
         for `batch` rows of up to `max_length` tokens: pass them to `decode(..., cache=)`."""
         layers = self.decoder.new_caches(batch, max_length)
         notes = None
-        if self.notes is not None:
+        if self.notes is not None or self.instruments is not None:
             notes = NoteTracker(batch, next(self.parameters()).device)
         return DecodeCache(layers, notes)
 
@@ -292,10 +309,11 @@ class MusicModel(nn.Module):
         from, where the decoder's input hides some (word dropout)."""
         self.check_latent(z, input_ids.shape[0])
         x = self.embed(input_ids)  # [B, N, C]
-        if self.notes is not None:
-            x = x + self.notes(
-                self._note_features(input_ids if state_ids is None else state_ids, mask, cache)
-            )
+        if self.notes is not None or self.instruments is not None:
+            f = self._note_features(input_ids if state_ids is None else state_ids, mask, cache)
+            for embedding in (self.notes, self.instruments):
+                if embedding is not None:
+                    x = x + embedding(f)
         h = self.decoder(x, mask, positions, cond=z, caches=cache)
         return self.head(h)  # [B, N, V]
 

@@ -10,7 +10,12 @@ there (so that position's logits predict the next id with it):
 - which of the 88 pitches sound on the current instrument (`sounding`, `[B, N, 88]`);
 - how many notes sound on any instrument (`count`, `[B, N]`);
 - how long the oldest sounding note has lasted, in time steps (`age`, `[B, N]`, -1 when
-  nothing sounds).
+  nothing sounds);
+- the current instrument (`inst`, `[B, N]`), the pitch of the last note it struck
+  (`last`, `[B, N]`, -1 before its first) and which instruments have struck a note so
+  far (`played`, `[B, N, 16]`): with `ModelConfig.instrument_state`, so that a piece
+  keeps to its instruments and their registers long after the tokens that set them
+  left the window.
 
 The ids are read as the tokenizer's token-state machine reads them
 (`stretto.tokenizer._state`): NOTE_ON and NOTE_OFF act on the current instrument
@@ -47,11 +52,16 @@ _NEVER = torch.iinfo(torch.int64).max
 
 class NoteFeatures(NamedTuple):
     """The note state after each position: `sounding` `[B, N, 88]` bool, `count`
-    `[B, N]` long, `age` `[B, N]` long (-1 when nothing sounds)."""
+    `[B, N]` long, `age` `[B, N]` long (-1 when nothing sounds), `inst` `[B, N]` long,
+    `last` `[B, N]` long (pitch index, -1 before the instrument's first note), `played`
+    `[B, N, 16]` bool."""
 
     sounding: torch.Tensor
     count: torch.Tensor
     age: torch.Tensor
+    inst: torch.Tensor
+    last: torch.Tensor
+    played: torch.Tensor
 
 
 class _Scan(NamedTuple):
@@ -59,6 +69,7 @@ class _Scan(NamedTuple):
     inst: torch.Tensor  # [B] the current instrument after the last position
     now: torch.Tensor  # [B] time steps after the last position
     onset: torch.Tensor  # [B, CELLS] onset step of each note still sounding, -1 if silent
+    last: torch.Tensor  # [B, 16] each instrument's last pitch struck, -1 before its first
     ended: torch.Tensor  # [B] an END was read
 
 
@@ -128,27 +139,38 @@ def _scan(ids: torch.Tensor, real: torch.Tensor | None = None) -> _Scan:
         per_pitch.scatter_add_(1, end * NUM_PITCHES + pitch, -mine)
         held = per_pitch.view(b, n + 1, NUM_PITCHES)[:, :n].cumsum(1, dtype=torch.int8) > 0
         sounding |= held & (inst == i)[..., None]
+    # each instrument's last NOTE_ON at or before each position, and its pitch
+    struck = (nn.functional.one_hot(inst, NUM_INSTRUMENTS) > 0) & is_on[..., None]
+    latest = torch.where(struck, pos[..., None], -1).cummax(1).values  # [B, N, 16]
+    pitches = pitch.gather(1, latest.clamp(min=0).view(b, -1)).view(b, n, NUM_INSTRUMENTS)
+    last_pitch = torch.where(latest >= 0, pitches, -1)  # [B, N, 16]
+    last = last_pitch.gather(2, inst[..., None])[..., 0]
     # the state after the last position, for a tracker
     still = is_on & (end == n)
     onset = torch.full((b, CELLS + 1), -1, dtype=torch.long, device=dev)
     onset.scatter_(1, torch.where(still, cell, CELLS), torch.where(still, now, -1))
     return _Scan(
-        NoteFeatures(sounding, count, age),
+        NoteFeatures(sounding, count, age, inst, last, latest >= 0),
         inst[:, -1],
         now[:, -1],
         onset[:, :CELLS],
+        last_pitch[:, -1],
         is_end.any(1),
     )
 
 
-def _features(onset: torch.Tensor, inst: torch.Tensor, now: torch.Tensor) -> NoteFeatures:
-    """The features from the onsets `[B, CELLS]` (-1 = silent), instrument and time `[B]`."""
+def _features(
+    onset: torch.Tensor, inst: torch.Tensor, now: torch.Tensor, last: torch.Tensor
+) -> NoteFeatures:
+    """The features from the onsets `[B, CELLS]` (-1 = silent), instrument and time `[B]`
+    and each instrument's last pitch `[B, 16]` (-1 = none yet)."""
     on = onset >= 0
     rows = torch.arange(on.shape[0], device=on.device)
     sounding = on.view(-1, NUM_INSTRUMENTS, NUM_PITCHES)[rows, inst]
     oldest = torch.where(on, onset, _NEVER).amin(-1)
     age = torch.where(on.any(-1), now - oldest, -1)
-    return NoteFeatures(sounding, on.sum(-1), age)
+    mine = last.gather(1, inst[:, None])[:, 0]
+    return NoteFeatures(sounding, on.sum(-1), age, inst, mine, last >= 0)
 
 
 def note_features(ids: torch.Tensor, real: torch.Tensor | None = None) -> NoteFeatures:
@@ -175,16 +197,18 @@ class NoteTracker:
         self.inst = zeros(batch)
         self.now = zeros(batch)
         self.onset = zeros(batch, CELLS) - 1
+        self.last = zeros(batch, NUM_INSTRUMENTS) - 1
         self.ended = zeros(batch, dtype=torch.bool)
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
-        return (self.inst, self.now, self.onset, self.ended)
+        return (self.inst, self.now, self.onset, self.last, self.ended)
 
     def load(self, ids: torch.Tensor, real: torch.Tensor | None = None) -> NoteFeatures:
         scan = _scan(ids, real)
         self.inst.copy_(scan.inst)
         self.now.copy_(scan.now)
         self.onset.copy_(scan.onset)
+        self.last.copy_(scan.last)
         self.ended.copy_(scan.ended)
         return scan.features
 
@@ -198,8 +222,10 @@ class NoteTracker:
         current = self.onset.gather(1, cell)[:, 0]
         new = torch.where(live & is_on, self.now, torch.where(live & is_off, -1, current))
         self.onset.scatter_(1, cell, new[:, None])
+        mine = self.last.gather(1, self.inst[:, None])[:, 0]
+        self.last.scatter_(1, self.inst[:, None], torch.where(live & is_on, pitch, mine)[:, None])
         self.ended.logical_or_(live & (ids == _V.END))
-        f = _features(self.onset, self.inst, self.now)
+        f = _features(self.onset, self.inst, self.now, self.last)
         return NoteFeatures(*(x[:, None] for x in f))
 
 
@@ -239,3 +265,19 @@ class NoteEmbedding(nn.Module):
             + self.count(f.count.clamp(max=COUNT_BUCKETS - 1))
             + self.age(bucket)
         )
+
+
+class InstrumentEmbedding(nn.Module):
+    """The instrument state as a `[B, N, C]` addition to the decoder's token embeddings:
+    embeddings of the current instrument and of its last pitch (or none yet), plus a
+    linear map of the instruments the piece has played."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.current = nn.Embedding(NUM_INSTRUMENTS, d_model)
+        self.last = nn.Embedding(NUM_PITCHES + 1, d_model)
+        self.played = nn.Linear(NUM_INSTRUMENTS, d_model, bias=False)
+
+    def forward(self, f: NoteFeatures) -> torch.Tensor:
+        played = self.played(f.played.to(self.played.weight.dtype))
+        return self.current(f.inst) + self.last(f.last + 1) + played

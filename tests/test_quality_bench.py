@@ -20,7 +20,13 @@ symusic = pytest.importorskip("symusic")
 from benchmarks import core, quality_bench  # noqa: E402
 from benchmarks import quality_cause as qc  # noqa: E402
 from benchmarks import quality_music as qm  # noqa: E402
-from benchmarks.quality_likelihood import NGramBaselines, Score, bucket_labels  # noqa: E402
+from benchmarks.quality_bench import WITHOUT_STATE  # noqa: E402
+from benchmarks.quality_likelihood import (  # noqa: E402
+    VARIANTS,
+    NGramBaselines,
+    Score,
+    bucket_labels,
+)
 
 TPQ = 480
 C_MAJOR = (60, 62, 64, 65, 67, 69, 71, 72)
@@ -155,11 +161,24 @@ def test_note_statistics_of_a_planted_piece():
         assert stats["duration_p95"] == pytest.approx(np.percentile([0.5, 0.5, 0.5, 1.0], 95))
         assert stats["lead_silence"] == pytest.approx(1.0)
         assert stats["longest_silence"] == pytest.approx(2.0)
+        assert stats["instruments"] == 1.0
         np.testing.assert_array_equal(stats["endings"], [2, 1, 1, 0])
     # a NOTE_OFF at or past the length limit is the limit's, not the model's
     limited = qm.note_statistics(planted_ids(), max_note_steps=32)
     np.testing.assert_array_equal(limited["endings"], [0, 1, 1, 2])
     assert limited["closed_by_model"] == 0.0
+
+
+def test_instruments_counts_the_instruments_that_strike_a_note():
+    from stretto.tokenizer import Vocabulary
+
+    v = Vocabulary()
+    ids = planted_ids(end=False)
+    g4 = len(ids) - 2  # G4's NOTE_ON, then its TIME_SHIFT
+    ids = ids[:g4] + [v.INSTRUMENT.start + 5] + ids[g4:] + [v.INSTRUMENT.start + 7]
+    stats = qm.note_statistics(ids)
+    assert stats["instruments"] == 2.0  # instrument 7 strikes nothing
+    np.testing.assert_array_equal(qm.note_endings(ids)["instrument"], [0, 0, 0, 5])
 
 
 def test_note_endings_agree_with_the_decoder():
@@ -457,12 +476,13 @@ def test_a_quick_run_writes_every_row_and_plot(quality_run):
     status = [r["status"] for r in rows if r["mode"] != "sampler"]
     assert all(s == "ok" for s in status), status
     nll = {r["provider"] for r in rows if r["mode"] == "held-out-nll"}
-    assert nll == {"wha", "wha-no-note-state", "sliding-window", "dense", "unigram", "bigram"}
+    variants = set(VARIANTS)
+    assert nll == variants | {"unigram", "bigram"}
     music = {r["provider"] for r in rows if r["mode"] == "generated-vs-held-out"}
-    models = {"transformer", "transformer-no-note-state", "vae", "vae_gan"}
+    models = {"transformer", "vae", "vae_gan", *WITHOUT_STATE}
     assert music == {"held-out-A", "held-out-B", "unigram"} | models
     for row in rows:
-        if row["provider"] in ("wha", "wha-no-note-state", "sliding-window", "dense"):
+        if row["provider"] in variants:
             extra = row["extra"]
             assert len(extra["nll_seeds"]) == len(TINY.seeds)
             assert set(extra["buckets"]) == set(bucket_labels(512))

@@ -80,7 +80,8 @@ def test_compiled_decode_step_marks_exactly_the_cache_tensors_static(make_model,
     step = _prefilled_step(model, ids, z, compile=True)
     held = _held_tensors(step)
     per_layer = 4 if kind == "dense" else 7  # pos, rings (k, v, real) + block sums, counts
-    tracker = 4 if model.config.note_state else 0  # instrument, time, onsets, ended
+    c = model.config
+    tracker = 5 if c.note_state or c.instrument_state else 0  # inst, time, onsets, last, ended
     assert len(held) == model.config.n_layers * per_layer + tracker + (kind == "vae")
     assert _unmarked(step) == []
     # Unguarded: a new cache's addresses re-record a graph instead of failing a guard.

@@ -9,30 +9,42 @@ import pytest
 import torch
 
 from stretto.engine import ModelConfig, MusicModel
-from stretto.engine.notes import NoteTracker, note_features
+from stretto.engine.notes import NUM_INSTRUMENTS, NoteFeatures, NoteTracker, note_features
+from stretto.tokenizer import Vocabulary
 from stretto.tokenizer import _state as machine
+
+_V = Vocabulary()
 
 
 def _machine(ids: np.ndarray, real: np.ndarray | None = None):
-    """(sounding [N, 88], count [N], age [N]) after each id, read by the tokenizer's
-    state machine; nothing is read after END or at padded positions."""
+    """(sounding [N, 88], count [N], age [N], inst [N], last [N], played [N, 16]) after
+    each id, read by the tokenizer's state machine (the instrument's last pitch and the
+    instruments played kept beside it, from the NOTE_ONs it reads); nothing is read
+    after END or at padded positions."""
     s, sustain, notes = machine.new_state()
-    sounding, count, age = [], [], []
+    last_pitch = np.full(NUM_INSTRUMENTS, -1)
+    sounding, count, age, inst, last, played = [], [], [], [], [], []
     for pos, t in enumerate(ids):
         if s[machine.ENDED] == 0 and (real is None or real[pos]):
             machine.advance(s, sustain, notes, int(t))
+            if _V.NOTE_ON.start <= t < _V.NOTE_ON.stop:
+                last_pitch[max(s[machine.INST], 0)] = t - _V.NOTE_ON.start
         on = notes[:, :, machine.NOTE_ID] >= 0
-        sounding.append(on[max(s[machine.INST], 0)].copy())
+        current = max(s[machine.INST], 0)
+        sounding.append(on[current].copy())
         count.append(int(on.sum()))
         age.append(int(machine.oldest_age(s, notes)))
-    return np.array(sounding), np.array(count), np.array(age)
+        inst.append(current)
+        last.append(last_pitch[current])
+        played.append(last_pitch >= 0)
+    return tuple(np.array(x) for x in (sounding, count, age, inst, last, played))
 
 
 def _assert_matches_machine(ids: torch.Tensor, real: torch.Tensor | None = None) -> None:
     f = note_features(ids, real)
     for b in range(ids.shape[0]):
         want = _machine(ids[b].numpy(), None if real is None else real[b].numpy())
-        for name, got, expected in zip(("sounding", "count", "age"), f, want, strict=True):
+        for name, got, expected in zip(NoteFeatures._fields, f, want, strict=True):
             bad = np.flatnonzero((got[b].numpy() != expected).reshape(len(expected), -1).any(1))
             assert bad.size == 0, f"row {b}: {name} differs first at position {bad[:1]}"
 
@@ -55,6 +67,7 @@ def test_scan_matches_the_token_state_machine_on_real_music(windows):
     _assert_matches_machine(ids)
     f = note_features(ids)
     assert int(f.count.max()) > 1 and int(f.age.max()) > 16, "the windows hold chords"
+    assert int(f.played.sum(-1).max()) > 1, "the windows play several instruments"
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -129,16 +142,21 @@ def test_padding_does_not_enter_the_note_state(make_model, windows, vocab):
     torch.testing.assert_close(a[mask], b[mask], rtol=0, atol=1e-5)
 
 
-def test_the_switch_and_older_configs(vocab):
+@pytest.mark.parametrize("switch", ["note_state", "instrument_state"])
+def test_the_switches_and_older_configs(vocab, switch):
     on = ModelConfig.from_vocab(vocab, preset="tiny")
-    off = on.replace(note_state=False)
-    assert on.note_state and MusicModel(off).notes is None
-    assert MusicModel(off).new_cache(1, 8).notes is None
+    off = on.replace(**{switch: False})
+    module = {"note_state": "notes", "instrument_state": "instruments"}[switch]
+    assert getattr(on, switch) and getattr(MusicModel(off), module) is None
+    assert getattr(MusicModel(on), module) is not None
+    assert MusicModel(off).new_cache(1, 8).notes is not None  # the other state reads it
+    both_off = off.replace(note_state=False, instrument_state=False)
+    assert MusicModel(both_off).new_cache(1, 8).notes is None
     older = on.to_dict()
-    del older["note_state"]  # a config.json written before the switch existed
-    assert ModelConfig.from_dict(older).note_state is False
-    with pytest.raises(ValueError, match="note_state"):
-        on.replace(note_state=1)
+    del older[switch]  # a config.json written before the switch existed
+    assert getattr(ModelConfig.from_dict(older), switch) is False
+    with pytest.raises(ValueError, match=switch):
+        on.replace(**{switch: 1})
 
 
 def test_caches_without_the_tracker_are_refused(make_model, windows):
@@ -147,12 +165,42 @@ def test_caches_without_the_tracker_are_refused(make_model, windows):
         model.decode(windows(8), cache=model.decoder.new_caches(2, 8))
 
 
-def test_with_and_without_the_note_state_the_other_weights_start_equal(vocab):
+@pytest.mark.parametrize(
+    ("switch", "weights"),
+    [
+        ("note_state", {"notes.pitches.weight", "notes.count.weight", "notes.age.weight"}),
+        (
+            "instrument_state",
+            {"instruments.current.weight", "instruments.last.weight", "instruments.played.weight"},
+        ),
+    ],
+)
+def test_with_and_without_a_state_the_other_weights_start_equal(vocab, switch, weights):
     config = ModelConfig.from_vocab(vocab, preset="tiny")
     torch.manual_seed(0)
     on = MusicModel(config).state_dict()
     torch.manual_seed(0)
-    off = MusicModel(config.replace(note_state=False)).state_dict()
-    assert set(on) - set(off) == {"notes.pitches.weight", "notes.count.weight", "notes.age.weight"}
+    off = MusicModel(config.replace(**{switch: False})).state_dict()
+    assert set(on) - set(off) == weights
     for name, value in off.items():
         torch.testing.assert_close(on[name], value, rtol=0, atol=0, msg=name)
+
+
+def test_the_instrument_state_changes_what_the_decoder_predicts(make_model, windows, vocab):
+    """The same music after other instruments, out of reach of attention (two layers of a
+    32-token sliding window), is predicted differently only through the instrument state
+    (the note state off: it follows the current instrument's sounding pitches too)."""
+    ids = windows(200, start=200)
+    other = ids.clone()
+    other[:, 1:40] = torch.where(
+        (ids[:, 1:40] >= vocab.INSTRUMENT.start) & (ids[:, 1:40] < vocab.INSTRUMENT.stop),
+        vocab.INSTRUMENT.start + 9,
+        ids[:, 1:40],
+    )
+    late = slice(140, 200)  # more than 2 x 32 tokens after the last change
+    for on in (True, False):
+        model = make_model("transformer", instrument_state=on, note_state=False, block=None)
+        model.eval()
+        with torch.no_grad():
+            same = torch.allclose(model(ids)[:, late], model(other)[:, late], atol=1e-6)
+        assert same is not on
