@@ -267,7 +267,7 @@ class MusicModel(nn.Module):
         return mu + torch.randn_like(mu) * (0.5 * logvar).exp()
 
     def new_cache(self, batch: int, max_length: int) -> DecodeCache:
-        """Empty decoding caches (one per decoder block, and the note state's tracker)
+        """Empty decoding caches (one per decoder block, and the states' tracker)
         for `batch` rows of up to `max_length` tokens: pass them to `decode(..., cache=)`."""
         layers = self.decoder.new_caches(batch, max_length)
         notes = None

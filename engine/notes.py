@@ -231,7 +231,8 @@ class NoteTracker:
 
 class DecodeCache(list):
     """`MusicModel.new_cache`: one `HierarchicalKVCache` per decoder block, and the
-    `NoteTracker` of the decoded sequences (`notes`, None without the note state)."""
+    `NoteTracker` of the decoded sequences (`notes`, None without the note and the
+    instrument state)."""
 
     def __init__(self, layers: list[HierarchicalKVCache], notes: NoteTracker | None) -> None:
         super().__init__(layers)
