@@ -8,16 +8,17 @@ results). Everything below trains on the training files and is scored on windows
 the validation files.
 
 1. Likelihood (`quality_likelihood`). One transformer-mode model of the preset (default
-   `tiny`), trained from the same seed on the same batches with three attentions: WHA
+   `tiny`), trained from the same seed on the same batches in five variants: WHA
    with the preset's window and block, the same without the note state
-   (`note_state=False`) and without the instrument state (`instrument_state=False`),
-   WHA without summaries (`block=None`, sliding window) and
-   dense causal SDPA, interleaved step by step so their step times are
-   measured side by side. For each length and seed, held-out NLL per token, bits per
-   token, NLL per second of music, NLL per position bucket and past the window; at
-   equal steps (the budget's last step) and at equal wall-clock (each variant's curve,
-   linear between evaluations, read at the training time the fastest variant took for
-   the whole budget). Baselines on the same targets: unigram and bigram models of the
+   (`note_state=False`; it still scans the ids for the instrument state, so its step
+   time holds the scan) and without the instrument state (`instrument_state=False`),
+   WHA without summaries (`block=None`, sliding window) and dense causal SDPA,
+   interleaved step by step so their step times are measured side by side. For each
+   length and seed, held-out NLL per token, bits per token, NLL per second of music,
+   NLL per position bucket and past the window; at equal steps (the budget's last
+   step) and at equal wall-clock (each variant's curve, linear between evaluations,
+   read at the training time the fastest variant took for the whole budget).
+   Baselines on the same targets: unigram and bigram models of the
    training tokens. Rows: `mode="held-out-nll"`, one per (length, variant or baseline);
    median_ms/p20/p80 are the variant's training step times over every seed, extra
    holds the NLLs (median over seeds, each seed's value, the curves).

@@ -442,8 +442,8 @@ class DecodeStep:
 
     def static_tensors(self) -> tuple[torch.Tensor, ...]:
         """The tensors the step reads or writes in place besides the model's own
-        parameters and buffers: every block's cache tensors, the note state's tracker
-        (`MusicModel.new_cache`), then z (vae modes)."""
+        parameters and buffers: every block's cache tensors, the note and instrument
+        states' tracker (`MusicModel.new_cache`), then z (vae modes)."""
         held = self.cache.tensors()
         return held if self.z is None else (*held, self.z)
 

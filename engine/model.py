@@ -325,7 +325,9 @@ class MusicModel(nn.Module):
             return note_features(ids, mask)
         notes = getattr(cache, "notes", None)
         if notes is None:
-            raise ValueError("this model reads the note state: make its caches with new_cache")
+            raise ValueError(
+                "this model reads the note or instrument state: make its caches with new_cache"
+            )
         if ids.shape[1] == 1:
             return notes.advance(ids[:, 0], None if mask is None else mask[:, 0])
         return notes.load(ids, mask)

@@ -140,7 +140,8 @@ def _scan(ids: torch.Tensor, real: torch.Tensor | None = None) -> _Scan:
         held = per_pitch.view(b, n + 1, NUM_PITCHES)[:, :n].cumsum(1, dtype=torch.int8) > 0
         sounding |= held & (inst == i)[..., None]
     # each instrument's last NOTE_ON at or before each position, and its pitch
-    struck = (nn.functional.one_hot(inst, NUM_INSTRUMENTS) > 0) & is_on[..., None]
+    instruments = torch.arange(NUM_INSTRUMENTS, device=dev)
+    struck = (inst[..., None] == instruments) & is_on[..., None]
     latest = torch.where(struck, pos[..., None], -1).cummax(1).values  # [B, N, 16]
     pitches = pitch.gather(1, latest.clamp(min=0).view(b, -1)).view(b, n, NUM_INSTRUMENTS)
     last_pitch = torch.where(latest >= 0, pitches, -1)  # [B, N, 16]

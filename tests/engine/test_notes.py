@@ -10,25 +10,26 @@ import torch
 
 from stretto.engine import ModelConfig, MusicModel
 from stretto.engine.notes import NUM_INSTRUMENTS, NoteFeatures, NoteTracker, note_features
-from stretto.tokenizer import Vocabulary
 from stretto.tokenizer import _state as machine
-
-_V = Vocabulary()
 
 
 def _machine(ids: np.ndarray, real: np.ndarray | None = None):
     """(sounding [N, 88], count [N], age [N], inst [N], last [N], played [N, 16]) after
-    each id, read by the tokenizer's state machine (the instrument's last pitch and the
-    instruments played kept beside it, from the NOTE_ONs it reads); nothing is read
-    after END or at padded positions."""
+    each id, read by the tokenizer's state machine: where it says a note started (or
+    replaced one started at the same step), the pitch is the cell it wrote that id's
+    position into, kept beside the machine as the instrument's last pitch; nothing is
+    read after END or at padded positions."""
     s, sustain, notes = machine.new_state()
     last_pitch = np.full(NUM_INSTRUMENTS, -1)
     sounding, count, age, inst, last, played = [], [], [], [], [], []
     for pos, t in enumerate(ids):
         if s[machine.ENDED] == 0 and (real is None or real[pos]):
-            machine.advance(s, sustain, notes, int(t))
-            if _V.NOTE_ON.start <= t < _V.NOTE_ON.stop:
-                last_pitch[max(s[machine.INST], 0)] = t - _V.NOTE_ON.start
+            read_at = s[machine.POS]
+            did = machine.advance(s, sustain, notes, int(t))
+            if did in (machine.DID_NOTE_ON, machine.DID_REPLACE):
+                i = max(s[machine.INST], 0)
+                (pitch,) = np.flatnonzero(notes[i, :, machine.NOTE_POS] == read_at)
+                last_pitch[i] = pitch
         on = notes[:, :, machine.NOTE_ID] >= 0
         current = max(s[machine.INST], 0)
         sounding.append(on[current].copy())
@@ -79,20 +80,25 @@ def test_scan_matches_the_token_state_machine_on_random_ids(vocab, seed):
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_tracker_matches_the_scan_token_by_token(vocab, seed):
+@pytest.mark.parametrize("padded", [False, True], ids=["every-id-real", "padded"])
+def test_tracker_matches_the_scan_token_by_token(vocab, seed, padded):
     ids = _random_ids(vocab, 4, 300, seed)
-    whole = note_features(ids)
+    real = None
+    if padded:
+        real = torch.rand(ids.shape, generator=torch.Generator().manual_seed(seed)) > 0.2
+    whole = note_features(ids, real)
     fresh, loaded = NoteTracker(4, "cpu"), NoteTracker(4, "cpu")
     prompt = 120
-    first = loaded.load(ids[:, :prompt])
+    first = loaded.load(ids[:, :prompt], None if real is None else real[:, :prompt])
     for got, want in zip(first, whole, strict=True):
         torch.testing.assert_close(got, want[:, :prompt], rtol=0, atol=0)
     for i in range(ids.shape[1]):
-        step = fresh.advance(ids[:, i])
+        real_i = None if real is None else real[:, i]
+        step = fresh.advance(ids[:, i], real_i)
         for got, want in zip(step, whole, strict=True):
             torch.testing.assert_close(got[:, 0], want[:, i], rtol=0, atol=0)
         if i >= prompt:
-            step = loaded.advance(ids[:, i])
+            step = loaded.advance(ids[:, i], real_i)
             for got, want in zip(step, whole, strict=True):
                 torch.testing.assert_close(got[:, 0], want[:, i], rtol=0, atol=0)
 
@@ -168,10 +174,15 @@ def test_caches_without_the_tracker_are_refused(make_model, windows):
 @pytest.mark.parametrize(
     ("switch", "weights"),
     [
-        ("note_state", {"notes.pitches.weight", "notes.count.weight", "notes.age.weight"}),
-        (
+        pytest.param(
+            "note_state",
+            {"notes.pitches.weight", "notes.count.weight", "notes.age.weight"},
+            id="note_state",
+        ),
+        pytest.param(
             "instrument_state",
             {"instruments.current.weight", "instruments.last.weight", "instruments.played.weight"},
+            id="instrument_state",
         ),
     ],
 )
@@ -197,6 +208,7 @@ def test_the_instrument_state_changes_what_the_decoder_predicts(make_model, wind
         vocab.INSTRUMENT.start + 9,
         ids[:, 1:40],
     )
+    assert (other != ids).any(), "the windows change instrument in their first 40 ids"
     late = slice(140, 200)  # more than 2 x 32 tokens after the last change
     for on in (True, False):
         model = make_model("transformer", instrument_state=on, note_state=False, block=None)
