@@ -118,17 +118,15 @@ class MusicModel(nn.Module):
         # without either state, from the same seed, start with the same weights
         # everywhere else.
         seed = int(torch.randint(2**62, (), device="cpu"))
-        states = [
-            (c.note_state, NoteEmbedding, "notes"),
-            (c.instrument_state, InstrumentEmbedding, "instruments"),
-        ]
-        for offset, (on, kind, name) in enumerate(states):
-            if on:
-                setattr(self, name, kind(c.d_model))
-                generator = torch.Generator(device="cpu").manual_seed(seed + offset)
-                with torch.no_grad():  # drawn on the CPU, whatever the default device
-                    for p in getattr(self, name).parameters():
-                        p.copy_(0.02 * torch.randn(p.shape, generator=generator, device="cpu"))
+        self.notes = NoteEmbedding(c.d_model) if c.note_state else None
+        self.instruments = InstrumentEmbedding(c.d_model) if c.instrument_state else None
+        for offset, state in enumerate((self.notes, self.instruments)):
+            if state is None:
+                continue
+            generator = torch.Generator(device="cpu").manual_seed(seed + offset)
+            with torch.no_grad():  # drawn on the CPU, whatever the default device
+                for p in state.parameters():
+                    p.copy_(0.02 * torch.randn(p.shape, generator=generator, device="cpu"))
 
     def _init_weights(self) -> None:
         depth_scale = 1.0 / math.sqrt(2 * max(self.config.n_layers, 1))
