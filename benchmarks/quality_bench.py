@@ -8,13 +8,14 @@ results). Everything below trains on the training files and is scored on windows
 the validation files.
 
 1. Likelihood (`quality_likelihood`). One transformer-mode model of the preset (default
-   `tiny`), trained from the same seed on the same batches in five variants: WHA
-   with the preset's window and block, the same without the note state
-   (`note_state=False`; it still scans the ids for the instrument state, so its step
-   time holds the scan) and without the instrument state (`instrument_state=False`),
-   WHA without summaries (`block=None`, sliding window) and dense causal SDPA,
-   interleaved step by step so their step times are measured side by side. For each
-   length and seed, held-out NLL per token, bits per token, NLL per second of music,
+   `tiny`), trained from the same seed on the same batches in six variants: WHA with
+   the preset's window and block, the same without the note state (`note_state=False`;
+   it still scans the ids for the instrument state, so its step time holds the scan),
+   without the instrument state (`instrument_state=False`) and without the states'
+   gains on the logits (`state_logits=False`), WHA without summaries (`block=None`,
+   sliding window) and dense causal SDPA, interleaved step by step so their step
+   times are measured side by side. For each length and seed, held-out NLL per token,
+   bits per token, NLL per second of music,
    NLL per position bucket and past the window; at equal steps (the budget's last
    step) and at equal wall-clock (each variant's curve, linear between evaluations,
    read at the training time the fastest variant took for the whole budget).
@@ -26,7 +27,8 @@ the validation files.
    preset with WHA is trained with `Trainer` for the budget's steps on windows of the
    generation length, once from each of the budget's seeds (and the transformer once
    more with each state off: `note_state=False`, source `transformer-no-note-state`,
-   and `instrument_state=False`, source `transformer-no-instrument-state`); each model
+   `instrument_state=False`, source `transformer-no-instrument-state`, and
+   `state_logits=False`, source `transformer-no-state-logits`); each model
    samples as many pieces as half A of the held-out set has (from START,
    `constrained=True`, its training seed as the sampling seed), and as many again
    without the grammar mask for the `validity` statistic, with the sampling its
@@ -49,7 +51,10 @@ the validation files.
 3. The cause (`quality_cause`), on the transformer model of part 2: the teacher-forced
    probability of each held-out NOTE_OFF by its distance from the NOTE_ON
    (`mode="note-off-probability"`, the first seed's model) and polyphony of held-out
-   pieces with a share of their NOTE_OFFs deleted (`mode="note-off-deletion"`); and,
+   pieces with a share of their NOTE_OFFs deleted (`mode="note-off-deletion"`); the
+   teacher-forced probability of an instrument not yet played where held-out pieces
+   name an instrument, against how often they do, by position, for the first seed's
+   model of each transformer source (`mode="new-instrument"`); and,
    for each mode, its models' pieces under each sampler setting (`mode="sampler"`:
    the grammar's policies, then temperature and top-p on the best; every seed's model
    sampled with its seed and the pieces pooled, as in the music table; a skipped row
@@ -87,6 +92,7 @@ MODES = ("transformer", "vae", "vae_gan")
 WITHOUT_STATE = {
     "transformer-no-note-state": {"note_state": False},
     "transformer-no-instrument-state": {"instrument_state": False},
+    "transformer-no-state-logits": {"state_logits": False},
 }
 DEMO_CORPUS_CACHE = REPO_ROOT / "data" / "demo-corpus"
 
@@ -375,6 +381,7 @@ class QualityRun:
             attention=config.attention,
             note_state=config.note_state,
             instrument_state=config.instrument_state,
+            state_logits=config.state_logits,
             window=config.window,
             block=config.block,
             batch=batch,
@@ -520,6 +527,7 @@ class QualityRun:
         for name, off in WITHOUT_STATE.items():
             trained = [self._train_mode("transformer", length, seed=s, **off) for s in b.seeds]
             models_off = [m for m, _ in trained]
+            models[name] = models_off[0]
             pieces = self._sample_seeds(models_off, picks["transformer"], length, count)
             record(name, trained, pieces, picks["transformer"])
         # the music table's unigram column: sampled as the transformer (each mode's
@@ -575,15 +583,20 @@ class QualityRun:
                     tokens_per_s=2 * s.pieces * length / seconds,
                 )
             rows.append(row)
-        rows += self._cause(models["transformer"], real_a + real_b, tokenizer)
+        transformers = {n: models[n] for n in ("transformer", *WITHOUT_STATE)}
+        rows += self._cause(transformers, real_a + real_b, tokenizer)
         return rows + sampler_rows
 
     # -- part 3 ---------------------------------------------------------------------------
-    def _cause(self, model, pieces: list[list[int]], tokenizer) -> list[dict[str, Any]]:
+    def _cause(self, models: dict, pieces: list[list[int]], tokenizer) -> list[dict[str, Any]]:
+        """Part 3's rows but the samplers': on `pieces`, the NOTE_OFF probability of
+        `models["transformer"]`, the deletion sensitivity, and the new-instrument
+        probability of every one of `models` (the first seed's model of each source)."""
         from benchmarks import quality_cause as qc
 
         b = self.budget
         length = b.generation_length
+        model = models["transformer"]
         progress(f"[quality] cause: NOTE_OFF probability and deletion on {len(pieces)} pieces")
         start = time.perf_counter()
         probability = qc.note_off_probability(model, pieces, pad=self.vocab.PAD)
@@ -617,7 +630,20 @@ class QualityRun:
                 median_ms=deletion_s * 1e3,
                 extra=dict(self.what, pieces=len(pieces), shares=deletion),
             ),
-        ]
+        ] + [self._new_instruments(name, m, pieces, base) for name, m in models.items()]
+
+    def _new_instruments(self, name: str, model, pieces, base: dict) -> dict[str, Any]:
+        from benchmarks import quality_cause as qc
+
+        start = time.perf_counter()
+        buckets = qc.new_instrument_probability(model, pieces, pad=self.vocab.PAD)
+        return dict(
+            base,
+            provider=name,
+            mode="new-instrument",
+            median_ms=(time.perf_counter() - start) * 1e3,
+            extra=dict(self.what, pieces=len(pieces), buckets=buckets),
+        )
 
     def _samplers(
         self, models, mode, length, count, piece_set, halves, real, unigram
@@ -760,6 +786,8 @@ class QualityRun:
             "model_mode": mode,
             "note_state": config.note_state,
             "instrument_state": config.instrument_state,
+            "state_logits": config.state_logits,
+            "state_gains": _state_gains(model),
             "steps": b.steps,
             "seed": seed,
             "train_s": train_s,
@@ -838,6 +866,18 @@ class QualityRun:
                 grammar.advance(state, token)
             out.append(token)
         return torch.stack(out, 1).tolist()
+
+
+def _state_gains(model) -> dict[str, float]:
+    """The mean of each of `model`'s state gains (`StateLogits`), in nats; {} without."""
+    from stretto.engine.notes import STATE_LOGIT_SCALE
+
+    if model.state_logits is None:
+        return {}
+    return {
+        name: float(gain.mean()) * STATE_LOGIT_SCALE
+        for name, gain in model.state_logits.named_parameters()
+    }
 
 
 def _strip(sequences: list[list[int]], vocab) -> list[list[int]]:

@@ -6,6 +6,10 @@
   NOTE_ON in the window's state prefix). A drop where the distance passes the model's
   attention window says the release is lost with the context; low everywhere says the
   model has not learnt it.
+- `new_instrument_probability`: the probability a model gives, teacher-forced, to an
+  instrument that has not struck a note yet, where held-out windows name an instrument
+  (normalized over the INSTRUMENT tokens), against how often they do, by position in
+  the window: a piece that keeps to its instruments names a new one at its start only.
 - `deletion_sensitivity`: polyphony (and the share of notes closed by a NOTE_OFF) of
   real windows with a share of their NOTE_OFFs deleted: how far the statistic moves
   when a model forgets that many releases.
@@ -27,6 +31,8 @@ import numpy as np
 # Distance buckets (tokens from the NOTE_ON): [lo, next lo); the last is open.
 DISTANCE_EDGES = (1, 9, 17, 33, 65, 129, 257)
 DELETION_SHARES = (0.0, 0.1, 0.25, 0.5)
+# Position buckets of `new_instrument_probability`: [lo, next lo); the last is open.
+POSITION_EDGES = (0, 32, 128, 256)
 
 # (name, keyword arguments of `generate`): the grammar mask as it was (a NOTE_OFF
 # only where the model put it, time frozen at the length limit), the NOTE_OFF family's
@@ -60,6 +66,12 @@ def distance_bucket(distance: int) -> int:
     return int(np.searchsorted(DISTANCE_EDGES, distance, side="right")) - 1
 
 
+def position_labels() -> list[str]:
+    edges = POSITION_EDGES
+    labels = [f"{lo}-{hi - 1}" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+    return labels + [f"{edges[-1]}+"]
+
+
 def note_off_targets(ids: Sequence[int]) -> list[tuple[int, int]]:
     """(position, distance in tokens from the NOTE_ON of the note it ends) of every
     NOTE_OFF of `ids` that ends a sounding note, read through the token-state machine."""
@@ -85,32 +97,72 @@ def note_off_probability(
 ) -> dict[str, dict[str, float | None]]:
     """Per distance bucket: {"p": mean teacher-forced probability of the correct
     NOTE_OFF, "count": NOTE_OFFs in the bucket} over `pieces` (ids from START)."""
-    import torch
-
     labels = distance_labels()
     total = np.zeros(len(labels))
     count = np.zeros(len(labels))
-    device = next(model.parameters()).device
-    for first in range(0, len(pieces), batch_size):
-        chunk = [list(map(int, p)) for p in pieces[first : first + batch_size]]
-        n = max(len(p) for p in chunk)
-        ids = torch.full((len(chunk), n), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), n), dtype=torch.bool)
-        for row, p in enumerate(chunk):
-            ids[row, : len(p)] = torch.as_tensor(p)
-            mask[row, : len(p)] = True
-        with torch.inference_mode():
-            logits = model(ids.to(device), attention_mask=mask.to(device))
-            probs = torch.softmax(logits.float(), dim=-1).cpu()  # [B, N, V]
-        for row, p in enumerate(chunk):
-            for pos, dist in note_off_targets(p):
-                if pos == 0:
-                    continue
-                b = distance_bucket(dist)
-                total[b] += float(probs[row, pos - 1, p[pos]])
-                count[b] += 1
+    for p, probs in _teacher_forced(model, pieces, pad=pad, batch_size=batch_size):
+        for pos, dist in note_off_targets(p):
+            if pos == 0:
+                continue
+            b = distance_bucket(dist)
+            total[b] += float(probs[pos - 1, p[pos]])
+            count[b] += 1
     return {
         label: {"p": float(total[i] / count[i]) if count[i] else None, "count": int(count[i])}
+        for i, label in enumerate(labels)
+    }
+
+
+def instrument_targets(ids: Sequence[int]) -> list[tuple[int, frozenset[int]]]:
+    """(position, the instruments that have struck a note before it) of every INSTRUMENT
+    id of `ids`, read through the token-state machine (up to END)."""
+    from stretto.tokenizer import _state as st
+    from stretto.tokenizer.vocabulary import Vocabulary
+
+    family = Vocabulary().INSTRUMENT
+    played: set[int] = set()
+    s, sustain, notes = st.new_state()
+    out = []
+    for pos, t in enumerate(ids):
+        t = int(t)
+        if t in family:
+            out.append((pos, frozenset(played)))
+        did = st.advance(s, sustain, notes, t)
+        if did == st.DID_END:
+            break
+        if did in (st.DID_NOTE_ON, st.DID_REPLACE):
+            played.add(max(int(s[st.INST]), 0))
+    return out
+
+
+def new_instrument_probability(
+    model, pieces: Sequence[Sequence[int]], *, pad: int, batch_size: int = 8
+) -> dict[str, dict[str, float | None]]:
+    """Per position bucket (`position_labels`) of the INSTRUMENT ids of `pieces`: {"real":
+    the share naming an instrument that has struck no note yet, "model": the model's mean
+    teacher-forced probability of such an instrument, out of its probability of any
+    INSTRUMENT, "count": the INSTRUMENT ids}."""
+    from stretto.tokenizer.vocabulary import Vocabulary
+
+    family = Vocabulary().INSTRUMENT
+    labels = position_labels()
+    real, believed, count = (np.zeros(len(labels)) for _ in range(3))
+    for p, probs in _teacher_forced(model, pieces, pad=pad, batch_size=batch_size):
+        for pos, played in instrument_targets(p):
+            if pos == 0:
+                continue
+            b = int(np.searchsorted(POSITION_EDGES, pos, side="right")) - 1
+            chance = probs[pos - 1, family.start : family.stop].double()
+            unplayed = [k for k in range(len(family)) if k not in played]
+            believed[b] += float(chance[unplayed].sum() / chance.sum())
+            real[b] += p[pos] - family.start not in played
+            count[b] += 1
+    return {
+        label: {
+            "real": float(real[i] / count[i]) if count[i] else None,
+            "model": float(believed[i] / count[i]) if count[i] else None,
+            "count": int(count[i]),
+        }
         for i, label in enumerate(labels)
     }
 
@@ -172,6 +224,27 @@ def sampler_variants(best: str, base: dict[str, Any]) -> list[tuple[str, dict[st
             name = f"{best} T{t:g}" + (f" top-p {top_p:g}" if top_p else "")
             out.append((name, dict(base, temperature=t, top_p=top_p)))
     return out
+
+
+def _teacher_forced(model, pieces: Sequence[Sequence[int]], *, pad: int, batch_size: int):
+    """(ids as a list, next-token probabilities `[N, V]` on the CPU) of each of `pieces`,
+    run through `model` in padded batches."""
+    import torch
+
+    device = next(model.parameters()).device
+    for first in range(0, len(pieces), batch_size):
+        chunk = [list(map(int, p)) for p in pieces[first : first + batch_size]]
+        n = max(len(p) for p in chunk)
+        ids = torch.full((len(chunk), n), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), n), dtype=torch.bool)
+        for row, p in enumerate(chunk):
+            ids[row, : len(p)] = torch.as_tensor(p)
+            mask[row, : len(p)] = True
+        with torch.inference_mode():
+            logits = model(ids.to(device), attention_mask=mask.to(device))
+            probs = torch.softmax(logits.float(), dim=-1).cpu()  # [B, N, V]
+        for row, p in enumerate(chunk):
+            yield p, probs[row]
 
 
 def _mean(values: Sequence[float]) -> float | None:

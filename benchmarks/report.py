@@ -472,6 +472,24 @@ def note_off_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n\n".join(parts)
 
 
+def new_instrument_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Held-out pieces' share of INSTRUMENT ids naming an instrument not yet played, and
+    each model's teacher-forced probability of one, per position bucket."""
+    found = [r for r in quality_rows(rows, "new-instrument") if is_measured(r)]
+    if not found:
+        return ""
+    buckets = found[0]["extra"]["buckets"]
+    body = [
+        ["held-out (share)", *(_fixed(b["real"]) for b in buckets.values())],
+        *(
+            [r["provider"], *(_fixed(b["model"]) for b in r["extra"]["buckets"].values())]
+            for r in found
+        ),
+        ["INSTRUMENT ids", *(b["count"] for b in buckets.values())],
+    ]
+    return _table(["positions", *buckets], body)
+
+
 def deletion_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """Polyphony of held-out pieces with a share of their NOTE_OFFs deleted."""
     found = [r for r in quality_rows(rows, "note-off-deletion") if is_measured(r)]
@@ -581,6 +599,7 @@ def quality_markdown(rows: Sequence[Mapping[str, Any]], *, heading: str = "##") 
         ("How notes end", endings_table(rows), ENDINGS_NOTE),
         ("Teacher-forced NOTE_OFF probability by distance", note_off_table(rows), NOTE_OFF_NOTE),
         ("Polyphony with NOTE_OFFs deleted", deletion_table(rows), DELETION_NOTE),
+        ("Instruments not yet played", new_instrument_table(rows), NEW_INSTRUMENT_NOTE),
         ("Samplers", sampler_table(rows), _sampler_note(rows)),
     ]
     if any(table for _, table, _ in cause):
@@ -618,6 +637,13 @@ NOTE_OFF_NOTE = (
     "NOTE_OFF that ends a sounding note, by its distance in tokens from that note's "
     "NOTE_ON. A drop past the attention window points at context; low everywhere, at "
     "what the model learnt."
+)
+NEW_INSTRUMENT_NOTE = (
+    "Where held-out pieces (both halves) name an instrument, by position in the piece: "
+    "the share naming one that has struck no note yet in the piece, then each model's "
+    "mean teacher-forced probability of such an instrument (out of its probability of "
+    "any INSTRUMENT; the first seed's model of each source). A model above the share "
+    "brings in instruments the piece does not have."
 )
 DELETION_NOTE = (
     "Held-out pieces (both halves) with a random share of their NOTE_OFFs deleted, "

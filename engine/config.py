@@ -34,7 +34,10 @@ class ModelConfig:
     sound on the current instrument, how many notes sound and how long the oldest has
     lasted, read from the ids before it (`stretto.engine.notes`); with
     `instrument_state`, which instrument is current and which instruments the piece has
-    struck a note on so far. The vocabulary is the same either way.
+    struck a note on so far; with `state_logits` as well (and either state on), learned
+    gains add that state straight to the logits of the tokens it governs (`StateLogits`:
+    NOTE_OFF and NOTE_ON of sounding pitches, INSTRUMENT of instruments played). The
+    vocabulary is the same either way.
 
     Attention: `attention="wha"` calls `stretto.kernels.hierarchical_attention` with
     `window`, `block` (None = plain sliding window) and `attention_backend`;
@@ -83,6 +86,8 @@ class ModelConfig:
     note_state: bool = True
     # ... and the current instrument and the instruments played so far
     instrument_state: bool = True
+    # ... and adds them to the logits of NOTE_OFF, NOTE_ON and INSTRUMENT by learned gains
+    state_logits: bool = True
     # -- attention --------------------------------------------------------------------
     attention: str = "wha"
     attention_backend: str = "auto"
@@ -146,7 +151,7 @@ class ModelConfig:
             self.block is None or (_is_int(self.block) and self.block >= 1),
             f"block={self.block} must be None or >= 1",
         )
-        for name in ("note_state", "instrument_state"):
+        for name in ("note_state", "instrument_state", "state_logits"):
             value = getattr(self, name)
             need(isinstance(value, bool), f"{name}={value!r} must be a bool")
         need(0.0 <= self.dropout < 1.0, f"dropout={self.dropout} not in [0, 1)")
@@ -263,7 +268,9 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"ModelConfig: unknown fields {unknown}")
         # A config written before a state switch existed describes a model without it.
-        return cls(**{"note_state": False, "instrument_state": False, **data})
+        return cls(
+            **{"note_state": False, "instrument_state": False, "state_logits": False, **data}
+        )
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -41,6 +41,7 @@ from .notes import (
     NoteEmbedding,
     NoteFeatures,
     NoteTracker,
+    StateLogits,
     note_features,
 )
 from .outputs import MusicModelOutput
@@ -113,6 +114,7 @@ class MusicModel(nn.Module):
         self.discriminator = Discriminator(c) if c.mode == "vae_gan" else None
         self.notes: NoteEmbedding | None = None
         self.instruments: InstrumentEmbedding | None = None
+        self.state_logits: StateLogits | None = None
         self._init_weights()
         # Built last, each from its own generator seeded by one draw: models with and
         # without either state, from the same seed, start with the same weights
@@ -127,6 +129,8 @@ class MusicModel(nn.Module):
             with torch.no_grad():  # drawn on the CPU, whatever the default device
                 for p in state.parameters():
                     p.copy_(0.02 * torch.randn(p.shape, generator=generator, device="cpu"))
+        if c.state_logits and (c.note_state or c.instrument_state):  # gains start at 0
+            self.state_logits = StateLogits(c.note_state, c.instrument_state)
 
     def _init_weights(self) -> None:
         depth_scale = 1.0 / math.sqrt(2 * max(self.config.n_layers, 1))
@@ -307,13 +311,17 @@ class MusicModel(nn.Module):
         from, where the decoder's input hides some (word dropout)."""
         self.check_latent(z, input_ids.shape[0])
         x = self.embed(input_ids)  # [B, N, C]
+        f = None
         if self.notes is not None or self.instruments is not None:
             f = self._note_features(input_ids if state_ids is None else state_ids, mask, cache)
             for embedding in (self.notes, self.instruments):
                 if embedding is not None:
                     x = x + embedding(f)
         h = self.decoder(x, mask, positions, cond=z, caches=cache)
-        return self.head(h)  # [B, N, V]
+        logits = self.head(h)  # [B, N, V]
+        if self.state_logits is not None:  # built only with a state, so f is read
+            logits = self.state_logits(logits, f)
+        return logits
 
     def _note_features(self, ids: torch.Tensor, mask, cache) -> NoteFeatures:
         """The note state after each of `ids`: from `ids` alone without a cache; with

@@ -283,3 +283,55 @@ class InstrumentEmbedding(nn.Module):
     def forward(self, f: NoteFeatures) -> torch.Tensor:
         played = self.played(f.played.to(self.played.weight.dtype))
         return self.current(f.inst) + self.last(f.last + 1) + played
+
+
+# The gains are stored divided by this. Adam moves a parameter by about its learning rate
+# per step, and the gains the data asks for are several nats (the quality suite's rows
+# record each trained model's mean gains), out of reach of a short run when stored as is.
+STATE_LOGIT_SCALE = 30.0
+
+
+class StateLogits(nn.Module):
+    """The state added straight to the logits of the tokens it governs, by learned gains
+    (zero at first): with the note state, `release[p]` on NOTE_OFF p and `restrike[p]` on
+    NOTE_ON p where pitch p sounds on the current instrument; with the instrument state,
+    `replay[k]` on INSTRUMENT k once instrument k has struck a note.
+
+    The embeddings give the decoder the same facts, but it has to learn to carry them
+    through every layer to the head, which a short run does not do: see the quality
+    suite's `new-instrument` rows (`benchmarks/quality_cause.py`) and docs/engine.md.
+    """
+
+    def __init__(self, notes: bool, instruments: bool) -> None:
+        super().__init__()
+
+        def gain(size: int, on: bool) -> nn.Parameter | None:
+            return nn.Parameter(torch.zeros(size)) if on else None
+
+        self.release = gain(NUM_PITCHES, notes)
+        self.restrike = gain(NUM_PITCHES, notes)
+        self.replay = gain(NUM_INSTRUMENTS, instruments)
+
+    def forward(self, logits: torch.Tensor, f: NoteFeatures) -> torch.Tensor:
+        """`logits` `[B, N, V]` with the gains added where `f` (the state after each
+        position) says they apply."""
+        dtype = logits.dtype
+
+        def times(gain: torch.Tensor) -> torch.Tensor:
+            return (gain * STATE_LOGIT_SCALE).to(dtype)
+
+        adds: list[tuple[range, torch.Tensor]] = []
+        if self.release is not None:
+            sounding = f.sounding.to(dtype)
+            adds.append((_V.NOTE_ON, sounding * times(self.restrike)))
+            adds.append((_V.NOTE_OFF, sounding * times(self.release)))
+        if self.replay is not None:
+            adds.append((_V.INSTRUMENT, f.played.to(dtype) * times(self.replay)))
+        pieces, at = [], 0
+        for family, add in sorted(adds, key=lambda a: a[0].start):  # one new tensor
+            pieces += [
+                logits[..., at : family.start],
+                logits[..., family.start : family.stop] + add,
+            ]
+            at = family.stop
+        return torch.cat([*pieces, logits[..., at:]], -1)

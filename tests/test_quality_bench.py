@@ -13,6 +13,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("muspy", reason="the quality suite needs muspy (the quality extra)")
 symusic = pytest.importorskip("symusic")
@@ -231,6 +232,56 @@ def test_note_off_targets_measure_the_distance_from_the_note_on():
         "257+",
         "257+",
     ]
+
+
+def planted_instruments() -> list[int]:
+    """A piece naming instruments 3, 5, 3, 5, 3 (5 strikes its first note after its
+    second naming), then END and an instrument that is not read."""
+    from stretto.tokenizer import Vocabulary
+
+    v = Vocabulary()
+
+    def inst(k):
+        return v.INSTRUMENT.start + k
+
+    def on(p):
+        return v.NOTE_ON.start + p - 21
+
+    ids = [v.START, inst(3), on(60), v.TIME_SHIFT.start + 7, inst(5), inst(3), on(62)]
+    return ids + [inst(5), on(64), inst(3), v.END, inst(7)]
+
+
+def test_instrument_targets_name_the_instruments_played_before_each():
+    assert qc.instrument_targets(planted_instruments()) == [
+        (1, frozenset()),
+        (4, frozenset({3})),
+        (5, frozenset({3})),
+        (7, frozenset({3})),
+        (9, frozenset({3, 5})),
+    ]
+    assert qc.position_labels() == ["0-31", "32-127", "128-255", "256+"]
+
+
+def test_new_instrument_probability_of_a_model_that_names_every_instrument_alike():
+    """Uniform over the 16 instruments, P(not yet played) is the unplayed share: at
+    positions 1, 4, 5, 7 and 9, 16, 15, 15, 15 and 14 of 16; three of the five name an
+    instrument not yet played."""
+
+    class Uniform(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.unused = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, ids, attention_mask=None):
+            return torch.zeros(*ids.shape, 774)
+
+    from stretto.tokenizer import Vocabulary
+
+    out = qc.new_instrument_probability(Uniform(), [planted_instruments()], pad=Vocabulary().PAD)
+    assert out["0-31"]["count"] == 5
+    assert out["0-31"]["real"] == pytest.approx(3 / 5)
+    assert out["0-31"]["model"] == pytest.approx((16 + 15 + 15 + 15 + 14) / 16 / 5)
+    assert out["256+"] == {"real": None, "model": None, "count": 0}
 
 
 def test_the_distance_multiple_column_reads_real_against_real():
@@ -474,13 +525,18 @@ def test_a_quick_run_writes_every_row_and_plot(quality_run):
         "wha",
         "wha-no-note-state",
         "wha-no-instrument-state",
+        "wha-no-state-logits",
         "sliding-window",
         "dense",
     }
     assert nll == variants | {"unigram", "bigram"}
     music = {r["provider"] for r in rows if r["mode"] == "generated-vs-held-out"}
     models = {"transformer", "vae", "vae_gan"}
-    models |= {"transformer-no-note-state", "transformer-no-instrument-state"}
+    models |= {
+        "transformer-no-note-state",
+        "transformer-no-instrument-state",
+        "transformer-no-state-logits",
+    }
     assert music == {"held-out-A", "held-out-B", "unigram"} | models
     for row in rows:
         if row["provider"] in variants:
@@ -503,6 +559,11 @@ def test_a_quick_run_writes_every_row_and_plot(quality_run):
     cause = {r["mode"]: r for r in rows if r["mode"].startswith("note-off")}
     assert set(cause["note-off-probability"]["extra"]["buckets"]) == set(qc.distance_labels())
     assert set(cause["note-off-deletion"]["extra"]["shares"]) == {"0", "0.1", "0.25", "0.5"}
+    new = {r["provider"]: r["extra"]["buckets"] for r in rows if r["mode"] == "new-instrument"}
+    assert new.keys() == {"transformer", *quality_bench.WITHOUT_STATE}
+    for buckets in new.values():
+        assert list(buckets) == qc.position_labels()
+        assert all(0 <= b["model"] <= 1 for b in buckets.values() if b["count"])
     samplers = [r for r in rows if r["mode"] == "sampler"]
     assert samplers and all(
         r["status"] == "ok" or r["status"].startswith("skipped: sampler comparison")
@@ -530,7 +591,8 @@ def test_a_quick_run_writes_every_row_and_plot(quality_run):
     assert "## Quality: generated music against held-out music" in md
     assert "pools the pieces of models trained from seeds 0, 1" in md
     assert "## Quality: why generated notes do not end" in md
-    for title in ("How notes end", "Teacher-forced NOTE_OFF probability", "Samplers"):
+    titles = ("How notes end", "Teacher-forced NOTE_OFF probability", "Samplers")
+    for title in (*titles, "Instruments not yet played"):
         assert f"### {title}" in md, title
 
 

@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from stretto.engine import ModelConfig, MusicModel
-from stretto.engine.notes import NUM_INSTRUMENTS, NoteFeatures, NoteTracker, note_features
+from stretto.engine.notes import (
+    NUM_INSTRUMENTS,
+    STATE_LOGIT_SCALE,
+    NoteFeatures,
+    NoteTracker,
+    StateLogits,
+    note_features,
+)
 from stretto.tokenizer import _state as machine
 
 
@@ -107,6 +114,7 @@ def test_tracker_matches_the_scan_token_by_token(vocab, seed, padded):
 def test_cached_decoding_reads_the_same_note_state_as_the_full_forward(make_model, windows, mode):
     model = make_model(mode).eval()
     assert model.notes is not None
+    _plant_gains(model.state_logits)  # they start at 0: planted, so the decoding adds them
     ids = windows(96, start=200)
     z = torch.randn(2, model.config.latent_dim) if model.encoder is not None else None
     with torch.no_grad():
@@ -176,13 +184,20 @@ def test_caches_without_the_tracker_are_refused(make_model, windows):
     [
         pytest.param(
             "note_state",
-            {"notes.pitches.weight", "notes.count.weight", "notes.age.weight"},
+            {"notes.pitches.weight", "notes.count.weight", "notes.age.weight"}
+            | {"state_logits.release", "state_logits.restrike"},
             id="note_state",
         ),
         pytest.param(
             "instrument_state",
-            {"instruments.current.weight", "instruments.last.weight", "instruments.played.weight"},
+            {"instruments.current.weight", "instruments.last.weight", "instruments.played.weight"}
+            | {"state_logits.replay"},
             id="instrument_state",
+        ),
+        pytest.param(
+            "state_logits",
+            {"state_logits.release", "state_logits.restrike", "state_logits.replay"},
+            id="state_logits",
         ),
     ],
 )
@@ -216,3 +231,72 @@ def test_the_instrument_state_changes_what_the_decoder_predicts(make_model, wind
         with torch.no_grad():
             same = torch.allclose(model(ids)[:, late], model(other)[:, late], atol=1e-6)
         assert same is not on
+
+
+def _plant_gains(state_logits: StateLogits, seed: int = 0) -> None:
+    """Gains of a few nats, as training makes them (they start at 0)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for gain in state_logits.parameters():
+            gain.copy_(3 * torch.randn(gain.shape, generator=generator) / STATE_LOGIT_SCALE)
+
+
+@pytest.mark.parametrize(("notes", "instruments"), [(True, True), (True, False), (False, True)])
+def test_state_logits_add_each_gain_to_its_tokens_where_the_state_says(
+    windows, vocab, notes, instruments
+):
+    """Against a per-token loop: +release[p] on NOTE_OFF p and +restrike[p] on NOTE_ON p
+    where p sounds on the current instrument, +replay[k] on INSTRUMENT k once k has
+    played; every other logit as it was."""
+    module = StateLogits(notes, instruments)
+    _plant_gains(module)
+    ids = windows(160, start=300)
+    f = note_features(ids)
+    logits = torch.randn(*ids.shape, vocab.size)
+    got = module(logits, f)
+    want = logits.clone()
+    for p in range(len(vocab.NOTE_ON)):
+        if notes:
+            on = f.sounding[..., p]
+            want[..., vocab.NOTE_OFF.start + p] += on * module.release[p] * STATE_LOGIT_SCALE
+            want[..., vocab.NOTE_ON.start + p] += on * module.restrike[p] * STATE_LOGIT_SCALE
+    for k in range(NUM_INSTRUMENTS):
+        if instruments:
+            played = f.played[..., k]
+            want[..., vocab.INSTRUMENT.start + k] += played * module.replay[k] * STATE_LOGIT_SCALE
+    assert f.sounding.any() and f.played.any() and not f.played.all()
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    assert (module.release is not None) is notes and (module.replay is not None) is instruments
+
+
+def test_the_state_logits_switch_and_older_configs(vocab):
+    on = ModelConfig.from_vocab(vocab, preset="tiny")
+    assert on.state_logits
+    gains = {n for n, _ in MusicModel(on).state_logits.named_parameters()}
+    assert gains == {"release", "restrike", "replay"}
+    assert MusicModel(on.replace(state_logits=False)).state_logits is None
+    notes_only = MusicModel(on.replace(instrument_state=False)).state_logits
+    assert notes_only.replay is None and notes_only.release is not None
+    # with neither state there is nothing to add
+    assert MusicModel(on.replace(note_state=False, instrument_state=False)).state_logits is None
+    older = on.to_dict()
+    del older["state_logits"]  # a config.json written before the switch existed
+    assert ModelConfig.from_dict(older).state_logits is False
+    with pytest.raises(ValueError, match="state_logits"):
+        on.replace(state_logits=1)
+
+
+def test_real_music_asks_for_each_gain_in_its_direction(make_model, windows):
+    """At the start (gains 0) the loss's gradient on real windows, that a wrongly wired
+    gain would get wrong: a sounding pitch's NOTE_OFF and a played instrument are
+    under-predicted (descent raises release and replay), a sounding pitch's NOTE_ON
+    never comes (the tokenizer closes a note before striking it again: descent lowers
+    restrike)."""
+    model = make_model("transformer")
+    ids = windows(384, start=0)
+    logits = model(ids)
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+    loss.backward()
+    g = model.state_logits
+    assert g.release.grad.sum() < 0 and g.replay.grad.sum() < 0
+    assert g.restrike.grad.sum() > 0
