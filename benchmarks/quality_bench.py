@@ -875,7 +875,7 @@ def _state_gains(model) -> dict[str, float]:
     if model.state_logits is None:
         return {}
     return {
-        name: float(gain.mean()) * STATE_LOGIT_SCALE
+        name: float(gain.detach().mean()) * STATE_LOGIT_SCALE
         for name, gain in model.state_logits.named_parameters()
     }
 
