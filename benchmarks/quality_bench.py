@@ -11,8 +11,8 @@ the validation files.
    `tiny`), trained from the same seed on the same batches in six variants: WHA with
    the preset's window and block, the same without the note state (`note_state=False`;
    it still scans the ids for the instrument state, so its step time holds the scan),
-   without the instrument state (`instrument_state=False`) and without the states'
-   gains on the logits (`state_logits=False`), WHA without summaries (`block=None`,
+   without the instrument state (`instrument_state=False`) and with the states' gains
+   on the logits (`state_logits=True`), WHA without summaries (`block=None`,
    sliding window) and dense causal SDPA, interleaved step by step so their step
    times are measured side by side. For each length and seed, held-out NLL per token,
    bits per token, NLL per second of music,
@@ -26,9 +26,10 @@ the validation files.
 2. Generated music (`quality_music`). Each mode (transformer, vae, vae_gan) of the
    preset with WHA is trained with `Trainer` for the budget's steps on windows of the
    generation length, once from each of the budget's seeds (and the transformer once
-   more with each state off: `note_state=False`, source `transformer-no-note-state`,
-   `instrument_state=False`, source `transformer-no-instrument-state`, and
-   `state_logits=False`, source `transformer-no-state-logits`); each model
+   more with each state switch turned: `note_state=False`, source
+   `transformer-no-note-state`, `instrument_state=False`, source
+   `transformer-no-instrument-state`, and `state_logits=True`, source
+   `transformer-state-logits`); each model
    samples as many pieces as half A of the held-out set has (from START,
    `constrained=True`, its training seed as the sampling seed), and as many again
    without the grammar mask for the `validity` statistic, with the sampling its
@@ -88,11 +89,11 @@ from benchmarks.schema import REPO_ROOT, SuiteUnavailable, progress, skipped_row
 
 SUITE = "quality"
 MODES = ("transformer", "vae", "vae_gan")
-# the transformer with one state switched off, sampled with the transformer's pick
-WITHOUT_STATE = {
+# the transformer with one state switch turned, sampled with the transformer's pick
+OTHER_STATES = {
     "transformer-no-note-state": {"note_state": False},
     "transformer-no-instrument-state": {"instrument_state": False},
-    "transformer-no-state-logits": {"state_logits": False},
+    "transformer-state-logits": {"state_logits": True},
 }
 DEMO_CORPUS_CACHE = REPO_ROOT / "data" / "demo-corpus"
 
@@ -524,11 +525,11 @@ class QualityRun:
             )
             sampler_rows += rows
             record(mode, trained, pieces, picks[mode])
-        for name, off in WITHOUT_STATE.items():
-            trained = [self._train_mode("transformer", length, seed=s, **off) for s in b.seeds]
-            models_off = [m for m, _ in trained]
-            models[name] = models_off[0]
-            pieces = self._sample_seeds(models_off, picks["transformer"], length, count)
+        for name, turned in OTHER_STATES.items():
+            trained = [self._train_mode("transformer", length, seed=s, **turned) for s in b.seeds]
+            others = [m for m, _ in trained]
+            models[name] = others[0]
+            pieces = self._sample_seeds(others, picks["transformer"], length, count)
             record(name, trained, pieces, picks["transformer"])
         # the music table's unigram column: sampled as the transformer (each mode's
         # verdicts are against the unigram sampled with that mode's settings), as many
@@ -583,7 +584,7 @@ class QualityRun:
                     tokens_per_s=2 * s.pieces * length / seconds,
                 )
             rows.append(row)
-        transformers = {n: models[n] for n in ("transformer", *WITHOUT_STATE)}
+        transformers = {n: models[n] for n in ("transformer", *OTHER_STATES)}
         rows += self._cause(transformers, real_a + real_b, tokenizer)
         return rows + sampler_rows
 

@@ -144,7 +144,7 @@ def test_a_figure_the_runs_do_not_hold_fails_the_headline_check():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     for old, new, figure in [
         ("1.341 ms:", "1.314 ms:", "1.314"),
-        ("(dynamic cache, 5.16x)", "(dynamic cache, 5.61x)", "5.61"),
+        ("(dynamic cache, 4.97x)", "(dynamic cache, 4.79x)", "4.79"),
     ]:
         assert old in readme, old
         planted = unquoted_headline_figures(readme.replace(old, new), REPO)

@@ -525,7 +525,7 @@ def test_a_quick_run_writes_every_row_and_plot(quality_run):
         "wha",
         "wha-no-note-state",
         "wha-no-instrument-state",
-        "wha-no-state-logits",
+        "wha-state-logits",
         "sliding-window",
         "dense",
     }
@@ -535,7 +535,7 @@ def test_a_quick_run_writes_every_row_and_plot(quality_run):
     models |= {
         "transformer-no-note-state",
         "transformer-no-instrument-state",
-        "transformer-no-state-logits",
+        "transformer-state-logits",
     }
     assert music == {"held-out-A", "held-out-B", "unigram"} | models
     for row in rows:
@@ -560,7 +560,7 @@ def test_a_quick_run_writes_every_row_and_plot(quality_run):
     assert set(cause["note-off-probability"]["extra"]["buckets"]) == set(qc.distance_labels())
     assert set(cause["note-off-deletion"]["extra"]["shares"]) == {"0", "0.1", "0.25", "0.5"}
     new = {r["provider"]: r["extra"]["buckets"] for r in rows if r["mode"] == "new-instrument"}
-    assert new.keys() == {"transformer", *quality_bench.WITHOUT_STATE}
+    assert new.keys() == {"transformer", *quality_bench.OTHER_STATES}
     for buckets in new.values():
         assert list(buckets) == qc.position_labels()
         assert all(0 <= b["model"] <= 1 for b in buckets.values() if b["count"])
@@ -690,7 +690,7 @@ def test_the_listening_sampling_is_each_modes_pick_in_the_committed_run():
     defaults = {
         k: inspect.signature(generate).parameters[k].default for k in ("temperature", "top_p")
     }
-    run = Path(__file__).resolve().parents[1] / "benchmarks/results/cpu-amd-epyc/2026-12-07-792a6a1"
+    run = Path(__file__).resolve().parents[1] / "benchmarks/results/cpu-amd-epyc/2026-12-07-6efb4d3"
     rows = json.loads((run / "results.json").read_text())
     rows = rows["rows"] if isinstance(rows, dict) else rows
     picks = {

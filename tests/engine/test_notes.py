@@ -112,7 +112,7 @@ def test_tracker_matches_the_scan_token_by_token(vocab, seed, padded):
 
 @pytest.mark.parametrize("mode", ["transformer", "vae"])
 def test_cached_decoding_reads_the_same_note_state_as_the_full_forward(make_model, windows, mode):
-    model = make_model(mode).eval()
+    model = make_model(mode, state_logits=True).eval()
     assert model.notes is not None
     _plant_gains(model.state_logits)  # they start at 0: planted, so the decoding adds them
     ids = windows(96, start=200)
@@ -202,7 +202,7 @@ def test_caches_without_the_tracker_are_refused(make_model, windows):
     ],
 )
 def test_with_and_without_a_state_the_other_weights_start_equal(vocab, switch, weights):
-    config = ModelConfig.from_vocab(vocab, preset="tiny")
+    config = ModelConfig.from_vocab(vocab, preset="tiny", state_logits=True)
     torch.manual_seed(0)
     on = MusicModel(config).state_dict()
     torch.manual_seed(0)
@@ -270,8 +270,9 @@ def test_state_logits_add_each_gain_to_its_tokens_where_the_state_says(
 
 
 def test_the_state_logits_switch_and_older_configs(vocab):
-    on = ModelConfig.from_vocab(vocab, preset="tiny")
-    assert on.state_logits
+    assert not ModelConfig.from_vocab(vocab, preset="tiny").state_logits  # off by default
+    assert MusicModel(ModelConfig.from_vocab(vocab, preset="tiny")).state_logits is None
+    on = ModelConfig.from_vocab(vocab, preset="tiny", state_logits=True)
     gains = {n for n, _ in MusicModel(on).state_logits.named_parameters()}
     assert gains == {"release", "restrike", "replay"}
     assert MusicModel(on.replace(state_logits=False)).state_logits is None
@@ -292,7 +293,7 @@ def test_real_music_asks_for_each_gain_in_its_direction(make_model, windows):
     under-predicted (descent raises release and replay), a sounding pitch's NOTE_ON
     never comes (the tokenizer closes a note before striking it again: descent lowers
     restrike)."""
-    model = make_model("transformer")
+    model = make_model("transformer", state_logits=True)
     ids = windows(384, start=0)
     logits = model(ids)
     loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
