@@ -15,10 +15,10 @@ the validation files.
    on the logits (`state_logits=True`), WHA without summaries (`block=None`,
    sliding window) and dense causal SDPA, interleaved step by step so their step
    times are measured side by side. For each length and seed, held-out NLL per token,
-   bits per token, NLL per second of music,
-   NLL per position bucket and past the window; at equal steps (the budget's last
-   step) and at equal wall-clock (each variant's curve, linear between evaluations,
-   read at the training time the fastest variant took for the whole budget).
+   bits per token, NLL per second of music, NLL per position bucket and past the
+   window; at equal steps (the budget's last step) and at equal wall-clock (each
+   variant's curve, linear between evaluations, read at the training time the fastest
+   variant took for the whole budget).
    Baselines on the same targets: unigram and bigram models of the
    training tokens. Rows: `mode="held-out-nll"`, one per (length, variant or baseline);
    median_ms/p20/p80 are the variant's training step times over every seed, extra

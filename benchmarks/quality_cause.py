@@ -55,21 +55,28 @@ TEMPERATURES = (1.0, 0.9, 0.8, 0.7)
 TOP_PS = (None, 0.95, 0.9)
 
 
-def distance_labels() -> list[str]:
-    edges = DISTANCE_EDGES
+def _labels(edges: Sequence[int]) -> list[str]:
+    """Labels "lo-hi" of the buckets [lo, next lo) of `edges`, then "last+"."""
     labels = [f"{lo}-{hi - 1}" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
     return labels + [f"{edges[-1]}+"]
+
+
+def _bucket(edges: Sequence[int], value: int) -> int:
+    """Index into `_labels(edges)` of a value >= edges[0]."""
+    return int(np.searchsorted(edges, value, side="right")) - 1
+
+
+def distance_labels() -> list[str]:
+    return _labels(DISTANCE_EDGES)
 
 
 def distance_bucket(distance: int) -> int:
     """Index into `distance_labels()` of a distance >= 1."""
-    return int(np.searchsorted(DISTANCE_EDGES, distance, side="right")) - 1
+    return _bucket(DISTANCE_EDGES, distance)
 
 
 def position_labels() -> list[str]:
-    edges = POSITION_EDGES
-    labels = [f"{lo}-{hi - 1}" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
-    return labels + [f"{edges[-1]}+"]
+    return _labels(POSITION_EDGES)
 
 
 def note_off_targets(ids: Sequence[int]) -> list[tuple[int, int]]:
@@ -151,7 +158,7 @@ def new_instrument_probability(
         for pos, played in instrument_targets(p):
             if pos == 0:
                 continue
-            b = int(np.searchsorted(POSITION_EDGES, pos, side="right")) - 1
+            b = _bucket(POSITION_EDGES, pos)
             chance = probs[pos - 1, family.start : family.stop].double()
             unplayed = [k for k in range(len(family)) if k not in played]
             believed[b] += float(chance[unplayed].sum() / chance.sum())
