@@ -57,7 +57,8 @@ the validation files.
    name an instrument, against how often they do, by position, for the first seed's
    model of each transformer source (`mode="new-instrument"`); and,
    for each mode, its models' pieces under each sampler setting (`mode="sampler"`:
-   the grammar's policies, then temperature and top-p on the best; every seed's model
+   the grammar's policies, then temperature and top-p on the best, then the pitch
+   temperature on the pick of those; every seed's model
    sampled with its seed and the pieces pooled, as in the music table; a skipped row
    when `generate` takes no such settings), each against the unigram model sampled
    with the same settings and as many seeds. The best policy and the pick among its
@@ -657,7 +658,8 @@ class QualityRun:
         `halves`: the held-out halves' piece sets ("A", "B"); `real`: their distance per
         statistic (real against real); `unigram(settings)`: the unigram model's samples
         under the same settings, the baseline of each row. The choices are made on half
-        A (the best policy, then the pick among its temperature and top-p variants: the
+        A (the best policy, then the pick among its temperature and top-p variants, then
+        among those and the pick's pitch-temperature variants: the
         smallest mean distance to A as a multiple of real against real, over the
         statistics whose real distance is not 0) and every row is reported against
         half B, so the reported figures are of music the choice never saw."""
@@ -746,6 +748,12 @@ class QualityRun:
         variants = qc.sampler_variants(best["provider"], best["extra"]["settings"])
         rows += [measure(n, s) for n, s in variants]
         pick = chosen(rows)
+        if "pitch_temperature" in inspect.signature(generate).parameters:
+            rows += [
+                measure(n, s)
+                for n, s in qc.pitch_variants(pick["provider"], pick["extra"]["settings"])
+            ]
+            pick = chosen(rows)
         pick["extra"]["pick"] = True
         return rows, pick["extra"]["settings"], samples[pick["provider"]]
 
@@ -832,9 +840,10 @@ class QualityRun:
     ) -> list[list[int]]:
         """`count` sequences of `length` tokens from START, i.i.d. from the training
         unigram distribution, under `grammar`'s rules when given, sampled as a model is
-        by `generate` with `settings` (default: `generate`'s own temperature, top-p and
-        policies): the temperature, then the grammar and its policies, then top-p; the
-        draws from `seed` (default: the budget's first)."""
+        by `generate` with `settings` (default: `generate`'s own temperature, top-p,
+        pitch temperature and policies): the temperature, then the grammar and its
+        policies, then the pitch temperature, then top-p; the draws from `seed` (default:
+        the budget's first)."""
         import inspect
 
         import torch
@@ -844,10 +853,11 @@ class QualityRun:
 
         defaults = inspect.signature(generate).parameters
         policy_names = ("note_off", "at_limit", "note_on")
-        chosen = {k: defaults[k].default for k in (*policy_names, "temperature", "top_p")}
+        sampling_names = ("temperature", "top_p", "pitch_temperature")
+        chosen = {k: defaults[k].default for k in (*policy_names, *sampling_names)}
         chosen |= settings or {}
         policies = {k: chosen[k] for k in policy_names}
-        temperature, top_p = chosen["temperature"], chosen["top_p"]
+        temperature, top_p, pitch_t = (chosen[k] for k in sampling_names)
 
         generator = torch.Generator().manual_seed(self._seed(seed))
         v = self.vocab
@@ -859,7 +869,9 @@ class QualityRun:
             grammar.advance(state, ids[:, 0])
         out = [ids[:, 0]]
         for _ in range(length - 1):
-            logits = policy_logits(log_p.expand(count, -1), temperature, grammar, state, policies)
+            logits = policy_logits(
+                log_p.expand(count, -1), temperature, grammar, state, policies, pitch_t
+            )
             token = sample(
                 logits, generator=generator, temperature=float(temperature > 0), top_p=top_p
             )

@@ -16,8 +16,9 @@
 - `samplers` and `sampler_variants`: the settings of `generate` that the sampler
   comparison runs (the NOTE_OFF mask, what happens at the note-length limit and to a
   NOTE_ON of a sounding pitch, for a vae each with z from the aggregate posterior and
-  from the prior, then temperature and top-p on the best of them); `sampler_support`
-  says whether this `generate` takes them.
+  from the prior, then temperature and top-p on the best of them, then the pitch
+  temperature on the pick of those: `pitch_variants`); `sampler_support` says whether
+  this `generate` takes them.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ SAMPLERS: tuple[tuple[str, dict[str, Any]], ...] = (
 PRIOR_SUFFIX = ", prior z"
 TEMPERATURES = (1.0, 0.9, 0.8, 0.7)
 TOP_PS = (None, 0.95, 0.9)
+# `generate(pitch_temperature=...)`: the choice of pitch sharpened, the rate of notes kept
+PITCH_TEMPERATURES = (0.8, 0.6, 0.4)
 
 
 def _labels(edges: Sequence[int]) -> list[str]:
@@ -231,6 +234,11 @@ def sampler_variants(best: str, base: dict[str, Any]) -> list[tuple[str, dict[st
             name = f"{best} T{t:g}" + (f" top-p {top_p:g}" if top_p else "")
             out.append((name, dict(base, temperature=t, top_p=top_p)))
     return out
+
+
+def pitch_variants(pick: str, base: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The pitch-temperature variants of sampler `pick`, whose settings are `base`."""
+    return [(f"{pick} pitch T{t:g}", dict(base, pitch_temperature=t)) for t in PITCH_TEMPERATURES]
 
 
 def _teacher_forced(model, pieces: Sequence[Sequence[int]], *, pad: int, batch_size: int):

@@ -7,8 +7,9 @@ Sampling order at each step: the logits are divided by the temperature; the gram
 and its generation policies apply to the tempered logits (`Grammar.sampling_logits`:
 the note limit under `at_limit`, the NOTE_OFF family under `note_off`, so "spread"
 keeps the family's probability of the distribution actually sampled, and the NOTE_ONs
-of sounding pitches under `note_on`); then top-k, then
-top-p, then the draw. Temperature 0 applies the grammar to the raw logits and takes
+of sounding pitches under `note_on`); then the pitch temperature (the NOTE_ON ids
+sharpened among themselves, their total probability kept: `sharpen_family`); then
+top-k, then top-p, then the draw. Temperature 0 applies the grammar to the raw logits and takes
 the argmax.
 
 Memory: each decoder layer holds a ring of the last `window` keys/values
@@ -53,6 +54,7 @@ from .notes import DecodeCache
 if TYPE_CHECKING:  # annotations only: model.py imports this module
     from .model import MusicModel
 
+_VOCAB = Vocabulary()
 # Where a vae's z comes from when none is given: the aggregate posterior (the encoder's
 # posteriors over the training windows, MusicModel.latent_distribution) or N(0, I).
 LATENTS = ("posterior", "prior")
@@ -79,6 +81,7 @@ LISTENING_SAMPLING: dict[str, dict[str, str | float | None]] = {
         "note_on": "off-first",
         "temperature": 1.0,
         "top_p": None,
+        "pitch_temperature": 1.0,
     },
     "vae": {
         "note_off": "spread",
@@ -87,6 +90,7 @@ LISTENING_SAMPLING: dict[str, dict[str, str | float | None]] = {
         "latent": "posterior",
         "temperature": 1.0,
         "top_p": 0.95,
+        "pitch_temperature": 1.0,
     },
     "vae_gan": {
         "note_off": "spread",
@@ -95,6 +99,7 @@ LISTENING_SAMPLING: dict[str, dict[str, str | float | None]] = {
         "latent": "posterior",
         "temperature": 1.0,
         "top_p": 0.95,
+        "pitch_temperature": 1.0,
     },
 }
 
@@ -110,14 +115,16 @@ AUTO_COMPILE_MIN_TOKENS = {"cpu": 1200}
 
 def listening_sampling(mode: str) -> dict[str, str | float | None]:
     """The measured sampling for a model of `mode` (`note_off`, `at_limit`, `note_on`,
-    `temperature`, `top_p`, and `latent` for the vae modes): a copy of
+    `temperature`, `top_p`, `pitch_temperature`, and `latent` for the vae modes): a copy of
     `LISTENING_SAMPLING[mode]`, for `generate(**listening_sampling(mode))`."""
     if mode not in LISTENING_SAMPLING:
         raise ValueError(f"mode must be one of {tuple(LISTENING_SAMPLING)}, got {mode!r}")
     return dict(LISTENING_SAMPLING[mode])
 
 
-def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+def check_sampling(
+    temperature: float, top_k: int | None, top_p: float | None, pitch_temperature: float = 1.0
+) -> None:
     if not isinstance(temperature, (int, float)) or isinstance(temperature, bool):
         raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
     if not temperature >= 0 or temperature == float("inf"):
@@ -126,6 +133,30 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -
         raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
     if top_p is not None and not (isinstance(top_p, (int, float)) and 0.0 < top_p <= 1.0):
         raise ValueError(f"top_p must be None or in (0, 1], got {top_p!r}")
+    if (
+        not isinstance(pitch_temperature, (int, float))
+        or isinstance(pitch_temperature, bool)
+        or not 0 < pitch_temperature < float("inf")
+    ):
+        raise ValueError(
+            f"pitch_temperature must be a finite number > 0 (1 = off), got {pitch_temperature!r}"
+        )
+
+
+def sharpen_family(logits: torch.Tensor, family: range, temperature: float) -> torch.Tensor:
+    """`logits` `[..., V]` with the ids of `family` divided by `temperature` among
+    themselves and shifted so that the family's total probability is what it was: below 1
+    the choice inside the family is sharper (which pitch), while how often the family is
+    sampled (how often a note is struck) does not move. Forbidden ids (-inf) stay
+    forbidden; a family with every id forbidden is left as it is."""
+    if temperature == 1.0:
+        return logits
+    part = logits[..., family.start : family.stop]
+    mass = part.logsumexp(-1, keepdim=True)
+    scaled = part / temperature
+    scaled = scaled - scaled.logsumexp(-1, keepdim=True) + mass
+    kept = torch.where(mass.isfinite(), scaled, part)
+    return torch.cat([logits[..., : family.start], kept, logits[..., family.stop :]], -1)
 
 
 def policy_logits(
@@ -134,16 +165,18 @@ def policy_logits(
     grammar: Grammar | None = None,
     state: GrammarState | None = None,
     policies: dict | None = None,
+    pitch_temperature: float = 1.0,
 ) -> torch.Tensor:
     """What top-k, top-p and the draw see (module docstring, "Sampling order"): `logits`
     `[B, V]` divided by `temperature` (as they are at 0, greedy), then, with `grammar`,
     its rules and generation `policies` after `state` (`Grammar.sampling_logits`:
-    forbidden ids at -inf). Sample them with `sample` at temperature 1 (0: greedy)."""
+    forbidden ids at -inf), then the NOTE_ON ids sharpened by `pitch_temperature`
+    (`sharpen_family`). Sample them with `sample` at temperature 1 (0: greedy)."""
     if temperature > 0:
         logits = logits / temperature
     if grammar is not None:
         logits = grammar.sampling_logits(state, logits, **policies)
-    return logits
+    return sharpen_family(logits, _VOCAB.NOTE_ON, pitch_temperature)
 
 
 def sample(
@@ -260,6 +293,7 @@ def generate(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
+    pitch_temperature: float = 1.0,
     seed: int | None = None,
     batch_size: int = 1,
     z: torch.Tensor | None = None,
@@ -284,7 +318,9 @@ def generate(
     when None, drawn from the aggregate posterior (`latent="posterior"`,
     `MusicModel.latent_distribution`) or from the prior N(0, I) (`latent="prior"`),
     the same draw scaled either way. Sampling: `temperature` (0 = greedy), `top_k`
-    (larger than the vocabulary keeps all), `top_p` (1.0 keeps all); `seed` makes it
+    (larger than the vocabulary keeps all), `top_p` (1.0 keeps all),
+    `pitch_temperature` (the NOTE_ON ids alone, their total probability kept: below 1 a
+    narrower choice of pitch at the same rate of notes; 1 = off); `seed` makes it
     reproducible on one device. `constrained` masks the logits with the grammar of
     `stretto.engine.grammar`, so the output passes `stretto.tokenizer.validate`; the
     prompt must then keep the grammar too (else ValueError naming the position, the
@@ -310,7 +346,7 @@ def generate(
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    check_sampling(temperature, top_k, top_p)
+    check_sampling(temperature, top_k, top_p, pitch_temperature)
     check_policies(note_off, at_limit, note_on)
     if latent not in LATENTS:
         raise ValueError(f"latent must be one of {', '.join(LATENTS)}, got {latent!r}")
@@ -319,6 +355,7 @@ def generate(
         "temperature": temperature,
         "top_k": top_k,
         "top_p": top_p,
+        "pitch_temperature": pitch_temperature,
         "shared_noise": shared_noise,
     }
     vocab = _vocab(model)
@@ -482,7 +519,8 @@ class TokenStep(DecodeStep):
     (or `[1, V]`, or None when greedy) -> token ids `[B]`.
 
     From the next token's logits (held in `logits`, `[B, V]`), it applies the
-    temperature, the grammar mask and its policies (`Grammar.sampling_logits`), samples
+    temperature, the grammar mask and its policies (`Grammar.sampling_logits`), the
+    pitch temperature, samples
     (top-k, top-p, the exponential race against the `noise` drawn beforehand), puts PAD
     on the rows that have ended, updates the grammar state and `ended` (`[B]`), and runs
     the model's one-token step (`DecodeStep`) to write the next logits into `logits`.
@@ -491,8 +529,9 @@ class TokenStep(DecodeStep):
     graph per token, its inputs marked static); `generate` runs it with the eager step
     as the reference: for the same noise the compiled step picks the same tokens.
 
-    `sampling` holds `temperature`, `top_k` and `top_p` (see `generate`; a
-    `shared_noise` entry is the caller's, who draws `[1, V]` noise for it), `policies`
+    `sampling` holds `temperature`, `top_k`, `top_p` and optionally `pitch_temperature`
+    (see `generate`; a `shared_noise` entry is the caller's, who draws `[1, V]` noise
+    for it), `policies`
     `note_off`, `at_limit` and `note_on`; `grammar` None samples without constraints.
     `record_allowed`: each step also writes the ids the grammar and its policies allow
     (the tempered logits' finite entries, before top-k and top-p) into `allowed`
@@ -522,6 +561,7 @@ class TokenStep(DecodeStep):
         self.grammar, self.state, self.policies = grammar, state, policies
         # The temperature goes first, so the grammar's policies see the tempered logits.
         self.temperature = sampling["temperature"]
+        self.pitch_temperature = sampling.get("pitch_temperature", 1.0)
         self.sampling = {
             "temperature": 1.0 if self.temperature > 0 else 0.0,
             "top_k": sampling["top_k"],
@@ -546,7 +586,12 @@ class TokenStep(DecodeStep):
 
     def _step(self, noise: torch.Tensor | None) -> torch.Tensor:
         logits = policy_logits(
-            self.logits, self.temperature, self.grammar, self.state, self.policies
+            self.logits,
+            self.temperature,
+            self.grammar,
+            self.state,
+            self.policies,
+            self.pitch_temperature,
         )
         if self.allowed is not None:
             self.allowed.copy_(logits.isfinite())

@@ -426,8 +426,15 @@ def test_the_sampler_comparison_runs_each_setting_then_varies_the_best():
     best = [r["provider"] for r in rows if r["extra"].get("best")]
     assert best == ["spread"]  # ties with the other spreads: the first wins
     variants = qc.sampler_variants("spread", dict(qc.SAMPLERS)["spread"])
-    assert names[n:] == [name for name, _ in variants]
-    assert model.calls[n:] == [settings for _, settings in variants]
+    m = n + len(variants)
+    assert names[n:m] == [name for name, _ in variants]
+    assert model.calls[n:m] == [settings for _, settings in variants]
+    # then the pitch temperatures of the pick so far (the first of the tie on half A)
+    first = min(rows[:m], key=lambda r: r["extra"]["mean_multiple_a"])
+    pitches = qc.pitch_variants(first["provider"], first["extra"]["settings"])
+    assert names[m:] == [name for name, _ in pitches]
+    assert model.calls[m:] == [settings for _, settings in pitches]
+    assert {c["pitch_temperature"] for c in model.calls[m:]} == set(qc.PITCH_TEMPERATURES)
     assert sum(1 for r in rows if r["extra"].get("pick")) == 1
 
 
@@ -688,7 +695,8 @@ def test_the_listening_sampling_is_each_modes_pick_in_the_committed_run():
     from stretto.engine.generate import LISTENING_SAMPLING
 
     defaults = {
-        k: inspect.signature(generate).parameters[k].default for k in ("temperature", "top_p")
+        k: inspect.signature(generate).parameters[k].default
+        for k in ("temperature", "top_p", "pitch_temperature")
     }
     run = Path(__file__).resolve().parents[1] / "benchmarks/results/cpu-amd-epyc/2026-12-07-6efb4d3"
     rows = json.loads((run / "results.json").read_text())

@@ -87,11 +87,11 @@ def _encode(path: str, max_tokens: int):
 
 def _sampling(args, mode: str) -> dict:
     """`generate`'s keywords from the arguments; the sampling not given (temperature,
-    top-p, the grammar's policies, where a vae's z comes from) is the one measured for
-    `mode`."""
+    top-p, pitch temperature, the grammar's policies, where a vae's z comes from) is the
+    one measured for `mode`."""
     if getattr(args, "latent", None) is not None and mode == "transformer":
         raise ValueError("--latent is for vae and vae_gan checkpoints; this one is a transformer")
-    names = ("temperature", "top_p", "note_off", "at_limit", "note_on")
+    names = ("temperature", "top_p", "pitch_temperature", "note_off", "at_limit", "note_on")
     given = {k: getattr(args, k) for k in names}
     given["latent"] = getattr(args, "latent", None)  # `stretto interpolate` has no --latent
     chosen = listening_sampling(mode) | {k: v for k, v in given.items() if v is not None}
@@ -196,6 +196,13 @@ def _sampling_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help=f"nucleus mass in (0, 1], 1 keeps all ({measured})",
+    )
+    p.add_argument(
+        "--pitch-temperature",
+        type=float,
+        default=None,
+        help="temperature of the choice of pitch alone, the rate of notes kept; "
+        f"1 = off ({measured})",
     )
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument(

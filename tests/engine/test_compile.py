@@ -251,10 +251,10 @@ TOKEN_CASES = {
     # mode, generate's options
     "transformer-sampled": (
         "transformer",
-        dict(temperature=0.9, top_k=200, top_p=0.95, note_on="restrike"),
+        dict(temperature=0.9, top_k=200, top_p=0.95, pitch_temperature=0.5, note_on="restrike"),
     ),
     "vae-sampled": ("vae", dict(temperature=1.1)),
-    "vae_gan-greedy": ("vae_gan", dict(temperature=0)),
+    "vae_gan-greedy": ("vae_gan", dict(temperature=0, pitch_temperature=0.7)),
     "transformer-unconstrained": ("transformer", dict(temperature=1.0, constrained=False)),
     "transformer-mask-freeze": (
         "transformer",

@@ -109,12 +109,83 @@ def test_seeds_reproduce_and_differ(make_model):
         pytest.param({"top_p": 1.0}, id="top_p-1.0"),
         pytest.param({"top_k": 10_000}, id="top_k-over-vocab"),
         pytest.param({"top_k": 774}, id="top_k-eq-vocab"),
+        pytest.param({"pitch_temperature": 1.0}, id="pitch_temperature-1"),
     ],
 )
 def test_edges_that_change_nothing(make_model, kwargs):
     model = make_model("transformer").eval()
     plain = model.generate(max_new_tokens=50, seed=5, batch_size=2)
     assert torch.equal(model.generate(max_new_tokens=50, seed=5, batch_size=2, **kwargs), plain)
+
+
+def test_the_pitch_temperature_sharpens_the_pitches_and_keeps_the_rest(make_model, windows):
+    """On a model's logits for real windows under the grammar: below 1 the NOTE_ON ids'
+    probabilities are sharper among themselves (entropy lower, order kept), their total
+    and every other id's probability unchanged; forbidden ids stay forbidden; above 1
+    flatter; a row whose NOTE_ONs are all forbidden is left as it is."""
+    from stretto.engine import Grammar
+    from stretto.engine.generate import policy_logits, sharpen_family
+    from stretto.tokenizer import Vocabulary
+
+    v = Vocabulary()
+    on = slice(v.NOTE_ON.start, v.NOTE_ON.stop)
+    model = make_model("transformer").double().eval()
+    ids = windows(48)
+    grammar = Grammar(v)
+    state = grammar.initial_state(2, "cpu")
+    for t in range(ids.shape[1]):
+        grammar.advance(state, ids[:, t])
+    with torch.no_grad():
+        logits = model(ids)[:, -1]  # [2, V] after the windows' prefix
+    policies = {"note_off": "spread", "at_limit": "release", "note_on": "off-first"}
+    plain = policy_logits(logits, 1.0, grammar, state, policies)
+    assert plain[:, on].isfinite().any(1).all(), "the rows allow no NOTE_ON"
+    p = plain.softmax(-1)
+
+    def entropy(q):
+        return torch.special.entr(q / q.sum(-1, keepdim=True)).sum(-1)
+
+    for t, sharper in ((0.5, True), (2.0, False)):
+        q = policy_logits(logits, 1.0, grammar, state, policies, pitch_temperature=t).softmax(-1)
+        torch.testing.assert_close(q[:, on].sum(-1), p[:, on].sum(-1))
+        torch.testing.assert_close(q[:, : on.start], p[:, : on.start])
+        torch.testing.assert_close(q[:, on.stop :], p[:, on.stop :])
+        assert torch.equal(q[:, on] > 0, p[:, on] > 0)  # forbidden ids stay forbidden
+        in_p_order = q[:, on].gather(-1, p[:, on].argsort(-1))
+        assert (in_p_order.diff(dim=-1) >= 0).all()  # the order of the pitches is kept
+        assert ((entropy(q[:, on]) < entropy(p[:, on])) == sharper).all()
+    blocked = plain.clone()
+    blocked[0, on] = float("-inf")
+    out = sharpen_family(blocked, v.NOTE_ON, 0.5)
+    assert torch.equal(out[0], blocked[0]) and not out.isnan().any()
+
+
+def test_a_low_pitch_temperature_narrows_the_pitches_a_model_samples(make_model):
+    """A model whose NOTE_ON logits carry a planted broad register (a bump around one
+    pitch, added by a hook on the head), sampled with the same seeds with the pitch
+    temperature at 1 and at 0.3: the pitches' spread narrower at 0.3 (the bump alone
+    would shrink it by sqrt(0.3) = 0.55), about as many notes."""
+    from stretto.tokenizer import Vocabulary
+
+    v = Vocabulary()
+    model = make_model("transformer").eval()
+    bias = torch.zeros(model.config.vocab_size)
+    pitch = torch.arange(len(v.NOTE_ON), dtype=torch.float32)
+    bias[v.NOTE_ON.start : v.NOTE_ON.stop] = -(((pitch - 40) / 16) ** 2)
+    handle = model.head.register_forward_hook(lambda module, args, out: out + bias)
+
+    def pitches_and_notes(**kw):
+        ids = model.generate(max_new_tokens=200, seed=2, batch_size=6, **kw)
+        on = ids[(ids >= v.NOTE_ON.start) & (ids < v.NOTE_ON.stop)].float()
+        return float(on.std()), len(on)
+
+    try:
+        spread_1, notes_1 = pitches_and_notes()
+        spread_low, notes_low = pitches_and_notes(pitch_temperature=0.3)
+    finally:
+        handle.remove()
+    assert spread_low < 0.75 * spread_1, (spread_low, spread_1)
+    assert 0.5 * notes_1 < notes_low < 2 * notes_1, (notes_low, notes_1)
 
 
 def test_sample_filters():
@@ -139,6 +210,10 @@ def test_sample_filters():
         pytest.param({"top_p": 1.5}, "top_p", id="top_p-1.5"),
         pytest.param({"max_new_tokens": -1}, "max_new_tokens", id="max_new_tokens-negative"),
         pytest.param({"batch_size": 0}, "batch_size", id="batch_size-0"),
+        pytest.param({"pitch_temperature": 0.0}, "pitch_temperature", id="pitch-T-0"),
+        pytest.param({"pitch_temperature": -0.5}, "pitch_temperature", id="pitch-T-negative"),
+        pytest.param({"pitch_temperature": float("inf")}, "pitch_temperature", id="pitch-T-inf"),
+        pytest.param({"pitch_temperature": True}, "pitch_temperature", id="pitch-T-bool"),
     ],
 )
 def test_bad_sampling_arguments(make_model, kwargs, match):

@@ -172,6 +172,7 @@ def test_each_mode_samples_with_its_measured_sampling(checkpoint, tmp_path, monk
             "at_limit": "freeze",
             "temperature": 0.8,
             "top_p": 0.95,
+            "pitch_temperature": 0.6,
         },
         "vae": {"note_off": "spread", "at_limit": "release", "temperature": 0.7, "top_p": None},
         "vae_gan": {"note_off": "spread", "at_limit": "freeze", "temperature": 0.9, "top_p": 0.9},
@@ -186,6 +187,10 @@ def test_each_mode_samples_with_its_measured_sampling(checkpoint, tmp_path, monk
     assert main(["generate", str(checkpoint("transformer")), "--out", str(out), *given]) == 0
     assert (seen["temperature"], seen["top_p"], seen["note_off"]) == (1.0, 0.5, "spread")
     assert seen["at_limit"] == "freeze"  # not given: the measured one
+    assert seen["pitch_temperature"] == 0.6
+    given = ["--pitch-temperature", "0.4", "--force"]
+    assert main(["generate", str(checkpoint("transformer")), "--out", str(out), *given]) == 0
+    assert seen["pitch_temperature"] == 0.4
     with pytest.raises(ValueError, match="mode must be one of"):
         gen.listening_sampling("gan")
 
