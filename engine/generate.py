@@ -66,14 +66,14 @@ STOP_CHECK_EVERY = 32  # steps between the host syncs that ask "has every sequen
 STEP_RECOMPILE_LIMIT = 256
 # The sampling `stretto generate`, the demo and the audit use for a model of each mode
 # (`generate()` itself keeps temperature 1 without top-p, and the grammar's measured
-# default policies): the quality suite's pick for that mode among its grammar policies (for
-# the vae modes each with z from the aggregate posterior and from the prior), then
-# temperatures and top-p, chosen on held-out half A by the smallest mean distance as a
-# multiple of real against real, and read on half B, which the choice never saw: run
-# 2026-12-07-6efb4d3 (tiny models with the note and instrument states trained 400 steps
-# from two seeds on the dev corpus, each seed's pieces pooled; docs/engine.md,
-# Generation), which tests/test_quality_bench.py holds this table to (a setting the
-# pick leaves out is generate()'s default).
+# default policies): the quality suite's pick for that mode among its grammar policies
+# (for the vae modes each with z from the aggregate posterior and from the prior), then
+# temperatures and top-p, then pitch temperatures, chosen on held-out half A by the
+# smallest mean distance as a multiple of real against real, and read on half B, which
+# the choice never saw: run 2026-12-07-d50b1b6 (tiny models with the note and instrument
+# states trained 400 steps from two seeds on the dev corpus, each seed's pieces pooled;
+# docs/engine.md, Generation), which tests/test_quality_bench.py holds this table to (a
+# setting the pick leaves out is generate()'s default).
 LISTENING_SAMPLING: dict[str, dict[str, str | float | None]] = {
     "transformer": {
         "note_off": "spread",
@@ -81,11 +81,11 @@ LISTENING_SAMPLING: dict[str, dict[str, str | float | None]] = {
         "note_on": "off-first",
         "temperature": 1.0,
         "top_p": None,
-        "pitch_temperature": 1.0,
+        "pitch_temperature": 0.4,
     },
     "vae": {
         "note_off": "spread",
-        "at_limit": "release",
+        "at_limit": "freeze",
         "note_on": "restrike",
         "latent": "posterior",
         "temperature": 1.0,
@@ -94,12 +94,12 @@ LISTENING_SAMPLING: dict[str, dict[str, str | float | None]] = {
     },
     "vae_gan": {
         "note_off": "spread",
-        "at_limit": "freeze",
+        "at_limit": "release",
         "note_on": "off-first",
         "latent": "posterior",
         "temperature": 1.0,
-        "top_p": 0.95,
-        "pitch_temperature": 1.0,
+        "top_p": None,
+        "pitch_temperature": 0.6,
     },
 }
 
