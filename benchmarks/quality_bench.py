@@ -58,8 +58,8 @@ the validation files.
    model of each transformer source (`mode="new-instrument"`); and,
    for each mode, its models' pieces under each sampler setting (`mode="sampler"`:
    the grammar's policies, then temperature and top-p on the best, then the pitch
-   temperature on the pick of those; every seed's model
-   sampled with its seed and the pieces pooled, as in the music table; a skipped row
+   temperature on the pick of those; every seed's model sampled with its seed and the
+   pieces pooled, as in the music table; a skipped row
    when `generate` takes no such settings), each against the unigram model sampled
    with the same settings and as many seeds. The best policy and the pick among its
    variants are chosen against held-out half A and reported against half B, which the
@@ -659,8 +659,8 @@ class QualityRun:
         statistic (real against real); `unigram(settings)`: the unigram model's samples
         under the same settings, the baseline of each row. The choices are made on half
         A (the best policy, then the pick among its temperature and top-p variants, then
-        among those and the pick's pitch-temperature variants: the
-        smallest mean distance to A as a multiple of real against real, over the
+        among those and the pick's pitch-temperature variants: the smallest mean
+        distance to A as a multiple of real against real, over the
         statistics whose real distance is not 0) and every row is reported against
         half B, so the reported figures are of music the choice never saw."""
         import inspect

@@ -9,8 +9,8 @@ the note limit under `at_limit`, the NOTE_OFF family under `note_off`, so "sprea
 keeps the family's probability of the distribution actually sampled, and the NOTE_ONs
 of sounding pitches under `note_on`); then the pitch temperature (the NOTE_ON ids
 sharpened among themselves, their total probability kept: `sharpen_family`); then
-top-k, then top-p, then the draw. Temperature 0 applies the grammar to the raw logits and takes
-the argmax.
+top-k, then top-p, then the draw. Temperature 0 applies the grammar to the raw logits
+and takes the argmax.
 
 Memory: each decoder layer holds a ring of the last `window` keys/values
 (`[B, H, window, D]`) plus running block sums (`[B, H, ceil(L / block), D]`, L = prompt +
@@ -520,8 +520,8 @@ class TokenStep(DecodeStep):
 
     From the next token's logits (held in `logits`, `[B, V]`), it applies the
     temperature, the grammar mask and its policies (`Grammar.sampling_logits`), the
-    pitch temperature, samples
-    (top-k, top-p, the exponential race against the `noise` drawn beforehand), puts PAD
+    pitch temperature, samples (top-k, top-p, the exponential race against the `noise`
+    drawn beforehand), puts PAD
     on the rows that have ended, updates the grammar state and `ended` (`[B]`), and runs
     the model's one-token step (`DecodeStep`) to write the next logits into `logits`.
     Every tensor it touches (caches, note tracker, grammar state, `logits`, `ended`) is
@@ -531,8 +531,8 @@ class TokenStep(DecodeStep):
 
     `sampling` holds `temperature`, `top_k`, `top_p` and optionally `pitch_temperature`
     (see `generate`; a `shared_noise` entry is the caller's, who draws `[1, V]` noise
-    for it), `policies`
-    `note_off`, `at_limit` and `note_on`; `grammar` None samples without constraints.
+    for it), `policies` `note_off`, `at_limit` and `note_on`; `grammar` None samples
+    without constraints.
     `record_allowed`: each step also writes the ids the grammar and its policies allow
     (the tempered logits' finite entries, before top-k and top-p) into `allowed`
     (`[B, V]` bool, all True without a grammar).
