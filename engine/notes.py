@@ -116,7 +116,10 @@ def _scan(ids: torch.Tensor, real: torch.Tensor | None = None) -> _Scan:
     same = key_sorted[:, 1:] // n == key_sorted[:, :-1] // n
     next_sorted = torch.where(same, key_sorted[:, 1:] % n, n)
     next_sorted = torch.cat([next_sorted, torch.full((b, 1), n, device=dev)], 1)
-    end = torch.empty_like(pos).scatter_(1, order, next_sorted)  # [B, N]
+    # back to positions by a gather through the inverse order, not a scatter into an
+    # empty tensor: torch.compile (Inductor, CPU, torch 2.13) miscompiled the scatter
+    # whenever `end` was not an output, and every feature read from it came out wrong
+    end = next_sorted.gather(1, order.argsort(1))  # [B, N]
     end = torch.where(is_on, end, n)  # only NOTE_ONs open intervals
     on = is_on.long()
     # notes sounding: +1 at each onset, -1 at its end

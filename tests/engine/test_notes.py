@@ -86,6 +86,16 @@ def test_scan_matches_the_token_state_machine_on_random_ids(vocab, seed):
     _assert_matches_machine(ids, real)
 
 
+def test_the_compiled_scan_matches_the_eager_one(windows):
+    """`torch.compile` of a model compiles the scan with it: the same features, on real
+    music (Inductor once miscompiled it, and the note count came out negative)."""
+    ids = windows(200, start=300)
+    torch._dynamo.reset()
+    got = torch.compile(note_features, fullgraph=True)(ids)
+    for name, a, b in zip(NoteFeatures._fields, got, note_features(ids), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("padded", [False, True], ids=["every-id-real", "padded"])
 def test_tracker_matches_the_scan_token_by_token(vocab, seed, padded):
