@@ -54,7 +54,8 @@ class NoteFeatures(NamedTuple):
     """The note state after each position: `sounding` `[B, N, 88]` bool, `count`
     `[B, N]` long, `age` `[B, N]` long (-1 when nothing sounds), `inst` `[B, N]` long,
     `last` `[B, N]` long (pitch index, -1 before the instrument's first note), `played`
-    `[B, N, 16]` bool."""
+    `[B, N, 16]` bool, `held` `[B, N, 88]` long (time steps each pitch of the current
+    instrument has sounded, -1 where it is silent)."""
 
     sounding: torch.Tensor
     count: torch.Tensor
@@ -62,6 +63,7 @@ class NoteFeatures(NamedTuple):
     inst: torch.Tensor
     last: torch.Tensor
     played: torch.Tensor
+    held: torch.Tensor
 
 
 class _Scan(NamedTuple):
@@ -132,16 +134,20 @@ def _scan(ids: torch.Tensor, real: torch.Tensor | None = None) -> _Scan:
     first.scatter_reduce_(1, end, torch.where(is_on, pos, n), "amin")
     oldest = first.flip(1).cummin(1).values.flip(1)[:, 1:]  # min over e > i
     age = torch.where(count > 0, now - now.gather(1, oldest.clamp(max=n - 1)), -1)
-    # the pitches sounding on the current instrument: the same differences per pitch,
-    # one instrument at a time (a [B, N, 16 x 88] table would outgrow the activations)
-    sounding = torch.zeros(b, n, NUM_PITCHES, dtype=torch.bool, device=dev)
+    # the onset of each pitch sounding on the current instrument: the same differences
+    # per pitch (+(onset + 1) where a note starts, minus that where it ends; a cell's
+    # notes never overlap), one instrument at a time (a [B, N, 16 x 88] table would
+    # outgrow the activations)
+    since = torch.zeros(b, n, NUM_PITCHES, dtype=torch.int32, device=dev)
     for i in range(NUM_INSTRUMENTS):
-        mine = (on * (cell // NUM_PITCHES == i)).to(torch.int8)
-        per_pitch = torch.zeros(b, (n + 1) * NUM_PITCHES, dtype=torch.int8, device=dev)
+        mine = (on * (cell // NUM_PITCHES == i) * (now + 1)).to(torch.int32)
+        per_pitch = torch.zeros(b, (n + 1) * NUM_PITCHES, dtype=torch.int32, device=dev)
         per_pitch.scatter_add_(1, pos * NUM_PITCHES + pitch, mine)
         per_pitch.scatter_add_(1, end * NUM_PITCHES + pitch, -mine)
-        held = per_pitch.view(b, n + 1, NUM_PITCHES)[:, :n].cumsum(1, dtype=torch.int8) > 0
-        sounding |= held & (inst == i)[..., None]
+        cells = per_pitch.view(b, n + 1, NUM_PITCHES)[:, :n].cumsum(1, dtype=torch.int32)
+        since += cells * (inst == i)[..., None]
+    sounding = since > 0
+    held = torch.where(sounding, now[..., None] - (since.long() - 1), -1)
     # each instrument's last NOTE_ON at or before each position, and its pitch
     instruments = torch.arange(NUM_INSTRUMENTS, device=dev)
     struck = (inst[..., None] == instruments) & is_on[..., None]
@@ -154,7 +160,7 @@ def _scan(ids: torch.Tensor, real: torch.Tensor | None = None) -> _Scan:
     onset = torch.full((b, CELLS + 1), -1, dtype=torch.long, device=dev)
     onset.scatter_(1, torch.where(still, cell, CELLS), torch.where(still, now, -1))
     return _Scan(
-        NoteFeatures(sounding, count, age, inst, last, latest >= 0),
+        NoteFeatures(sounding, count, age, inst, last, latest >= 0, held),
         inst[:, -1],
         now[:, -1],
         onset[:, :CELLS],
@@ -170,11 +176,13 @@ def _features(
     and each instrument's last pitch `[B, 16]` (-1 = none yet)."""
     on = onset >= 0
     rows = torch.arange(on.shape[0], device=on.device)
-    sounding = on.view(-1, NUM_INSTRUMENTS, NUM_PITCHES)[rows, inst]
+    since = onset.view(-1, NUM_INSTRUMENTS, NUM_PITCHES)[rows, inst]
+    sounding = since >= 0
     oldest = torch.where(on, onset, _NEVER).amin(-1)
     age = torch.where(on.any(-1), now - oldest, -1)
     mine = last.gather(1, inst[:, None])[:, 0]
-    return NoteFeatures(sounding, on.sum(-1), age, inst, mine, last >= 0)
+    held = torch.where(sounding, now[:, None] - since, -1)
+    return NoteFeatures(sounding, on.sum(-1), age, inst, mine, last >= 0, held)
 
 
 def note_features(ids: torch.Tensor, real: torch.Tensor | None = None) -> NoteFeatures:
@@ -249,6 +257,12 @@ class DecodeCache(list):
         return held if self.notes is None else (*held, *self.notes.tensors())
 
 
+def age_bucket(age: torch.Tensor) -> torch.Tensor:
+    """0 for silence (-1), else 1 + floor(log2(age + 1)) time steps, up to AGE_BUCKETS - 1."""
+    octave = torch.log2((age + 1).clamp(min=1).to(torch.float32)).floor().long()
+    return torch.where(age >= 0, 1 + octave, 0).clamp(max=AGE_BUCKETS - 1)
+
+
 class NoteEmbedding(nn.Module):
     """The note state as a `[B, N, C]` addition to the decoder's token embeddings: a
     linear map of the sounding pitches plus an embedding of the count and of the age
@@ -262,13 +276,10 @@ class NoteEmbedding(nn.Module):
 
     def forward(self, f: NoteFeatures) -> torch.Tensor:
         dtype = self.pitches.weight.dtype
-        age = (f.age + 1).clamp(min=1).to(torch.float32)
-        bucket = torch.where(f.age >= 0, 1 + torch.log2(age).floor().long(), 0)
-        bucket = bucket.clamp(max=AGE_BUCKETS - 1)
         return (
             self.pitches(f.sounding.to(dtype))
             + self.count(f.count.clamp(max=COUNT_BUCKETS - 1))
-            + self.age(bucket)
+            + self.age(age_bucket(f.age))
         )
 
 
@@ -296,8 +307,9 @@ STATE_LOGIT_SCALE = 30.0
 
 class StateLogits(nn.Module):
     """The state added straight to the logits of the tokens it governs, by learned gains
-    (zero at first): with the note state, `release[p]` on NOTE_OFF p and `restrike[p]` on
-    NOTE_ON p where pitch p sounds on the current instrument; with the instrument state,
+    (zero at first): with the note state, `release[p] + release_age[a]` on NOTE_OFF p
+    (a: `age_bucket` of the steps p has sounded) and `restrike[p]` on NOTE_ON p where
+    pitch p sounds on the current instrument; with the instrument state,
     `replay[k]` on INSTRUMENT k once instrument k has struck a note.
 
     The embeddings give the decoder the same facts, but it has to learn to carry them
@@ -312,8 +324,16 @@ class StateLogits(nn.Module):
             return nn.Parameter(torch.zeros(size)) if on else None
 
         self.release = gain(NUM_PITCHES, notes)
+        self.release_age = gain(AGE_BUCKETS, notes)
         self.restrike = gain(NUM_PITCHES, notes)
         self.replay = gain(NUM_INSTRUMENTS, instruments)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # a model saved before `release_age` existed was trained without it: gains 0
+        key = prefix + "release_age"
+        if self.release_age is not None and prefix + "release" in state_dict:
+            state_dict.setdefault(key, torch.zeros_like(self.release_age))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, logits: torch.Tensor, f: NoteFeatures) -> torch.Tensor:
         """`logits` `[B, N, V]` with the gains added where `f` (the state after each
@@ -327,7 +347,8 @@ class StateLogits(nn.Module):
         if self.release is not None:
             sounding = f.sounding.to(dtype)
             adds.append((_V.NOTE_ON, sounding * times(self.restrike)))
-            adds.append((_V.NOTE_OFF, sounding * times(self.release)))
+            by_age = times(self.release_age)[age_bucket(f.held)]  # 0 where silent
+            adds.append((_V.NOTE_OFF, sounding * (times(self.release) + by_age)))
         if self.replay is not None:
             adds.append((_V.INSTRUMENT, f.played.to(dtype) * times(self.replay)))
         pieces, at = [], 0

@@ -10,6 +10,7 @@ import torch
 
 from stretto.engine import ModelConfig, MusicModel
 from stretto.engine.notes import (
+    AGE_BUCKETS,
     NUM_INSTRUMENTS,
     STATE_LOGIT_SCALE,
     NoteFeatures,
@@ -21,14 +22,14 @@ from stretto.tokenizer import _state as machine
 
 
 def _machine(ids: np.ndarray, real: np.ndarray | None = None):
-    """(sounding [N, 88], count [N], age [N], inst [N], last [N], played [N, 16]) after
-    each id, read by the tokenizer's state machine: where it says a note started (or
+    """(sounding [N, 88], count [N], age [N], inst [N], last [N], played [N, 16], held
+    [N, 88]) after each id, read by the tokenizer's state machine: where it says a note started (or
     replaced one started at the same step), the pitch is the cell it wrote that id's
     position into, kept beside the machine as the instrument's last pitch; nothing is
     read after END or at padded positions."""
     s, sustain, notes = machine.new_state()
     last_pitch = np.full(NUM_INSTRUMENTS, -1)
-    sounding, count, age, inst, last, played = [], [], [], [], [], []
+    sounding, count, age, inst, last, played, held = [], [], [], [], [], [], []
     for pos, t in enumerate(ids):
         if s[machine.ENDED] == 0 and (real is None or real[pos]):
             read_at = s[machine.POS]
@@ -45,7 +46,9 @@ def _machine(ids: np.ndarray, real: np.ndarray | None = None):
         inst.append(current)
         last.append(last_pitch[current])
         played.append(last_pitch >= 0)
-    return tuple(np.array(x) for x in (sounding, count, age, inst, last, played))
+        since = notes[current, :, machine.NOTE_STEP]
+        held.append(np.where(on[current], s[machine.NOW] - since, -1))
+    return tuple(np.array(x) for x in (sounding, count, age, inst, last, played, held))
 
 
 def _assert_matches_machine(ids: torch.Tensor, real: torch.Tensor | None = None) -> None:
@@ -195,7 +198,7 @@ def test_caches_without_the_tracker_are_refused(make_model, windows):
         pytest.param(
             "note_state",
             {"notes.pitches.weight", "notes.count.weight", "notes.age.weight"}
-            | {"state_logits.release", "state_logits.restrike"},
+            | {"state_logits.release", "state_logits.release_age", "state_logits.restrike"},
             id="note_state",
         ),
         pytest.param(
@@ -206,7 +209,7 @@ def test_caches_without_the_tracker_are_refused(make_model, windows):
         ),
         pytest.param(
             "state_logits",
-            {"state_logits.release", "state_logits.restrike", "state_logits.replay"},
+            {f"state_logits.{g}" for g in ("release", "release_age", "restrike", "replay")},
             id="state_logits",
         ),
     ],
@@ -255,9 +258,9 @@ def _plant_gains(state_logits: StateLogits, seed: int = 0) -> None:
 def test_state_logits_add_each_gain_to_its_tokens_where_the_state_says(
     windows, vocab, notes, instruments
 ):
-    """Against a per-token loop: +release[p] on NOTE_OFF p and +restrike[p] on NOTE_ON p
-    where p sounds on the current instrument, +replay[k] on INSTRUMENT k once k has
-    played; every other logit as it was."""
+    """Against a per-token loop: +release[p] + release_age[bucket of p's age] on NOTE_OFF
+    p and +restrike[p] on NOTE_ON p where p sounds on the current instrument, +replay[k]
+    on INSTRUMENT k once k has played; every other logit as it was."""
     module = StateLogits(notes, instruments)
     _plant_gains(module)
     ids = windows(160, start=300)
@@ -268,13 +271,18 @@ def test_state_logits_add_each_gain_to_its_tokens_where_the_state_says(
     for p in range(len(vocab.NOTE_ON)):
         if notes:
             on = f.sounding[..., p]
-            want[..., vocab.NOTE_OFF.start + p] += on * module.release[p] * STATE_LOGIT_SCALE
+            held = f.held[..., p]
+            octave = torch.log2(held.clamp(min=0) + 1.0).floor().long()
+            by_age = module.release_age[(1 + octave).clamp(max=AGE_BUCKETS - 1)]
+            release = module.release[p] + by_age
+            want[..., vocab.NOTE_OFF.start + p] += on * release * STATE_LOGIT_SCALE
             want[..., vocab.NOTE_ON.start + p] += on * module.restrike[p] * STATE_LOGIT_SCALE
     for k in range(NUM_INSTRUMENTS):
         if instruments:
             played = f.played[..., k]
             want[..., vocab.INSTRUMENT.start + k] += played * module.replay[k] * STATE_LOGIT_SCALE
     assert f.sounding.any() and f.played.any() and not f.played.all()
+    assert len(set(f.held[f.sounding].tolist())) > 10, "notes of many ages"
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
     assert (module.release is not None) is notes and (module.replay is not None) is instruments
 
@@ -284,7 +292,7 @@ def test_the_state_logits_switch_and_older_configs(vocab):
     assert MusicModel(ModelConfig.from_vocab(vocab, preset="tiny")).state_logits is None
     on = ModelConfig.from_vocab(vocab, preset="tiny", state_logits=True)
     gains = {n for n, _ in MusicModel(on).state_logits.named_parameters()}
-    assert gains == {"release", "restrike", "replay"}
+    assert gains == {"release", "release_age", "restrike", "replay"}
     assert MusicModel(on.replace(state_logits=False)).state_logits is None
     notes_only = MusicModel(on.replace(instrument_state=False)).state_logits
     assert notes_only.replay is None and notes_only.release is not None
@@ -295,6 +303,24 @@ def test_the_state_logits_switch_and_older_configs(vocab):
     assert ModelConfig.from_dict(older).state_logits is False
     with pytest.raises(ValueError, match="state_logits"):
         on.replace(state_logits=1)
+
+
+def test_a_model_saved_before_the_release_age_gains_loads_with_them_zero(vocab, windows):
+    config = ModelConfig.from_vocab(vocab, preset="tiny", state_logits=True)
+    torch.manual_seed(0)
+    model = MusicModel(config).eval()
+    _plant_gains(model.state_logits)
+    older = {k: v for k, v in model.state_dict().items() if k != "state_logits.release_age"}
+    loaded = MusicModel(config).eval()
+    loaded.load_state_dict(older)  # strict: nothing missing, nothing unexpected
+    assert (loaded.state_logits.release_age == 0).all()
+    ids = windows(96, start=300)
+    with torch.no_grad():
+        model.state_logits.release_age.zero_()
+        torch.testing.assert_close(loaded(ids), model(ids), rtol=0, atol=0)
+    del older["state_logits.release"]  # anything else missing is still an error
+    with pytest.raises(RuntimeError, match="state_logits.release"):
+        MusicModel(config).load_state_dict(older)
 
 
 def test_real_music_asks_for_each_gain_in_its_direction(make_model, windows):
