@@ -347,7 +347,7 @@ class StateLogits(nn.Module):
         if self.release is not None:
             sounding = f.sounding.to(dtype)
             adds.append((_V.NOTE_ON, sounding * times(self.restrike)))
-            by_age = times(self.release_age)[age_bucket(f.held)]  # 0 where silent
+            by_age = times(self.release_age)[age_bucket(f.held)]  # silent: masked below
             adds.append((_V.NOTE_OFF, sounding * (times(self.release) + by_age)))
         if self.replay is not None:
             adds.append((_V.INSTRUMENT, f.played.to(dtype) * times(self.replay)))

@@ -23,10 +23,10 @@ from stretto.tokenizer import _state as machine
 
 def _machine(ids: np.ndarray, real: np.ndarray | None = None):
     """(sounding [N, 88], count [N], age [N], inst [N], last [N], played [N, 16], held
-    [N, 88]) after each id, read by the tokenizer's state machine: where it says a note started (or
-    replaced one started at the same step), the pitch is the cell it wrote that id's
-    position into, kept beside the machine as the instrument's last pitch; nothing is
-    read after END or at padded positions."""
+    [N, 88]) after each id, read by the tokenizer's state machine: where it says a note
+    started (or replaced one started at the same step), the pitch is the cell it wrote
+    that id's position into, kept beside the machine as the instrument's last pitch;
+    nothing is read after END or at padded positions."""
     s, sustain, notes = machine.new_state()
     last_pitch = np.full(NUM_INSTRUMENTS, -1)
     sounding, count, age, inst, last, played, held = [], [], [], [], [], [], []
