@@ -532,7 +532,7 @@ def test_a_quick_run_writes_every_row_and_plot(quality_run):
         "wha",
         "wha-no-note-state",
         "wha-no-instrument-state",
-        "wha-state-logits",
+        "wha-no-state-logits",
         "sliding-window",
         "dense",
     }
@@ -542,7 +542,7 @@ def test_a_quick_run_writes_every_row_and_plot(quality_run):
     models |= {
         "transformer-no-note-state",
         "transformer-no-instrument-state",
-        "transformer-state-logits",
+        "transformer-no-state-logits",
     }
     assert music == {"held-out-A", "held-out-B", "unigram"} | models
     for row in rows:
