@@ -698,7 +698,7 @@ def test_the_listening_sampling_is_each_modes_pick_in_the_committed_run():
         k: inspect.signature(generate).parameters[k].default
         for k in ("temperature", "top_p", "pitch_temperature")
     }
-    run = Path(__file__).resolve().parents[1] / "benchmarks/results/cpu-amd-epyc/2026-12-07-d50b1b6"
+    run = Path(__file__).resolve().parents[1] / "benchmarks/results/cpu-amd-epyc/2026-12-08-c738e91"
     rows = json.loads((run / "results.json").read_text())
     rows = rows["rows"] if isinstance(rows, dict) else rows
     picks = {
