@@ -11,8 +11,8 @@ the validation files.
    `tiny`), trained from the same seed on the same batches in six variants: WHA with
    the preset's window and block, the same without the note state (`note_state=False`;
    it still scans the ids for the instrument state, so its step time holds the scan),
-   without the instrument state (`instrument_state=False`) and without the states'
-   gains on the logits (`state_logits=False`), WHA without summaries (`block=None`,
+   without the instrument state (`instrument_state=False`) and with the states' gains
+   on the logits (`state_logits=True`), WHA without summaries (`block=None`,
    sliding window) and dense causal SDPA, interleaved step by step so their step
    times are measured side by side. For each length and seed, held-out NLL per token,
    bits per token, NLL per second of music, NLL per position bucket and past the
@@ -28,8 +28,8 @@ the validation files.
    generation length, once from each of the budget's seeds (and the transformer once
    more with each state switch turned: `note_state=False`, source
    `transformer-no-note-state`, `instrument_state=False`, source
-   `transformer-no-instrument-state`, and `state_logits=False`, source
-   `transformer-no-state-logits`); each model
+   `transformer-no-instrument-state`, and `state_logits=True`, source
+   `transformer-state-logits`); each model
    samples as many pieces as half A of the held-out set has (from START,
    `constrained=True`, its training seed as the sampling seed), and as many again
    without the grammar mask for the `validity` statistic, with the sampling its
@@ -94,7 +94,7 @@ MODES = ("transformer", "vae", "vae_gan")
 OTHER_STATES = {
     "transformer-no-note-state": {"note_state": False},
     "transformer-no-instrument-state": {"instrument_state": False},
-    "transformer-no-state-logits": {"state_logits": False},
+    "transformer-state-logits": {"state_logits": True},
 }
 DEMO_CORPUS_CACHE = REPO_ROOT / "data" / "demo-corpus"
 

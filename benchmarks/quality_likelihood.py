@@ -38,8 +38,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "wha-no-note-state": {"note_state": False},
     # ... and without the instrument state (`ModelConfig.instrument_state`)
     "wha-no-instrument-state": {"instrument_state": False},
-    # ... and without the states' gains on the logits (`ModelConfig.state_logits`)
-    "wha-no-state-logits": {"state_logits": False},
+    # ... and with the states' gains on the logits (`ModelConfig.state_logits`)
+    "wha-state-logits": {"state_logits": True},
     "sliding-window": {"block": None},
     "dense": {"attention": "dense"},
 }

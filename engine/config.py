@@ -34,7 +34,7 @@ class ModelConfig:
     sound on the current instrument, how many notes sound and how long the oldest has
     lasted, read from the ids before it (`stretto.engine.notes`); with
     `instrument_state`, which instrument is current and which instruments the piece has
-    struck a note on so far; with `state_logits` as well (and either state on), learned
+    struck a note on so far; with `state_logits` (off by default) as well, learned
     gains add that state straight to the logits of the tokens it governs (`StateLogits`:
     NOTE_OFF and NOTE_ON of sounding pitches, INSTRUMENT of instruments played). The
     vocabulary is the same either way.
@@ -87,7 +87,8 @@ class ModelConfig:
     # ... and the current instrument and the instruments played so far
     instrument_state: bool = True
     # ... and adds them to the logits of NOTE_OFF, NOTE_ON and INSTRUMENT by learned gains
-    state_logits: bool = True
+    # (off by default: docs/engine.md, "The model", says what it gains and costs)
+    state_logits: bool = False
     # -- attention --------------------------------------------------------------------
     attention: str = "wha"
     attention_backend: str = "auto"

@@ -70,36 +70,36 @@ STEP_RECOMPILE_LIMIT = 256
 # (for the vae modes each with z from the aggregate posterior and from the prior), then
 # temperatures and top-p, then pitch temperatures, chosen on held-out half A by the
 # smallest mean distance as a multiple of real against real, and read on half B, which
-# the choice never saw: run 2026-12-08-c738e91 (tiny models with the note and instrument
-# states and their logits trained 400 steps from two seeds on the dev corpus, each
-# seed's pieces pooled; docs/engine.md, Generation), which tests/test_quality_bench.py
-# holds this table to (a setting the pick leaves out is generate()'s default).
+# the choice never saw: run 2026-12-07-d50b1b6 (tiny models with the note and instrument
+# states trained 400 steps from two seeds on the dev corpus, each seed's pieces pooled;
+# docs/engine.md, Generation), which tests/test_quality_bench.py holds this table to (a
+# setting the pick leaves out is generate()'s default).
 LISTENING_SAMPLING: dict[str, dict[str, str | float | None]] = {
     "transformer": {
-        "note_off": "mask",
+        "note_off": "spread",
         "at_limit": "freeze",
-        "note_on": "restrike",
+        "note_on": "off-first",
         "temperature": 1.0,
-        "top_p": 0.9,
-        "pitch_temperature": 1.0,
+        "top_p": None,
+        "pitch_temperature": 0.4,
     },
     "vae": {
-        "note_off": "mask",
+        "note_off": "spread",
         "at_limit": "freeze",
         "note_on": "restrike",
         "latent": "posterior",
-        "temperature": 0.8,
+        "temperature": 1.0,
         "top_p": 0.95,
         "pitch_temperature": 1.0,
     },
     "vae_gan": {
-        "note_off": "mask",
-        "at_limit": "freeze",
-        "note_on": "restrike",
+        "note_off": "spread",
+        "at_limit": "release",
+        "note_on": "off-first",
         "latent": "posterior",
         "temperature": 1.0,
-        "top_p": 0.95,
-        "pitch_temperature": 0.4,
+        "top_p": None,
+        "pitch_temperature": 0.6,
     },
 }
 

@@ -532,7 +532,7 @@ def test_a_quick_run_writes_every_row_and_plot(quality_run):
         "wha",
         "wha-no-note-state",
         "wha-no-instrument-state",
-        "wha-no-state-logits",
+        "wha-state-logits",
         "sliding-window",
         "dense",
     }
@@ -542,7 +542,7 @@ def test_a_quick_run_writes_every_row_and_plot(quality_run):
     models |= {
         "transformer-no-note-state",
         "transformer-no-instrument-state",
-        "transformer-no-state-logits",
+        "transformer-state-logits",
     }
     assert music == {"held-out-A", "held-out-B", "unigram"} | models
     for row in rows:
@@ -698,7 +698,7 @@ def test_the_listening_sampling_is_each_modes_pick_in_the_committed_run():
         k: inspect.signature(generate).parameters[k].default
         for k in ("temperature", "top_p", "pitch_temperature")
     }
-    run = Path(__file__).resolve().parents[1] / "benchmarks/results/cpu-amd-epyc/2026-12-08-c738e91"
+    run = Path(__file__).resolve().parents[1] / "benchmarks/results/cpu-amd-epyc/2026-12-07-d50b1b6"
     rows = json.loads((run / "results.json").read_text())
     rows = rows["rows"] if isinstance(rows, dict) else rows
     picks = {

@@ -288,8 +288,9 @@ def test_state_logits_add_each_gain_to_its_tokens_where_the_state_says(
 
 
 def test_the_state_logits_switch_and_older_configs(vocab):
-    on = ModelConfig.from_vocab(vocab, preset="tiny")
-    assert on.state_logits  # on by default
+    assert not ModelConfig.from_vocab(vocab, preset="tiny").state_logits  # off by default
+    assert MusicModel(ModelConfig.from_vocab(vocab, preset="tiny")).state_logits is None
+    on = ModelConfig.from_vocab(vocab, preset="tiny", state_logits=True)
     gains = {n for n, _ in MusicModel(on).state_logits.named_parameters()}
     assert gains == {"release", "release_age", "restrike", "replay"}
     assert MusicModel(on.replace(state_logits=False)).state_logits is None
